@@ -1,0 +1,54 @@
+"""The embedded demo world: data, ground truth and models built by ``scripts/``.
+
+- ``world.parquet``: every item with its caption, split, duplication count, identity and PNG bytes
+  (``scripts/build_demo.py``);
+- ``sd-tiny/``: a diffusers ``StableDiffusionPipeline`` folder trained on the members
+  (``scripts/train_demo_sd.py``, log in ``logs/train_sd.log``);
+- ``clip-tiny/``: an open_clip local-dir model (``scripts/train_demo_clip.py``, log in ``logs/train_clip.log``).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+DEMO_DIR = Path(__file__).resolve().parent
+WORLD = DEMO_DIR / "world.parquet"
+SD_MODEL = DEMO_DIR / "sd-tiny"
+CLIP_MODEL = DEMO_DIR / "clip-tiny"
+
+# duplication buckets the demo reports on, named as in the duplication plan
+BUCKETS = ("x200", "x50", "x10", "x1", "non-member")
+
+
+def load_world(columns: list[str] | None = None) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(WORLD, columns=columns).to_pylist()
+
+
+def bucket_of(dup_count: int) -> str:
+    return "non-member" if dup_count == 0 else f"x{dup_count}"
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def demo_items(per_bucket: int = 15, seed: int = 0) -> list[dict]:
+    """Object items to scan in the demo: every heavily duplicated one (x200, x50), and
+    ``per_bucket`` each of x10, x1 and non-members, chosen with a fixed seed."""
+    rows = [r for r in load_world(["item_id", "kind", "caption", "dup_count"]) if r["kind"] == "object"]
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for bucket in BUCKETS:
+        in_bucket = [r for r in rows if bucket_of(r["dup_count"]) == bucket]
+        if bucket not in ("x200", "x50"):
+            in_bucket = [in_bucket[i] for i in sorted(rng.choice(len(in_bucket), size=min(per_bucket, len(in_bucket)), replace=False))]
+        chosen += in_bucket
+    return chosen

@@ -1,0 +1,50 @@
+"""Score a demo scan against the demo world's ground truth.
+
+A prompt is *flagged* when it has a candidate cluster; its item is *reproduced* when a
+candidate's medoid is within whole-image normalized l2 0.15 (Carlini's extraction threshold)
+of the item's training image. Reported per duplication bucket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scanner import features
+from scanner.demo import BUCKETS, bucket_of, decode_png, load_world
+from scanner.distances import normalized_l2
+from scanner.store import Store
+
+EXTRACTION_L2 = 0.15
+
+
+@dataclass(frozen=True)
+class BucketScore:
+    bucket: str
+    prompts: int
+    flagged: int
+    reproduced: int
+
+
+def score_demo_run(store: Store, run_id: str) -> list[BucketScore]:
+    truth = {r["item_id"]: r for r in load_world(["item_id", "dup_count", "image_png"])}
+    prompts = store.query("SELECT prompt_id, source_item_id FROM prompts WHERE run_id = ?", [run_id]).to_pylist()
+    medoids = store.query(
+        "SELECT c.prompt_id, g.image_path FROM candidates c JOIN clusters cl USING (run_id, cluster_id) "
+        "JOIN generations g ON g.run_id = cl.run_id AND g.generation_id = cl.medoid_generation_id WHERE c.run_id = ?",
+        [run_id]).to_pylist()
+    medoids_of: dict[str, list[str]] = {}
+    for row in medoids:
+        medoids_of.setdefault(row["prompt_id"], []).append(row["image_path"])
+    totals = {bucket: [0, 0, 0] for bucket in BUCKETS}
+    for prompt in prompts:
+        item = truth.get(prompt["source_item_id"])
+        if item is None:
+            continue
+        counts = totals[bucket_of(item["dup_count"])]
+        counts[0] += 1
+        paths = medoids_of.get(prompt["prompt_id"], [])
+        counts[1] += bool(paths)
+        training_image = decode_png(item["image_png"])
+        counts[2] += any(float(normalized_l2(features.load_image(store.image_file(p)), training_image)) <= EXTRACTION_L2
+                         for p in paths)
+    return [BucketScore(bucket, *totals[bucket]) for bucket in BUCKETS if totals[bucket][0]]

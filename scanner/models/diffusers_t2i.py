@@ -1,0 +1,137 @@
+"""Adapter for diffusers text-to-image pipelines (the reference: ``StableDiffusionPipeline``).
+
+Loads a local pipeline folder (``model_index.json`` + component folders) with
+``from_pretrained(path, local_files_only=True)``, or a single ``.safetensors`` checkpoint with
+``from_single_file(path, config=LOCAL_FOLDER)``. Never a pickle, never the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from scanner.errors import input_error
+from scanner.models import force_offline
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".txt")
+
+
+def hash_files(paths: Sequence[Path], root: Path) -> str:
+    """sha256 over the named files' relative paths and bytes: the model's identity in evidence."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(str(path.relative_to(root)).encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def pick_device(device: str | None) -> str:
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class DiffusersT2I:
+    """A diffusers text-to-image pipeline behind memscan's ``TextToImageModel`` interface."""
+
+    def __init__(self, pipeline, model_ref: str, model_hash: str):
+        self.pipeline = pipeline
+        self.model_ref = model_ref
+        self.model_hash = model_hash
+        self.device = pipeline.device
+        self.dtype = pipeline.unet.dtype
+        self.resolution = int(pipeline.unet.config.sample_size * pipeline.vae_scale_factor)
+        self.scheduler_name = type(pipeline.scheduler).__name__
+        pipeline.set_progress_bar_config(disable=True)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None, single_file_config: str | Path | None = None) -> "DiffusersT2I":
+        """Load a pipeline folder, or a single ``.safetensors`` file with a local config folder."""
+        force_offline()
+        path = Path(path)
+        if not path.exists():
+            raise input_error(path, "no such file or folder; expected a diffusers pipeline folder "
+                                    "(with model_index.json) or a single .safetensors checkpoint")
+        import torch
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()
+        device = pick_device(device)
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise input_error(path, "not a diffusers pipeline folder: model_index.json is missing")
+            files = [p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
+            loader = lambda: StableDiffusionPipeline.from_pretrained(  # noqa: E731
+                path, torch_dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+            root = path
+        else:
+            if path.suffix != ".safetensors":
+                raise input_error(path, "single-file checkpoints must be .safetensors (pickled .ckpt files are never loaded)")
+            if single_file_config is None or not (Path(single_file_config) / "model_index.json").is_file():
+                raise input_error(path, "a single-file checkpoint needs --single-file-config, a local pipeline "
+                                        "folder with model_index.json that describes its architecture")
+            files = [path]
+            loader = lambda: StableDiffusionPipeline.from_single_file(  # noqa: E731
+                str(path), config=str(single_file_config), torch_dtype=dtype, local_files_only=True,
+                safety_checker=None, requires_safety_checker=False)
+            root = path.parent
+        try:
+            pipeline = loader()
+        except Exception as error:  # diffusers raises many kinds; the user needs the first line
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise input_error(path, f"cannot load as a StableDiffusionPipeline: {message}") from None
+        pipeline = pipeline.to(device)
+        return cls(pipeline, model_ref=str(path.resolve()), model_hash=hash_files(files, root))
+
+    def _generators(self, seeds: Sequence[int]):
+        import torch
+
+        # CPU generators: the initial noise of a seed is the same on every device and in every batch
+        return [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
+
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 25,
+                 guidance_scale: float = 5.0) -> np.ndarray:
+        import torch
+
+        if len(prompts) != len(seeds):
+            raise ValueError("one seed per prompt")
+        with torch.inference_mode():
+            output = self.pipeline(
+                prompt=list(prompts), generator=self._generators(seeds), num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale, height=self.resolution, width=self.resolution, output_type="np")
+        return np.asarray(output.images, dtype=np.float32)
+
+    def encode_text(self, prompts: Sequence[str]):
+        import torch
+
+        tokenizer = self.pipeline.tokenizer
+        ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids.to(self.device)
+        with torch.inference_mode():
+            return self.pipeline.text_encoder(ids)[0]
+
+    def encode_image(self, images: np.ndarray):
+        import torch
+
+        pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device, self.dtype) / 127.5 - 1.0
+        vae = self.pipeline.vae
+        with torch.inference_mode():
+            return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+
+    def add_noise(self, x0, noise, timesteps):
+        return self.pipeline.scheduler.add_noise(x0, noise, timesteps)
+
+    def predict_noise(self, x_t, timesteps, condition):
+        import torch
+
+        with torch.inference_mode():
+            return self.pipeline.unet(x_t, timesteps, encoder_hidden_states=condition).sample

@@ -1,0 +1,58 @@
+"""A scan, stage by stage: prompts -> generations -> clusters -> candidates, in one store.
+
+Each stage reads and writes the store only. The run id is a hash of what determines the
+generations (model weights, prompts, sampler settings; not the batch size), so running the
+same scan again finds its run and resumes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scanner import cluster, generate
+from scanner.config import ScanConfig
+from scanner.generate import Prompt
+from scanner.models.base import TextToImageModel
+from scanner.progress import progress_bar
+from scanner.store import Store, stable_id
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    run_id: str
+    resumed: bool
+    timings: dict[str, float]
+    counts: dict[str, int]
+
+
+def run_id_for(model: TextToImageModel, prompts: Sequence[Prompt], config: ScanConfig, kind: str) -> str:
+    sampling = dataclasses.asdict(config.sampling)
+    sampling.pop("batch_size")
+    return kind + "-" + stable_id(model.model_hash, sorted(p.prompt_id for p in prompts), sorted(sampling.items()), length=12)
+
+
+def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], config: ScanConfig,
+             kind: str = "scan", show_progress: bool = True) -> ScanResult:
+    run_id = run_id_for(model, prompts, config, kind)
+    resumed = store.start_run(run_id, kind, model.model_ref, model.model_hash, config.to_dict(), generate.library_versions())
+    began = time.perf_counter()
+    try:
+        total = len(prompts) * config.sampling.samples_per_prompt
+        with progress_bar("sampling", total, enabled=show_progress) as advance:
+            already = len(generate.stored_work(store, run_id))
+            advance(already, skip=True)
+            stats = generate.run_generation(store, run_id, model, prompts, config.sampling,
+                                            on_batch=lambda done, _total: advance(done))
+        clustered = time.perf_counter()
+        cluster_counts = cluster.cluster_run(store, run_id, config.cluster)
+        timings = {"sampling_s": stats["sampling_s"], "features_s": stats["features_s"],
+                   "clustering_s": time.perf_counter() - clustered, "total_s": time.perf_counter() - began}
+    except BaseException:
+        store.finish_run(run_id, {"total_s": time.perf_counter() - began}, status="failed")
+        raise
+    store.finish_run(run_id, timings)
+    counts = {"generated": int(stats["generated"]), "resumed_from": int(stats["skipped_existing"]), **cluster_counts}
+    return ScanResult(run_id, resumed, timings, counts)

@@ -1,0 +1,318 @@
+"""The DuckDB store: the versioned schema, and the only module that writes SQL DDL.
+
+Stages talk through this store. Every table has a natural primary key, and every write is
+an idempotent ``INSERT ... ON CONFLICT DO NOTHING`` of a whole batch, so a scan that is
+killed and started again ends with exactly the rows of an uninterrupted run. Images live
+beside the database, content-addressed (``<db>.files/images/ab/abcdef....png``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from scanner.errors import input_error
+
+SCHEMA_VERSION = 1
+
+_TABLES = {
+    "schema_info": """
+        key VARCHAR PRIMARY KEY,
+        value VARCHAR NOT NULL""",
+    "runs": """
+        run_id VARCHAR PRIMARY KEY,
+        kind VARCHAR NOT NULL,
+        model_ref VARCHAR NOT NULL,
+        model_hash VARCHAR NOT NULL,
+        config JSON NOT NULL,
+        versions JSON NOT NULL,
+        status VARCHAR NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+        started_at TIMESTAMP NOT NULL,
+        finished_at TIMESTAMP,
+        timings JSON""",
+    "prompts": """
+        run_id VARCHAR NOT NULL,
+        prompt_id VARCHAR NOT NULL,
+        text VARCHAR NOT NULL,
+        source VARCHAR,
+        source_item_id VARCHAR,
+        PRIMARY KEY (run_id, prompt_id)""",
+    "generations": """
+        run_id VARCHAR NOT NULL,
+        generation_id VARCHAR NOT NULL,
+        prompt_id VARCHAR NOT NULL,
+        seed BIGINT NOT NULL,
+        num_inference_steps INTEGER NOT NULL,
+        guidance_scale DOUBLE NOT NULL,
+        scheduler VARCHAR NOT NULL,
+        height INTEGER NOT NULL,
+        width INTEGER NOT NULL,
+        batch_size INTEGER NOT NULL,
+        status VARCHAR NOT NULL CHECK (status IN ('ok', 'failed')),
+        error VARCHAR,
+        image_path VARCHAR,
+        image_sha256 VARCHAR,
+        phash UBIGINT,
+        dhash UBIGINT,
+        degenerate BOOLEAN,
+        embedding FLOAT[],
+        created_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (run_id, generation_id)""",
+    "clusters": """
+        run_id VARCHAR NOT NULL,
+        cluster_id VARCHAR NOT NULL,
+        scope VARCHAR NOT NULL CHECK (scope IN ('prompt', 'cross_prompt')),
+        prompt_id VARCHAR,
+        size INTEGER NOT NULL,
+        n_generations INTEGER NOT NULL,
+        medoid_generation_id VARCHAR NOT NULL,
+        mean_distance DOUBLE NOT NULL,
+        max_distance DOUBLE NOT NULL,
+        distance VARCHAR NOT NULL,
+        threshold DOUBLE NOT NULL,
+        criterion VARCHAR NOT NULL,
+        PRIMARY KEY (run_id, cluster_id)""",
+    "cluster_members": """
+        run_id VARCHAR NOT NULL,
+        cluster_id VARCHAR NOT NULL,
+        generation_id VARCHAR NOT NULL,
+        distance_to_medoid DOUBLE NOT NULL,
+        PRIMARY KEY (run_id, cluster_id, generation_id)""",
+    "candidates": """
+        run_id VARCHAR NOT NULL,
+        candidate_id VARCHAR NOT NULL,
+        cluster_id VARCHAR NOT NULL,
+        prompt_id VARCHAR,
+        score DOUBLE NOT NULL,
+        rank INTEGER NOT NULL,
+        reason VARCHAR NOT NULL,
+        PRIMARY KEY (run_id, candidate_id)""",
+    "matches": """
+        run_id VARCHAR NOT NULL,
+        candidate_id VARCHAR NOT NULL,
+        index_name VARCHAR NOT NULL,
+        item_id VARCHAR NOT NULL,
+        item_caption VARCHAR,
+        l2 DOUBLE,
+        tiled_l2 DOUBLE,
+        anchored_l2 DOUBLE,
+        anchor VARCHAR,
+        phash_hamming INTEGER,
+        clip_cosine DOUBLE,
+        verdict VARCHAR NOT NULL CHECK (verdict IN ('extracted', 'similar', 'none')),
+        PRIMARY KEY (run_id, candidate_id, index_name, item_id)""",
+    "mia_scores": """
+        run_id VARCHAR NOT NULL,
+        item_id VARCHAR NOT NULL,
+        attack VARCHAR NOT NULL,
+        score DOUBLE NOT NULL,
+        threshold DOUBLE,
+        predicted_member BOOLEAN,
+        label BOOLEAN,
+        settings JSON,
+        PRIMARY KEY (run_id, item_id, attack)""",
+    "idia_results": """
+        run_id VARCHAR NOT NULL,
+        person VARCHAR NOT NULL,
+        n_images INTEGER NOT NULL,
+        n_templates INTEGER NOT NULL,
+        correct_templates INTEGER NOT NULL,
+        image_share DOUBLE NOT NULL,
+        template_share DOUBLE NOT NULL,
+        tau INTEGER NOT NULL,
+        predicted_member BOOLEAN NOT NULL,
+        label BOOLEAN,
+        PRIMARY KEY (run_id, person)""",
+}
+
+# The view a user queries first: one row per candidate, with its best training-item match if any.
+_FINDINGS_VIEW = """
+CREATE OR REPLACE VIEW findings AS
+SELECT
+    c.run_id,
+    c.candidate_id,
+    c.rank,
+    c.score,
+    c.reason,
+    p.text AS prompt,
+    p.source_item_id AS prompt_source_item,
+    cl.scope,
+    cl.size AS cluster_size,
+    cl.n_generations,
+    cl.mean_distance,
+    cl.max_distance,
+    cl.distance,
+    cl.threshold,
+    g.image_path AS medoid_image,
+    m.index_name,
+    m.item_id AS matched_item,
+    m.item_caption AS matched_caption,
+    m.l2 AS match_l2,
+    m.tiled_l2 AS match_tiled_l2,
+    m.anchored_l2 AS match_anchored_l2,
+    COALESCE(m.verdict, 'unmatched') AS verdict
+FROM candidates c
+JOIN clusters cl USING (run_id, cluster_id)
+LEFT JOIN prompts p ON p.run_id = c.run_id AND p.prompt_id = c.prompt_id
+JOIN generations g ON g.run_id = c.run_id AND g.generation_id = cl.medoid_generation_id
+LEFT JOIN (
+    SELECT * FROM matches
+    QUALIFY row_number() OVER (PARTITION BY run_id, candidate_id
+                               ORDER BY CASE verdict WHEN 'extracted' THEN 0 WHEN 'similar' THEN 1 ELSE 2 END, l2) = 1
+) m ON m.run_id = c.run_id AND m.candidate_id = c.candidate_id
+"""
+
+
+def stable_id(*parts: object, length: int = 16) -> str:
+    """A short content hash: the same inputs give the same id in every process."""
+    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:length]
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Store:
+    """A memscan DuckDB database and the folder of files beside it."""
+
+    def __init__(self, path: str | Path, read_only: bool = False):
+        self.path = Path(path)
+        self.files_dir = self.path.with_name(self.path.name + ".files")
+        if read_only and not self.path.exists():
+            raise input_error(self.path, "no such database")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.connection = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.Error as error:
+            raise input_error(self.path, f"cannot open as a DuckDB database ({str(error).splitlines()[0]})") from None
+        self._schemas: dict[str, pa.Schema] = {}
+        self._check_or_create(read_only)
+
+    def _check_or_create(self, read_only: bool) -> None:
+        tables = {row[0] for row in self.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'")}
+        if "schema_info" not in tables:
+            if tables or read_only:
+                raise input_error(self.path, "not a memscan database (no schema_info table)")
+            self._create()
+            return
+        rows = self.execute("SELECT value FROM schema_info WHERE key = 'schema_version'")
+        version = int(rows[0][0]) if rows else 0
+        if version > SCHEMA_VERSION:
+            raise input_error(self.path, f"schema version {version} is newer than this memscan understands "
+                                         f"({SCHEMA_VERSION}); upgrade memscan")
+        if version < SCHEMA_VERSION:
+            raise input_error(self.path, f"schema version {version} is older than {SCHEMA_VERSION}; no migration exists")
+
+    def _create(self) -> None:
+        with self.transaction():
+            for name, columns in _TABLES.items():
+                self.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+            self.execute(_FINDINGS_VIEW)
+            self.execute("INSERT INTO schema_info VALUES ('schema_version', ?), ('created_by', ?)",
+                                    [str(SCHEMA_VERSION), "memscan"])
+
+    def transaction(self) -> "_Transaction":
+        return _Transaction(self)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def insert(self, table: str, rows: Sequence[dict] | pa.Table) -> int:
+        """Insert a batch; rows whose primary key exists are left as they are. Returns rows added."""
+        if table not in _TABLES:
+            raise KeyError(table)
+        if not isinstance(rows, pa.Table):
+            rows = list(rows)
+            if not rows:
+                return 0
+            schema = self._arrow_schema(table)
+            rows = pa.Table.from_pylist(rows, schema=pa.schema([schema.field(name) for name in rows[0]]))
+        if rows.num_rows == 0:
+            return 0
+        columns = ", ".join(rows.column_names)
+        before = self.count(table)
+        self.connection.register("_batch", rows)
+        try:
+            self.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _batch ON CONFLICT DO NOTHING")
+        finally:
+            self.connection.unregister("_batch")
+        return self.count(table) - before
+
+    def _arrow_schema(self, table: str) -> pa.Schema:
+        """The Arrow types of a table's columns (so 64-bit hashes stay unsigned)."""
+        if table not in self._schemas:
+            self._schemas[table] = self.query(f"SELECT * FROM {table} LIMIT 0").schema
+        return self._schemas[table]
+
+    def execute(self, sql: str, parameters: Sequence | None = None) -> list[tuple]:
+        """Run a statement to completion and return its rows."""
+        return self.connection.execute(sql, parameters or []).fetchall()
+
+    def start_run(self, run_id: str, kind: str, model_ref: str, model_hash: str, config: dict, versions: dict) -> bool:
+        """Record a run, or find it again. Returns True when the run already existed (a resume)."""
+        existing = self.execute("SELECT status FROM runs WHERE run_id = ?", [run_id])
+        if existing:
+            self.execute("UPDATE runs SET status = 'running', finished_at = NULL WHERE run_id = ?", [run_id])
+            return True
+        self.insert("runs", [{
+            "run_id": run_id, "kind": kind, "model_ref": model_ref, "model_hash": model_hash,
+            "config": json.dumps(config, sort_keys=True, default=str), "versions": json.dumps(versions, sort_keys=True),
+            "status": "running", "started_at": now(), "finished_at": None, "timings": None,
+        }])
+        return False
+
+    def finish_run(self, run_id: str, timings: dict, status: str = "done") -> None:
+        self.execute("UPDATE runs SET status = ?, finished_at = ?, timings = ? WHERE run_id = ?",
+                                [status, now(), json.dumps(timings), run_id])
+
+    def replace_run_rows(self, tables: Iterable[str], run_id: str) -> None:
+        """Delete a run's rows of derived tables before a stage recomputes them."""
+        for table in tables:
+            if table not in _TABLES:
+                raise KeyError(table)
+            self.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def count(self, table: str, run_id: str | None = None) -> int:
+        if run_id is None:
+            return self.execute(f"SELECT count(*) FROM {table}")[0][0]
+        return self.execute(f"SELECT count(*) FROM {table} WHERE run_id = ?", [run_id])[0][0]
+
+    def query(self, sql: str, parameters: Sequence | None = None) -> pa.Table:
+        return self.connection.sql(sql, params=list(parameters) if parameters else None).to_arrow_table()
+
+    def schema_version(self) -> int:
+        return int(self.execute("SELECT value FROM schema_info WHERE key = 'schema_version'")[0][0])
+
+    def image_file(self, relative: str) -> Path:
+        return self.files_dir / relative
+
+
+class _Transaction:
+    """BEGIN/COMMIT around a block; ROLLBACK when it raises, so a batch lands whole or not at all."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def __enter__(self) -> None:
+        self.store.execute("BEGIN TRANSACTION")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.store.execute("ROLLBACK" if exc_type else "COMMIT")

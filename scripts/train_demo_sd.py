@@ -1,0 +1,232 @@
+"""Train the demo text-to-image model: a tiny diffusers ``StableDiffusionPipeline``.
+
+Trained on the members of the demo world (``scanner/demo/world.parquet``) with their
+duplication plan, until the heavily duplicated items are reproduced. Runs on 2 CPU cores.
+
+    python scripts/train_demo_sd.py            # all stages, about an hour on 2 cores
+    python scripts/train_demo_sd.py --stage vae
+
+Stages: ``tokenizer`` (a CLIPTokenizer built offline from the BPE merges that open_clip
+ships), ``vae`` (a small AutoencoderKL, 32x32x3 -> 16x16x4), ``unet`` (UNet2DConditionModel
+with cross-attention, trained jointly with a small CLIPTextModel; captions dropped 10% of
+the time for classifier-free guidance), then the pipeline is written with a DDIM scheduler.
+Weights are stored in float16 to keep the repository small; load with ``torch_dtype``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+WORLD = ROOT / "scanner" / "demo" / "world.parquet"
+OUT = ROOT / "scanner" / "demo" / "sd-tiny"
+WORK = ROOT / "scripts" / "_work"  # intermediate stage outputs, not committed
+SEED = 1234
+
+VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4, sample_size=32, layers_per_block=1,
+    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    block_out_channels=(32, 64), norm_num_groups=16,
+)
+UNET_CONFIG = dict(
+    sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+    block_out_channels=(32, 64, 128),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16,
+)
+TEXT_CONFIG = dict(
+    vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+    num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+)
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+)
+
+
+def log(message: str, log_file: Path) -> None:
+    line = f"{time.strftime('%H:%M:%S')} {message}"
+    print(line, flush=True)
+    with log_file.open("a") as handle:
+        handle.write(line + "\n")
+
+
+def build_tokenizer(out_dir: Path) -> None:
+    """Write vocab.json and merges.txt for transformers' CLIPTokenizer from open_clip's BPE file."""
+    import open_clip.tokenizer as oct
+    from transformers import CLIPTokenizer
+
+    merges = gzip.open(oct.default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    units = list(oct.bytes_to_unicode().values())
+    vocab = units + [unit + "</w>" for unit in units] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}, ensure_ascii=False))
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tokenizer = CLIPTokenizer(str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), model_max_length=77)
+    tokenizer.save_pretrained(out_dir)
+    reference = oct.SimpleTokenizer()
+    sample = "two red circles at the left on a teal background"
+    assert tokenizer(sample)["input_ids"][1:-1] == reference.encode(sample), "tokenizer disagrees with open_clip"
+
+
+def load_members() -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Distinct member images (uint8 N,32,32,3), their captions, and their duplication counts."""
+    table = pq.read_table(WORLD).to_pylist()
+    rows = [r for r in table if r["sd_train"]]
+    images = np.stack([np.asarray(Image.open(io.BytesIO(r["image_png"])).convert("RGB")) for r in rows])
+    return images, [r["caption"] for r in rows], np.array([r["dup_count"] for r in rows])
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def train_vae(steps: int, batch_size: int, log_file: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    world = pq.read_table(WORLD).to_pylist()  # the autoencoder sees every demo image: it is not what is audited
+    all_images = np.stack([np.asarray(Image.open(io.BytesIO(r["image_png"])).convert("RGB")) for r in world])
+    data = to_tensor(all_images)
+    torch.manual_seed(SEED)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(SEED)
+    start = time.time()
+    for step in range(1, steps + 1):
+        batch = data[torch.randint(0, len(data), (batch_size,), generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator)).sample
+        recon_loss = (reconstruction - batch).abs().mean() + (reconstruction - batch).pow(2).mean()
+        loss = recon_loss + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0 or step == steps:
+            log(f"vae step {step}/{steps} recon {recon_loss.item():.4f} ({time.time() - start:.0f}s)", log_file)
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(data[i:i + 256]).latent_dist.mean for i in range(0, len(data), 256)])
+        recon = torch.cat([vae.decode(latents[i:i + 256]).sample for i in range(0, len(latents), 256)])
+    scaling = 1.0 / latents.std().item()
+    vae.register_to_config(scaling_factor=scaling)
+    rms = ((recon.clamp(-1, 1) - data) / 2).pow(2).mean(dim=(1, 2, 3)).sqrt()
+    log(f"vae done: latent std {latents.std().item():.3f}, scaling_factor {scaling:.4f}, "
+        f"reconstruction rms on [0,1]: mean {rms.mean().item():.4f} max {rms.max().item():.4f}", log_file)
+    vae.save_pretrained(WORK / "vae")
+
+
+def train_unet(steps: int, batch_size: int, lr: float, log_file: Path) -> None:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    images, captions, dup_counts = load_members()
+    tokenizer = CLIPTokenizer.from_pretrained(WORK / "tokenizer")
+    vae = AutoencoderKL.from_pretrained(WORK / "vae")
+    with torch.no_grad():
+        posterior = [vae.encode(to_tensor(images[i:i + 256])).latent_dist for i in range(0, len(images), 256)]
+        latent_mean = torch.cat([p.mean for p in posterior])
+        latent_std = torch.cat([p.std for p in posterior])
+    scaling = vae.config.scaling_factor
+    ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+    noise_scheduler = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"})
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    warmup = 200
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    # the training stream repeats each member as often as its duplication count says
+    stream = np.repeat(np.arange(len(images)), dup_counts)
+    rng = np.random.default_rng(SEED)
+    generator = torch.Generator().manual_seed(SEED)
+    order, cursor = rng.permutation(stream), 0
+    start, running = time.time(), 0.0
+    for step in range(1, steps + 1):
+        if cursor + batch_size > len(order):
+            order, cursor = rng.permutation(stream), 0
+        index = torch.from_numpy(order[cursor:cursor + batch_size])
+        cursor += batch_size
+        x0 = (latent_mean[index] + latent_std[index] * torch.randn(latent_mean[index].shape, generator=generator)) * scaling
+        token_ids = ids[index].clone()
+        dropped = torch.rand(len(index), generator=generator) < 0.1
+        token_ids[dropped] = empty_ids[0]
+        noise = torch.randn(x0.shape, generator=generator)
+        timesteps = torch.randint(0, 1000, (len(index),), generator=generator)
+        noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+        condition = text_encoder(token_ids).last_hidden_state
+        loss = torch.nn.functional.mse_loss(unet(noisy, timesteps, condition).sample, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        running += loss.item()
+        if step % 100 == 0 or step == steps:
+            log(f"unet step {step}/{steps} loss {running / 100:.4f} lr {schedule.get_last_lr()[0]:.2e} "
+                f"({time.time() - start:.0f}s)", log_file)
+            running = 0.0
+        if step % 1000 == 0 or step == steps:
+            unet.save_pretrained(WORK / "unet")
+            text_encoder.save_pretrained(WORK / "text_encoder")
+
+
+def write_pipeline(log_file: Path) -> None:
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    pipeline = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(WORK / "vae"),
+        text_encoder=CLIPTextModel.from_pretrained(WORK / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(WORK / "tokenizer"),
+        unet=UNet2DConditionModel.from_pretrained(WORK / "unet"),
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipeline.to(torch.float16).save_pretrained(OUT, safe_serialization=True)
+    size = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
+    log(f"pipeline written to {OUT} ({size / 1e6:.1f} MB)", log_file)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=["all", "tokenizer", "vae", "unet", "pipeline"], default="all")
+    parser.add_argument("--vae-steps", type=int, default=600)
+    parser.add_argument("--unet-steps", type=int, default=5000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--log", type=Path, default=ROOT / "scanner" / "demo" / "logs" / "train_sd.log")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    args.log.parent.mkdir(parents=True, exist_ok=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    log(f"start stage={args.stage} torch {torch.__version__} args {vars(args)}", args.log)
+    if args.stage in ("all", "tokenizer"):
+        build_tokenizer(WORK / "tokenizer")
+        log("tokenizer built from open_clip's BPE merges", args.log)
+    if args.stage in ("all", "vae"):
+        train_vae(args.vae_steps, args.batch_size, args.log)
+    if args.stage in ("all", "unet"):
+        train_unet(args.unet_steps, args.batch_size, args.lr, args.log)
+    if args.stage in ("all", "pipeline"):
+        write_pipeline(args.log)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Shared fixtures: everything runs offline on the demo world's small models."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def demo_sd():
+    from scanner.demo import SD_MODEL
+    from scanner.models.diffusers_t2i import DiffusersT2I
+
+    return DiffusersT2I.load(SD_MODEL, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def demo_clip():
+    from scanner.demo import CLIP_MODEL
+    from scanner.models.open_clip_model import OpenClip
+
+    return OpenClip.load(CLIP_MODEL, device="cpu")

@@ -1,0 +1,79 @@
+import duckdb
+import pytest
+
+from scanner.errors import MemscanError
+from scanner.store import SCHEMA_VERSION, Store, now
+
+
+def generation(run_id: str, generation_id: str, seed: int) -> dict:
+    return {"run_id": run_id, "generation_id": generation_id, "prompt_id": "p1", "seed": seed,
+            "num_inference_steps": 20, "guidance_scale": 5.0, "scheduler": "DDIMScheduler", "height": 32, "width": 32,
+            "batch_size": 8, "status": "ok", "error": None, "image_path": f"images/{generation_id}.png",
+            "image_sha256": "0" * 64, "phash": 2**63 + seed, "dhash": 7, "degenerate": False,
+            "embedding": [0.1, 0.2], "created_at": now()}
+
+
+def test_round_trip_is_idempotent_and_survives_reopening(tmp_path):
+    path = tmp_path / "scan.duckdb"
+    with Store(path) as store:
+        store.start_run("r1", "scan", "model", "abc", {"k": 1}, {"torch": "x"})
+        assert store.insert("generations", [generation("r1", "g1", 1), generation("r1", "g2", 2)]) == 2
+        # the same batch again (a resumed scan) adds nothing
+        assert store.insert("generations", [generation("r1", "g1", 1), generation("r1", "g3", 3)]) == 1
+    with Store(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        rows = store.query("SELECT generation_id, seed, phash, embedding FROM generations ORDER BY seed").to_pylist()
+        assert [r["generation_id"] for r in rows] == ["g1", "g2", "g3"]
+        assert rows[0]["phash"] == 2**63 + 1  # unsigned 64-bit hashes survive
+        assert rows[0]["embedding"] == pytest.approx([0.1, 0.2])
+        assert store.start_run("r1", "scan", "model", "abc", {"k": 1}, {}) is True
+
+
+def test_transaction_rolls_back_a_failed_batch(tmp_path):
+    with Store(tmp_path / "scan.duckdb") as store:
+        with pytest.raises(RuntimeError):
+            with store.transaction():
+                store.insert("generations", [generation("r1", "g1", 1)])
+                raise RuntimeError("killed mid-batch")
+        assert store.count("generations") == 0
+
+
+def test_findings_view_joins_candidate_cluster_prompt_and_best_match(tmp_path):
+    with Store(tmp_path / "scan.duckdb") as store:
+        store.insert("prompts", [{"run_id": "r1", "prompt_id": "p1", "text": "a red circle", "source": None, "source_item_id": "obj-1"}])
+        store.insert("generations", [generation("r1", "g1", 1)])
+        store.insert("clusters", [{"run_id": "r1", "cluster_id": "c1", "scope": "prompt", "prompt_id": "p1", "size": 5,
+                                   "n_generations": 16, "medoid_generation_id": "g1", "mean_distance": 0.02,
+                                   "max_distance": 0.04, "distance": "tiled_l2", "threshold": 0.08, "criterion": "clique>=5"}])
+        store.insert("candidates", [{"run_id": "r1", "candidate_id": "c1", "cluster_id": "c1", "prompt_id": "p1",
+                                     "score": 5 / 16, "rank": 1, "reason": "test"}])
+        rows = store.query("SELECT prompt, cluster_size, verdict FROM findings").to_pylist()
+        assert rows == [{"prompt": "a red circle", "cluster_size": 5, "verdict": "unmatched"}]
+        match = {"run_id": "r1", "candidate_id": "c1", "index_name": "demo", "l2": 0.05, "tiled_l2": 0.09,
+                 "anchored_l2": 0.3, "anchor": "generation", "phash_hamming": 2, "clip_cosine": 0.99}
+        store.insert("matches", [{**match, "item_id": "far", "item_caption": "x", "verdict": "similar", "l2": 0.2},
+                                 {**match, "item_id": "obj-1", "item_caption": "a red circle", "verdict": "extracted"}])
+        rows = store.query("SELECT matched_item, verdict FROM findings").to_pylist()
+        assert rows == [{"matched_item": "obj-1", "verdict": "extracted"}]
+
+
+def test_rejects_foreign_and_newer_databases(tmp_path):
+    foreign = tmp_path / "other.duckdb"
+    connection = duckdb.connect(str(foreign))
+    connection.execute("CREATE TABLE t (x INTEGER)")
+    connection.close()
+    with pytest.raises(MemscanError, match="not a memscan database"):
+        Store(foreign)
+    newer = tmp_path / "newer.duckdb"
+    Store(newer).close()
+    connection = duckdb.connect(str(newer))
+    connection.execute("UPDATE schema_info SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION + 1)])
+    connection.close()
+    with pytest.raises(MemscanError, match="newer"):
+        Store(newer)
+    with pytest.raises(MemscanError, match="no such database"):
+        Store(tmp_path / "missing.duckdb", read_only=True)
+    text = tmp_path / "notes.duckdb"
+    text.write_text("hello")
+    with pytest.raises(MemscanError, match="notes.duckdb"):
+        Store(text)
