@@ -187,7 +187,7 @@ def train_unet(steps: int, batch_size: int, lr: float, log_file: Path) -> None:
             text_encoder.save_pretrained(WORK / "text_encoder")
 
 
-def write_pipeline(log_file: Path) -> None:
+def write_pipeline(out_dir: Path, log_file: Path) -> None:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -199,9 +199,9 @@ def write_pipeline(log_file: Path) -> None:
         scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    pipeline.to(torch.float16).save_pretrained(OUT, safe_serialization=True)
-    size = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
-    log(f"pipeline written to {OUT} ({size / 1e6:.1f} MB)", log_file)
+    pipeline.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
+    size = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
+    log(f"pipeline written to {out_dir} ({size / 1e6:.1f} MB)", log_file)
 
 
 def main() -> None:
@@ -212,6 +212,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--log", type=Path, default=ROOT / "scanner" / "demo" / "logs" / "train_sd.log")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the pipeline folder is written")
     args = parser.parse_args()
     torch.set_num_threads(2)
     args.log.parent.mkdir(parents=True, exist_ok=True)
@@ -225,7 +226,7 @@ def main() -> None:
     if args.stage in ("all", "unet"):
         train_unet(args.unet_steps, args.batch_size, args.lr, args.log)
     if args.stage in ("all", "pipeline"):
-        write_pipeline(args.log)
+        write_pipeline(args.out, args.log)
 
 
 if __name__ == "__main__":
