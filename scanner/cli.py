@@ -15,7 +15,7 @@ from scanner.errors import MemscanError, input_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Audit a text-to-image checkpoint for training data it memorized and can emit.")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapped prompts in logs
 
 DEFAULT_DEMO_DB = Path("runs/demo.duckdb")
 
@@ -31,8 +31,8 @@ def _print_table(title: str, header: list[str], rows: list[list[object]]) -> Non
 
 def _print_findings(store, run_id: str, limit: int = 20) -> None:
     rows = store.query(
-        "SELECT rank, prompt, cluster_size, n_generations, round(mean_distance, 4) AS mean_tiled_l2, verdict "
-        "FROM findings WHERE run_id = ? ORDER BY rank LIMIT ?", [run_id, limit]).to_pylist()
+        "SELECT rank, cluster_size AS size, n_generations AS of_n, round(mean_distance, 4) AS mean_tiled_l2, "
+        "verdict, prompt FROM findings WHERE run_id = ? ORDER BY rank LIMIT ?", [run_id, limit]).to_pylist()
     if not rows:
         console.print("No prompt collapsed onto one image: no memorization candidates.")
         return
@@ -43,6 +43,18 @@ def _print_where(db: Path, run_id: str) -> None:
     console.print(f"\nDatabase: {db}  (run {run_id})")
     console.print(f"Query it:  duckdb {db} \"SELECT rank, prompt, cluster_size, verdict FROM findings ORDER BY rank\"")
     console.print(f"       or: memscan sql {db} \"SELECT * FROM findings\"")
+
+
+def _load_embedder(features):
+    """The CLIP that embeds generations: the configured open_clip model, else the demo CLIP."""
+    from scanner import demo as demo_world
+    from scanner.models.open_clip_model import OpenClip
+
+    if not features.embeddings:
+        return None
+    if features.clip_model:
+        return OpenClip.load(features.clip_model, pretrained=features.clip_pretrained or None)
+    return OpenClip.load(demo_world.CLIP_MODEL)
 
 
 @app.command()
@@ -71,8 +83,9 @@ def demo(
         guidance_scale=guidance_scale))
     console.print(f"Demo: {len(prompts)} prompts x {samples_per_prompt} seeds on {demo_world.SD_MODEL.name}")
     model = DiffusersT2I.load(demo_world.SD_MODEL)
+    embedder = _load_embedder(config.features)
     with Store(db) as store:
-        result = run_scan(store, model, prompts, config, kind="demo", show_progress=not no_progress)
+        result = run_scan(store, model, prompts, config, kind="demo", show_progress=not no_progress, embedder=embedder)
         _print_findings(store, result.run_id)
         scores = score_demo_run(store, result.run_id)
         _print_table("Against the ground truth (per duplication bucket)", ["bucket", "prompts", "flagged", "reproduced"],
@@ -95,6 +108,10 @@ def scan(
     seed_base: Optional[int] = typer.Option(None, help="First seed; prompt i uses seeds base..base+N-1 [default: 0]."),
     threshold: Optional[float] = typer.Option(None, help="Clique edge threshold, tiled l2 [default: 0.08]."),
     min_clique: Optional[int] = typer.Option(None, help="Smallest clique that makes a candidate [default: 5]."),
+    criterion: Optional[str] = typer.Option(None, help="clique (Carlini) or component (dense components) [default: clique]."),
+    clip_model: Optional[str] = typer.Option(None, help="open_clip folder or architecture name for embeddings [default: the demo CLIP]."),
+    clip_pretrained: Optional[str] = typer.Option(None, help="Weights file when --clip-model is an architecture name."),
+    no_embeddings: bool = typer.Option(False, "--no-embeddings", help="Skip CLIP embeddings (hash proposals only)."),
     device: Optional[str] = typer.Option(None, help="torch device [default: cuda if available, else cpu]."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Do not draw progress bars."),
 ) -> None:
@@ -107,13 +124,18 @@ def scan(
     from scanner.scan import run_scan
     from scanner.store import Store
 
-    settings = load_scan_config(config) if config else ScanConfig()
+    settings = load_scan_config(config) if config else ScanConfig(db="runs/scan.duckdb")
     settings = override(settings, model=str(model) if model else None, prompts=str(prompts) if prompts else None,
                         db=str(db) if db else None, device=device)
-    settings = override(settings, sampling=override(settings.sampling, samples_per_prompt=samples_per_prompt,
-                                                    batch_size=batch_size, num_inference_steps=num_inference_steps,
-                                                    guidance_scale=guidance_scale, seed_base=seed_base),
-                        cluster=override(settings.cluster, threshold=threshold, min_clique=min_clique))
+    try:
+        settings = override(settings, sampling=override(settings.sampling, samples_per_prompt=samples_per_prompt,
+                                                        batch_size=batch_size, num_inference_steps=num_inference_steps,
+                                                        guidance_scale=guidance_scale, seed_base=seed_base),
+                            features=override(settings.features, clip_model=clip_model, clip_pretrained=clip_pretrained,
+                                              embeddings=False if no_embeddings else None),
+                            cluster=override(settings.cluster, threshold=threshold, min_clique=min_clique, criterion=criterion))
+    except ValueError as error:
+        raise MemscanError(f"invalid setting: {error}") from None
     if settings.prompts:
         prompt_list = read_prompts(settings.prompts, caption_column)
     else:
@@ -121,8 +143,9 @@ def scan(
                        for r in demo_world.demo_items()]
     model_path = Path(settings.model) if settings.model else demo_world.SD_MODEL
     loaded = DiffusersT2I.load(model_path, device=settings.device)
+    embedder = _load_embedder(settings.features)
     with Store(settings.db) as store:
-        result = run_scan(store, loaded, prompt_list, settings, show_progress=not no_progress)
+        result = run_scan(store, loaded, prompt_list, settings, show_progress=not no_progress, embedder=embedder)
         if result.resumed:
             console.print(f"Resumed run {result.run_id}: {result.counts['resumed_from']} generations were already stored.")
         _print_findings(store, result.run_id)

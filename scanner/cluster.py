@@ -1,11 +1,18 @@
-"""Near-duplicate cliques among a prompt's generations: generations -> clusters -> candidates.
+"""Near-duplicate groups among generations: generations -> clusters -> candidates.
 
 The criterion (Carlini et al. 2023): among the N generations of one prompt, an exact maximum
-clique of at least k generations whose pairwise tiled l2 is at most delta. Not connected
-components and not DBSCAN, which chain unrelated images through intermediate ones.
+clique of at least k generations whose pairwise tiled l2 is at most delta. Not plain connected
+components and not DBSCAN, which chain unrelated images through intermediate ones (a
+``component`` criterion exists, but only with a minimum edge density). After the largest
+clique is taken the search repeats on what is left, so a prompt that reproduces two training
+images yields two clusters.
+
+Candidate edges are proposed cheaply and confirmed with tiled l2, so the quadratic pixel
+comparison is never run on all pairs of a large set: FAISS range search on CLIP embeddings
+(cosine) and a FAISS binary range search on pHashes (Hamming) propose, tiled l2 disposes.
 Degenerate generations (constant or black images) are excluded: they would form one giant
-false cluster. After the largest clique is taken, the search repeats on what is left, so a
-prompt that reproduces two training images yields two clusters.
+false cluster. Medoids of clusters from different prompts that are near-duplicates of each
+other form cross-prompt clusters (one memorized image reached from several prompts).
 """
 
 from __future__ import annotations
@@ -24,30 +31,60 @@ from scanner.store import Store, stable_id
 class Clique:
     members: tuple[int, ...]        # indices into the images given
     medoid: int                     # the member with the smallest mean distance to the others
-    mean_distance: float            # over the clique's pairs
+    mean_distance: float            # over the group's confirmed edges
     max_distance: float
     distances_to_medoid: tuple[float, ...]
 
 
 def all_pairs(n: int) -> np.ndarray:
     first, second = np.triu_indices(n, k=1)
-    return np.stack([first, second], axis=1)
+    return np.stack([first, second], axis=1).astype(np.int64)
 
 
-def near_duplicate_graph(images: np.ndarray, threshold: float, tiles: int,
-                         pairs: np.ndarray | None = None) -> tuple[list[set[int]], dict[tuple[int, int], float]]:
-    """Adjacency sets of the graph whose edges are the given pairs (all pairs by default)
-    confirmed by tiled l2 <= threshold, and the confirmed edges' distances."""
-    pairs = all_pairs(len(images)) if pairs is None else pairs
+def _range_pairs(lims: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    queries = np.repeat(np.arange(len(lims) - 1), np.diff(lims).astype(np.int64))
+    pairs = np.stack([queries, ids], axis=1).astype(np.int64)
+    return pairs[pairs[:, 0] < pairs[:, 1]]
+
+
+def propose_pairs(n: int, settings: ClusterConfig, embeddings: np.ndarray | None = None,
+                  phashes: np.ndarray | None = None) -> np.ndarray:
+    """Index pairs [P, 2] (i < j) worth confirming: all pairs for small sets, else the union of
+    FAISS range-search neighbours by embedding cosine and by pHash Hamming distance."""
+    if n <= settings.all_pairs_limit or (embeddings is None and phashes is None):
+        return all_pairs(n)
+    import faiss
+
+    found = []
+    if embeddings is not None:
+        vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+        index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(vectors)
+        lims, _, ids = index.range_search(vectors, settings.min_cosine)
+        found.append(_range_pairs(lims, ids))
+    if phashes is not None:
+        codes = np.asarray(phashes, dtype=np.uint64).astype(">u8").view(np.uint8).reshape(-1, 8)
+        index = faiss.IndexBinaryFlat(64)
+        index.add(codes)
+        lims, _, ids = index.range_search(codes, settings.max_hamming + 1)  # strict: distance < radius
+        found.append(_range_pairs(lims, ids))
+    pairs = np.concatenate(found)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
+
+
+def near_duplicate_graph(images: np.ndarray, pairs: np.ndarray, threshold: float,
+                         tiles: int) -> tuple[list[set[int]], dict[tuple[int, int], float]]:
+    """Adjacency sets of the proposed pairs confirmed by tiled l2 <= threshold, and their distances."""
     adjacency: list[set[int]] = [set() for _ in range(len(images))]
     edge_distance: dict[tuple[int, int], float] = {}
     if len(pairs) == 0:
         return adjacency, edge_distance
     distance = distances.pairwise_tiled_l2(images, pairs, tiles)
-    for (a, b), d in zip(pairs[distance <= threshold], distance[distance <= threshold]):
+    keep = distance <= threshold
+    for (a, b), d in zip(pairs[keep], distance[keep]):
         adjacency[a].add(int(b))
         adjacency[b].add(int(a))
-        edge_distance[(min(a, b), max(a, b))] = float(d)
+        edge_distance[(int(min(a, b)), int(max(a, b)))] = float(d)
     return adjacency, edge_distance
 
 
@@ -74,57 +111,122 @@ def maximum_clique(adjacency: Sequence[set[int]], nodes: set[int]) -> list[int]:
     return sorted(best)
 
 
-def describe_clique(members: list[int], edge_distance: dict[tuple[int, int], float]) -> Clique:
-    def d(a: int, b: int) -> float:
-        return 0.0 if a == b else edge_distance[(min(a, b), max(a, b))]
+def dense_components(adjacency: Sequence[set[int]], nodes: set[int], min_size: int, min_density: float) -> list[list[int]]:
+    """Connected components of at least ``min_size`` nodes with edge density >= ``min_density``."""
+    seen: set[int] = set()
+    groups = []
+    for start in sorted(nodes):
+        if start in seen:
+            continue
+        component, frontier = {start}, [start]
+        while frontier:
+            for neighbour in adjacency[frontier.pop()] & nodes:
+                if neighbour not in component:
+                    component.add(neighbour)
+                    frontier.append(neighbour)
+        seen |= component
+        edges = sum(len(adjacency[v] & component) for v in component) / 2
+        size = len(component)
+        if size >= min_size and edges / (size * (size - 1) / 2) >= min_density:
+            groups.append(sorted(component))
+    return groups
 
-    mean_to_others = [np.mean([d(a, b) for b in members if b != a]) for a in members]
-    medoid = members[int(np.argmin(mean_to_others))]
-    pair_distances = [d(a, b) for i, a in enumerate(members) for b in members[i + 1:]]
+
+def describe_group(members: list[int], edge_distance: dict[tuple[int, int], float]) -> Clique:
+    """Medoid and distances of a group; pairs without a confirmed edge (components only) are skipped."""
+    def d(a: int, b: int) -> float | None:
+        return 0.0 if a == b else edge_distance.get((min(a, b), max(a, b)))
+
+    def mean_to_others(a: int) -> float:
+        known = [d(a, b) for b in members if b != a and d(a, b) is not None]
+        return float(np.mean(known)) if known else float("inf")
+
+    medoid = min(members, key=mean_to_others)
+    pair_distances = [x for i, a in enumerate(members) for b in members[i + 1:] if (x := d(a, b)) is not None]
     return Clique(tuple(members), medoid, float(np.mean(pair_distances)), float(np.max(pair_distances)),
-                  tuple(d(medoid, m) for m in members))
+                  tuple(d(medoid, m) if d(medoid, m) is not None else float("nan") for m in members))
 
 
-def find_cliques(images: np.ndarray, settings: ClusterConfig) -> list[Clique]:
-    """Disjoint near-duplicate cliques of size >= min_clique, largest first."""
-    adjacency, edge_distance = near_duplicate_graph(images, settings.threshold, settings.tiles)
+def find_groups(images: np.ndarray, settings: ClusterConfig, embeddings: np.ndarray | None = None,
+                phashes: np.ndarray | None = None) -> list[Clique]:
+    """Disjoint near-duplicate groups of at least ``min_clique`` images, largest first."""
+    pairs = propose_pairs(len(images), settings, embeddings, phashes)
+    adjacency, edge_distance = near_duplicate_graph(images, pairs, settings.threshold, settings.tiles)
     remaining = {i for i, neighbours in enumerate(adjacency) if len(neighbours) >= settings.min_clique - 1}
-    cliques = []
-    while len(remaining) >= settings.min_clique:
-        members = maximum_clique(adjacency, remaining)
-        if len(members) < settings.min_clique:
-            break
-        cliques.append(describe_clique(members, edge_distance))
-        remaining -= set(members)
-    return cliques
+    if settings.criterion == "component":
+        groups = dense_components(adjacency, remaining, settings.min_clique, settings.min_density)
+    else:
+        groups = []
+        # cliques never span components: search each component on its own
+        for component in dense_components(adjacency, remaining, settings.min_clique, min_density=0.0):
+            left = set(component)
+            while len(left) >= settings.min_clique:
+                members = maximum_clique(adjacency, left)
+                if len(members) < settings.min_clique:
+                    break
+                groups.append(members)
+                left -= set(members)
+    groups.sort(key=lambda g: (-len(g), g[0]))
+    return [describe_group(g, edge_distance) for g in groups]
+
+
+def _load_prompt_generations(store: Store, run_id: str) -> dict[str, list[dict]]:
+    rows = store.query(
+        "SELECT generation_id, prompt_id, thumbnail_path, phash, embedding FROM generations "
+        "WHERE run_id = ? AND status = 'ok' AND NOT degenerate ORDER BY prompt_id, seed", [run_id]).to_pylist()
+    by_prompt: dict[str, list[dict]] = {}
+    for row in rows:
+        by_prompt.setdefault(row["prompt_id"], []).append(row)
+    return by_prompt
+
+
+def _features_of(store: Store, rows: list[dict]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    images = np.stack([features.load_image(store.image_file(r["thumbnail_path"])) for r in rows])
+    has_embeddings = all(r["embedding"] is not None for r in rows)
+    embeddings = np.array([r["embedding"] for r in rows], dtype=np.float32) if has_embeddings else None
+    return images, embeddings, np.array([r["phash"] for r in rows], dtype=np.uint64)
+
+
+def _cluster_rows(run_id: str, scope: str, prompt_id: str | None, group: Clique, rows: list[dict],
+                  n_generations: int, settings: ClusterConfig) -> tuple[dict, list[dict]]:
+    ids = [rows[i]["generation_id"] for i in group.members]
+    cluster_id = stable_id("cluster", run_id, scope, *ids)
+    cluster = {
+        "run_id": run_id, "cluster_id": cluster_id, "scope": scope, "prompt_id": prompt_id, "size": len(ids),
+        "n_generations": n_generations, "medoid_generation_id": rows[group.medoid]["generation_id"],
+        "mean_distance": group.mean_distance, "max_distance": group.max_distance, "distance": "tiled_l2",
+        "threshold": settings.threshold,
+        "criterion": f"{settings.criterion}>={settings.min_clique}" if scope == "prompt" else "clique>=2",
+    }
+    members = [{"run_id": run_id, "cluster_id": cluster_id, "generation_id": g, "distance_to_medoid": d}
+               for g, d in zip(ids, group.distances_to_medoid)]
+    return cluster, members
 
 
 def cluster_run(store: Store, run_id: str, settings: ClusterConfig) -> dict[str, int]:
-    """Recompute the run's clusters and candidates from its stored generations."""
-    generations = store.query(
-        "SELECT generation_id, prompt_id, image_path FROM generations "
-        "WHERE run_id = ? AND status = 'ok' AND NOT degenerate ORDER BY prompt_id, seed", [run_id]).to_pylist()
-    by_prompt: dict[str, list[dict]] = {}
-    for row in generations:
-        by_prompt.setdefault(row["prompt_id"], []).append(row)
-
-    clusters, members, candidates = [], [], []
+    """Recompute the run's clusters and candidates from its stored generations, in one transaction."""
+    clusters, members, candidates, medoids = [], [], [], []
+    by_prompt = _load_prompt_generations(store, run_id)
     for prompt_id, rows in by_prompt.items():
-        images = np.stack([features.load_image(store.image_file(r["image_path"])) for r in rows])
-        for clique in find_cliques(images, settings):
-            ids = [rows[i]["generation_id"] for i in clique.members]
-            cluster_id = stable_id("cluster", run_id, *ids)
-            clusters.append({
-                "run_id": run_id, "cluster_id": cluster_id, "scope": "prompt", "prompt_id": prompt_id,
-                "size": len(ids), "n_generations": len(rows), "medoid_generation_id": rows[clique.medoid]["generation_id"],
-                "mean_distance": clique.mean_distance, "max_distance": clique.max_distance, "distance": "tiled_l2",
-                "threshold": settings.threshold, "criterion": f"clique>={settings.min_clique}",
-            })
-            members += [{"run_id": run_id, "cluster_id": cluster_id, "generation_id": g, "distance_to_medoid": d}
-                        for g, d in zip(ids, clique.distances_to_medoid)]
-            candidates.append({"run_id": run_id, "candidate_id": cluster_id, "cluster_id": cluster_id,
-                               "prompt_id": prompt_id, "score": len(ids) / len(rows), "mean_distance": clique.mean_distance,
-                               "reason": f"{len(ids)} of {len(rows)} generations within tiled l2 {settings.threshold}"})
+        images, embeddings, phashes = _features_of(store, rows)
+        for group in find_groups(images, settings, embeddings, phashes):
+            cluster, cluster_members = _cluster_rows(run_id, "prompt", prompt_id, group, rows, len(rows), settings)
+            clusters.append(cluster)
+            members += cluster_members
+            medoids.append(rows[group.medoid])
+            candidates.append({"run_id": run_id, "candidate_id": cluster["cluster_id"], "cluster_id": cluster["cluster_id"],
+                               "prompt_id": prompt_id, "score": len(group.members) / len(rows),
+                               "mean_distance": group.mean_distance,
+                               "reason": f"{len(group.members)} of {len(rows)} generations within tiled l2 {settings.threshold}"})
+    if settings.cross_prompt and len(medoids) >= 2:
+        # one memorized image reached from several prompts: near-duplicate medoids of different prompts
+        images, embeddings, phashes = _features_of(store, medoids)
+        cross_settings = ClusterConfig(**{**settings.__dict__, "min_clique": 2, "criterion": "clique"})
+        for group in find_groups(images, cross_settings, embeddings, phashes):
+            cluster, cluster_members = _cluster_rows(run_id, "cross_prompt", None, group, medoids,
+                                                     sum(len(r) for r in by_prompt.values()), settings)
+            clusters.append(cluster)
+            members += cluster_members
     # candidates are ranked by how tight their clique is (Carlini et al.), the largest share first on ties
     candidates.sort(key=lambda c: (c["mean_distance"], -c["score"]))
     for rank, candidate in enumerate(candidates, start=1):
@@ -135,4 +237,5 @@ def cluster_run(store: Store, run_id: str, settings: ClusterConfig) -> dict[str,
         store.insert("clusters", clusters)
         store.insert("cluster_members", members)
         store.insert("candidates", candidates)
-    return {"prompts": len(by_prompt), "clusters": len(clusters), "candidates": len(candidates)}
+    return {"prompts": len(by_prompt), "clusters": len(clusters), "candidates": len(candidates),
+            "cross_prompt_clusters": sum(c["scope"] == "cross_prompt" for c in clusters)}

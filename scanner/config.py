@@ -37,14 +37,42 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class FeatureConfig:
+    """What is computed for every generation besides its perceptual hashes."""
+
+    clip_model: str = ""        # open_clip folder or architecture name; "" = the demo CLIP
+    clip_pretrained: str = ""   # weights file when clip_model is an architecture name
+    embeddings: bool = True     # CLIP image embeddings (FAISS proposes near-duplicate edges from them)
+    thumbnail_size: int = 64    # pixel distances are computed on thumbnails no larger than this
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
-    """The memorization criterion: a clique of at least ``min_clique`` generations of one prompt
-    whose pairwise tiled l2 is at most ``threshold`` (Carlini et al. 2023; threshold calibrated
-    on the demo world, see docs/)."""
+    """The memorization criterion: among a prompt's generations, a clique of at least
+    ``min_clique`` whose pairwise tiled l2 is at most ``threshold`` (Carlini et al. 2023;
+    defaults calibrated on the demo world, see docs/CALIBRATION.md), or with
+    ``criterion = "component"`` a connected component of at least ``min_clique`` whose edge
+    density is at least ``min_density``."""
 
     threshold: float = 0.08
     min_clique: int = 5
     tiles: int = 4
+    criterion: str = "clique"
+    min_density: float = 0.5
+    # a prompt with more generations than this gets candidate edges from FAISS (embedding
+    # cosine >= min_cosine) and from pHash (Hamming <= max_hamming) instead of all pairs
+    all_pairs_limit: int = 64
+    min_cosine: float = 0.9
+    max_hamming: int = 12
+    cross_prompt: bool = True
+
+    def __post_init__(self) -> None:
+        if self.criterion not in ("clique", "component"):
+            raise ValueError(f"criterion must be 'clique' or 'component', not {self.criterion!r}")
+        if self.min_clique < 2:
+            raise ValueError("min_clique must be at least 2")
+        if not 0 < self.threshold < 1:
+            raise ValueError("threshold is a tiled l2 on [0, 1] pixels: between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -54,6 +82,7 @@ class ScanConfig:
     db: str = "runs/scan.duckdb"
     device: str | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,14 +97,17 @@ def _build(cls: type, values: dict[str, Any], source: Path, section: str) -> Any
         raise input_error(source, f"unknown setting {where}{', '.join(unknown)}; known: {', '.join(known)}")
     kwargs = {}
     for name, value in values.items():
-        nested = {"sampling": SamplingConfig, "cluster": ClusterConfig}.get(name) if cls is ScanConfig else None
+        nested = {"sampling": SamplingConfig, "features": FeatureConfig, "cluster": ClusterConfig}.get(name) if cls is ScanConfig else None
         if nested is not None:
             if not isinstance(value, dict):
                 raise input_error(source, f"[{name}] must be a table")
             kwargs[name] = _build(nested, value, source, name)
         else:
             kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise input_error(source, str(error)) from None
 
 
 def load_scan_config(path: str | Path) -> ScanConfig:

@@ -18,7 +18,7 @@ import numpy as np
 
 from scanner import features
 from scanner.config import SamplingConfig
-from scanner.models.base import TextToImageModel
+from scanner.models.base import ImageTextEmbedder, TextToImageModel
 from scanner.store import Store, now, stable_id
 
 
@@ -66,9 +66,10 @@ def stored_work(store: Store, run_id: str) -> set[tuple[str, int]]:
 
 
 def generation_rows(run_id: str, model: TextToImageModel, batch: Sequence[WorkItem], images: np.ndarray,
-                    sampling: SamplingConfig, store: Store) -> list[dict]:
-    """Rows (and image files) for one generated batch; non-finite images become failed rows."""
-    rows = []
+                    sampling: SamplingConfig, store: Store, thumbnail_size: int,
+                    embedder: ImageTextEmbedder | None = None) -> list[dict]:
+    """Rows, image files and features for one generated batch; non-finite images become failed rows."""
+    rows, finite_pixels, finite_rows = [], [], []
     for item, image in zip(batch, images):
         row = {
             "run_id": run_id,
@@ -78,21 +79,30 @@ def generation_rows(run_id: str, model: TextToImageModel, batch: Sequence[WorkIt
             "num_inference_steps": sampling.num_inference_steps, "guidance_scale": float(sampling.guidance_scale),
             "scheduler": getattr(model, "scheduler_name", ""), "height": int(image.shape[0]), "width": int(image.shape[1]),
             "batch_size": sampling.batch_size, "status": "ok", "error": None, "image_path": None, "image_sha256": None,
-            "phash": None, "dhash": None, "degenerate": None, "embedding": None, "created_at": now(),
+            "thumbnail_path": None, "phash": None, "dhash": None, "degenerate": None, "embedding": None, "created_at": now(),
         }
+        rows.append(row)
         if not np.isfinite(image).all():
             row.update(status="failed", error="non-finite pixels in the generated image")
-        else:
-            pixels = features.to_uint8(image)
-            row["image_path"], row["image_sha256"] = features.write_content_addressed(features.png_bytes(pixels), store.files_dir)
-            row["phash"], row["dhash"] = features.perceptual_hashes(pixels)
-            row["degenerate"] = features.is_degenerate(pixels)
-        rows.append(row)
+            continue
+        pixels = features.to_uint8(image)
+        row["image_path"], row["image_sha256"] = features.write_content_addressed(features.png_bytes(pixels), store.files_dir)
+        small = features.thumbnail(pixels, thumbnail_size)
+        row["thumbnail_path"] = row["image_path"] if small is pixels else \
+            features.write_content_addressed(features.png_bytes(small), store.files_dir)[0]
+        row["phash"], row["dhash"] = features.perceptual_hashes(pixels)
+        row["degenerate"] = features.is_degenerate(pixels)
+        finite_pixels.append(pixels)
+        finite_rows.append(row)
+    if embedder is not None and finite_rows:
+        for row, vector in zip(finite_rows, embedder.embed_images(np.stack(finite_pixels))):
+            row["embedding"] = vector.tolist()
     return rows
 
 
 def run_generation(store: Store, run_id: str, model: TextToImageModel, prompts: Sequence[Prompt],
-                   sampling: SamplingConfig, on_batch: Callable[[int, int], None] | None = None) -> dict[str, float]:
+                   sampling: SamplingConfig, thumbnail_size: int = 64, embedder: ImageTextEmbedder | None = None,
+                   on_batch: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Sample every missing (prompt, seed) of the run; returns counts and seconds spent."""
     store.insert("prompts", [{"run_id": run_id, "prompt_id": p.prompt_id, "text": p.text, "source": p.source,
                               "source_item_id": p.source_item_id} for p in prompts])
@@ -106,7 +116,7 @@ def run_generation(store: Store, run_id: str, model: TextToImageModel, prompts: 
         images = model.generate([w.prompt.text for w in batch], [w.seed for w in batch],
                                 num_inference_steps=sampling.num_inference_steps, guidance_scale=sampling.guidance_scale)
         sampled = time.perf_counter()
-        rows = generation_rows(run_id, model, batch, images, sampling, store)
+        rows = generation_rows(run_id, model, batch, images, sampling, store, thumbnail_size, embedder)
         with store.transaction():
             store.insert("generations", rows)
         feature_seconds += time.perf_counter() - sampled

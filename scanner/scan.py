@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from scanner import cluster, generate
 from scanner.config import ScanConfig
 from scanner.generate import Prompt
-from scanner.models.base import TextToImageModel
+from scanner.models.base import ImageTextEmbedder, TextToImageModel
 from scanner.progress import progress_bar
 from scanner.store import Store, stable_id
 
@@ -35,9 +35,15 @@ def run_id_for(model: TextToImageModel, prompts: Sequence[Prompt], config: ScanC
 
 
 def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], config: ScanConfig,
-             kind: str = "scan", show_progress: bool = True) -> ScanResult:
+             kind: str = "scan", show_progress: bool = True, embedder: ImageTextEmbedder | None = None) -> ScanResult:
+    """Sample what is missing, then recompute clusters and candidates; ``embedder`` adds CLIP
+    image embeddings to every generation (FAISS proposes near-duplicate edges from them)."""
     run_id = run_id_for(model, prompts, config, kind)
-    resumed = store.start_run(run_id, kind, model.model_ref, model.model_hash, config.to_dict(), generate.library_versions())
+    provenance = config.to_dict()
+    if embedder is not None:
+        provenance["features"].update(embedder=embedder.model_ref, embedder_hash=embedder.model_hash,
+                                      embedder_preprocess=getattr(embedder, "preprocess_cfg", {}))
+    resumed = store.start_run(run_id, kind, model.model_ref, model.model_hash, provenance, generate.library_versions())
     began = time.perf_counter()
     try:
         total = len(prompts) * config.sampling.samples_per_prompt
@@ -45,6 +51,7 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
             already = len(generate.stored_work(store, run_id))
             advance(already, skip=True)
             stats = generate.run_generation(store, run_id, model, prompts, config.sampling,
+                                            thumbnail_size=config.features.thumbnail_size, embedder=embedder,
                                             on_batch=lambda done, _total: advance(done))
         clustered = time.perf_counter()
         cluster_counts = cluster.cluster_run(store, run_id, config.cluster)

@@ -58,6 +58,7 @@ _TABLES = {
         error VARCHAR,
         image_path VARCHAR,
         image_sha256 VARCHAR,
+        thumbnail_path VARCHAR,
         phash UBIGINT,
         dhash UBIGINT,
         degenerate BOOLEAN,

@@ -40,17 +40,58 @@ def planted(rng, n_random: int, copies: int, noise: float) -> tuple[np.ndarray, 
 def test_planted_near_duplicates_form_one_clique_and_noise_forms_none():
     rng = np.random.default_rng(2)
     images, truth = planted(rng, n_random=10, copies=6, noise=3.0)
-    cliques = cluster.find_cliques(images, ClusterConfig(threshold=0.08, min_clique=5))
+    cliques = cluster.find_groups(images, ClusterConfig(threshold=0.08, min_clique=5))
     assert len(cliques) == 1 and set(cliques[0].members) == truth
     assert cliques[0].medoid in truth and cliques[0].max_distance <= 0.08
     noise_only, _ = planted(rng, n_random=16, copies=0, noise=0)
-    assert cluster.find_cliques(noise_only, ClusterConfig(threshold=0.08, min_clique=2)) == []
+    assert cluster.find_groups(noise_only, ClusterConfig(threshold=0.08, min_clique=2)) == []
 
 
 def test_a_chain_of_small_steps_is_not_one_clique():
     # each image differs from the next by a little, from the first to the last by a lot:
     # connected components would chain them all, the clique criterion must not
     steps = [np.full((32, 32, 3), 40 + 12 * i, np.uint8) for i in range(8)]
-    cliques = cluster.find_cliques(np.stack(steps), ClusterConfig(threshold=0.1, min_clique=3))
+    cliques = cluster.find_groups(np.stack(steps), ClusterConfig(threshold=0.1, min_clique=3))
     assert all(len(c.members) <= 3 for c in cliques)
     assert all(max(c.members) - min(c.members) <= 2 for c in cliques)
+
+
+def test_faiss_proposed_edges_give_the_same_cliques_as_all_pairs():
+    rng = np.random.default_rng(3)
+    groups = []
+    images, embeddings = [], []
+    for group in range(6):
+        source = rng.integers(0, 256, size=(32, 32, 3)).astype(np.float32)
+        direction = rng.normal(size=16)
+        copies = int(rng.integers(5, 12))
+        groups.append(set(range(len(images), len(images) + copies)))
+        for _ in range(copies):
+            images.append(np.clip(source + rng.normal(0, 3, source.shape), 0, 255))
+            embeddings.append(direction + rng.normal(0, 0.05, 16))
+    for _ in range(120):
+        images.append(rng.integers(0, 256, size=(32, 32, 3)).astype(np.float32))
+        embeddings.append(rng.normal(size=16))
+    images = np.stack(images).astype(np.uint8)
+    embeddings = np.stack(embeddings).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    from scanner.features import perceptual_hashes
+    phashes = np.array([perceptual_hashes(image)[0] for image in images], dtype=np.uint64)
+
+    exact = ClusterConfig(threshold=0.08, min_clique=5, all_pairs_limit=10_000)
+    proposed = ClusterConfig(threshold=0.08, min_clique=5, all_pairs_limit=0, min_cosine=0.9, max_hamming=12)
+    assert len(cluster.propose_pairs(len(images), proposed, embeddings, phashes)) < len(cluster.all_pairs(len(images))) / 20
+    by_all_pairs = cluster.find_groups(images, exact)
+    by_faiss = cluster.find_groups(images, proposed, embeddings, phashes)
+    assert [set(c.members) for c in by_faiss] == [set(c.members) for c in by_all_pairs]
+    assert sorted(map(frozenset, (set(c.members) for c in by_faiss)), key=min) == sorted(map(frozenset, groups), key=min)
+
+
+def test_dense_component_criterion_requires_density():
+    # a star graph is connected but sparse: no dense component; a clique is dense
+    star = [set() for _ in range(6)]
+    for leaf in range(1, 6):
+        star[0].add(leaf)
+        star[leaf].add(0)
+    assert cluster.dense_components(star, set(range(6)), min_size=3, min_density=0.5) == []
+    full = [set(range(5)) - {i} for i in range(5)]
+    assert cluster.dense_components(full, set(range(5)), min_size=3, min_density=0.5) == [[0, 1, 2, 3, 4]]

@@ -1,0 +1,99 @@
+"""Sweep the memorization criterion (tiled-l2 threshold delta, clique size k) on a demo scan.
+
+    python scripts/calibrate_cluster.py [--db runs/demo.duckdb] [--out docs/CALIBRATION.md]
+
+Ground truth per scanned prompt, from the demo world: the item is *memorized* when at least
+25% of its generations are within whole-image normalized l2 0.15 of its training image
+(Carlini's extraction distance); x1 members and non-members are the prompts that must not be
+flagged. For each (delta, k) the script re-clusters the stored generations (nothing is written)
+and reports recall on memorized items and the false-flag rate on x1 and non-member prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from scanner import cluster, features
+from scanner.config import ClusterConfig
+from scanner.demo import bucket_of, decode_png, load_world
+from scanner.distances import normalized_l2
+from scanner.store import Store
+
+REPRODUCED_SHARE = 0.25
+EXTRACTION_L2 = 0.15
+
+
+def load_scan(db: Path) -> list[dict]:
+    truth = {r["item_id"]: r for r in load_world(["item_id", "dup_count", "image_png"])}
+    with Store(db, read_only=True) as store:
+        run_id = store.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1")[0][0]
+        rows = store.query("SELECT p.source_item_id, g.thumbnail_path, g.phash, g.embedding FROM generations g "
+                           "JOIN prompts p USING (run_id, prompt_id) WHERE g.run_id = ? AND g.status = 'ok' "
+                           "AND NOT g.degenerate ORDER BY p.prompt_id, g.seed", [run_id]).to_pylist()
+        prompts: dict[str, list[dict]] = {}
+        for row in rows:
+            prompts.setdefault(row["source_item_id"], []).append(row)
+        scanned = []
+        for item_id, generations in prompts.items():
+            images = np.stack([features.load_image(store.image_file(g["thumbnail_path"])) for g in generations])
+            target = decode_png(truth[item_id]["image_png"])
+            reproduced = float(np.mean(normalized_l2(images, target[None]) <= EXTRACTION_L2))
+            embeddings = None if any(g["embedding"] is None for g in generations) else np.array([g["embedding"] for g in generations], np.float32)
+            scanned.append({"item_id": item_id, "bucket": bucket_of(truth[item_id]["dup_count"]), "images": images,
+                            "embeddings": embeddings, "phashes": np.array([g["phash"] for g in generations], np.uint64),
+                            "memorized": reproduced >= REPRODUCED_SHARE, "reproduced": reproduced})
+    return scanned
+
+
+def sweep(scanned: list[dict], thresholds: list[float], sizes: list[int]) -> list[dict]:
+    memorized = [s for s in scanned if s["memorized"]]
+    negatives = [s for s in scanned if s["bucket"] in ("x1", "non-member")]
+    results = []
+    for threshold in thresholds:
+        for k in sizes:
+            settings = ClusterConfig(threshold=threshold, min_clique=k)
+            flagged = {s["item_id"] for s in scanned if cluster.find_groups(s["images"], settings, s["embeddings"], s["phashes"])}
+            true_flags = sum(s["item_id"] in flagged for s in memorized)
+            false_flags = sum(s["item_id"] in flagged for s in negatives)
+            results.append({"threshold": threshold, "k": k, "recall": true_flags / max(1, len(memorized)),
+                            "false_flag_rate": false_flags / max(1, len(negatives)),
+                            "precision": true_flags / max(1, len(flagged)), "flagged": len(flagged)})
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", type=Path, default=Path("runs/demo.duckdb"))
+    parser.add_argument("--out", type=Path, default=Path("docs/CALIBRATION.md"))
+    args = parser.parse_args()
+    if not args.db.exists():
+        subprocess.run([sys.executable, "-m", "scanner", "demo", "--db", str(args.db), "--no-progress"], check=True)
+    scanned = load_scan(args.db)
+    buckets: dict[str, list[dict]] = {}
+    for s in scanned:
+        buckets.setdefault(s["bucket"], []).append(s)
+    n = len(scanned[0]["images"])
+    lines = [f"Scan: `{args.db}`, {len(scanned)} prompts x {n} generations.", "",
+             "| bucket | prompts | memorized (>= 25% of generations within l2 0.15 of the training image) | mean reproduced share |",
+             "| --- | --- | --- | --- |"]
+    for bucket, items in buckets.items():
+        lines.append(f"| {bucket} | {len(items)} | {sum(s['memorized'] for s in items)} | "
+                     f"{np.mean([s['reproduced'] for s in items]):.2f} |")
+    lines += ["", "| tiled l2 delta | clique k | recall (memorized) | false flags (x1 + non-members) | precision | flagged |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for r in sweep(scanned, [0.04, 0.06, 0.08, 0.10, 0.12, 0.15], [3, 4, 5, 6, 8]):
+        lines.append(f"| {r['threshold']:.2f} | {r['k']} | {r['recall']:.2f} | {r['false_flag_rate']:.2f} | "
+                     f"{r['precision']:.2f} | {r['flagged']} |")
+    table = "\n".join(lines)
+    print(table)
+    header = args.out.read_text().split("<!-- sweep -->")[0] if args.out.exists() else "# Calibration\n\n"
+    args.out.write_text(header + "<!-- sweep -->\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()

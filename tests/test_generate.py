@@ -1,0 +1,52 @@
+"""The generate stage on a scripted model: failures are rows, not crashes; degenerate images
+never cluster; resuming skips what is stored."""
+
+import numpy as np
+
+from scanner import cluster
+from scanner.config import ClusterConfig, SamplingConfig
+from scanner.generate import Prompt, run_generation
+from scanner.store import Store
+
+
+class ScriptedModel:
+    """Stands in for a diffusion model: each (prompt, seed) maps to a fixed image."""
+
+    model_ref, model_hash, resolution, scheduler_name = "scripted", "f" * 64, 32, "scripted"
+
+    def __init__(self):
+        self.calls = 0
+
+    def generate(self, prompts, seeds, num_inference_steps, guidance_scale):
+        self.calls += len(prompts)
+        images = []
+        for prompt, seed in zip(prompts, seeds):
+            rng = np.random.default_rng(seed if "memorized" not in prompt else 0)
+            image = np.kron(rng.random((4, 4, 3)), np.ones((8, 8, 1))).astype(np.float32)
+            if "black" in prompt:
+                image[:] = 0.0
+            if "broken" in prompt and seed == 3:
+                image[0, 0, 0] = np.nan
+            images.append(image)
+        return np.stack(images)
+
+
+def test_non_finite_and_degenerate_generations(tmp_path):
+    prompts = [Prompt.from_text(t) for t in ("a broken prompt", "a black prompt", "a memorized prompt", "a varied prompt")]
+    sampling = SamplingConfig(samples_per_prompt=6, batch_size=5)
+    model = ScriptedModel()
+    with Store(tmp_path / "scan.duckdb") as store:
+        stats = run_generation(store, "r1", model, prompts, sampling)
+        assert stats["generated"] == 24
+        failed = store.execute("SELECT p.text, g.seed, g.error, g.image_path FROM generations g "
+                               "JOIN prompts p USING (run_id, prompt_id) WHERE g.status = 'failed'")
+        assert failed == [("a broken prompt", 3, "non-finite pixels in the generated image", None)]
+        assert store.execute("SELECT count(*) FROM generations g JOIN prompts p USING (run_id, prompt_id) "
+                             "WHERE p.text = 'a black prompt' AND g.degenerate") == [(6,)]
+        counts = cluster.cluster_run(store, "r1", ClusterConfig(threshold=0.05, min_clique=4))
+        flagged = store.execute("SELECT p.text, c.score FROM candidates c JOIN prompts p USING (run_id, prompt_id)")
+        assert flagged == [("a memorized prompt", 1.0)]  # the black images never form a cluster
+        assert counts["candidates"] == 1
+        # a second pass samples nothing: every (prompt, seed) is stored
+        again = run_generation(store, "r1", model, prompts, sampling)
+        assert again["generated"] == 0 and model.calls == 24 and store.count("generations") == 24
