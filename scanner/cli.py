@@ -96,23 +96,25 @@ def demo(
 
 @app.command()
 def scan(
-    model: Path = typer.Option(None, help="Diffusers pipeline folder or single .safetensors file [default: the demo model]."),
-    prompts: Path = typer.Option(None, help="Prompts: .txt (one per line), .csv or .parquet [default: the demo captions]."),
+    model: Path = typer.Option(None, help="Diffusers pipeline folder or single .safetensors file (default: the demo model)."),
+    single_file_config: Optional[Path] = typer.Option(None, help="For a single-file --model: a local pipeline folder with its model_index.json."),
+    prompts: Path = typer.Option(None, help="Prompts: .txt (one per line), .csv or .parquet (default: the demo captions)."),
     caption_column: str = typer.Option("caption", help="Column holding the prompts in a CSV or Parquet file."),
-    db: Path = typer.Option(None, help="DuckDB file to write [default: runs/scan.duckdb]."),
+    db: Path = typer.Option(None, help="DuckDB file to write (default: runs/scan.duckdb)."),
+    images_dir: Optional[Path] = typer.Option(None, help="Folder for generated images (default: <db>.files beside the database)."),
     config: Optional[Path] = typer.Option(None, help="TOML configuration; flags given here override it."),
-    samples_per_prompt: Optional[int] = typer.Option(None, help="Generations per prompt [default: 16]."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per sampling batch [default: 32]."),
-    num_inference_steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps [default: 20]."),
-    guidance_scale: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale [default: 5.0]."),
-    seed_base: Optional[int] = typer.Option(None, help="First seed; prompt i uses seeds base..base+N-1 [default: 0]."),
-    threshold: Optional[float] = typer.Option(None, help="Clique edge threshold, tiled l2 [default: 0.08]."),
-    min_clique: Optional[int] = typer.Option(None, help="Smallest clique that makes a candidate [default: 5]."),
-    criterion: Optional[str] = typer.Option(None, help="clique (Carlini) or component (dense components) [default: clique]."),
-    clip_model: Optional[str] = typer.Option(None, help="open_clip folder or architecture name for embeddings [default: the demo CLIP]."),
+    samples_per_prompt: Optional[int] = typer.Option(None, help="Generations per prompt (default: 16)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per sampling batch (default: 32)."),
+    num_inference_steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: 20)."),
+    guidance_scale: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default: 5.0)."),
+    seed_base: Optional[int] = typer.Option(None, help="First seed; prompt i uses seeds base..base+N-1 (default: 0)."),
+    threshold: Optional[float] = typer.Option(None, help="Clique edge threshold, tiled l2 (default: 0.08)."),
+    min_clique: Optional[int] = typer.Option(None, help="Smallest clique that makes a candidate (default: 5)."),
+    criterion: Optional[str] = typer.Option(None, help="clique (Carlini) or component (dense components) (default: clique)."),
+    clip_model: Optional[str] = typer.Option(None, help="open_clip folder or architecture name for embeddings (default: the demo CLIP)."),
     clip_pretrained: Optional[str] = typer.Option(None, help="Weights file when --clip-model is an architecture name."),
     no_embeddings: bool = typer.Option(False, "--no-embeddings", help="Skip CLIP embeddings (hash proposals only)."),
-    device: Optional[str] = typer.Option(None, help="torch device [default: cuda if available, else cpu]."),
+    device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Do not draw progress bars."),
 ) -> None:
     """Sample a model on many prompts and seeds, and find prompts whose generations collapse."""
@@ -125,8 +127,9 @@ def scan(
     from scanner.store import Store
 
     settings = load_scan_config(config) if config else ScanConfig(db="runs/scan.duckdb")
-    settings = override(settings, model=str(model) if model else None, prompts=str(prompts) if prompts else None,
-                        db=str(db) if db else None, device=device)
+    settings = override(settings, model=str(model) if model else None,
+                        single_file_config=str(single_file_config) if single_file_config else None, prompts=str(prompts) if prompts else None,
+                        db=str(db) if db else None, images_dir=str(images_dir) if images_dir else None, device=device)
     try:
         settings = override(settings, sampling=override(settings.sampling, samples_per_prompt=samples_per_prompt,
                                                         batch_size=batch_size, num_inference_steps=num_inference_steps,
@@ -142,9 +145,9 @@ def scan(
         prompt_list = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"])
                        for r in demo_world.demo_items()]
     model_path = Path(settings.model) if settings.model else demo_world.SD_MODEL
-    loaded = DiffusersT2I.load(model_path, device=settings.device)
+    loaded = DiffusersT2I.load(model_path, device=settings.device, single_file_config=settings.single_file_config or None)
     embedder = _load_embedder(settings.features)
-    with Store(settings.db) as store:
+    with Store(settings.db, files_dir=settings.images_dir or None) as store:
         result = run_scan(store, loaded, prompt_list, settings, show_progress=not no_progress, embedder=embedder)
         if result.resumed:
             console.print(f"Resumed run {result.run_id}: {result.counts['resumed_from']} generations were already stored.")

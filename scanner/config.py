@@ -78,8 +78,10 @@ class ClusterConfig:
 @dataclass(frozen=True)
 class ScanConfig:
     model: str = ""
+    single_file_config: str = ""  # a local pipeline folder describing a single-file checkpoint
     prompts: str = ""
     db: str = "runs/scan.duckdb"
+    images_dir: str = ""  # "" = beside the database, in <db>.files/
     device: str | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)

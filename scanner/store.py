@@ -182,9 +182,10 @@ def now() -> dt.datetime:
 class Store:
     """A memscan DuckDB database and the folder of files beside it."""
 
-    def __init__(self, path: str | Path, read_only: bool = False):
+    def __init__(self, path: str | Path, read_only: bool = False, files_dir: str | Path | None = None):
+        """Open or create a database. ``files_dir`` moves the image folder away from its default
+        (``<db>.files``); the choice is stored in the database, so later opens find the images."""
         self.path = Path(path)
-        self.files_dir = self.path.with_name(self.path.name + ".files")
         if read_only and not self.path.exists():
             raise input_error(self.path, "no such database")
         if not read_only:
@@ -195,6 +196,12 @@ class Store:
             raise input_error(self.path, f"cannot open as a DuckDB database ({str(error).splitlines()[0]})") from None
         self._schemas: dict[str, pa.Schema] = {}
         self._check_or_create(read_only)
+        stored = self.execute("SELECT value FROM schema_info WHERE key = 'files_dir'")
+        if files_dir is not None and not read_only:
+            self.files_dir = Path(files_dir).resolve()
+            self.execute("INSERT OR REPLACE INTO schema_info VALUES ('files_dir', ?)", [str(self.files_dir)])
+        else:
+            self.files_dir = Path(stored[0][0]) if stored else self.path.with_name(self.path.name + ".files")
 
     def _check_or_create(self, read_only: bool) -> None:
         tables = {row[0] for row in self.execute(

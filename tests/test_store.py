@@ -77,3 +77,12 @@ def test_rejects_foreign_and_newer_databases(tmp_path):
     text.write_text("hello")
     with pytest.raises(MemscanError, match="notes.duckdb"):
         Store(text)
+
+
+def test_images_folder_choice_is_remembered(tmp_path):
+    with Store(tmp_path / "scan.duckdb", files_dir=tmp_path / "elsewhere") as store:
+        assert store.image_file("images/a.png") == (tmp_path / "elsewhere" / "images/a.png").resolve()
+    with Store(tmp_path / "scan.duckdb", read_only=True) as store:
+        assert store.files_dir == (tmp_path / "elsewhere").resolve()
+    with Store(tmp_path / "default.duckdb") as store:
+        assert store.files_dir == tmp_path / "default.duckdb.files"
