@@ -7,17 +7,20 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from scanner.errors import MemscanError, input_error
+from scanner.progress import progress_bar
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Audit a text-to-image checkpoint for training data it memorized and can emit.")
 console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapped prompts in logs
 
 DEFAULT_DEMO_DB = Path("runs/demo.duckdb")
+DEMO_INDEX = "demo"
 
 
 def _print_table(title: str, header: list[str], rows: list[list[object]]) -> None:
@@ -32,7 +35,7 @@ def _print_table(title: str, header: list[str], rows: list[list[object]]) -> Non
 def _print_findings(store, run_id: str, limit: int = 20) -> None:
     rows = store.query(
         "SELECT rank, cluster_size AS size, n_generations AS of_n, round(mean_distance, 4) AS mean_tiled_l2, "
-        "verdict, prompt FROM findings WHERE run_id = ? ORDER BY rank LIMIT ?", [run_id, limit]).to_pylist()
+        "verdict, matched_item, round(match_l2, 4) AS match_l2, prompt FROM findings WHERE run_id = ? ORDER BY rank LIMIT ?", [run_id, limit]).to_pylist()
     if not rows:
         console.print("No prompt collapsed onto one image: no memorization candidates.")
         return
@@ -65,6 +68,7 @@ def demo(
     num_inference_steps: int = typer.Option(20, "--steps", help="DDIM sampling steps."),
     guidance_scale: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale."),
     per_bucket: int = typer.Option(15, help="Prompts from each of the x10, x1 and non-member buckets."),
+    index_root: Path = typer.Option(Path("indexes"), help="Where the demo training-set index is built (once) and read."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Do not draw progress bars."),
 ) -> None:
     """Scan the bundled demo model on demo prompts and score the findings against the ground truth."""
@@ -72,6 +76,7 @@ def demo(
     from scanner.config import SamplingConfig, ScanConfig
     from scanner.demo.evaluate import score_demo_run
     from scanner.generate import Prompt
+    from scanner.index import IndexConfig, TrainingIndex, build_index
     from scanner.models.diffusers_t2i import DiffusersT2I
     from scanner.scan import run_scan
     from scanner.store import Store
@@ -84,12 +89,19 @@ def demo(
     console.print(f"Demo: {len(prompts)} prompts x {samples_per_prompt} seeds on {demo_world.SD_MODEL.name}")
     model = DiffusersT2I.load(demo_world.SD_MODEL)
     embedder = _load_embedder(config.features)
+    if not (index_root / DEMO_INDEX / "manifest.json").exists():
+        console.print(f"Indexing the demo training set into {index_root / DEMO_INDEX} (once) ...")
+        source = demo_world.export_training_set(db.parent / "demo-training-set")
+        build_index(source, DEMO_INDEX, embedder, IndexConfig(thumbnail_size=32), root=index_root, overwrite=True)
+    training_index = TrainingIndex.open(DEMO_INDEX, index_root)
     with Store(db) as store:
-        result = run_scan(store, model, prompts, config, kind="demo", show_progress=not no_progress, embedder=embedder)
+        result = run_scan(store, model, prompts, config, kind="demo", show_progress=not no_progress, embedder=embedder,
+                          index=training_index)
         _print_findings(store, result.run_id)
         scores = score_demo_run(store, result.run_id)
-        _print_table("Against the ground truth (per duplication bucket)", ["bucket", "prompts", "flagged", "reproduced"],
-                     [[s.bucket, s.prompts, s.flagged, s.reproduced] for s in scores])
+        _print_table("Against the ground truth (per duplication bucket)",
+                     ["bucket", "prompts", "flagged", "reproduced", "extracted (matched to its own item)"],
+                     [[s.bucket, s.prompts, s.flagged, s.reproduced, s.extracted] for s in scores])
         console.print(f"Timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
         _print_where(db, result.run_id)
 
@@ -100,6 +112,10 @@ def scan(
     single_file_config: Optional[Path] = typer.Option(None, help="For a single-file --model: a local pipeline folder with its model_index.json."),
     prompts: Path = typer.Option(None, help="Prompts: .txt (one per line), .csv or .parquet (default: the demo captions)."),
     caption_column: str = typer.Option("caption", help="Column holding the prompts in a CSV or Parquet file."),
+    prompts_from_index: Optional[str] = typer.Option(None, help="Sample the most duplicated captions of this index instead of --prompts."),
+    top: int = typer.Option(100, help="With --prompts-from-index: how many captions."),
+    index: Optional[str] = typer.Option(None, help="Match candidates against this training-set index (name or folder)."),
+    index_root: Path = typer.Option(Path("indexes"), help="Folder holding indexes."),
     db: Path = typer.Option(None, help="DuckDB file to write (default: runs/scan.duckdb)."),
     images_dir: Optional[Path] = typer.Option(None, help="Folder for generated images (default: <db>.files beside the database)."),
     config: Optional[Path] = typer.Option(None, help="TOML configuration; flags given here override it."),
@@ -122,6 +138,7 @@ def scan(
     from scanner.config import ScanConfig, load_scan_config, override
     from scanner.generate import Prompt
     from scanner.models.diffusers_t2i import DiffusersT2I
+    from scanner.index import TrainingIndex, captions_to_sample
     from scanner.prompts import read_prompts
     from scanner.scan import run_scan
     from scanner.store import Store
@@ -129,7 +146,8 @@ def scan(
     settings = load_scan_config(config) if config else ScanConfig(db="runs/scan.duckdb")
     settings = override(settings, model=str(model) if model else None,
                         single_file_config=str(single_file_config) if single_file_config else None, prompts=str(prompts) if prompts else None,
-                        db=str(db) if db else None, images_dir=str(images_dir) if images_dir else None, device=device)
+                        db=str(db) if db else None, images_dir=str(images_dir) if images_dir else None, device=device,
+                        index=index)
     try:
         settings = override(settings, sampling=override(settings.sampling, samples_per_prompt=samples_per_prompt,
                                                         batch_size=batch_size, num_inference_steps=num_inference_steps,
@@ -139,7 +157,11 @@ def scan(
                             cluster=override(settings.cluster, threshold=threshold, min_clique=min_clique, criterion=criterion))
     except ValueError as error:
         raise MemscanError(f"invalid setting: {error}") from None
-    if settings.prompts:
+    if prompts_from_index:
+        source_index = TrainingIndex.open(prompts_from_index, index_root)
+        prompt_list = [Prompt.from_text(caption, source=f"index:{source_index.name}", source_item_id=item_id)
+                       for caption, item_id in captions_to_sample(source_index, top)]
+    elif settings.prompts:
         prompt_list = read_prompts(settings.prompts, caption_column)
     else:
         prompt_list = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"])
@@ -147,12 +169,121 @@ def scan(
     model_path = Path(settings.model) if settings.model else demo_world.SD_MODEL
     loaded = DiffusersT2I.load(model_path, device=settings.device, single_file_config=settings.single_file_config or None)
     embedder = _load_embedder(settings.features)
+    training_index = None
+    if settings.index:
+        if embedder is None:
+            raise MemscanError("--index needs CLIP embeddings of the generations; drop --no-embeddings")
+        training_index = TrainingIndex.open(settings.index, index_root)
+        training_index.check_embedder(embedder)
     with Store(settings.db, files_dir=settings.images_dir or None) as store:
-        result = run_scan(store, loaded, prompt_list, settings, show_progress=not no_progress, embedder=embedder)
+        result = run_scan(store, loaded, prompt_list, settings, show_progress=not no_progress, embedder=embedder,
+                          index=training_index)
         if result.resumed:
             console.print(f"Resumed run {result.run_id}: {result.counts['resumed_from']} generations were already stored.")
         _print_findings(store, result.run_id)
         _print_where(Path(settings.db), result.run_id)
+
+
+index_app = typer.Typer(no_args_is_help=True, help="Build, inspect and query training-set indexes.")
+app.add_typer(index_app, name="index")
+
+
+def _clip_for(clip_model: Optional[str], clip_pretrained: Optional[str]):
+    from scanner.config import FeatureConfig
+
+    return _load_embedder(FeatureConfig(clip_model=clip_model or "", clip_pretrained=clip_pretrained or ""))
+
+
+@index_app.command("build")
+def index_build(
+    source: Path = typer.Argument(..., help="Image folder with .txt captions, a .parquet/.csv table, or .tar shards."),
+    name: str = typer.Option(..., help="Index name: written to ROOT/NAME."),
+    root: Path = typer.Option(Path("indexes"), help="Folder holding indexes."),
+    append: bool = typer.Option(False, "--append", help="Add the source's new items to an existing index."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index of this name."),
+    image_column: str = typer.Option("image_path", help="Column with image paths in a table (relative to it)."),
+    caption_column: str = typer.Option("caption", help="Column with captions in a table."),
+    thumbnail_size: int = typer.Option(64, help="Side of the thumbnails kept for pixel verification."),
+    clip_model: Optional[str] = typer.Option(None, help="open_clip folder or architecture name (default: the demo CLIP)."),
+    clip_pretrained: Optional[str] = typer.Option(None, help="Weights file when --clip-model is an architecture name."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Do not draw progress bars."),
+) -> None:
+    """Index a training set: CLIP image and caption embeddings, perceptual hashes, thumbnails."""
+    from scanner.index import IndexConfig, build_index
+
+    embedder = _clip_for(clip_model, clip_pretrained)
+    with progress_bar("indexing", total=None, enabled=not no_progress, unit="items") as advance:
+        manifest = build_index(source, name, embedder, IndexConfig(thumbnail_size=thumbnail_size), root=root,
+                               append=append, overwrite=overwrite, image_column=image_column,
+                               caption_column=caption_column, on_progress=advance)
+    console.print(f"Index {root / name}: {manifest['counts']['items']} items, {manifest['counts']['skipped']} skipped, "
+                  f"image index {manifest['image_index']['kind']}, {manifest['build_seconds']}s")
+    for skipped in manifest["skipped"][:10]:
+        console.print(f"  skipped {skipped['path']}: {skipped['reason']}")
+
+
+@index_app.command("stats")
+def index_stats_command(
+    name: str = typer.Argument(..., help="Index name (under --root) or folder."),
+    root: Path = typer.Option(Path("indexes"), help="Folder holding indexes."),
+    top: int = typer.Option(10, help="How many of the most duplicated captions and images to list."),
+) -> None:
+    """Counts, caption duplication histogram, most duplicated captions and images."""
+    from scanner.index import TrainingIndex, index_stats
+
+    stats = index_stats(TrainingIndex.open(name, root), top=top)
+    console.print(f"{stats['items']} items, {stats['distinct_captions']} distinct captions, "
+                  f"{stats['distinct_images_by_phash']} distinct images by pHash, {stats['skipped']} skipped at build")
+    _print_table("Caption duplication histogram", ["copies", "captions"],
+                 [[k, v] for k, v in stats["caption_duplication_histogram"].items()])
+    _print_table("Most duplicated captions (exact)", ["copies", "caption"], [[n, c] for c, n in stats["top_captions"]])
+    _print_table("Most duplicated captions (near-duplicate by text embedding)", ["items", "caption"],
+                 [[n, c] for c, n in stats["top_near_duplicate_captions"]])
+    _print_table("Most duplicated images (by pHash)", ["copies", "item", "caption"],
+                 [[n, i, c] for i, c, n in stats["top_images"]])
+
+
+@index_app.command("query")
+def index_query(
+    name: str = typer.Argument(..., help="Index name (under --root) or folder."),
+    image: Optional[Path] = typer.Option(None, help="Query image file."),
+    text: Optional[str] = typer.Option(None, help="Query text."),
+    k: int = typer.Option(10, "-k", help="How many items to return."),
+    root: Path = typer.Option(Path("indexes"), help="Folder holding indexes."),
+    clip_model: Optional[str] = typer.Option(None, help="The open_clip model the index was built with (default: the demo CLIP)."),
+    clip_pretrained: Optional[str] = typer.Option(None, help="Weights file when --clip-model is an architecture name."),
+) -> None:
+    """The k nearest training items to an image (CLIP, with pixel distances) or a text (captions)."""
+    from scanner import distances
+    from scanner.features import load_image
+    from scanner.index import TrainingIndex, fit
+
+    if (image is None) == (text is None):
+        raise MemscanError("give exactly one of --image PATH or --text \"...\"")
+    index = TrainingIndex.open(name, root)
+    embedder = _clip_for(clip_model, clip_pretrained)
+    index.check_embedder(embedder)
+    if text is not None:
+        scores, ids = index.search_texts(embedder.embed_texts([text]), k)
+        _print_table(f"Nearest captions to {text!r}", ["rank", "cosine", "item", "caption"],
+                     [[r + 1, float(s), index.item_ids[i], index.captions[i]] for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0])
+        return
+    if not image.is_file():
+        raise input_error(image, "no such image file")
+    try:
+        pixels = load_image(image)
+    except Exception:
+        raise input_error(image, "not a readable image") from None
+    scores, ids = index.search_images(embedder.embed_images(pixels[None]), k)
+    query = fit(pixels, index.manifest["thumbnail_size"])
+    rows = []
+    for rank, (score, i) in enumerate(zip(scores[0], ids[0])):
+        if i < 0:
+            continue
+        thumbnail = np.asarray(index.thumbnails[i])
+        rows.append([rank + 1, float(score), float(distances.normalized_l2(query, thumbnail)),
+                     float(distances.tiled_l2(query, thumbnail)), index.item_ids[i], index.captions[i]])
+    _print_table(f"Nearest images to {image}", ["rank", "cosine", "l2", "tiled_l2", "item", "caption"], rows)
 
 
 @app.command()

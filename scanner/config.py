@@ -76,6 +76,20 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class MatchConfig:
+    """How candidates are matched to training items and judged (see scanner/match.py)."""
+
+    k: int = 10                 # CLIP neighbours proposed per generation, beyond the anchor set
+    max_hamming: int = 10       # pHash neighbours proposed per generation
+    extraction_l2: float = 0.15
+    similar_l2: float = 0.25
+    anchor_n: int = 50
+    anchor_alpha: float = 0.5
+    tiles: int = 4
+    keep: int = 5               # matches stored per candidate: the closest distinct items
+
+
+@dataclass(frozen=True)
 class ScanConfig:
     model: str = ""
     single_file_config: str = ""  # a local pipeline folder describing a single-file checkpoint
@@ -86,6 +100,8 @@ class ScanConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    match: MatchConfig = field(default_factory=MatchConfig)
+    index: str = ""  # a training-set index (name under indexes/ or folder) to match candidates against
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,7 +115,8 @@ def _build(cls: type, values: dict[str, Any], source: Path, section: str) -> Any
         raise input_error(source, f"unknown setting {where}{', '.join(unknown)}; known: {', '.join(known)}")
     kwargs = {}
     for name, value in values.items():
-        nested = {"sampling": SamplingConfig, "features": FeatureConfig, "cluster": ClusterConfig}.get(name) if cls is ScanConfig else None
+        nested = {"sampling": SamplingConfig, "features": FeatureConfig, "cluster": ClusterConfig,
+                  "match": MatchConfig}.get(name) if cls is ScanConfig else None
         if nested is not None:
             if not isinstance(value, dict):
                 raise input_error(source, f"[{name}] must be a table")

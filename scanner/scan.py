@@ -12,9 +12,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scanner import cluster, generate
+from scanner import cluster, generate, match
 from scanner.config import ScanConfig
 from scanner.generate import Prompt
+from scanner.index import TrainingIndex
 from scanner.models.base import ImageTextEmbedder, TextToImageModel
 from scanner.progress import progress_bar
 from scanner.store import Store, stable_id
@@ -35,11 +36,16 @@ def run_id_for(model: TextToImageModel, prompts: Sequence[Prompt], config: ScanC
 
 
 def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], config: ScanConfig,
-             kind: str = "scan", show_progress: bool = True, embedder: ImageTextEmbedder | None = None) -> ScanResult:
+             kind: str = "scan", show_progress: bool = True, embedder: ImageTextEmbedder | None = None,
+             index: TrainingIndex | None = None) -> ScanResult:
     """Sample what is missing, then recompute clusters and candidates; ``embedder`` adds CLIP
-    image embeddings to every generation (FAISS proposes near-duplicate edges from them)."""
+    image embeddings to every generation (FAISS proposes near-duplicate edges from them);
+    ``index`` matches every candidate to the training items it may reproduce."""
     run_id = run_id_for(model, prompts, config, kind)
     provenance = config.to_dict()
+    if index is not None:
+        provenance["match"].update(index=index.name, index_folder=str(index.folder.resolve()),
+                                   index_embedder_hash=index.manifest["embedder_hash"])
     if embedder is not None:
         provenance["features"].update(embedder=embedder.model_ref, embedder_hash=embedder.model_hash,
                                       embedder_preprocess=getattr(embedder, "preprocess_cfg", {}))
@@ -55,8 +61,12 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
                                             on_batch=lambda done, _total: advance(done))
         clustered = time.perf_counter()
         cluster_counts = cluster.cluster_run(store, run_id, config.cluster)
+        matched = time.perf_counter()
+        if index is not None:
+            cluster_counts.update({f"matched_{k}": v for k, v in match.match_run(store, run_id, index, config.match).items()})
         timings = {"sampling_s": stats["sampling_s"], "features_s": stats["features_s"],
-                   "clustering_s": time.perf_counter() - clustered, "total_s": time.perf_counter() - began}
+                   "clustering_s": matched - clustered, "matching_s": time.perf_counter() - matched,
+                   "total_s": time.perf_counter() - began}
     except BaseException:
         store.finish_run(run_id, {"total_s": time.perf_counter() - began}, status="failed")
         raise

@@ -52,3 +52,26 @@ def demo_items(per_bucket: int = 15, seed: int = 0) -> list[dict]:
             in_bucket = [in_bucket[i] for i in sorted(rng.choice(len(in_bucket), size=min(per_bucket, len(in_bucket)), replace=False))]
         chosen += in_bucket
     return chosen
+
+
+def export_training_set(folder: Path) -> Path:
+    """Write the diffusion model's training set as an image folder with sidecar captions, one
+    file per copy (``obj-00003--017.png`` + ``.txt``), as a scraped training set would hold it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    for row in load_world(["item_id", "caption", "dup_count", "sd_train", "image_png"]):
+        if not row["sd_train"]:
+            continue
+        for copy in range(row["dup_count"]):
+            stem = folder / f"{row['item_id']}--{copy:03d}"
+            stem.with_suffix(".png").write_bytes(row["image_png"])
+            stem.with_suffix(".txt").write_text(row["caption"])
+    done.write_text("")
+    return folder
+
+
+def world_item_of(index_item_id: str) -> str:
+    """The demo world item behind an exported training-set file's key."""
+    return index_item_id.split("--")[0]

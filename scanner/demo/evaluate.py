@@ -2,7 +2,9 @@
 
 A prompt is *flagged* when it has a candidate cluster; its item is *reproduced* when a
 candidate's medoid is within whole-image normalized l2 0.15 (Carlini's extraction threshold)
-of the item's training image. Reported per duplication bucket.
+of the item's training image (checked against the ground truth directly); it is *extracted*
+when the matching stage judged a candidate ``extracted`` against a copy of that very item.
+Reported per duplication bucket.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scanner import features
-from scanner.demo import BUCKETS, bucket_of, decode_png, load_world
+from scanner.demo import BUCKETS, bucket_of, decode_png, load_world, world_item_of
 from scanner.distances import normalized_l2
 from scanner.store import Store
 
@@ -23,6 +25,7 @@ class BucketScore:
     prompts: int
     flagged: int
     reproduced: int
+    extracted: int
 
 
 def score_demo_run(store: Store, run_id: str) -> list[BucketScore]:
@@ -32,10 +35,16 @@ def score_demo_run(store: Store, run_id: str) -> list[BucketScore]:
         "SELECT c.prompt_id, g.image_path FROM candidates c JOIN clusters cl USING (run_id, cluster_id) "
         "JOIN generations g ON g.run_id = cl.run_id AND g.generation_id = cl.medoid_generation_id WHERE c.run_id = ?",
         [run_id]).to_pylist()
+    extracted_items = store.query(
+        "SELECT c.prompt_id, m.item_id FROM candidates c JOIN matches m USING (run_id, candidate_id) "
+        "WHERE c.run_id = ? AND m.verdict = 'extracted'", [run_id]).to_pylist()
+    extracted_of: dict[str, set[str]] = {}
+    for row in extracted_items:
+        extracted_of.setdefault(row["prompt_id"], set()).add(world_item_of(row["item_id"]))
     medoids_of: dict[str, list[str]] = {}
     for row in medoids:
         medoids_of.setdefault(row["prompt_id"], []).append(row["image_path"])
-    totals = {bucket: [0, 0, 0] for bucket in BUCKETS}
+    totals = {bucket: [0, 0, 0, 0] for bucket in BUCKETS}
     for prompt in prompts:
         item = truth.get(prompt["source_item_id"])
         if item is None:
@@ -47,4 +56,5 @@ def score_demo_run(store: Store, run_id: str) -> list[BucketScore]:
         training_image = decode_png(item["image_png"])
         counts[2] += any(float(normalized_l2(features.load_image(store.image_file(p)), training_image)) <= EXTRACTION_L2
                          for p in paths)
+        counts[3] += prompt["source_item_id"] in extracted_of.get(prompt["prompt_id"], set())
     return [BucketScore(bucket, *totals[bucket]) for bucket in BUCKETS if totals[bucket][0]]

@@ -1,0 +1,311 @@
+"""Training-set indexes: ``indexes/NAME/`` holds everything needed to match a generation to
+the training item it reproduces.
+
+Layout (one folder per index):
+- ``manifest.json``: embedder and its weights hash, preprocessing, dimensions, counts, the
+  FAISS index kinds (with IVF-PQ recall@10 against exact search), skipped files, source, build time;
+- ``items.parquet``: ``item_id`` (the key in the source), ``source_path``, ``caption``, ``sha256``,
+  ``phash``, ``dhash`` (row i is FAISS id i);
+- ``image.index``, ``text.index``: CLIP image and caption embeddings, inner product on normalized
+  vectors (exact below ``exact_below`` items, IVF-PQ above); ``phash.index``: binary pHashes;
+- ``image_emb.npy``, ``text_emb.npy``: the embeddings themselves, so ``--append`` never re-embeds;
+- ``thumbnails.npy``: uint8 [N, S, S, 3] thumbnails for pixel verification (memory-mapped).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from scanner import features
+from scanner.errors import MemscanError, input_error
+from scanner.models.base import ImageTextEmbedder
+from scanner.sources import SourceItem, iter_source
+
+DEFAULT_ROOT = Path("indexes")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    thumbnail_size: int = 64
+    exact_below: int = 200_000       # above this many items, image and caption indexes are IVF-PQ
+    pq_subquantizers: int = 16
+    nprobe: int = 32
+    batch_size: int = 256
+
+
+def index_dir(name: str, root: Path = DEFAULT_ROOT) -> Path:
+    path = Path(name)
+    return path if path.is_dir() and (path / "manifest.json").exists() else root / name
+
+
+def fit(image: np.ndarray, size: int) -> np.ndarray:
+    """Exactly size x size (bicubic), so generations and training images compare pixel for pixel."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def build_vector_index(vectors: np.ndarray, config: IndexConfig, rng_seed: int = 0) -> tuple[object, dict]:
+    """Exact inner-product search for small sets; a trained IVF-PQ index (with its measured
+    recall@10 against exact search) for large ones."""
+    import faiss
+
+    n, dim = vectors.shape
+    if n < config.exact_below:
+        index = faiss.IndexFlatIP(dim)
+        index.add(vectors)
+        return index, {"kind": "Flat", "metric": "inner_product"}
+    nlist = int(4 * np.sqrt(n))
+    m = config.pq_subquantizers if dim % config.pq_subquantizers == 0 else 8
+    index = faiss.index_factory(dim, f"IVF{nlist},PQ{m}", faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(rng_seed)
+    train = vectors[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
+    index.train(train)
+    index.add(vectors)
+    index.nprobe = config.nprobe
+    recall = ivf_recall_at_10(index, vectors, rng)
+    return index, {"kind": f"IVF{nlist},PQ{m}", "metric": "inner_product", "nprobe": config.nprobe, "recall_at_10": recall}
+
+
+def ivf_recall_at_10(index, vectors: np.ndarray, rng: np.random.Generator, queries: int = 1000) -> float:
+    """Share of the exact top-10 neighbours that the approximate index returns, on sampled queries."""
+    import faiss
+
+    sample = vectors[rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)]
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    _, truth = exact.search(sample, 10)
+    _, found = index.search(sample, 10)
+    return float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)]))
+
+
+def _decode(item: SourceItem) -> tuple[np.ndarray | None, bytes, str]:
+    try:
+        data = item.read_bytes()
+    except OSError as error:
+        return None, b"", f"unreadable: {error.strerror or error}"
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB")), data, ""
+    except Exception as error:  # PIL raises many kinds for truncated or corrupt files
+        return None, data, f"corrupt image: {type(error).__name__}"
+
+
+def build_index(source: Path, name: str, embedder: ImageTextEmbedder, config: IndexConfig = IndexConfig(),
+                root: Path = DEFAULT_ROOT, append: bool = False, overwrite: bool = False,
+                image_column: str = "image_path", caption_column: str = "caption",
+                on_progress: Callable[[int], None] | None = None) -> dict:
+    """Build (or extend) ``root/name`` from a source; returns the manifest."""
+    import faiss
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target = root / name
+    if target.exists() and not (append or overwrite):
+        raise input_error(target, "an index of this name exists; use --overwrite to replace it or --append to extend it")
+    if append and not (target / "manifest.json").exists():
+        raise input_error(target, "no index to append to")
+    began = time.perf_counter()
+    previous = json.loads((target / "manifest.json").read_text()) if append else None
+    if previous and previous["embedder_hash"] != embedder.model_hash:
+        raise input_error(target, "was built with another embedder; appending would mix embedding spaces")
+    if previous:
+        config = IndexConfig(**{**asdict(config), "thumbnail_size": previous["thumbnail_size"]})
+
+    rows, thumbnails, image_vectors, skipped = [], [], [], []
+    batch_images: list[np.ndarray] = []
+
+    def embed_batch(images: list[np.ndarray]) -> np.ndarray:
+        # images of mixed sizes go through the embedder one by one (its preprocessing resizes them)
+        if len({i.shape for i in images}) > 1:
+            return np.concatenate([embedder.embed_images(image[None]) for image in images])
+        return embedder.embed_images(np.stack(images))
+
+    def flush() -> None:
+        if batch_images:
+            image_vectors.append(embed_batch(batch_images))
+            batch_images.clear()
+
+    known_keys = set(pq.read_table(target / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()) if previous else set()
+    for item in iter_source(source, image_column, caption_column):
+        if item.key in known_keys:
+            continue
+        image, data, problem = _decode(item)
+        if image is None:
+            skipped.append({"path": item.source_path, "reason": problem})
+            continue
+        phash, dhash = features.perceptual_hashes(image)
+        rows.append({"item_id": item.key, "source_path": item.source_path, "caption": item.caption,
+                     "sha256": hashlib.sha256(data).hexdigest(), "phash": phash, "dhash": dhash,
+                     "width": int(image.shape[1]), "height": int(image.shape[0])})
+        thumbnails.append(fit(image, config.thumbnail_size))
+        batch_images.append(image)
+        if len(batch_images) >= config.batch_size:
+            flush()
+        if on_progress:
+            on_progress(1)
+    flush()
+    if not rows and not previous:
+        raise input_error(source, f"no readable images found ({len(skipped)} skipped)")
+
+    new_images = np.concatenate(image_vectors).astype(np.float32) if image_vectors else np.zeros((0, embedder.dim), np.float32)
+    new_texts = embedder.embed_texts([r["caption"] for r in rows]).astype(np.float32) if rows else new_images[:0]
+    new_thumbnails = np.stack(thumbnails) if thumbnails else np.zeros((0, config.thumbnail_size, config.thumbnail_size, 3), np.uint8)
+    schema = pa.schema([("item_id", pa.string()), ("source_path", pa.string()), ("caption", pa.string()),
+                        ("sha256", pa.string()), ("phash", pa.uint64()), ("dhash", pa.uint64()),
+                        ("width", pa.int32()), ("height", pa.int32())])
+    items = pa.Table.from_pylist(rows, schema=schema)
+    staging = target.with_name(f".{name}.building")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    if previous:
+        items = pa.concat_tables([pq.read_table(target / "items.parquet"), items])
+        new_images = np.concatenate([np.load(target / "image_emb.npy"), new_images])
+        new_texts = np.concatenate([np.load(target / "text_emb.npy"), new_texts])
+        new_thumbnails = np.concatenate([np.load(target / "thumbnails.npy"), new_thumbnails])
+        skipped = previous["skipped"] + skipped
+    pq.write_table(items, staging / "items.parquet")
+    np.save(staging / "image_emb.npy", new_images)
+    np.save(staging / "text_emb.npy", new_texts)
+    np.save(staging / "thumbnails.npy", new_thumbnails)
+    image_index, image_info = build_vector_index(new_images, config)
+    text_index, text_info = build_vector_index(new_texts, config)
+    faiss.write_index(image_index, str(staging / "image.index"))
+    faiss.write_index(text_index, str(staging / "text.index"))
+    hash_index = faiss.IndexBinaryFlat(64)
+    hash_index.add(hash_codes(items.column("phash").to_numpy()))
+    faiss.write_index_binary(hash_index, str(staging / "phash.index"))
+    manifest = {
+        "name": name, "format": 1, "source": str(Path(source).resolve()),
+        "sources": (previous["sources"] if previous else []) + [str(Path(source).resolve())],
+        "embedder": embedder.model_ref, "embedder_hash": embedder.model_hash,
+        "embedder_preprocess": getattr(embedder, "preprocess_cfg", {}), "dim": int(embedder.dim),
+        "thumbnail_size": config.thumbnail_size, "counts": {"items": items.num_rows, "skipped": len(skipped)},
+        "skipped": skipped, "image_index": image_info, "text_index": text_info,
+        "hash_index": {"kind": "BinaryFlat", "bits": 64, "hash": "phash"},
+        "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(time.perf_counter() - began, 2),
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    # swap the finished folder in: a build that dies never leaves a half-written index under NAME
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return manifest
+
+
+def hash_codes(hashes: np.ndarray) -> np.ndarray:
+    """64-bit hashes as FAISS binary codes (8 bytes each, most significant first)."""
+    return np.ascontiguousarray(np.asarray(hashes, dtype=np.uint64).astype(">u8").view(np.uint8).reshape(-1, 8))
+
+
+class TrainingIndex:
+    """A built index, opened read-only (thumbnails memory-mapped)."""
+
+    def __init__(self, folder: Path):
+        import faiss
+        import pyarrow.parquet as pq
+
+        if not (folder / "manifest.json").is_file():
+            raise input_error(folder, "not a memscan index (manifest.json is missing); build one with 'memscan index build'")
+        self.folder = folder
+        self.manifest = json.loads((folder / "manifest.json").read_text())
+        self.name = self.manifest["name"]
+        self.items = pq.read_table(folder / "items.parquet")
+        self.item_ids = self.items.column("item_id").to_pylist()
+        self.captions = self.items.column("caption").to_pylist()
+        self.phashes = self.items.column("phash").to_numpy()
+        self.sha256 = self.items.column("sha256").to_pylist()
+        self.max_copies = max(Counter(self.sha256).values(), default=1)  # how deep a search must go to see past copies
+        self._row_of = {item_id: row for row, item_id in enumerate(self.item_ids)}
+        self._image_embeddings = np.load(folder / "image_emb.npy", mmap_mode="r")
+        self.thumbnails = np.load(folder / "thumbnails.npy", mmap_mode="r")
+        self.image_index = faiss.read_index(str(folder / "image.index"))
+        self.text_index = faiss.read_index(str(folder / "text.index"))
+        self.hash_index = faiss.read_index_binary(str(folder / "phash.index"))
+        for index, info in ((self.image_index, self.manifest["image_index"]), (self.text_index, self.manifest["text_index"])):
+            if "nprobe" in info:
+                faiss.extract_index_ivf(index).nprobe = info["nprobe"]
+
+    @classmethod
+    def open(cls, name: str, root: Path = DEFAULT_ROOT) -> "TrainingIndex":
+        return cls(index_dir(name, root))
+
+    def check_embedder(self, embedder: ImageTextEmbedder) -> None:
+        if embedder.model_hash != self.manifest["embedder_hash"]:
+            raise MemscanError(f"{self.folder}: built with embedder {self.manifest['embedder']}, not {embedder.model_ref}; "
+                               "query it with the same --clip-model")
+
+    def image_embedding(self, item_id: str) -> np.ndarray:
+        return np.asarray(self._image_embeddings[self._row_of[item_id]], dtype=np.float32)
+
+    def search_images(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.image_index.search(np.ascontiguousarray(embeddings, dtype=np.float32), min(k, len(self.item_ids)))
+
+    def search_texts(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.text_index.search(np.ascontiguousarray(embeddings, dtype=np.float32), min(k, len(self.item_ids)))
+
+    def search_hashes(self, phash: int, max_hamming: int) -> tuple[np.ndarray, np.ndarray]:
+        """Items whose pHash is within ``max_hamming`` bits: (ids, distances)."""
+        lims, distances, ids = self.hash_index.range_search(hash_codes(np.array([phash])), max_hamming + 1)
+        return ids[lims[0]:lims[1]].astype(np.int64), distances[lims[0]:lims[1]].astype(np.int64)
+
+
+def index_stats(index: TrainingIndex, top: int = 10, near_cosine: float = 0.98) -> dict:
+    """Counts, the caption duplication histogram, and the most duplicated captions and images."""
+    captions = Counter(index.captions)
+    histogram = Counter(captions.values())
+    images = Counter(index.phashes.tolist())
+    by_hash = {}
+    for i, h in enumerate(index.phashes.tolist()):
+        by_hash.setdefault(h, i)
+    near = near_duplicate_caption_groups(index, near_cosine, top)
+    return {
+        "items": len(index.item_ids), "distinct_captions": len(captions), "distinct_images_by_phash": len(images),
+        "skipped": index.manifest["counts"]["skipped"],
+        "caption_duplication_histogram": dict(sorted(histogram.items())),
+        "top_captions": captions.most_common(top),
+        "top_near_duplicate_captions": near,
+        "top_images": [(index.item_ids[by_hash[h]], index.captions[by_hash[h]], n) for h, n in images.most_common(top)],
+    }
+
+
+def near_duplicate_caption_groups(index: TrainingIndex, min_cosine: float, top: int, neighbours: int = 256) -> list[tuple[str, int]]:
+    """Distinct captions with how many items have a caption embedding within ``min_cosine`` of
+    theirs (exact repeats included, counted up to ``neighbours``): captions repeated with small
+    variations count together."""
+    distinct: dict[str, int] = {}
+    for i, caption in enumerate(index.captions):
+        distinct.setdefault(caption, i)
+    ids = list(distinct.values())
+    vectors = np.load(index.folder / "text_emb.npy", mmap_mode="r")
+    scores, _ = index.search_texts(np.ascontiguousarray(vectors[ids], dtype=np.float32), neighbours)
+    counts = (scores >= min_cosine).sum(axis=1)
+    order = np.argsort(-counts, kind="stable")[:top]
+    return [(index.captions[ids[i]], int(counts[i])) for i in order]
+
+
+def captions_to_sample(index: TrainingIndex, top: int) -> list[tuple[str, str]]:
+    """The ``top`` most duplicated captions, with one item id each (Carlini et al. sampled the
+    most duplicated training captions first)."""
+    first: dict[str, str] = {}
+    for item_id, caption in zip(index.item_ids, index.captions):
+        if caption:
+            first.setdefault(caption, item_id)
+    counts = Counter(c for c in index.captions if c)
+    return [(caption, first[caption]) for caption, _ in counts.most_common(top)]

@@ -1,0 +1,140 @@
+"""Training-set indexes on small real data: every source kind, bad input, exact and IVF-PQ
+search checked against brute force, and matching verdicts."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from scanner.demo import decode_png, load_world
+from scanner.errors import MemscanError
+from scanner.index import IndexConfig, TrainingIndex, build_index, build_vector_index, captions_to_sample, index_stats
+
+
+@pytest.fixture(scope="module")
+def world_rows():
+    return [r for r in load_world(["item_id", "caption", "image_png", "kind", "dup_count"]) if r["kind"] == "object"][:40]
+
+
+def write_folder(folder, rows, copies=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        for copy in range((copies or {}).get(row["item_id"], 1)):
+            (folder / f"{row['item_id']}--{copy}.png").write_bytes(row["image_png"])
+            (folder / f"{row['item_id']}--{copy}.txt").write_text(row["caption"])
+    return folder
+
+
+def test_folder_index_counts_skips_and_finds_its_own_images(tmp_path, world_rows, demo_clip):
+    source = write_folder(tmp_path / "train", world_rows, copies={world_rows[0]["item_id"]: 5})
+    (source / "truncated.png").write_bytes(world_rows[1]["image_png"][:40])  # a corrupt file must not abort
+    (source / "truncated.txt").write_text("broken")
+    manifest = build_index(source, "t", demo_clip, IndexConfig(thumbnail_size=32), root=tmp_path / "indexes")
+    assert manifest["counts"] == {"items": 44, "skipped": 1}
+    assert manifest["skipped"][0]["path"].endswith("truncated.png") and "corrupt" in manifest["skipped"][0]["reason"]
+    assert manifest["embedder_hash"] == demo_clip.model_hash and manifest["image_index"]["kind"] == "Flat"
+    index = TrainingIndex.open("t", tmp_path / "indexes")
+    image = decode_png(world_rows[7]["image_png"])
+    scores, ids = index.search_images(demo_clip.embed_images(image[None]), 3)
+    assert index.item_ids[ids[0][0]] == f"{world_rows[7]['item_id']}--0" and scores[0][0] > 0.99
+    hash_ids, hamming = index.search_hashes(index.phashes[ids[0][0]], 0)
+    assert ids[0][0] in hash_ids.tolist() and (hamming == 0).all()
+    np.testing.assert_array_equal(index.thumbnails[ids[0][0]], image)
+    stats = index_stats(index, top=3)
+    assert stats["caption_duplication_histogram"] == {1: 40, 5: 1}
+    assert stats["top_captions"][0] == (world_rows[0]["caption"], 5)
+    assert stats["top_images"][0][2] == 5
+    assert captions_to_sample(index, 2)[0] == (world_rows[0]["caption"], f"{world_rows[0]['item_id']}--0")
+
+
+def test_append_adds_only_new_items_and_name_clashes_are_errors(tmp_path, world_rows, demo_clip):
+    root = tmp_path / "indexes"
+    build_index(write_folder(tmp_path / "a", world_rows[:10]), "t", demo_clip, IndexConfig(thumbnail_size=32), root=root)
+    with pytest.raises(MemscanError, match="--overwrite"):
+        build_index(tmp_path / "a", "t", demo_clip, root=root)
+    manifest = build_index(write_folder(tmp_path / "a", world_rows[:15]), "t", demo_clip, root=root, append=True)
+    assert manifest["counts"]["items"] == 15 and manifest["thumbnail_size"] == 32
+    index = TrainingIndex.open("t", root)
+    assert index.item_ids == [f"{r['item_id']}--0" for r in world_rows[:15]]
+    np.testing.assert_allclose(np.load(root / "t" / "image_emb.npy")[12],
+                               demo_clip.embed_images(decode_png(world_rows[12]["image_png"])[None])[0], atol=1e-5)
+
+
+def test_table_and_tar_sources(tmp_path, world_rows, demo_clip):
+    folder = write_folder(tmp_path / "images", world_rows[:6])
+    table = pa.table({"path": [f"images/{r['item_id']}--0.png" for r in world_rows[:6]], "text": [r["caption"] for r in world_rows[:6]]})
+    pq.write_table(table, tmp_path / "train.parquet")
+    manifest = build_index(tmp_path / "train.parquet", "p", demo_clip, root=tmp_path / "ix", image_column="path", caption_column="text")
+    assert manifest["counts"]["items"] == 6
+    (tmp_path / "train.csv").write_text("image_path,caption\n" + "".join(f"images/{r['item_id']}--0.png,\"{r['caption']}\"\n" for r in world_rows[:4]))
+    assert build_index(tmp_path / "train.csv", "c", demo_clip, root=tmp_path / "ix")["counts"]["items"] == 4
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "00000.tar", "w") as archive:
+        for n, row in enumerate(world_rows[:5]):
+            for suffix, data in ((".png", row["image_png"]), (".json", json.dumps({"caption": row["caption"]}).encode())):
+                info = tarfile.TarInfo(f"{n:09d}{suffix}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    manifest = build_index(shards, "w", demo_clip, root=tmp_path / "ix")
+    assert manifest["counts"]["items"] == 5
+    assert TrainingIndex.open("w", tmp_path / "ix").captions == [r["caption"] for r in world_rows[:5]]
+    assert list(folder.glob("*.png"))
+
+
+def test_bad_sources_are_one_line_errors(tmp_path, demo_clip):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MemscanError, match="no readable images"):
+        build_index(empty, "e", demo_clip, root=tmp_path / "ix")
+    (tmp_path / "sub").mkdir()
+    pq.write_table(pa.table({"image_path": ["../secret.png"], "caption": ["x"]}), tmp_path / "sub" / "t.parquet")
+    with pytest.raises(MemscanError, match="escapes the folder"):
+        build_index(tmp_path / "sub" / "t.parquet", "e", demo_clip, root=tmp_path / "ix")
+    pq.write_table(pa.table({"image_path": ["a.png"]}), tmp_path / "nocap.parquet")
+    with pytest.raises(MemscanError, match="no column 'caption'"):
+        build_index(tmp_path / "nocap.parquet", "e", demo_clip, root=tmp_path / "ix")
+    with pytest.raises(MemscanError, match="no such source"):
+        build_index(tmp_path / "missing", "e", demo_clip, root=tmp_path / "ix")
+
+
+def test_ivf_pq_recall_is_measured_against_exact_search():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(50, 64))
+    vectors = (centers[rng.integers(0, 50, 6000)] + 0.3 * rng.normal(size=(6000, 64))).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index, info = build_vector_index(vectors, IndexConfig(exact_below=1000, nprobe=32))
+    assert info["kind"].startswith("IVF") and 0.5 <= info["recall_at_10"] <= 1.0
+    exact, exact_info = build_vector_index(vectors, IndexConfig())
+    _, truth = exact.search(vectors[:5], 1)
+    assert exact_info["kind"] == "Flat" and truth[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_match_verdicts_see_past_duplicates(tmp_path, world_rows, demo_clip):
+    from scanner.config import MatchConfig
+    from scanner.features import perceptual_hashes
+    from scanner.match import match_image
+
+    root = tmp_path / "ix"
+    build_index(write_folder(tmp_path / "train", world_rows, copies={world_rows[0]["item_id"]: 30}), "m", demo_clip,
+                IndexConfig(thumbnail_size=32), root=root)
+    index = TrainingIndex.open("m", root)
+    assert index.max_copies == 30
+
+    def judge(image):
+        return match_image(image, demo_clip.embed_images(image[None])[0], perceptual_hashes(image)[0], index, MatchConfig())
+
+    copy = decode_png(world_rows[0]["image_png"])
+    noisy = np.clip(copy.astype(int) + np.random.default_rng(0).integers(-8, 9, copy.shape), 0, 255).astype(np.uint8)
+    best = judge(noisy)[0]
+    assert best["item_id"].startswith(world_rows[0]["item_id"]) and best["verdict"] == "extracted"
+    assert best["l2"] < 0.05 and best["anchored_l2"] < 0.5 and best["anchor"] == "generation:distinct-nearest"
+    # the 30 copies collapse into one distinct image: the other matches are other items
+    assert len({m["item_id"].split("--")[0] for m in judge(noisy)}) == len(judge(noisy))
+    noise = np.random.default_rng(1).integers(0, 256, copy.shape, dtype=np.uint8)
+    assert all(m["verdict"] == "none" for m in judge(noise))
