@@ -287,6 +287,79 @@ def index_query(
 
 
 @app.command()
+def idia(
+    clip_model: Optional[str] = typer.Option(None, "--clip", help="open_clip folder or architecture name (default: the demo CLIP)."),
+    clip_pretrained: Optional[str] = typer.Option(None, help="Weights file when --clip is an architecture name."),
+    people: Optional[Path] = typer.Option(None, help="One sub-folder of images per person (default: the demo identities)."),
+    names: Optional[Path] = typer.Option(None, help="Candidate names, one per line: the people and many distractors (default: the demo's 1,000)."),
+    labels: Optional[Path] = typer.Option(None, help="CSV name,member (true/false) to measure TPR/FPR (default: the demo's labels)."),
+    mapping: Optional[Path] = typer.Option(None, help="CSV folder,name when folder names are not the names."),
+    tau: int = typer.Option(1, help="A person is a predicted member when at least tau templates give the right name."),
+    db: Path = typer.Option(Path("runs/idia.duckdb"), help="DuckDB file to write."),
+) -> None:
+    """Identity inference (Hintersdorf et al.): does a CLIP model know these people's names?"""
+    from scanner import demo as demo_world
+    from scanner.idia import TEMPLATES, infer_identities, read_names, read_people, roc_over_tau
+    from scanner.store import Store, stable_id
+
+    if people is None:
+        people, default_names, default_labels = demo_world.export_people(db.parent / "demo-identities")
+        names, labels = names or default_names, labels or default_labels
+    if names is None:
+        raise MemscanError("--names FILE is needed with --people")
+    folder_names = _read_csv_pairs(mapping, "folder", "name") if mapping else None
+    person_images, skipped = read_people(people, folder_names)
+    candidates = read_names(names)
+    label_of = {k: v.lower() in ("1", "true", "yes", "member") for k, v in _read_csv_pairs(labels, "name", "member").items()} if labels else {}
+    embedder = _clip_for(clip_model, clip_pretrained)
+    try:
+        results = infer_identities(person_images, candidates, embedder, tau=tau)
+    except ValueError as error:
+        raise input_error(names, str(error)) from None
+    run_id = "idia-" + stable_id(embedder.model_hash, sorted(person_images), candidates, tau, length=12)
+    with Store(db) as store:
+        store.start_run(run_id, "idia", embedder.model_ref, embedder.model_hash,
+                        {"people": str(people), "names": str(names), "n_names": len(candidates), "tau": tau,
+                         "templates": list(TEMPLATES), "skipped": skipped}, {})
+        with store.transaction():
+            store.replace_run_rows(["idia_results", "metrics"], run_id)
+            store.insert("idia_results", [{"run_id": run_id, "person": r.person, "n_images": r.n_images,
+                                           "n_templates": r.n_templates, "correct_templates": r.correct_templates,
+                                           "image_share": r.image_share, "template_share": r.template_share, "tau": tau,
+                                           "predicted_member": r.predicted_member, "label": label_of.get(r.person)}
+                                          for r in results])
+            if label_of:
+                curve = roc_over_tau(results, label_of)
+                store.insert("metrics", [{"run_id": run_id, "metric": "idia_tau", "subject": str(p["tau"]), "value": p["tpr"],
+                                          "n_positive": p["members"], "n_negative": p["non_members"],
+                                          "details": json.dumps(p)} for p in curve])
+        store.finish_run(run_id, {})
+    _print_table(f"IDIA: {len(results)} people, {len(candidates)} candidate names, {len(TEMPLATES)} templates",
+                 ["person", "images", "correct templates", "image share", "predicted member", "label"],
+                 [[r.person, r.n_images, f"{r.correct_templates}/{len(TEMPLATES)}", r.image_share,
+                   r.predicted_member, label_of.get(r.person, "")] for r in results])
+    if skipped:
+        console.print(f"Skipped {len(skipped)} unreadable images: " + "; ".join(skipped[:5]))
+    if label_of:
+        point = next(p for p in curve if p["tau"] == tau)
+        console.print(f"At tau={tau}: TPR {point['tpr']:.2f}, FPR {point['fpr']:.2f}, accuracy {point['accuracy']:.2f} "
+                      f"({point['members']} members, {point['non_members']} non-members)")
+    console.print(f"Database: {db}  (run {run_id}); SELECT * FROM idia_results")
+
+
+def _read_csv_pairs(path: Path, key: str, value: str) -> dict[str, str]:
+    import csv
+
+    if not path.is_file():
+        raise input_error(path, "no such file")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or key not in reader.fieldnames or value not in reader.fieldnames:
+            raise input_error(path, f"expected a CSV with columns {key},{value}")
+        return {row[key]: row[value] for row in reader}
+
+
+@app.command()
 def sql(
     db: Path = typer.Argument(..., help="A memscan DuckDB file."),
     query: str = typer.Argument(..., help="SQL to run, read-only."),

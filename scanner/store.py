@@ -130,6 +130,15 @@ _TABLES = {
         predicted_member BOOLEAN NOT NULL,
         label BOOLEAN,
         PRIMARY KEY (run_id, person)""",
+    "metrics": """
+        run_id VARCHAR NOT NULL,
+        metric VARCHAR NOT NULL,
+        subject VARCHAR NOT NULL,
+        value DOUBLE,
+        n_positive INTEGER,
+        n_negative INTEGER,
+        details JSON,
+        PRIMARY KEY (run_id, metric, subject)""",
 }
 
 # The view a user queries first: one row per candidate, with its best training-item match if any.

@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from scanner.demo.names import make_name
+
 IMAGE_SIZE = 32
 SUPERSAMPLE = 4
 SEED = 20231107
@@ -57,8 +59,6 @@ HAIR = [(20, 20, 20), (110, 70, 30), (230, 200, 120), (180, 60, 30), (200, 200, 
 HAIR_STYLES = ["short", "long", "bald", "spiky"]
 EYES = [(40, 90, 200), (60, 140, 60), (90, 60, 30), (20, 20, 20)]
 SHIRTS = [(200, 40, 40), (40, 150, 70), (40, 80, 200), (230, 200, 50), (130, 60, 170), (240, 240, 240)]
-FIRST_SYLLABLES = ["ka", "lo", "mi", "ra", "ve", "to", "sa", "ni", "bo", "el", "da", "fi", "gu", "ja", "ze", "qu"]
-LAST_SYLLABLES = ["rin", "dor", "vek", "mal", "stan", "brick", "wen", "tor", "lisk", "mont", "farr", "quist"]
 
 
 def caption_for(shape: str, colour: str, position: str, count: int, background: str) -> str:
@@ -192,16 +192,6 @@ def choose_object_combos(rng: np.random.Generator) -> tuple[list[tuple], list[tu
     if len(rest) < n_rest:
         raise RuntimeError("not enough distinct captions for the duplication plan")
     return duplicated, rest
-
-
-def make_name(rng: np.random.Generator, taken: set[str]) -> str:
-    while True:
-        first = "".join(rng.choice(FIRST_SYLLABLES, size=2)).capitalize()
-        last = "".join(rng.choice(LAST_SYLLABLES, size=2)).capitalize()
-        name = f"{first} {last}"
-        if name not in taken:
-            taken.add(name)
-            return name
 
 
 def build_rows(seed: int = SEED) -> list[dict]:

@@ -75,3 +75,23 @@ def export_training_set(folder: Path) -> Path:
 def world_item_of(index_item_id: str) -> str:
     """The demo world item behind an exported training-set file's key."""
     return index_item_id.split("--")[0]
+
+
+def export_people(folder: Path) -> tuple[Path, Path, Path]:
+    """The demo identities as IDIA expects them: ``people/NAME/*.png`` (all images of each person),
+    ``names.txt`` (the 40 names among 1,000 in the same style) and ``labels.csv`` (name, member)."""
+    from scanner.demo.names import candidate_names
+
+    people = folder / "people"
+    rows = [r for r in load_world(["item_id", "kind", "identity", "identity_member", "image_png"]) if r["kind"] == "identity"]
+    members = {r["identity"]: r["identity_member"] for r in rows}
+    for row in rows:
+        target = people / row["identity"] / f"{row['item_id']}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            target.write_bytes(row["image_png"])
+    names = folder / "names.txt"
+    names.write_text("\n".join(candidate_names(sorted(members))) + "\n")
+    labels = folder / "labels.csv"
+    labels.write_text("name,member\n" + "".join(f"{n},{str(m).lower()}\n" for n, m in sorted(members.items())))
+    return people, names, labels
