@@ -102,8 +102,13 @@ def demo(
         _print_table("Against the ground truth (per duplication bucket)",
                      ["bucket", "prompts", "flagged", "reproduced", "extracted (matched to its own item)"],
                      [[s.bucket, s.prompts, s.flagged, s.reproduced, s.extracted] for s in scores])
-        console.print(f"Timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+        console.print("Timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
         _print_where(db, result.run_id)
+    from scanner.report import render_report
+
+    report_path = Path("reports") / f"{db.stem}.html"
+    render_report(db, report_path)
+    console.print(f"Report:    {report_path}")
 
 
 @app.command()
@@ -357,6 +362,19 @@ def _read_csv_pairs(path: Path, key: str, value: str) -> dict[str, str]:
         if not reader.fieldnames or key not in reader.fieldnames or value not in reader.fieldnames:
             raise input_error(path, f"expected a CSV with columns {key},{value}")
         return {row[key]: row[value] for row in reader}
+
+
+@app.command()
+def report(
+    db: Path = typer.Argument(DEFAULT_DEMO_DB, help="A memscan DuckDB file."),
+    out: Optional[Path] = typer.Option(None, help="HTML file to write (default: reports/<database name>.html)."),
+) -> None:
+    """Render the memorization report: one self-contained HTML file to hand over."""
+    from scanner.report import render_report
+
+    target = out or Path("reports") / f"{db.stem}.html"
+    counts = render_report(db, target)
+    console.print(f"Report: {target} ({counts['runs']} runs, {counts['findings']} findings, {counts['extracted']} extracted)")
 
 
 @app.command()

@@ -1,0 +1,135 @@
+"""The HTML memorization report: one self-contained file (images and plots embedded as data
+URIs) that can be handed to a release board. Prompts and captions come from scraped data, so
+the template autoescapes everything."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from scanner import __version__
+from scanner.features import png_bytes
+from scanner.store import Store
+
+GALLERY_LIMIT = 60
+VERDICT_ORDER = "CASE verdict WHEN 'extracted' THEN 0 WHEN 'similar' THEN 1 WHEN 'unmatched' THEN 2 ELSE 3 END"
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _figure_uri(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return data_uri(buffer.getvalue())
+
+
+def _open_index(config: dict):
+    from scanner.index import TrainingIndex
+
+    folder = config.get("match", {}).get("index_folder")
+    if not folder or not (Path(folder) / "manifest.json").exists():
+        return None
+    return TrainingIndex(Path(folder))
+
+
+def _duplication_plot(store: Store, run_id: str, index) -> str | None:
+    """Each prompt's largest near-duplicate share against how often its caption is in the training set."""
+    if index is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    copies = Counter(index.captions)
+    rows = store.query(
+        "SELECT p.text, coalesce(max(c.score), 0) AS share, bool_or(f.verdict = 'extracted') AS extracted "
+        "FROM prompts p LEFT JOIN candidates c USING (run_id, prompt_id) "
+        "LEFT JOIN findings f ON f.run_id = c.run_id AND f.candidate_id = c.candidate_id "
+        "WHERE p.run_id = ? GROUP BY p.text", [run_id]).to_pylist()
+    if not rows:
+        return None
+    x = np.array([max(copies.get(r["text"], 0), 0) for r in rows]) + 1
+    y = np.array([r["share"] for r in rows])
+    extracted = np.array([bool(r["extracted"]) for r in rows])
+    figure, axes = plt.subplots(figsize=(6.4, 3.6))
+    jitter = np.random.default_rng(0).uniform(0.9, 1.1, len(x))
+    axes.scatter(x[~extracted] * jitter[~extracted], y[~extracted], s=18, alpha=0.6, label="not extracted")
+    axes.scatter(x[extracted] * jitter[extracted], y[extracted], s=24, color="#b00", label="extracted")
+    axes.set_xscale("log")
+    axes.set_xlabel("copies of the caption in the training set + 1")
+    axes.set_ylabel("share of generations in the largest clique")
+    axes.set_ylim(-0.05, 1.05)
+    axes.legend(loc="lower right", fontsize=8)
+    axes.grid(alpha=0.3)
+    uri = _figure_uri(figure)
+    plt.close(figure)
+    return uri
+
+
+def _gallery(store: Store, run_id: str, index) -> list[dict]:
+    rows = store.query(f"SELECT * FROM findings WHERE run_id = ? ORDER BY {VERDICT_ORDER}, rank LIMIT {GALLERY_LIMIT}",
+                       [run_id]).to_pylist()
+    mia = {}
+    for row in store.query("SELECT item_id, attack, score FROM mia_scores WHERE run_id = ?", [run_id]).to_pylist():
+        mia.setdefault(row["item_id"], []).append(f"{row['attack']} {row['score']:.3f}")
+    for row in rows:
+        row["generation_uri"] = data_uri(store.image_file(row["medoid_image"]).read_bytes())
+        row["training_uri"] = None
+        if index is not None and row["matched_item"] in getattr(index, "_row_of", {}):
+            thumbnail = np.asarray(index.thumbnails[index._row_of[row["matched_item"]]])
+            row["training_uri"] = data_uri(png_bytes(thumbnail))
+        row["mia"] = ", ".join(mia.get(row["matched_item"], []))
+    return rows
+
+
+def render_report(db: Path, out: Path) -> dict:
+    """Write the report of every run in ``db`` to ``out``; returns what it counted."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    environment = Environment(loader=PackageLoader("scanner.report", "templates"),
+                              autoescape=select_autoescape(default=True, default_for_string=True))
+    environment.filters["fmt"] = lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+    with Store(db, read_only=True) as store:
+        runs = store.query("SELECT * FROM runs WHERE kind IN ('scan', 'demo') ORDER BY started_at").to_pylist()
+        findings, duplication_plot, methods, summaries = [], None, {}, []
+        for run in runs:
+            config = json.loads(run["config"])
+            index = _open_index(config)
+            counts = store.execute(
+                "SELECT (SELECT count(*) FROM prompts WHERE run_id = $1), "
+                "(SELECT count(*) FROM generations WHERE run_id = $1), "
+                "(SELECT count(*) FROM generations WHERE run_id = $1 AND status = 'failed'), "
+                "(SELECT count(*) FROM generations WHERE run_id = $1 AND degenerate), "
+                "(SELECT count(*) FROM candidates WHERE run_id = $1), "
+                "(SELECT count(*) FROM findings WHERE run_id = $1 AND verdict = 'extracted')", [run["run_id"]])[0]
+            summaries.append({**run, "prompts": counts[0], "generations": counts[1], "failed": counts[2],
+                              "degenerate": counts[3], "candidates": counts[4], "extracted": counts[5],
+                              "timings": json.loads(run["timings"] or "{}"),
+                              "config": json.dumps(config, indent=1), "versions": json.dumps(json.loads(run["versions"]), indent=1)})
+            findings += _gallery(store, run["run_id"], index)
+            duplication_plot = duplication_plot or _duplication_plot(store, run["run_id"], index)
+            sampling, clustering, matching = config.get("sampling", {}), config.get("cluster", {}), config.get("match", {})
+            methods = {"seeds": f"{sampling.get('seed_base', 0)} to {sampling.get('seed_base', 0) + sampling.get('samples_per_prompt', 0) - 1}",
+                       "criterion": f"{clustering.get('criterion', 'clique')} of at least {clustering.get('min_clique')}",
+                       "threshold": clustering.get("threshold"), "tiles": clustering.get("tiles"),
+                       "index": matching.get("index", ""), **{k: matching.get(k) for k in
+                       ("extraction_l2", "similar_l2", "anchor_n", "anchor_alpha")}}
+        mia_rows = store.query("SELECT * FROM metrics WHERE metric LIKE 'mia_%' ORDER BY subject, metric").to_pylist()
+        idia_rows = store.query("SELECT * FROM idia_results ORDER BY predicted_member DESC, person").to_pylist()
+        html = environment.get_template("report.html.j2").render(
+            title=db.name, database=str(db), generated_at=dt.datetime.now().isoformat(timespec="seconds"),
+            version=__version__, schema_version=store.schema_version(), runs=summaries, findings=findings,
+            any_candidates=any(s["candidates"] for s in summaries), duplication_plot=duplication_plot,
+            mia_rows=mia_rows, roc_plot=None, idia_rows=idia_rows, methods=methods)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html, encoding="utf-8")
+    return {"runs": len(runs), "findings": len(findings), "extracted": sum(f["verdict"] == "extracted" for f in findings)}

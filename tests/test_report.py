@@ -1,0 +1,69 @@
+"""The HTML report: self-contained, escaped, rendered in a real headless Chromium."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from scanner.errors import MemscanError
+from scanner.report import render_report
+from scanner.store import Store, now
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def screenshot(html, png):
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={png.parent / 'chromium-profile'}", f"--screenshot={png}",
+                    "--window-size=1200,2400", f"file://{html}"], check=True, capture_output=True, timeout=120)
+    from PIL import Image
+
+    return Image.open(png).convert("RGB")
+
+
+def test_empty_database_renders_and_says_so(tmp_path):
+    db = tmp_path / "empty.duckdb"
+    with Store(db) as store:
+        store.start_run("scan-1", "scan", "model", "abc", {"sampling": {"samples_per_prompt": 4}, "cluster": {}, "match": {}}, {})
+        store.insert("prompts", [{"run_id": "scan-1", "prompt_id": "p", "text": "<script>alert(1)</script> a cat",
+                                  "source": None, "source_item_id": None}])
+        store.finish_run("scan-1", {"sampling_s": 1.0})
+    out = tmp_path / "report.html"
+    counts = render_report(db, out)
+    html = out.read_text()
+    assert counts["findings"] == 0 and "No findings" in html
+    assert "<script>" not in html  # scraped prompts are escaped (this one is not even shown without findings)
+    assert "No membership scores" in html and "No identity inference results" in html
+
+
+def test_not_a_memscan_database(tmp_path):
+    import duckdb
+
+    other = tmp_path / "x.duckdb"
+    connection = duckdb.connect(str(other))
+    connection.execute("CREATE TABLE t (x INTEGER)")
+    connection.close()
+    with pytest.raises(MemscanError, match="not a memscan database"):
+        render_report(other, tmp_path / "r.html")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
+def test_demo_report_in_a_real_browser(tmp_path):
+    db = tmp_path / "demo.duckdb"
+    subprocess.run([sys.executable, "-m", "scanner", "demo", "--db", str(db), "--no-progress", "--per-bucket", "3",
+                    "--samples-per-prompt", "8", "--index-root", str(tmp_path / "indexes")],
+                   check=True, capture_output=True, timeout=1200)
+    out = tmp_path / "demo.html"
+    counts = render_report(db, out)
+    html = out.read_text()
+    assert counts["extracted"] >= 1
+    assert html.count('class="finding"') == counts["findings"] and "data:image/png;base64," in html
+    assert 'alt="memorization against caption duplication"' in html and "http://" not in html.replace("http://www.w3.org", "")
+    image = screenshot(out, tmp_path / "shot.png")
+    assert image.size[0] >= 1000
+    # the gallery's pixelated images and the plot make the page far from blank
+    colours = len(set(image.resize((300, 600)).getdata()))
+    assert colours > 500
