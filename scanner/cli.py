@@ -76,6 +76,7 @@ def demo(
     from scanner.config import SamplingConfig, ScanConfig
     from scanner.demo.evaluate import score_demo_run
     from scanner.generate import Prompt
+    from scanner.idia import read_names, read_people, run_idia
     from scanner.index import IndexConfig, TrainingIndex, build_index
     from scanner.models.diffusers_t2i import DiffusersT2I
     from scanner.scan import run_scan
@@ -103,6 +104,12 @@ def demo(
                      ["bucket", "prompts", "flagged", "reproduced", "extracted (matched to its own item)"],
                      [[s.bucket, s.prompts, s.flagged, s.reproduced, s.extracted] for s in scores])
         console.print("Timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+        people_dir, names_file, labels_file = demo_world.export_people(db.parent / "demo-identities")
+        person_images, _ = read_people(people_dir)
+        labels = {k: v == "true" for k, v in _read_csv_pairs(labels_file, "name", "member").items()}
+        candidates = read_names(names_file)
+        _, results, curve = run_idia(store, embedder, person_images, candidates, labels)
+        _print_idia(results, candidates, labels, curve, tau=1, per_person=False)
         _print_where(db, result.run_id)
     from scanner.report import render_report
 
@@ -304,8 +311,8 @@ def idia(
 ) -> None:
     """Identity inference (Hintersdorf et al.): does a CLIP model know these people's names?"""
     from scanner import demo as demo_world
-    from scanner.idia import TEMPLATES, infer_identities, read_names, read_people, roc_over_tau
-    from scanner.store import Store, stable_id
+    from scanner.idia import read_names, read_people, run_idia
+    from scanner.store import Store
 
     if people is None:
         people, default_names, default_labels = demo_world.export_people(db.parent / "demo-identities")
@@ -317,39 +324,30 @@ def idia(
     candidates = read_names(names)
     label_of = {k: v.lower() in ("1", "true", "yes", "member") for k, v in _read_csv_pairs(labels, "name", "member").items()} if labels else {}
     embedder = _clip_for(clip_model, clip_pretrained)
-    try:
-        results = infer_identities(person_images, candidates, embedder, tau=tau)
-    except ValueError as error:
-        raise input_error(names, str(error)) from None
-    run_id = "idia-" + stable_id(embedder.model_hash, sorted(person_images), candidates, tau, length=12)
     with Store(db) as store:
-        store.start_run(run_id, "idia", embedder.model_ref, embedder.model_hash,
-                        {"people": str(people), "names": str(names), "n_names": len(candidates), "tau": tau,
-                         "templates": list(TEMPLATES), "skipped": skipped}, {})
-        with store.transaction():
-            store.replace_run_rows(["idia_results", "metrics"], run_id)
-            store.insert("idia_results", [{"run_id": run_id, "person": r.person, "n_images": r.n_images,
-                                           "n_templates": r.n_templates, "correct_templates": r.correct_templates,
-                                           "image_share": r.image_share, "template_share": r.template_share, "tau": tau,
-                                           "predicted_member": r.predicted_member, "label": label_of.get(r.person)}
-                                          for r in results])
-            if label_of:
-                curve = roc_over_tau(results, label_of)
-                store.insert("metrics", [{"run_id": run_id, "metric": "idia_tau", "subject": str(p["tau"]), "value": p["tpr"],
-                                          "n_positive": p["members"], "n_negative": p["non_members"],
-                                          "details": json.dumps(p)} for p in curve])
-        store.finish_run(run_id, {})
-    _print_table(f"IDIA: {len(results)} people, {len(candidates)} candidate names, {len(TEMPLATES)} templates",
-                 ["person", "images", "correct templates", "image share", "predicted member", "label"],
-                 [[r.person, r.n_images, f"{r.correct_templates}/{len(TEMPLATES)}", r.image_share,
-                   r.predicted_member, label_of.get(r.person, "")] for r in results])
+        try:
+            run_id, results, curve = run_idia(store, embedder, person_images, candidates, label_of, tau,
+                                              {"people": str(people), "names": str(names), "skipped": skipped})
+        except ValueError as error:
+            raise input_error(names, str(error)) from None
+    _print_idia(results, candidates, label_of, curve, tau)
     if skipped:
         console.print(f"Skipped {len(skipped)} unreadable images: " + "; ".join(skipped[:5]))
-    if label_of:
-        point = next(p for p in curve if p["tau"] == tau)
-        console.print(f"At tau={tau}: TPR {point['tpr']:.2f}, FPR {point['fpr']:.2f}, accuracy {point['accuracy']:.2f} "
-                      f"({point['members']} members, {point['non_members']} non-members)")
     console.print(f"Database: {db}  (run {run_id}); SELECT * FROM idia_results")
+
+
+def _print_idia(results, candidates, label_of, curve, tau, per_person: bool = True) -> None:
+    from scanner.idia import TEMPLATES
+
+    if per_person:
+        _print_table(f"IDIA: {len(results)} people, {len(candidates)} candidate names, {len(TEMPLATES)} templates",
+                     ["person", "images", "correct templates", "image share", "predicted member", "label"],
+                     [[r.person, r.n_images, f"{r.correct_templates}/{len(TEMPLATES)}", r.image_share,
+                       r.predicted_member, label_of.get(r.person, "")] for r in results])
+    if curve:
+        point = next(p for p in curve if p["tau"] == tau)
+        console.print(f"Identity inference, {len(results)} people among {len(candidates)} names, at tau={tau}: TPR {point['tpr']:.2f}, FPR {point['fpr']:.2f}, accuracy {point['accuracy']:.2f} "
+                      f"({point['members']} members, {point['non_members']} non-members)")
 
 
 def _read_csv_pairs(path: Path, key: str, value: str) -> dict[str, str]:

@@ -120,3 +120,29 @@ def roc_over_tau(results: Sequence[PersonResult], labels: dict[str, bool], n_tem
                       "accuracy": (tp + negatives - fp) / len(labelled) if labelled else float("nan"),
                       "members": positives, "non_members": negatives})
     return curve
+
+
+def run_idia(store, embedder: ImageTextEmbedder, people: dict[str, list[np.ndarray]], names: Sequence[str],
+             labels: dict[str, bool], tau: int = 1, provenance: dict | None = None) -> tuple[str, list[PersonResult], list[dict]]:
+    """Infer every person's membership and store the results (and, with labels, the ROC over tau)."""
+    import json
+
+    from scanner.store import stable_id
+
+    results = infer_identities(people, names, embedder, tau=tau)
+    curve = roc_over_tau(results, labels) if labels else []
+    run_id = "idia-" + stable_id(embedder.model_hash, sorted(people), list(names), tau, length=12)
+    store.start_run(run_id, "idia", embedder.model_ref, embedder.model_hash,
+                    {**(provenance or {}), "n_names": len(names), "tau": tau, "templates": list(TEMPLATES)}, {})
+    with store.transaction():
+        store.replace_run_rows(["idia_results", "metrics"], run_id)
+        store.insert("idia_results", [{"run_id": run_id, "person": r.person, "n_images": r.n_images,
+                                       "n_templates": r.n_templates, "correct_templates": r.correct_templates,
+                                       "image_share": r.image_share, "template_share": r.template_share, "tau": tau,
+                                       "predicted_member": r.predicted_member, "label": labels.get(r.person)}
+                                      for r in results])
+        store.insert("metrics", [{"run_id": run_id, "metric": "idia_tau", "subject": str(p["tau"]), "value": p["tpr"],
+                                  "n_positive": p["members"], "n_negative": p["non_members"], "details": json.dumps(p)}
+                                 for p in curve])
+    store.finish_run(run_id, {})
+    return run_id, results, curve
