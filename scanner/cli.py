@@ -223,6 +223,8 @@ def index_build(
     """Index a training set: CLIP image and caption embeddings, perceptual hashes, thumbnails."""
     from scanner.index import IndexConfig, build_index
 
+    if not source.exists():
+        raise input_error(source, "no such source; expected an image folder, a .parquet/.csv table or .tar shards")
     embedder = _clip_for(clip_model, clip_pretrained)
     with progress_bar("indexing", total=None, enabled=not no_progress, unit="items") as advance:
         manifest = build_index(source, name, embedder, IndexConfig(thumbnail_size=thumbnail_size), root=root,

@@ -224,8 +224,11 @@ class TrainingIndex:
         if not (folder / "manifest.json").is_file():
             raise input_error(folder, "not a memscan index (manifest.json is missing); build one with 'memscan index build'")
         self.folder = folder
-        self.manifest = json.loads((folder / "manifest.json").read_text())
-        self.name = self.manifest["name"]
+        try:
+            self.manifest = json.loads((folder / "manifest.json").read_text())
+            self.name = self.manifest["name"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise input_error(folder / "manifest.json", "not a memscan index manifest") from None
         self.items = pq.read_table(folder / "items.parquet")
         self.item_ids = self.items.column("item_id").to_pylist()
         self.captions = self.items.column("caption").to_pylist()

@@ -57,3 +57,13 @@ def test_sql_is_read_only_and_rejects_foreign_files(tmp_path):
     other = tmp_path / "notes.txt"
     other.write_text("hello")
     assert_one_line_error(memscan("sql", str(other), "SELECT 1"), "notes.txt")
+
+
+def test_index_command_errors(tmp_path):
+    assert_one_line_error(memscan("index", "build", str(tmp_path / "none"), "--name", "x", "--root", str(tmp_path)),
+                          "none", "no such source")
+    assert_one_line_error(memscan("index", "stats", "nothing", "--root", str(tmp_path)), "nothing", "manifest.json is missing")
+    (tmp_path / "ix").mkdir()
+    (tmp_path / "ix" / "manifest.json").write_text("{}")
+    assert_one_line_error(memscan("index", "query", str(tmp_path / "ix")), "exactly one of --image")
+    assert_one_line_error(memscan("index", "query", str(tmp_path / "ix"), "--text", "a cat"), "manifest.json", "not a memscan index")
