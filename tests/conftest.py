@@ -1,4 +1,8 @@
 """Shared fixtures: everything runs offline on the demo world's small models."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers (ldm_checkpoint)
 
 from __future__ import annotations
 

@@ -88,3 +88,16 @@ def test_open_clip_architecture_name_with_local_weights_matches_the_folder(demo_
         OpenClip.load("memscan-demo-tiny", pretrained=tmp_path / "missing.safetensors")
     with pytest.raises(MemscanError, match="open_clip_config.json is missing"):
         OpenClip.load(tmp_path)
+
+
+def test_single_file_checkpoint_loads_the_same_model(demo_sd, tmp_path):
+    from ldm_checkpoint import write_single_file
+
+    path = write_single_file(demo_sd.pipeline, tmp_path / "sd-tiny.safetensors")
+    single = DiffusersT2I.load(path, device="cpu", single_file_config=SD_MODEL)
+    prompt = ["three green stars at the top on a navy background"]
+    np.testing.assert_allclose(single.generate(prompt, [5], num_inference_steps=6),
+                               demo_sd.generate(prompt, [5], num_inference_steps=6), atol=1e-5)
+    assert single.model_hash != demo_sd.model_hash  # the evidence names the file that was scanned
+    with pytest.raises(MemscanError, match="needs --single-file-config"):
+        DiffusersT2I.load(path)

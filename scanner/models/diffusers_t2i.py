@@ -64,6 +64,7 @@ class DiffusersT2I:
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
         device = pick_device(device)
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
         if path.is_dir():

@@ -1,0 +1,85 @@
+"""Write a diffusers StableDiffusionPipeline as one original-layout (LDM) ``.safetensors`` file,
+the way single-file Stable Diffusion checkpoints are shared, so the tests can load the demo
+model through ``from_single_file`` for real. The inverse of diffusers' own converters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+          "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _rename(state: dict, old: str, new: str, out: dict, renames: dict | None = None) -> None:
+    for key, value in state.items():
+        if key.startswith(old + "."):
+            rest = key[len(old) + 1:]
+            for a, b in (renames or {}).items():
+                if rest.startswith(a + "."):
+                    rest = b + rest[len(a):]
+            out[f"{new}.{rest}"] = value
+
+
+def unet_to_ldm(state: dict, config: dict) -> dict:
+    out: dict = {}
+    lpb = config["layers_per_block"]
+    blocks = len(config["block_out_channels"])
+    for diffusers, ldm in (("time_embedding.linear_1", "time_embed.0"), ("time_embedding.linear_2", "time_embed.2"),
+                           ("conv_in", "input_blocks.0.0"), ("conv_norm_out", "out.0"), ("conv_out", "out.2")):
+        _rename(state, diffusers, ldm, out)
+    for i in range(blocks):
+        for j in range(lpb):
+            _rename(state, f"down_blocks.{i}.resnets.{j}", f"input_blocks.{1 + i * (lpb + 1) + j}.0", out, RESNET)
+            _rename(state, f"down_blocks.{i}.attentions.{j}", f"input_blocks.{1 + i * (lpb + 1) + j}.1", out)
+        _rename(state, f"down_blocks.{i}.downsamplers.0.conv", f"input_blocks.{1 + i * (lpb + 1) + lpb}.0.op", out)
+        has_attention = any(k.startswith(f"up_blocks.{i}.attentions.") for k in state)
+        for j in range(lpb + 1):
+            _rename(state, f"up_blocks.{i}.resnets.{j}", f"output_blocks.{i * (lpb + 1) + j}.0", out, RESNET)
+            _rename(state, f"up_blocks.{i}.attentions.{j}", f"output_blocks.{i * (lpb + 1) + j}.1", out)
+        _rename(state, f"up_blocks.{i}.upsamplers.0.conv",
+                f"output_blocks.{i * (lpb + 1) + lpb}.{2 if has_attention else 1}.conv", out)
+    _rename(state, "mid_block.resnets.0", "middle_block.0", out, RESNET)
+    _rename(state, "mid_block.attentions.0", "middle_block.1", out)
+    _rename(state, "mid_block.resnets.1", "middle_block.2", out, RESNET)
+    return {f"model.diffusion_model.{k}": v for k, v in out.items()}
+
+
+def vae_to_ldm(state: dict, config: dict) -> dict:
+    out: dict = {}
+    blocks = len(config["block_out_channels"])
+    for part in ("encoder", "decoder"):
+        for name in ("conv_in", "conv_out"):
+            _rename(state, f"{part}.{name}", f"{part}.{name}", out)
+        _rename(state, f"{part}.conv_norm_out", f"{part}.norm_out", out)
+        _rename(state, f"{part}.mid_block.resnets.0", f"{part}.mid.block_1", out, {"conv_shortcut": "nin_shortcut"})
+        _rename(state, f"{part}.mid_block.resnets.1", f"{part}.mid.block_2", out, {"conv_shortcut": "nin_shortcut"})
+        _rename(state, f"{part}.mid_block.attentions.0", f"{part}.mid.attn_1", out, VAE_ATTENTION)
+    for i in range(blocks):
+        _rename(state, f"encoder.down_blocks.{i}.resnets", f"encoder.down.{i}.block", out, {})
+        _rename(state, f"encoder.down_blocks.{i}.downsamplers.0.conv", f"encoder.down.{i}.downsample.conv", out)
+        _rename(state, f"decoder.up_blocks.{i}.resnets", f"decoder.up.{blocks - 1 - i}.block", out, {})
+        _rename(state, f"decoder.up_blocks.{i}.upsamplers.0.conv", f"decoder.up.{blocks - 1 - i}.upsample.conv", out)
+    for name in ("quant_conv", "post_quant_conv"):
+        _rename(state, name, name, out)
+    fixed = {}
+    for key, value in out.items():
+        key = key.replace(".conv_shortcut.", ".nin_shortcut.")
+        if ".attn_1." in key and key.endswith(".weight") and value.ndim == 2:
+            value = value[:, :, None, None]  # LDM's attention projections are 1x1 convolutions
+        fixed[f"first_stage_model.{key}"] = value
+    return fixed
+
+
+def write_single_file(pipeline, path: Path) -> Path:
+    state = {}
+    state.update(unet_to_ldm(pipeline.unet.state_dict(), dict(pipeline.unet.config)))
+    state.update(vae_to_ldm(pipeline.vae.state_dict(), dict(pipeline.vae.config)))
+    # original checkpoints hold the text encoder under text_model.*, as transformers < 5.6 named it
+    state.update({f"cond_stage_model.transformer.{k if k.startswith('text_model.') else 'text_model.' + k}": v
+                  for k, v in pipeline.text_encoder.state_dict().items()})
+    save_file({k: v.detach().to(torch.float32).contiguous() for k, v in state.items()}, str(path))
+    return path
