@@ -1,16 +1,15 @@
 """Shared fixtures: everything runs offline on the demo world's small models."""
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))  # test helpers (ldm_checkpoint)
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers (ldm_checkpoint)
 
 
 @pytest.fixture(scope="session")
