@@ -300,6 +300,70 @@ def index_query(
     _print_table(f"Nearest images to {image}", ["rank", "cosine", "l2", "tiled_l2", "item", "caption"], rows)
 
 
+mia_app = typer.Typer(no_args_is_help=True, help="Membership inference: was this image trained on?")
+app.add_typer(mia_app, name="mia")
+
+
+def _labelled_items(source: Path, member: bool, image_column: str, caption_column: str):
+    from scanner.index import decode_item
+    from scanner.mia.evaluate import LabelledItem
+    from scanner.sources import iter_source
+
+    items = []
+    for item in iter_source(source, image_column, caption_column):
+        image, _, problem = decode_item(item)
+        if image is None:
+            raise input_error(item.source_path, problem)
+        items.append(LabelledItem(item.key, item.caption, image, member))
+    if not items:
+        raise input_error(source, "no images")
+    return items
+
+
+@mia_app.command("eval")
+def mia_eval(
+    model: Optional[Path] = typer.Option(None, help="Diffusers pipeline folder (default: the demo model)."),
+    members: Optional[Path] = typer.Option(None, help="Known members: image folder with .txt captions, .parquet/.csv or tar shards (default: demo members)."),
+    nonmembers: Optional[Path] = typer.Option(None, help="Known non-members, same distribution, same formats (default: demo non-members)."),
+    image_column: str = typer.Option("image_path", help="Image path column of a table."),
+    caption_column: str = typer.Option("caption", help="Caption column of a table."),
+    attacks: str = typer.Option("loss,clid_th,wen", help="Comma-separated: loss, clid_th, wen."),
+    db: Path = typer.Option(Path("runs/mia.duckdb"), help="DuckDB file to write."),
+    seed: int = typer.Option(0, help="Seed of the auxiliary/evaluation split and of the shared noise."),
+) -> None:
+    """Evaluate membership attacks: thresholds fitted on one half, metrics on the other."""
+    from scanner import demo as demo_world
+    from scanner.mia.denoising import NoiseProtocol
+    from scanner.mia.evaluate import ATTACKS, LabelledItem, run_mia_eval
+    from scanner.models.diffusers_t2i import DiffusersT2I
+    from scanner.store import Store
+
+    chosen = [a.strip() for a in attacks.split(",") if a.strip()]
+    unknown = sorted(set(chosen) - set(ATTACKS))
+    if unknown or not chosen:
+        raise MemscanError(f"--attacks: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(ATTACKS)}")
+    if (members is None) != (nonmembers is None):
+        raise MemscanError("give both --members and --nonmembers, or neither (the demo sets)")
+    if members is None:
+        items = [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0,
+                              demo_world.bucket_of(r["dup_count"])) for r in demo_world.membership_items()]
+    else:
+        items = _labelled_items(members, True, image_column, caption_column) + \
+            _labelled_items(nonmembers, False, image_column, caption_column)
+    loaded = DiffusersT2I.load(model or demo_world.SD_MODEL)
+    with Store(db) as store:
+        run_id, results, per_bucket = run_mia_eval(store, loaded, items, chosen, NoiseProtocol(seed=seed), seed)
+    _print_table("Membership inference (evaluation half; thresholds from the auxiliary half)",
+                 ["attack", "AUC", "TPR@1%FPR", "TPR@0.1%FPR", "balanced acc.", "members", "non-members"],
+                 [[a, r.auc, r.tpr_at_1_fpr, r.tpr_at_01_fpr, r.balanced_accuracy, r.n_members, r.n_nonmembers]
+                  for a, r in results.items()])
+    if per_bucket:
+        _print_table("Per duplication bucket (members of the bucket vs all evaluation non-members)",
+                     ["attack", "bucket", "AUC", "TPR@1%FPR", "members", "non-members"],
+                     [[b["attack"], b["bucket"], b["auc"], b["tpr_at_1pct_fpr"], b["members"], b["non_members"]] for b in per_bucket])
+    console.print(f"Database: {db}  (run {run_id}); SELECT * FROM metrics WHERE metric LIKE 'mia_%'")
+
+
 @app.command()
 def idia(
     clip_model: Optional[str] = typer.Option(None, "--clip", help="open_clip folder or architecture name (default: the demo CLIP)."),

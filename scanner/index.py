@@ -92,7 +92,7 @@ def ivf_recall_at_10(index, vectors: np.ndarray, rng: np.random.Generator, queri
     return float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)]))
 
 
-def _decode(item: SourceItem) -> tuple[np.ndarray | None, bytes, str]:
+def decode_item(item: SourceItem) -> tuple[np.ndarray | None, bytes, str]:
     try:
         data = item.read_bytes()
     except OSError as error:
@@ -145,7 +145,7 @@ def build_index(source: Path, name: str, embedder: ImageTextEmbedder, config: In
     for item in iter_source(source, image_column, caption_column):
         if item.key in known_keys:
             continue
-        image, data, problem = _decode(item)
+        image, data, problem = decode_item(item)
         if image is None:
             skipped.append({"path": item.source_path, "reason": problem})
             continue

@@ -95,3 +95,16 @@ def export_people(folder: Path) -> tuple[Path, Path, Path]:
     labels = folder / "labels.csv"
     labels.write_text("name,member\n" + "".join(f"{n},{str(m).lower()}\n" for n, m in sorted(members.items())))
     return people, names, labels
+
+
+def membership_items(per_bucket: int = 15, x1: int = 100, nonmembers: int = 150, seed: int = 1) -> list[dict]:
+    """Labelled demo items for membership inference: every x200, x50 and x10 member (up to
+    ``per_bucket`` each), ``x1`` single-copy members and ``nonmembers`` from the same distribution."""
+    rows = [r for r in load_world(["item_id", "kind", "caption", "dup_count", "image_png"]) if r["kind"] == "object"]
+    rng = np.random.default_rng(seed)
+    wanted = {"x200": per_bucket, "x50": per_bucket, "x10": per_bucket, "x1": x1, "non-member": nonmembers}
+    chosen = []
+    for bucket, count in wanted.items():
+        in_bucket = [r for r in rows if bucket_of(r["dup_count"]) == bucket]
+        chosen += [in_bucket[i] for i in sorted(rng.choice(len(in_bucket), size=min(count, len(in_bucket)), replace=False))]
+    return chosen

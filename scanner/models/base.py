@@ -13,6 +13,7 @@ class TextToImageModel(Protocol):
     model_ref: str
     model_hash: str
     resolution: int
+    end_of_text: str  # the tokenizer's end-of-text token, as text (CLiD masks words with it)
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int,
                  guidance_scale: float) -> np.ndarray:
@@ -31,6 +32,12 @@ class TextToImageModel(Protocol):
 
     def predict_noise(self, x_t: Any, timesteps: Any, condition: Any) -> Any:
         """The denoiser's epsilon prediction."""
+
+    def initial_noise(self, seeds: Sequence[int]) -> Any:
+        """The starting latents x_T of ``generate`` for these seeds."""
+
+    def sampling_timesteps(self, num_inference_steps: int) -> list[int]:
+        """The sampler's timesteps, first (noisiest) first."""
 
 
 class ImageTextEmbedder(Protocol):

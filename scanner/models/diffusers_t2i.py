@@ -49,6 +49,7 @@ class DiffusersT2I:
         self.dtype = pipeline.unet.dtype
         self.resolution = int(pipeline.unet.config.sample_size * pipeline.vae_scale_factor)
         self.scheduler_name = type(pipeline.scheduler).__name__
+        self.end_of_text = pipeline.tokenizer.eos_token
         pipeline.set_progress_bar_config(disable=True)
 
     @classmethod
@@ -98,6 +99,20 @@ class DiffusersT2I:
 
         # CPU generators: the initial noise of a seed is the same on every device and in every batch
         return [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
+
+    def initial_noise(self, seeds: Sequence[int]):
+        """x_T for each seed, exactly as ``generate`` starts from it."""
+        import torch
+
+        config = self.pipeline.unet.config
+        shape = (config.in_channels, config.sample_size, config.sample_size)
+        noise = torch.stack([torch.randn(shape, generator=g) for g in self._generators(seeds)])
+        return noise.to(self.device, self.dtype) * self.pipeline.scheduler.init_noise_sigma
+
+    def sampling_timesteps(self, num_inference_steps: int) -> list[int]:
+        scheduler = self.pipeline.scheduler
+        scheduler.set_timesteps(num_inference_steps)
+        return [int(t) for t in scheduler.timesteps]
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 25,
                  guidance_scale: float = 5.0) -> np.ndarray:

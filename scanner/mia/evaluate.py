@@ -1,0 +1,117 @@
+"""``memscan mia eval``: run the attacks on labelled members and non-members and measure them.
+
+Statistical honesty: each set is split once (seeded) into an auxiliary half, on which every
+threshold, scaler and mixing weight is fitted, and an evaluation half, on which the metrics
+are computed; every metric is stored with its member and non-member counts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from scanner.mia import clid, loss, metrics
+from scanner.mia.denoising import NoiseProtocol, conditional_gap, denoising_losses
+from scanner.models.base import TextToImageModel
+from scanner.store import Store, stable_id
+
+ATTACKS = ("loss", "clid_th", "wen")
+
+
+@dataclass(frozen=True)
+class LabelledItem:
+    item_id: str
+    caption: str
+    image: np.ndarray
+    member: bool
+    bucket: str = ""
+
+
+def attack_scores(model: TextToImageModel, items: Sequence[LabelledItem], attacks: Sequence[str],
+                  protocol: NoiseProtocol, triage_seeds: Sequence[int] = (0, 1, 2, 3)) -> dict[str, dict[str, np.ndarray]]:
+    """Raw per-item features of each attack (before any fitting)."""
+    features: dict[str, dict[str, np.ndarray]] = {}
+    captions = [item.caption for item in items]
+    if {"loss", "clid_th"} & set(attacks):
+        images = np.stack([item.image for item in items])
+        condition_sets = [captions]
+        if "clid_th" in attacks:
+            def encode(texts):
+                return model.encode_text(texts).float().flatten(1).cpu().numpy()
+
+            end_token = model.end_of_text
+            weakened = [clid.weakened_captions(c, clid.word_importance(c, encode), end_token) for c in captions]
+            condition_sets += [list(w) for w in zip(*weakened)] + [[""] * len(items)]
+        losses = denoising_losses(model, images, condition_sets, protocol)
+        d, true_loss = clid.discrepancies(losses) if len(condition_sets) > 1 else (None, losses[0].mean(axis=(1, 2)))
+        features["loss"] = {"score": loss.loss_scores(losses[0])}
+        if d is not None:
+            features["clid_th"] = {"d": d, "loss": true_loss}
+    if "wen" in attacks:
+        features["wen"] = {"score": conditional_gap(model, captions, triage_seeds)}
+    return features
+
+
+def split_halves(items: Sequence[LabelledItem], seed: int) -> np.ndarray:
+    """A boolean mask of the auxiliary half, drawn separately among members and non-members."""
+    rng = np.random.default_rng(seed)
+    auxiliary = np.zeros(len(items), bool)
+    for member in (True, False):
+        index = np.flatnonzero([item.member == member for item in items])
+        auxiliary[rng.permutation(index)[: len(index) // 2]] = True
+    return auxiliary
+
+
+def fitted_scores(attack: str, raw: dict[str, np.ndarray], labels: np.ndarray, auxiliary: np.ndarray) -> tuple[np.ndarray, float, dict]:
+    """Scores of every item (higher: member) and the threshold fitted on the auxiliary half."""
+    if attack == "clid_th":
+        rule = clid.ClidThreshold.fit(raw["d"][auxiliary], raw["loss"][auxiliary], labels[auxiliary])
+        return rule.score(raw["d"], raw["loss"]), rule.threshold, {"alpha": rule.alpha}
+    scores = raw["score"]
+    return scores, metrics.best_threshold(scores[auxiliary], labels[auxiliary]), {}
+
+
+def run_mia_eval(store: Store, model: TextToImageModel, items: Sequence[LabelledItem], attacks: Sequence[str] = ATTACKS,
+                 protocol: NoiseProtocol = NoiseProtocol(), seed: int = 0) -> tuple[str, dict[str, metrics.AttackMetrics], list[dict]]:
+    """Score, fit on the auxiliary half, evaluate on the other; store scores and metrics."""
+    labels = np.array([item.member for item in items])
+    auxiliary = split_halves(items, seed)
+    raw = attack_scores(model, items, attacks, protocol)
+    run_id = "mia-" + stable_id(model.model_hash, sorted(i.item_id for i in items), sorted(attacks), asdict(protocol), seed, length=12)
+    store.start_run(run_id, "mia", model.model_ref, model.model_hash,
+                    {"attacks": list(attacks), "protocol": asdict(protocol), "split_seed": seed}, {})
+    results, per_bucket, score_rows, metric_rows = {}, [], [], []
+    evaluation = ~auxiliary
+    for attack in attacks:
+        scores, threshold, extra = fitted_scores(attack, raw[attack], labels, auxiliary)
+        result = metrics.evaluate(scores[evaluation], labels[evaluation], threshold)
+        results[attack] = result
+        for item, score, aux in zip(items, scores, auxiliary):
+            score_rows.append({"run_id": run_id, "item_id": item.item_id, "attack": attack, "score": float(score),
+                               "threshold": threshold, "predicted_member": bool(score >= threshold), "label": item.member,
+                               "settings": json.dumps({"split": "auxiliary" if aux else "evaluation", "bucket": item.bucket, **extra})})
+        for name, value in (("auc", result.auc), ("tpr_at_1pct_fpr", result.tpr_at_1_fpr),
+                            ("tpr_at_0.1pct_fpr", result.tpr_at_01_fpr), ("balanced_accuracy", result.balanced_accuracy)):
+            metric_rows.append({"run_id": run_id, "metric": f"mia_{name}", "subject": attack, "value": value,
+                                "n_positive": result.n_members, "n_negative": result.n_nonmembers,
+                                "details": json.dumps({"threshold": threshold, "roc": result.roc, **extra})})
+        nonmember_eval = evaluation & ~labels
+        for bucket in sorted({i.bucket for i in items if i.member and i.bucket}):
+            chosen = evaluation & np.array([i.member and i.bucket == bucket for i in items]) | nonmember_eval
+            bucket_result = metrics.evaluate(scores[chosen], labels[chosen], threshold)
+            per_bucket.append({"attack": attack, "bucket": bucket, "auc": bucket_result.auc,
+                               "tpr_at_1pct_fpr": bucket_result.tpr_at_1_fpr, "members": bucket_result.n_members,
+                               "non_members": bucket_result.n_nonmembers})
+            metric_rows.append({"run_id": run_id, "metric": "mia_bucket_auc", "subject": f"{attack}:{bucket}",
+                                "value": bucket_result.auc, "n_positive": bucket_result.n_members,
+                                "n_negative": bucket_result.n_nonmembers,
+                                "details": json.dumps({"tpr_at_1pct_fpr": bucket_result.tpr_at_1_fpr})})
+    with store.transaction():
+        store.replace_run_rows(["mia_scores", "metrics"], run_id)
+        store.insert("mia_scores", score_rows)
+        store.insert("metrics", metric_rows)
+    store.finish_run(run_id, {})
+    return run_id, results, per_bucket
