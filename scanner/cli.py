@@ -136,6 +136,7 @@ def scan(
     num_inference_steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: 20)."),
     guidance_scale: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default: 5.0)."),
     seed_base: Optional[int] = typer.Option(None, help="First seed; prompt i uses seeds base..base+N-1 (default: 0)."),
+    triage_fraction: Optional[float] = typer.Option(None, "--triage", help="Mass-sample only this top fraction of prompts by the Wen et al. detector (default: 1, all)."),
     threshold: Optional[float] = typer.Option(None, help="Clique edge threshold, tiled l2 (default: 0.08)."),
     min_clique: Optional[int] = typer.Option(None, help="Smallest clique that makes a candidate (default: 5)."),
     criterion: Optional[str] = typer.Option(None, help="clique (Carlini) or component (dense components) (default: clique)."),
@@ -163,7 +164,8 @@ def scan(
     try:
         settings = override(settings, sampling=override(settings.sampling, samples_per_prompt=samples_per_prompt,
                                                         batch_size=batch_size, num_inference_steps=num_inference_steps,
-                                                        guidance_scale=guidance_scale, seed_base=seed_base),
+                                                        guidance_scale=guidance_scale, seed_base=seed_base,
+                                                        triage=triage_fraction),
                             features=override(settings.features, clip_model=clip_model, clip_pretrained=clip_pretrained,
                                               embeddings=False if no_embeddings else None),
                             cluster=override(settings.cluster, threshold=threshold, min_clique=min_clique, criterion=criterion))

@@ -34,6 +34,7 @@ class SamplingConfig:
     num_inference_steps: int = 20
     guidance_scale: float = 5.0
     seed_base: int = 0
+    triage: float = 1.0  # mass-sample only this top fraction of prompts by the Wen et al. detector
 
 
 @dataclass(frozen=True)

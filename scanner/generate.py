@@ -100,12 +100,15 @@ def generation_rows(run_id: str, model: TextToImageModel, batch: Sequence[WorkIt
     return rows
 
 
+def record_prompts(store: Store, run_id: str, prompts: Sequence[Prompt]) -> None:
+    store.insert("prompts", [{"run_id": run_id, "prompt_id": p.prompt_id, "text": p.text, "source": p.source,
+                              "source_item_id": p.source_item_id} for p in prompts])
+
+
 def run_generation(store: Store, run_id: str, model: TextToImageModel, prompts: Sequence[Prompt],
                    sampling: SamplingConfig, thumbnail_size: int = 64, embedder: ImageTextEmbedder | None = None,
                    on_batch: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Sample every missing (prompt, seed) of the run; returns counts and seconds spent."""
-    store.insert("prompts", [{"run_id": run_id, "prompt_id": p.prompt_id, "text": p.text, "source": p.source,
-                              "source_item_id": p.source_item_id} for p in prompts])
     work = plan_work(prompts, sampling, stored_work(store, run_id))
     sampling_seconds = 0.0
     feature_seconds = 0.0

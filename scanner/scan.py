@@ -8,12 +8,14 @@ same scan again finds its run and resumes it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scanner import cluster, generate, match
-from scanner.config import ScanConfig
+from scanner.config import SamplingConfig, ScanConfig
+from scanner.mia.triage import triage
 from scanner.generate import Prompt
 from scanner.index import TrainingIndex
 from scanner.models.base import ImageTextEmbedder, TextToImageModel
@@ -35,6 +37,18 @@ def run_id_for(model: TextToImageModel, prompts: Sequence[Prompt], config: ScanC
     return kind + "-" + stable_id(model.model_hash, sorted(p.prompt_id for p in prompts), sorted(sampling.items()), length=12)
 
 
+def triage_prompts(store: Store, run_id: str, model: TextToImageModel, prompts: Sequence[Prompt],
+                   sampling: SamplingConfig) -> list[Prompt]:
+    """Keep the top fraction of prompts by the memorization detector; every prompt's score is stored."""
+    kept, scores = triage(model, prompts, sampling.triage, num_inference_steps=sampling.num_inference_steps)
+    chosen = {p.prompt_id for p in kept}
+    store.insert("mia_scores", [{"run_id": run_id, "item_id": p.prompt_id, "attack": "wen_triage", "score": float(s),
+                                 "threshold": None, "predicted_member": p.prompt_id in chosen, "label": None,
+                                 "settings": json.dumps({"fraction": sampling.triage, "kind": "prompt"})}
+                                for p, s in zip(prompts, scores)])
+    return kept
+
+
 def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], config: ScanConfig,
              kind: str = "scan", show_progress: bool = True, embedder: ImageTextEmbedder | None = None,
              index: TrainingIndex | None = None) -> ScanResult:
@@ -52,6 +66,11 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
     resumed = store.start_run(run_id, kind, model.model_ref, model.model_hash, provenance, generate.library_versions())
     began = time.perf_counter()
     try:
+        generate.record_prompts(store, run_id, prompts)
+        triaged = time.perf_counter()
+        if config.sampling.triage < 1.0:
+            prompts = triage_prompts(store, run_id, model, prompts, config.sampling)
+        triage_seconds = time.perf_counter() - triaged
         total = len(prompts) * config.sampling.samples_per_prompt
         with progress_bar("sampling", total, enabled=show_progress) as advance:
             already = len(generate.stored_work(store, run_id))
@@ -64,7 +83,7 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
         matched = time.perf_counter()
         if index is not None:
             cluster_counts.update({f"matched_{k}": v for k, v in match.match_run(store, run_id, index, config.match).items()})
-        timings = {"sampling_s": stats["sampling_s"], "features_s": stats["features_s"],
+        timings = {"triage_s": triage_seconds, "sampling_s": stats["sampling_s"], "features_s": stats["features_s"],
                    "clustering_s": matched - clustered, "matching_s": time.perf_counter() - matched,
                    "total_s": time.perf_counter() - began}
     except BaseException:

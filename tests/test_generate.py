@@ -5,7 +5,7 @@ import numpy as np
 
 from scanner import cluster
 from scanner.config import ClusterConfig, SamplingConfig
-from scanner.generate import Prompt, run_generation
+from scanner.generate import Prompt, record_prompts, run_generation
 from scanner.store import Store
 
 
@@ -36,6 +36,7 @@ def test_non_finite_and_degenerate_generations(tmp_path):
     sampling = SamplingConfig(samples_per_prompt=6, batch_size=5)
     model = ScriptedModel()
     with Store(tmp_path / "scan.duckdb") as store:
+        record_prompts(store, "r1", prompts)
         stats = run_generation(store, "r1", model, prompts, sampling)
         assert stats["generated"] == 24
         failed = store.execute("SELECT p.text, g.seed, g.error, g.image_path FROM generations g "

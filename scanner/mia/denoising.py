@@ -52,25 +52,3 @@ def denoising_losses(model: TextToImageModel, images: np.ndarray, condition_sets
                     eps = model.predict_noise(x_t, timesteps, condition)
                     out[c, start:stop, r, k] = ((eps.float() - noise.float()) ** 2).mean(dim=(1, 2, 3)).cpu().numpy()
     return out
-
-
-def conditional_gap(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int],
-                    num_inference_steps: int = 20, batch_size: int = 64) -> np.ndarray:
-    """Wen et al. (ICLR 2024): the magnitude of the text-conditional part of the noise prediction,
-    ``||eps(x_T, c) - eps(x_T, empty)||``, at the first sampling step from pure noise, averaged over
-    seeds; large for memorized prompts. One score per prompt, two forward passes per seed."""
-    import torch
-
-    first = model.sampling_timesteps(num_inference_steps)[0]
-    scores = np.zeros(len(prompts), np.float32)
-    pairs = [(p, s) for p in range(len(prompts)) for s in seeds]
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        x_t = model.initial_noise([s for _, s in chunk])
-        step = torch.full((len(chunk),), int(first), device=x_t.device, dtype=torch.long)
-        eps_c = model.predict_noise(x_t, step, model.encode_text([prompts[p] for p, _ in chunk]))
-        eps_u = model.predict_noise(x_t, step, model.encode_text([""] * len(chunk)))
-        gap = (eps_c - eps_u).float().flatten(1).norm(dim=1).cpu().numpy()
-        for (p, _), value in zip(chunk, gap):
-            scores[p] += value / len(seeds)
-    return scores

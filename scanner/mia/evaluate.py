@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from scanner.mia import clid, loss, metrics
-from scanner.mia.denoising import NoiseProtocol, conditional_gap, denoising_losses
+from scanner.mia.denoising import NoiseProtocol, denoising_losses
+from scanner.mia.triage import conditional_gap
 from scanner.models.base import TextToImageModel
 from scanner.store import Store, stable_id
 

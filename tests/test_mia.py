@@ -1,0 +1,55 @@
+"""Membership inference on the demo model against the demo world's ground truth."""
+
+import numpy as np
+import pytest
+
+from scanner import demo as demo_world
+from scanner.mia import clid
+from scanner.mia.denoising import NoiseProtocol, denoising_losses
+from scanner.mia.evaluate import LabelledItem, run_mia_eval, split_halves
+from scanner.store import Store
+
+
+def test_weakened_captions_mask_the_most_important_words():
+    caption = "two red circles at the left"
+    importance = [0.1, 0.9, 0.8, 0.0, 0.05, 0.7]
+    weakened = clid.weakened_captions(caption, importance, "<|endoftext|>", shares=(0.3, 0.5))
+    assert weakened == ["two <|endoftext|> <|endoftext|> at the left", "two <|endoftext|> <|endoftext|> at the <|endoftext|>"]
+
+
+def test_losses_are_paired_and_repeatable(demo_sd):
+    rows = demo_world.membership_items(per_bucket=2, x1=0, nonmembers=2)
+    images = np.stack([demo_world.decode_png(r["image_png"]) for r in rows])
+    captions = [r["caption"] for r in rows]
+    protocol = NoiseProtocol(timesteps=(100, 300), repeats=2)
+    first = denoising_losses(demo_sd, images, [captions, [""] * len(rows)], protocol)
+    again = denoising_losses(demo_sd, images[::-1].copy(), [captions[::-1], [""] * len(rows)], protocol)
+    assert first.shape == (2, len(rows), 2, 2)
+    np.testing.assert_allclose(first[:, ::-1], again, rtol=1e-4, atol=1e-6)  # an item's loss ignores its neighbours
+    # the true caption helps a heavily duplicated member more than the empty prompt does
+    x200 = [i for i, r in enumerate(rows) if r["dup_count"] == 200]
+    assert (first[0, x200].mean() < first[1, x200].mean())
+
+
+def test_split_is_disjoint_and_balanced():
+    items = [LabelledItem(str(i), "", np.zeros((1, 1, 3), np.uint8), i % 3 == 0) for i in range(30)]
+    auxiliary = split_halves(items, seed=0)
+    members = np.array([i.member for i in items])
+    assert auxiliary[members].sum() == 5 and auxiliary[~members].sum() == 10
+
+
+@pytest.mark.slow
+def test_attacks_on_the_demo_world(demo_sd, tmp_path):
+    rows = demo_world.membership_items(per_bucket=15, x1=40, nonmembers=60)
+    items = [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0,
+                          demo_world.bucket_of(r["dup_count"])) for r in rows]
+    with Store(tmp_path / "mia.duckdb") as store:
+        run_id, results, per_bucket = run_mia_eval(store, demo_sd, items)
+        assert store.count("mia_scores", run_id) == 3 * len(items)
+        stored = dict(store.execute("SELECT subject, n_positive FROM metrics WHERE metric = 'mia_auc' AND run_id = ?", [run_id]))
+    bucket = {(b["attack"], b["bucket"]): b for b in per_bucket}
+    print({k: round(v["auc"], 3) for k, v in bucket.items()}, {a: round(r.auc, 3) for a, r in results.items()})
+    assert stored == {a: r.n_members for a, r in results.items()}
+    assert bucket[("clid_th", "x200")]["auc"] >= 0.9  # heavily duplicated members are found
+    assert bucket[("wen", "x200")]["auc"] >= 0.9      # and the triage detector ranks their prompts first
+    assert results["clid_th"].auc > 0.5 and results["loss"].auc > 0.5
