@@ -20,7 +20,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapped prompts in logs
 
 DEFAULT_DEMO_DB = Path("runs/demo.duckdb")
-DEMO_INDEX = "demo"
 
 
 def _print_table(title: str, header: list[str], rows: list[list[object]]) -> None:
@@ -76,9 +75,9 @@ def demo(
     from scanner.config import SamplingConfig, ScanConfig
     from scanner.demo.evaluate import score_demo_run
     from scanner.generate import Prompt
-    from scanner.idia import read_names, read_people, run_idia
-    from scanner.index import IndexConfig, TrainingIndex, build_index
+    from scanner.demo.pipeline import demo_identities, demo_index
     from scanner.models.diffusers_t2i import DiffusersT2I
+    from scanner.report import render_report
     from scanner.scan import run_scan
     from scanner.store import Store
 
@@ -90,11 +89,7 @@ def demo(
     console.print(f"Demo: {len(prompts)} prompts x {samples_per_prompt} seeds on {demo_world.SD_MODEL.name}")
     model = DiffusersT2I.load(demo_world.SD_MODEL)
     embedder = _load_embedder(config.features)
-    if not (index_root / DEMO_INDEX / "manifest.json").exists():
-        console.print(f"Indexing the demo training set into {index_root / DEMO_INDEX} (once) ...")
-        source = demo_world.export_training_set(db.parent / "demo-training-set")
-        build_index(source, DEMO_INDEX, embedder, IndexConfig(thumbnail_size=32), root=index_root, overwrite=True)
-    training_index = TrainingIndex.open(DEMO_INDEX, index_root)
+    training_index = demo_index(embedder, index_root, db.parent)
     with Store(db) as store:
         result = run_scan(store, model, prompts, config, kind="demo", show_progress=not no_progress, embedder=embedder,
                           index=training_index)
@@ -104,15 +99,9 @@ def demo(
                      ["bucket", "prompts", "flagged", "reproduced", "extracted (matched to its own item)"],
                      [[s.bucket, s.prompts, s.flagged, s.reproduced, s.extracted] for s in scores])
         console.print("Timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
-        people_dir, names_file, labels_file = demo_world.export_people(db.parent / "demo-identities")
-        person_images, _ = read_people(people_dir)
-        labels = {k: v == "true" for k, v in _read_csv_pairs(labels_file, "name", "member").items()}
-        candidates = read_names(names_file)
-        _, results, curve = run_idia(store, embedder, person_images, candidates, labels)
-        _print_idia(results, candidates, labels, curve, tau=1, per_person=False)
+        results, names, labels, curve = demo_identities(store, embedder, db.parent)
+        _print_idia(results, names, labels, curve, tau=1, per_person=False)
         _print_where(db, result.run_id)
-    from scanner.report import render_report
-
     report_path = Path("reports") / f"{db.stem}.html"
     render_report(db, report_path)
     console.print(f"Report:    {report_path}")

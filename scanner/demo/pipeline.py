@@ -1,0 +1,34 @@
+"""The demo's extra stages around a scan: the training-set index it matches against, and
+identity inference on its synthetic people."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from scanner import demo as demo_world
+from scanner.index import IndexConfig, TrainingIndex, build_index
+from scanner.models.base import ImageTextEmbedder
+
+DEMO_INDEX = "demo"
+
+
+def demo_index(embedder: ImageTextEmbedder, index_root: Path, work_dir: Path) -> TrainingIndex:
+    """The index of the demo model's training set (one file per copy), built once."""
+    if not (index_root / DEMO_INDEX / "manifest.json").exists():
+        source = demo_world.export_training_set(work_dir / "demo-training-set")
+        build_index(source, DEMO_INDEX, embedder, IndexConfig(thumbnail_size=32), root=index_root, overwrite=True)
+    return TrainingIndex.open(DEMO_INDEX, index_root)
+
+
+def demo_identities(store, embedder: ImageTextEmbedder, work_dir: Path):
+    """IDIA on the 40 demo people among 1,000 candidate names, with their membership labels."""
+    from scanner.idia import read_names, read_people, run_idia
+
+    people_dir, names_file, labels_file = demo_world.export_people(work_dir / "demo-identities")
+    people, _ = read_people(people_dir)
+    with labels_file.open(newline="") as handle:
+        labels = {row["name"]: row["member"] == "true" for row in csv.DictReader(handle)}
+    names = read_names(names_file)
+    _, results, curve = run_idia(store, embedder, people, names, labels)
+    return results, names, labels, curve
