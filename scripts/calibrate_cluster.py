@@ -3,9 +3,9 @@
     python scripts/calibrate_cluster.py [--db runs/demo.duckdb] [--out docs/CALIBRATION.md]
 
 Ground truth per scanned prompt, from the demo world: the item is *memorized* when at least
-25% of its generations are within whole-image normalized l2 0.15 of its training image
-(Carlini's extraction distance); x1 members and non-members are the prompts that must not be
-flagged. For each (delta, k) the script re-clusters the stored generations (nothing is written)
+25% of its generations are within tiled l2 0.10 of its training image (whole-image l2 0.15 is
+too loose at 32x32: getting the background right is enough to be that close); x1 members and
+non-members are the prompts that must not be flagged. For each (delta, k) the script re-clusters the stored generations (nothing is written)
 and reports recall on memorized items and the false-flag rate on x1 and non-member prompts.
 """
 
@@ -21,11 +21,11 @@ import numpy as np
 from scanner import cluster, features
 from scanner.config import ClusterConfig
 from scanner.demo import bucket_of, decode_png, load_world
-from scanner.distances import normalized_l2
+from scanner.distances import tiled_l2
 from scanner.store import Store
 
 REPRODUCED_SHARE = 0.25
-EXTRACTION_L2 = 0.15
+REPRODUCED_TILED_L2 = 0.10
 
 
 def load_scan(db: Path) -> list[dict]:
@@ -42,7 +42,7 @@ def load_scan(db: Path) -> list[dict]:
         for item_id, generations in prompts.items():
             images = np.stack([features.load_image(store.image_file(g["thumbnail_path"])) for g in generations])
             target = decode_png(truth[item_id]["image_png"])
-            reproduced = float(np.mean(normalized_l2(images, target[None]) <= EXTRACTION_L2))
+            reproduced = float(np.mean(tiled_l2(images, np.broadcast_to(target, images.shape)) <= REPRODUCED_TILED_L2))
             embeddings = None if any(g["embedding"] is None for g in generations) else np.array([g["embedding"] for g in generations], np.float32)
             scanned.append({"item_id": item_id, "bucket": bucket_of(truth[item_id]["dup_count"]), "images": images,
                             "embeddings": embeddings, "phashes": np.array([g["phash"] for g in generations], np.uint64),
@@ -79,7 +79,7 @@ def main() -> None:
         buckets.setdefault(s["bucket"], []).append(s)
     n = len(scanned[0]["images"])
     lines = [f"Scan: `{args.db}`, {len(scanned)} prompts x {n} generations.", "",
-             "| bucket | prompts | memorized (>= 25% of generations within l2 0.15 of the training image) | mean reproduced share |",
+             "| bucket | prompts | memorized (>= 25% of generations within tiled l2 0.10 of the training image) | mean reproduced share |",
              "| --- | --- | --- | --- |"]
     for bucket, items in buckets.items():
         lines.append(f"| {bucket} | {len(items)} | {sum(s['memorized'] for s in items)} | "

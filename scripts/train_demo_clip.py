@@ -52,7 +52,7 @@ def main() -> None:
     import open_clip
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--log", type=Path, default=ROOT / "scanner" / "demo" / "logs" / "train_clip.log")
