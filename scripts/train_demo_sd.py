@@ -3,7 +3,7 @@
 Trained on the members of the demo world (``scanner/demo/world.parquet``) with their
 duplication plan, until the heavily duplicated items are reproduced. Runs on 2 CPU cores.
 
-    python scripts/train_demo_sd.py            # all stages, about an hour on 2 cores
+    python scripts/train_demo_sd.py            # all stages, about 45 minutes on 2 cores
     python scripts/train_demo_sd.py --stage vae
 
 Stages: ``tokenizer`` (a CLIPTokenizer built offline from the BPE merges that open_clip
@@ -208,7 +208,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", choices=["all", "tokenizer", "vae", "unet", "pipeline"], default="all")
     parser.add_argument("--vae-steps", type=int, default=600)
-    parser.add_argument("--unet-steps", type=int, default=5000)
+    parser.add_argument("--unet-steps", type=int, default=4500)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--log", type=Path, default=ROOT / "scanner" / "demo" / "logs" / "train_sd.log")
