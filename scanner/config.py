@@ -55,8 +55,8 @@ class ClusterConfig:
     ``criterion = "component"`` a connected component of at least ``min_clique`` whose edge
     density is at least ``min_density``."""
 
-    threshold: float = 0.08
-    min_clique: int = 5
+    threshold: float = 0.04
+    min_clique: int = 8
     tiles: int = 4
     criterion: str = "clique"
     min_density: float = 0.5
