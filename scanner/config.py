@@ -83,6 +83,7 @@ class MatchConfig:
     k: int = 10                 # CLIP neighbours proposed per generation, beyond the anchor set
     max_hamming: int = 10       # pHash neighbours proposed per generation
     extraction_l2: float = 0.15
+    extraction_tiled_l2: float = 0.10  # and close everywhere: no tile differs by more than this
     similar_l2: float = 0.25
     anchor_n: int = 50
     anchor_alpha: float = 0.5

@@ -3,9 +3,11 @@
 For each candidate cluster, its medoid generation is looked up in a training-set index: CLIP
 nearest neighbours and pHash neighbours propose items, pixel distances on thumbnails decide.
 Verdicts:
-- ``extracted``: a near-copy: whole-image normalized l2 <= 0.15 (Carlini et al. 2023) *and*
-  anchored l2 < 1, i.e. much closer to this item than to the generation's other nearest
-  training images;
+- ``extracted``: a near-copy: whole-image normalized l2 <= 0.15 (Carlini et al. 2023), tiled
+  l2 <= 0.10 (close in every tile, not just on average: at low resolution a matching background
+  alone brings l2 under 0.15) *and* anchored l2 < 1, i.e. much closer to this item than to the
+  generation's other nearest training images. The item may be another prompt's: a model that
+  emits a memorized image for a neighbouring caption has reproduced that training image;
 - ``similar``: normalized l2 <= 0.25, or anchored l2 < 1 alone;
 - ``none``: neither.
 
@@ -27,8 +29,8 @@ from scanner.store import Store
 ANCHOR_KIND = "generation:distinct-nearest"
 
 
-def verdict(l2: float, anchored: float, config: MatchConfig) -> str:
-    if l2 <= config.extraction_l2 and anchored < 1.0:
+def verdict(l2: float, tiled: float, anchored: float, config: MatchConfig) -> str:
+    if l2 <= config.extraction_l2 and tiled <= config.extraction_tiled_l2 and anchored < 1.0:
         return "extracted"
     if l2 <= config.similar_l2 or anchored < 1.0:
         return "similar"
@@ -62,7 +64,7 @@ def match_image(image: np.ndarray, embedding: np.ndarray, phash: int, index: Tra
         matches.append({"item_id": index.item_ids[item], "item_caption": index.captions[item],
                         "l2": float(l2[position]), "tiled_l2": float(tiled[position]), "anchored_l2": anchored,
                         "anchor": ANCHOR_KIND, "phash_hamming": int(hamming[position]),
-                        "verdict": verdict(float(l2[position]), anchored, config)})
+                        "verdict": verdict(float(l2[position]), float(tiled[position]), anchored, config)})
     return matches
 
 

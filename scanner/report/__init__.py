@@ -122,7 +122,7 @@ def render_report(db: Path, out: Path) -> dict:
                        "criterion": f"{clustering.get('criterion', 'clique')} of at least {clustering.get('min_clique')}",
                        "threshold": clustering.get("threshold"), "tiles": clustering.get("tiles"),
                        "index": matching.get("index", ""), **{k: matching.get(k) for k in
-                       ("extraction_l2", "similar_l2", "anchor_n", "anchor_alpha")}}
+                       ("extraction_l2", "extraction_tiled_l2", "similar_l2", "anchor_n", "anchor_alpha")}}
         mia_rows = store.query("SELECT * FROM metrics WHERE metric LIKE 'mia_%' ORDER BY subject, metric").to_pylist()
         idia_rows = store.query("SELECT * FROM idia_results ORDER BY predicted_member DESC, person").to_pylist()
         html = environment.get_template("report.html.j2").render(
