@@ -68,11 +68,11 @@ def build_vector_index(vectors: np.ndarray, config: IndexConfig, rng_seed: int =
         index = faiss.IndexFlatIP(dim)
         index.add(vectors)
         return index, {"kind": "Flat", "metric": "inner_product"}
-    nlist = int(4 * np.sqrt(n))
+    nlist = int(np.sqrt(n))  # about 1,000 lists for a million items; nprobe searches a few percent
     m = config.pq_subquantizers if dim % config.pq_subquantizers == 0 else 8
     index = faiss.index_factory(dim, f"IVF{nlist},PQ{m}", faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(rng_seed)
-    train = vectors[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
+    train = vectors[rng.choice(n, size=min(n, 50 * nlist), replace=False)]
     index.train(train)
     index.add(vectors)
     index.nprobe = config.nprobe
