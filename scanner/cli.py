@@ -75,7 +75,7 @@ def demo(
     from scanner.config import SamplingConfig, ScanConfig
     from scanner.demo.evaluate import score_demo_run
     from scanner.generate import Prompt
-    from scanner.demo.pipeline import demo_identities, demo_index
+    from scanner.demo.pipeline import demo_identities, demo_index, demo_membership
     from scanner.models.diffusers_t2i import DiffusersT2I
     from scanner.report import render_report
     from scanner.scan import run_scan
@@ -101,6 +101,7 @@ def demo(
         console.print("Timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
         results, names, labels, curve = demo_identities(store, embedder, db.parent)
         _print_idia(results, names, labels, curve, tau=1, per_person=False)
+        _print_mia(demo_membership(store, model))
         _print_where(db, result.run_id)
     report_path = Path("reports") / f"{db.stem}.html"
     render_report(db, report_path)
@@ -344,10 +345,7 @@ def mia_eval(
     loaded = DiffusersT2I.load(model or demo_world.SD_MODEL)
     with Store(db) as store:
         run_id, results, per_bucket = run_mia_eval(store, loaded, items, chosen, NoiseProtocol(seed=seed), seed)
-    _print_table("Membership inference (evaluation half; thresholds from the auxiliary half)",
-                 ["attack", "AUC", "TPR@1%FPR", "TPR@0.1%FPR", "balanced acc.", "members", "non-members"],
-                 [[a, r.auc, r.tpr_at_1_fpr, r.tpr_at_01_fpr, r.balanced_accuracy, r.n_members, r.n_nonmembers]
-                  for a, r in results.items()])
+    _print_mia(results)
     if per_bucket:
         _print_table("Per duplication bucket (members of the bucket vs all evaluation non-members)",
                      ["attack", "bucket", "AUC", "TPR@1%FPR", "members", "non-members"],
@@ -381,10 +379,11 @@ def idia(
     candidates = read_names(names)
     label_of = {k: v.lower() in ("1", "true", "yes", "member") for k, v in _read_csv_pairs(labels, "name", "member").items()} if labels else {}
     embedder = _clip_for(clip_model, clip_pretrained)
-    with Store(db) as store:
+    with Store(db) as store, progress_bar("people", len(person_images), unit="people") as advance:
         try:
             run_id, results, curve = run_idia(store, embedder, person_images, candidates, label_of, tau,
-                                              {"people": str(people), "names": str(names), "skipped": skipped})
+                                              {"people": str(people), "names": str(names), "skipped": skipped},
+                                              on_person=advance)
         except ValueError as error:
             raise input_error(names, str(error)) from None
     _print_idia(results, candidates, label_of, curve, tau)
@@ -405,6 +404,13 @@ def _print_idia(results, candidates, label_of, curve, tau, per_person: bool = Tr
         point = next(p for p in curve if p["tau"] == tau)
         console.print(f"Identity inference, {len(results)} people among {len(candidates)} names, at tau={tau}: TPR {point['tpr']:.2f}, FPR {point['fpr']:.2f}, accuracy {point['accuracy']:.2f} "
                       f"({point['members']} members, {point['non_members']} non-members)")
+
+
+def _print_mia(results) -> None:
+    _print_table("Membership inference (evaluation half; thresholds from the auxiliary half)",
+                 ["attack", "AUC", "TPR@1%FPR", "TPR@0.1%FPR", "balanced acc.", "members", "non-members"],
+                 [[a, r.auc, r.tpr_at_1_fpr, r.tpr_at_01_fpr, r.balanced_accuracy, r.n_members, r.n_nonmembers]
+                  for a, r in results.items()])
 
 
 def _read_csv_pairs(path: Path, key: str, value: str) -> dict[str, str]:

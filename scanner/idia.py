@@ -11,7 +11,7 @@ share of templates, so users can choose a stricter rule.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +81,8 @@ def read_names(path: Path) -> list[str]:
 
 
 def infer_identities(people: dict[str, list[np.ndarray]], names: Sequence[str], embedder: ImageTextEmbedder,
-                     tau: int = 1, templates: Sequence[str] = TEMPLATES) -> list[PersonResult]:
+                     tau: int = 1, templates: Sequence[str] = TEMPLATES,
+                     on_person: Callable[[int], None] | None = None) -> list[PersonResult]:
     """The paper's rule for every person; every person's name must be among ``names``."""
     missing = [p for p in people if p not in set(names)]
     if missing:
@@ -102,6 +103,8 @@ def infer_identities(people: dict[str, list[np.ndarray]], names: Sequence[str], 
             correct += top == truth
         results.append(PersonResult(person, len(images), decided, correct, float(np.mean(predictions == truth)),
                                     correct / len(templates), correct >= tau))
+        if on_person:
+            on_person(1)
     return results
 
 
@@ -123,13 +126,14 @@ def roc_over_tau(results: Sequence[PersonResult], labels: dict[str, bool], n_tem
 
 
 def run_idia(store, embedder: ImageTextEmbedder, people: dict[str, list[np.ndarray]], names: Sequence[str],
-             labels: dict[str, bool], tau: int = 1, provenance: dict | None = None) -> tuple[str, list[PersonResult], list[dict]]:
+             labels: dict[str, bool], tau: int = 1, provenance: dict | None = None,
+             on_person: Callable[[int], None] | None = None) -> tuple[str, list[PersonResult], list[dict]]:
     """Infer every person's membership and store the results (and, with labels, the ROC over tau)."""
     import json
 
     from scanner.store import stable_id
 
-    results = infer_identities(people, names, embedder, tau=tau)
+    results = infer_identities(people, names, embedder, tau=tau, on_person=on_person)
     curve = roc_over_tau(results, labels) if labels else []
     run_id = "idia-" + stable_id(embedder.model_hash, sorted(people), list(names), tau, length=12)
     store.start_run(run_id, "idia", embedder.model_ref, embedder.model_hash,

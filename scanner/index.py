@@ -39,8 +39,8 @@ DEFAULT_ROOT = Path("indexes")
 class IndexConfig:
     thumbnail_size: int = 64
     exact_below: int = 200_000       # above this many items, image and caption indexes are IVF-PQ
-    pq_subquantizers: int = 16
-    nprobe: int = 32
+    pq_bytes_per_dim: float = 0.125  # PQ code size: one byte per 8 dimensions (64 bytes for 512-d)
+    nprobe: int = 64
     batch_size: int = 256
 
 
@@ -69,7 +69,9 @@ def build_vector_index(vectors: np.ndarray, config: IndexConfig, rng_seed: int =
         index.add(vectors)
         return index, {"kind": "Flat", "metric": "inner_product"}
     nlist = int(np.sqrt(n))  # about 1,000 lists for a million items; nprobe searches a few percent
-    m = config.pq_subquantizers if dim % config.pq_subquantizers == 0 else 8
+    m = max(1, int(dim * config.pq_bytes_per_dim))
+    while dim % m:
+        m -= 1
     index = faiss.index_factory(dim, f"IVF{nlist},PQ{m}", faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(rng_seed)
     train = vectors[rng.choice(n, size=min(n, 50 * nlist), replace=False)]
@@ -80,15 +82,31 @@ def build_vector_index(vectors: np.ndarray, config: IndexConfig, rng_seed: int =
     return index, {"kind": f"IVF{nlist},PQ{m}", "metric": "inner_product", "nprobe": config.nprobe, "recall_at_10": recall}
 
 
+def search_reranked(index, vectors: np.ndarray, queries: np.ndarray, k: int, shortlist: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by inner product. An approximate (IVF-PQ) index proposes ``shortlist * k`` items and the
+    stored full vectors (memory-mapped) re-rank them exactly; an exact index answers directly."""
+    if "IVF" not in type(index).__name__ and not hasattr(index, "nprobe"):
+        return index.search(queries, k)
+    _, candidates = index.search(queries, k * shortlist)
+    scores = np.full((len(queries), k), -np.inf, np.float32)
+    ids = np.full((len(queries), k), -1, np.int64)
+    for row, (query, found) in enumerate(zip(queries, candidates)):
+        found = found[found >= 0]
+        exact = np.asarray(vectors[np.sort(found)], np.float32) @ query
+        order = np.argsort(-exact, kind="stable")[:k]
+        scores[row, :len(order)], ids[row, :len(order)] = exact[order], np.sort(found)[order]
+    return scores, ids
+
+
 def ivf_recall_at_10(index, vectors: np.ndarray, rng: np.random.Generator, queries: int = 1000) -> float:
-    """Share of the exact top-10 neighbours that the approximate index returns, on sampled queries."""
+    """Share of the exact top-10 neighbours that the approximate index (with re-ranking) returns."""
     import faiss
 
     sample = vectors[rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)]
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
     _, truth = exact.search(sample, 10)
-    _, found = index.search(sample, 10)
+    _, found = search_reranked(index, vectors, sample, 10)
     return float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)]))
 
 
@@ -237,6 +255,7 @@ class TrainingIndex:
         self.max_copies = max(Counter(self.sha256).values(), default=1)  # how deep a search must go to see past copies
         self._row_of = {item_id: row for row, item_id in enumerate(self.item_ids)}
         self._image_embeddings = np.load(folder / "image_emb.npy", mmap_mode="r")
+        self._text_embeddings = np.load(folder / "text_emb.npy", mmap_mode="r")
         self.thumbnails = np.load(folder / "thumbnails.npy", mmap_mode="r")
         self.image_index = faiss.read_index(str(folder / "image.index"))
         self.text_index = faiss.read_index(str(folder / "text.index"))
@@ -258,10 +277,12 @@ class TrainingIndex:
         return np.asarray(self._image_embeddings[self._row_of[item_id]], dtype=np.float32)
 
     def search_images(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.image_index.search(np.ascontiguousarray(embeddings, dtype=np.float32), min(k, len(self.item_ids)))
+        return search_reranked(self.image_index, self._image_embeddings,
+                               np.ascontiguousarray(embeddings, dtype=np.float32), min(k, len(self.item_ids)))
 
     def search_texts(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.text_index.search(np.ascontiguousarray(embeddings, dtype=np.float32), min(k, len(self.item_ids)))
+        return search_reranked(self.text_index, self._text_embeddings,
+                               np.ascontiguousarray(embeddings, dtype=np.float32), min(k, len(self.item_ids)))
 
     def search_hashes(self, phash: int, max_hamming: int) -> tuple[np.ndarray, np.ndarray]:
         """Items whose pHash is within ``max_hamming`` bits: (ids, distances)."""

@@ -32,3 +32,13 @@ def demo_identities(store, embedder: ImageTextEmbedder, work_dir: Path):
     names = read_names(names_file)
     _, results, curve = run_idia(store, embedder, people, names, labels)
     return results, names, labels, curve
+
+
+def demo_membership(store, model):
+    """Membership attacks on labelled demo members (by duplication bucket) and non-members."""
+    from scanner.mia.evaluate import LabelledItem, run_mia_eval
+
+    items = [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0,
+                          demo_world.bucket_of(r["dup_count"])) for r in demo_world.membership_items()]
+    _, results, _ = run_mia_eval(store, model, items)
+    return results

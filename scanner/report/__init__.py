@@ -75,6 +75,30 @@ def _duplication_plot(store: Store, run_id: str, index) -> str | None:
     return uri
 
 
+def _roc_plot(mia_rows: list[dict]) -> str | None:
+    """ROC curves of the membership attacks (evaluation halves), from the stored curve points."""
+    curves = [(r["subject"], json.loads(r["details"])["roc"], r["value"]) for r in mia_rows if r["metric"] == "mia_auc"]
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(4.8, 4.2))
+    for attack, points, auc in curves:
+        fpr, tpr = zip(*points)
+        axes.plot(fpr, tpr, label=f"{attack} (AUC {auc:.3f})")
+    axes.plot([0, 1], [0, 1], color="#999", linestyle=":", linewidth=1)
+    axes.set_xlabel("false positive rate")
+    axes.set_ylabel("true positive rate")
+    axes.legend(loc="lower right", fontsize=8)
+    axes.grid(alpha=0.3)
+    uri = _figure_uri(figure)
+    plt.close(figure)
+    return uri
+
+
 def _gallery(store: Store, run_id: str, index) -> list[dict]:
     rows = store.query(f"SELECT * FROM findings WHERE run_id = ? ORDER BY {VERDICT_ORDER}, rank LIMIT {GALLERY_LIMIT}",
                        [run_id]).to_pylist()
@@ -129,7 +153,7 @@ def render_report(db: Path, out: Path) -> dict:
             title=db.name, database=str(db), generated_at=dt.datetime.now().isoformat(timespec="seconds"),
             version=__version__, schema_version=store.schema_version(), runs=summaries, findings=findings,
             any_candidates=any(s["candidates"] for s in summaries), duplication_plot=duplication_plot,
-            mia_rows=mia_rows, roc_plot=None, idia_rows=idia_rows, methods=methods)
+            mia_rows=[r for r in mia_rows if r["metric"] != "mia_bucket_auc"], roc_plot=_roc_plot(mia_rows), idia_rows=idia_rows, methods=methods)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
     return {"runs": len(runs), "findings": len(findings), "extracted": sum(f["verdict"] == "extracted" for f in findings)}
