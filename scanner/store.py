@@ -20,6 +20,7 @@ import pyarrow as pa
 from scanner.errors import input_error
 
 SCHEMA_VERSION = 1
+STORAGE_COMPATIBILITY = "v1.1.0"
 
 _TABLES = {
     "schema_info": """
@@ -199,8 +200,10 @@ class Store:
             raise input_error(self.path, "no such database")
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        # files readable by every DuckDB 1.x client too (the command-line client users open them with)
+        config = {} if read_only else {"storage_compatibility_version": STORAGE_COMPATIBILITY}
         try:
-            self.connection = duckdb.connect(str(self.path), read_only=read_only)
+            self.connection = duckdb.connect(str(self.path), read_only=read_only, config=config)
         except duckdb.Error as error:
             raise input_error(self.path, f"cannot open as a DuckDB database ({str(error).splitlines()[0]})") from None
         self._schemas: dict[str, pa.Schema] = {}

@@ -86,3 +86,21 @@ def test_images_folder_choice_is_remembered(tmp_path):
         assert store.files_dir == (tmp_path / "elsewhere").resolve()
     with Store(tmp_path / "default.duckdb") as store:
         assert store.files_dir == tmp_path / "default.duckdb.files"
+
+
+def test_the_duckdb_command_line_client_reads_a_memscan_database(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = shutil.which("duckdb") or str(Path(sys.executable).with_name("duckdb"))
+    if not Path(cli).exists():
+        pytest.skip("the duckdb command-line client is not installed (pip install duckdb-cli)")
+    db = tmp_path / "scan.duckdb"
+    with Store(db) as store:
+        store.insert("generations", [generation("r1", "g1", 1)])
+    result = subprocess.run([cli, "-readonly", "-csv", str(db), "SELECT seed, phash FROM generations"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["seed,phash", f"1,{2**63 + 1}"]
