@@ -71,6 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", type=Path, default=Path("runs/demo.duckdb"))
     parser.add_argument("--out", type=Path, default=Path("docs/CALIBRATION.md"))
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4, 5, 8, 12])
     args = parser.parse_args()
     if not args.db.exists():
         subprocess.run([sys.executable, "-m", "scanner", "demo", "--db", str(args.db), "--no-progress"], check=True)
@@ -87,7 +89,7 @@ def main() -> None:
                      f"{np.mean([s['reproduced'] for s in items]):.2f} |")
     lines += ["", "| tiled l2 delta | clique k | recall (memorized x200/x50/x10) | flagged non-members | flagged x1 | flagged unmemorized x1 |",
               "| --- | --- | --- | --- | --- | --- |"]
-    for r in sweep(scanned, [0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08], [4, 5, 8, 12]):
+    for r in sweep(scanned, args.thresholds, args.sizes):
         lines.append(f"| {r['threshold']:.3f} | {r['k']} | {r['recall']:.2f} | {r['nonmember_flags']:.2f} | "
                      f"{r['x1_flags']:.2f} | {r['x1_unmemorized_flags']:.2f} |")
     table = "\n".join(lines)

@@ -8,6 +8,7 @@ Loads a local pipeline folder (``model_index.json`` + component folders) with
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -63,9 +64,11 @@ class DiffusersT2I:
         import torch
         from diffusers import StableDiffusionPipeline
         from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
 
-        diffusers_logging.set_verbosity_error()
-        diffusers_logging.disable_progress_bar()
+        for library in (diffusers_logging, transformers_logging):
+            library.set_verbosity_error()
+            library.disable_progress_bar()
         device = pick_device(device)
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
         if path.is_dir():
@@ -87,7 +90,10 @@ class DiffusersT2I:
                 safety_checker=None, requires_safety_checker=False)
             root = path.parent
         try:
-            pipeline = loader()
+            with warnings.catch_warnings():
+                # newer diffusers renames torch_dtype to dtype (with a warning); older releases know only torch_dtype
+                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                pipeline = loader()
         except Exception as error:  # diffusers raises many kinds; the user needs the first line
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise input_error(path, f"cannot load as a StableDiffusionPipeline: {message}") from None
