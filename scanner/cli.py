@@ -353,6 +353,42 @@ def mia_eval(
     console.print(f"Database: {db}  (run {run_id}); SELECT * FROM metrics WHERE metric LIKE 'mia_%'")
 
 
+@mia_app.command("dataset")
+def mia_dataset(
+    suspect: Optional[Path] = typer.Option(None, help="The owner's images: folder with .txt captions, .parquet/.csv or tar shards (default: 40 demo x1 members)."),
+    reference: Optional[Path] = typer.Option(None, help="Same-distribution images known not to be trained on (default: 60 demo non-members)."),
+    model: Optional[Path] = typer.Option(None, help="Diffusers pipeline folder (default: the demo model)."),
+    image_column: str = typer.Option("image_path", help="Image path column of a table."),
+    caption_column: str = typer.Option("caption", help="Caption column of a table."),
+    alpha: float = typer.Option(0.05, help="Significance level."),
+) -> None:
+    """Was this set of images trained on? A one-sided test of its CLiD scores against a reference set."""
+    from scanner import demo as demo_world
+    from scanner.mia.dataset import dataset_inference
+    from scanner.mia.denoising import NoiseProtocol
+    from scanner.mia.evaluate import LabelledItem, attack_scores
+    from scanner.models.diffusers_t2i import DiffusersT2I
+
+    if (suspect is None) != (reference is None):
+        raise MemscanError("give both --suspect and --reference, or neither (the demo sets)")
+    if suspect is None:
+        rows = demo_world.membership_items(per_bucket=0, x1=40, nonmembers=60)
+        items = [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0)
+                 for r in rows]
+    else:
+        items = _labelled_items(suspect, True, image_column, caption_column) + \
+            _labelled_items(reference, False, image_column, caption_column)
+    loaded = DiffusersT2I.load(model or demo_world.SD_MODEL)
+    raw = attack_scores(loaded, items, ["clid_th"], NoiseProtocol())["clid_th"]
+    scores = raw["d"].mean(axis=1)  # the mean conditional likelihood discrepancy: higher, more member-like
+    in_suspect = np.array([item.member for item in items])
+    verdict = dataset_inference(scores[in_suspect], scores[~in_suspect], alpha=alpha)
+    needed = f"{verdict.items_needed} suspect items were enough" if verdict.items_needed else "not significant"
+    console.print(f"Suspect set ({verdict.suspect} items) vs reference ({verdict.reference}): one-sided Mann-Whitney "
+                  f"p = {verdict.p_value:.2e} (alpha {alpha}); {needed}. Median CLiD discrepancy "
+                  f"{verdict.suspect_median:.5f} vs {verdict.reference_median:.5f}.")
+
+
 @app.command()
 def idia(
     clip_model: Optional[str] = typer.Option(None, "--clip", help="open_clip folder or architecture name (default: the demo CLIP)."),

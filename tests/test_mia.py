@@ -53,3 +53,31 @@ def test_attacks_on_the_demo_world(demo_sd, tmp_path):
     assert bucket[("clid_th", "x200")]["auc"] >= 0.9  # heavily duplicated members are found
     assert bucket[("wen", "x200")]["auc"] >= 0.9      # and the triage detector ranks their prompts first
     assert results["clid_th"].auc > 0.5 and results["loss"].auc > 0.5
+
+
+def test_dataset_inference_statistics():
+    from scanner.mia.dataset import dataset_inference
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0, 1, 200)
+    shifted = dataset_inference(rng.normal(0.8, 1, 60), reference)
+    same = dataset_inference(rng.normal(0, 1, 60), reference)
+    assert shifted.p_value < 1e-4 and 2 <= shifted.items_needed < 60
+    assert same.p_value > 0.05 and same.items_needed is None
+
+
+@pytest.mark.slow
+def test_dataset_inference_on_the_demo_world(demo_sd):
+    from scanner.mia.dataset import dataset_inference
+    from scanner.mia.evaluate import attack_scores
+
+    rows = demo_world.membership_items(per_bucket=0, x1=80, nonmembers=120)
+    items = [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0) for r in rows]
+    scores = attack_scores(demo_sd, items, ["clid_th"], NoiseProtocol())["clid_th"]["d"].mean(axis=1)
+    members = np.array([i.member for i in items])
+    nonmember_scores = scores[~members]
+    trained = dataset_inference(scores[members], nonmember_scores[:60])
+    untrained = dataset_inference(nonmember_scores[60:100], nonmember_scores[:60])
+    print(trained, untrained)
+    assert trained.p_value < 0.05      # 80 single-copy members are recognized as a set (p about 0.007)
+    assert untrained.p_value > 0.05    # 40 other non-members are not
