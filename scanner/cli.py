@@ -326,19 +326,15 @@ def mia_eval(
     """Evaluate membership attacks: thresholds fitted on one half, metrics on the other."""
     from scanner import demo as demo_world
     from scanner.mia.denoising import NoiseProtocol
-    from scanner.mia.evaluate import ATTACKS, LabelledItem, run_mia_eval
+    from scanner.mia.evaluate import run_mia_eval
     from scanner.models.diffusers_t2i import DiffusersT2I
     from scanner.store import Store
 
-    chosen = [a.strip() for a in attacks.split(",") if a.strip()]
-    unknown = sorted(set(chosen) - set(ATTACKS))
-    if unknown or not chosen:
-        raise MemscanError(f"--attacks: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(ATTACKS)}")
+    chosen = _attack_list(attacks)
     if (members is None) != (nonmembers is None):
         raise MemscanError("give both --members and --nonmembers, or neither (the demo sets)")
     if members is None:
-        items = [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0,
-                              demo_world.bucket_of(r["dup_count"])) for r in demo_world.membership_items()]
+        items = _demo_labelled(demo_world.membership_items())
     else:
         items = _labelled_items(members, True, image_column, caption_column) + \
             _labelled_items(nonmembers, False, image_column, caption_column)
@@ -351,6 +347,57 @@ def mia_eval(
                      ["attack", "bucket", "AUC", "TPR@1%FPR", "members", "non-members"],
                      [[b["attack"], b["bucket"], b["auc"], b["tpr_at_1pct_fpr"], b["members"], b["non_members"]] for b in per_bucket])
     console.print(f"Database: {db}  (run {run_id}); SELECT * FROM metrics WHERE metric LIKE 'mia_%'")
+
+
+@mia_app.command("score")
+def mia_score(
+    items: Optional[Path] = typer.Option(None, help="Images to score: folder with .txt captions, .parquet/.csv or tar shards (default: 20 demo items)."),
+    members: Optional[Path] = typer.Option(None, help="Labelled reference members, same formats (default: demo members)."),
+    nonmembers: Optional[Path] = typer.Option(None, help="Labelled reference non-members (default: demo non-members)."),
+    model: Optional[Path] = typer.Option(None, help="Diffusers pipeline folder (default: the demo model)."),
+    image_column: str = typer.Option("image_path", help="Image path column of a table."),
+    caption_column: str = typer.Option("caption", help="Caption column of a table."),
+    attacks: str = typer.Option("loss,clid_th", help="Comma-separated: loss, clid_th, wen."),
+    db: Path = typer.Option(Path("runs/mia.duckdb"), help="DuckDB file to write."),
+) -> None:
+    """Score unlabeled images with thresholds calibrated on a labelled reference set."""
+    from scanner import demo as demo_world
+    from scanner.mia.evaluate import run_mia_score
+    from scanner.models.diffusers_t2i import DiffusersT2I
+    from scanner.store import Store
+
+    chosen = _attack_list(attacks)
+    if (members is None) != (nonmembers is None):
+        raise MemscanError("give both --members and --nonmembers, or neither (the demo sets)")
+    reference = _demo_labelled(demo_world.membership_items()) if members is None else \
+        _labelled_items(members, True, image_column, caption_column) + _labelled_items(nonmembers, False, image_column, caption_column)
+    unlabeled = _demo_labelled(demo_world.unlabeled_items()) if items is None else \
+        _labelled_items(items, False, image_column, caption_column)
+    loaded = DiffusersT2I.load(model or demo_world.SD_MODEL)
+    with Store(db) as store:
+        run_id, rows = run_mia_score(store, loaded, reference, unlabeled, chosen)
+    _print_table(f"Membership scores (thresholds from {len(reference)} labelled reference items)",
+                 ["item", "attack", "score", "threshold", "predicted member"],
+                 [[r["item_id"], r["attack"], r["score"], r["threshold"], r["predicted_member"]] for r in rows])
+    console.print(f"Database: {db}  (run {run_id}); SELECT * FROM mia_scores WHERE run_id = '{run_id}'")
+
+
+def _attack_list(attacks: str) -> list[str]:
+    from scanner.mia.evaluate import ATTACKS
+
+    chosen = [a.strip() for a in attacks.split(",") if a.strip()]
+    unknown = sorted(set(chosen) - set(ATTACKS))
+    if unknown or not chosen:
+        raise MemscanError(f"--attacks: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(ATTACKS)}")
+    return chosen
+
+
+def _demo_labelled(rows):
+    from scanner import demo as demo_world
+    from scanner.mia.evaluate import LabelledItem
+
+    return [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0,
+                         demo_world.bucket_of(r["dup_count"])) for r in rows]
 
 
 @mia_app.command("dataset")

@@ -81,3 +81,21 @@ def test_dataset_inference_on_the_demo_world(demo_sd):
     print(trained, untrained)
     assert trained.p_value < 0.05      # 80 single-copy members are recognized as a set (p about 0.007)
     assert untrained.p_value > 0.05    # 40 other non-members are not
+
+
+def test_scoring_unlabeled_items_with_a_calibrated_reference(demo_sd, tmp_path):
+    from scanner.mia.evaluate import run_mia_score
+
+    def labelled(rows):
+        return [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0)
+                for r in rows]
+
+    reference_rows = demo_world.membership_items(per_bucket=5, x1=5, nonmembers=20)
+    taken = {r["item_id"] for r in reference_rows}
+    heavy = [r for r in demo_world.membership_items(per_bucket=15, x1=0, nonmembers=0)
+             if r["dup_count"] == 200 and r["item_id"] not in taken][:3]
+    with Store(tmp_path / "mia.duckdb") as store:
+        run_id, rows = run_mia_score(store, demo_sd, labelled(reference_rows), labelled(heavy), ["loss"])
+        stored = store.execute("SELECT count(*), count(label) FROM mia_scores WHERE run_id = ?", [run_id])
+    assert stored == [(3, 0)]  # only the unlabeled items are stored, without a label
+    assert all(r["predicted_member"] for r in rows)  # heavily duplicated members score above the threshold

@@ -108,3 +108,12 @@ def membership_items(per_bucket: int = 15, x1: int = 100, nonmembers: int = 150,
         in_bucket = [r for r in rows if bucket_of(r["dup_count"]) == bucket]
         chosen += [in_bucket[i] for i in sorted(rng.choice(len(in_bucket), size=min(count, len(in_bucket)), replace=False))]
     return chosen
+
+
+def unlabeled_items(count: int = 10, seed: int = 2) -> list[dict]:
+    """Demo x1 members and non-members outside ``membership_items()``, to score as if unlabeled."""
+    taken = {r["item_id"] for r in membership_items()}
+    rows = [r for r in load_world(["item_id", "kind", "caption", "dup_count", "image_png"])
+            if r["kind"] == "object" and r["item_id"] not in taken and r["dup_count"] in (0, 1)]
+    rng = np.random.default_rng(seed)
+    return [rows[i] for i in sorted(rng.choice(len(rows), size=min(2 * count, len(rows)), replace=False))]

@@ -116,3 +116,27 @@ def run_mia_eval(store: Store, model: TextToImageModel, items: Sequence[Labelled
         store.insert("metrics", metric_rows)
     store.finish_run(run_id, {})
     return run_id, results, per_bucket
+
+
+def run_mia_score(store: Store, model: TextToImageModel, reference: Sequence[LabelledItem], unlabeled: Sequence[LabelledItem],
+                  attacks: Sequence[str] = ATTACKS, protocol: NoiseProtocol = NoiseProtocol()) -> tuple[str, list[dict]]:
+    """Score unlabeled items with every scaler and threshold fitted on the labelled reference set."""
+    items = list(reference) + list(unlabeled)
+    labels = np.array([item.member for item in reference] + [False] * len(unlabeled))
+    fitted_on = np.arange(len(items)) < len(reference)
+    raw = attack_scores(model, items, attacks, protocol)
+    run_id = "mia-score-" + stable_id(model.model_hash, sorted(i.item_id for i in items), sorted(attacks), asdict(protocol), length=12)
+    store.start_run(run_id, "mia", model.model_ref, model.model_hash,
+                    {"attacks": list(attacks), "protocol": asdict(protocol), "reference": len(reference)}, {})
+    rows = []
+    for attack in attacks:
+        scores, threshold, extra = fitted_scores(attack, raw[attack], labels, fitted_on)
+        rows += [{"run_id": run_id, "item_id": item.item_id, "attack": attack, "score": float(score), "threshold": threshold,
+                  "predicted_member": bool(score >= threshold), "label": None,
+                  "settings": json.dumps({"calibrated_on": f"{int(labels.sum())} members, {int((~labels[fitted_on]).sum())} non-members", **extra})}
+                 for item, score in zip(unlabeled, scores[~fitted_on])]
+    with store.transaction():
+        store.replace_run_rows(["mia_scores"], run_id)
+        store.insert("mia_scores", rows)
+    store.finish_run(run_id, {})
+    return run_id, rows
