@@ -319,7 +319,7 @@ def mia_eval(
     nonmembers: Optional[Path] = typer.Option(None, help="Known non-members, same distribution, same formats (default: demo non-members)."),
     image_column: str = typer.Option("image_path", help="Image path column of a table."),
     caption_column: str = typer.Option("caption", help="Caption column of a table."),
-    attacks: str = typer.Option("loss,clid_th,wen", help="Comma-separated: loss, clid_th, wen."),
+    attacks: str = typer.Option("loss,clid_th,wen", help="Comma-separated: loss, clid_th, wen, wu_pixel, wu_clip, wu_classifier (the Wu et al. black-box attacks sample each caption 4 times)."),
     db: Path = typer.Option(Path("runs/mia.duckdb"), help="DuckDB file to write."),
     seed: int = typer.Option(0, help="Seed of the auxiliary/evaluation split and of the shared noise."),
 ) -> None:
@@ -339,8 +339,9 @@ def mia_eval(
         items = _labelled_items(members, True, image_column, caption_column) + \
             _labelled_items(nonmembers, False, image_column, caption_column)
     loaded = DiffusersT2I.load(model or demo_world.SD_MODEL)
+    embedder = _blackbox_embedder(chosen)
     with Store(db) as store:
-        run_id, results, per_bucket = run_mia_eval(store, loaded, items, chosen, NoiseProtocol(seed=seed), seed)
+        run_id, results, per_bucket = run_mia_eval(store, loaded, items, chosen, NoiseProtocol(seed=seed), seed, embedder)
     _print_mia(results)
     if per_bucket:
         _print_table("Per duplication bucket (members of the bucket vs all evaluation non-members)",
@@ -357,7 +358,7 @@ def mia_score(
     model: Optional[Path] = typer.Option(None, help="Diffusers pipeline folder (default: the demo model)."),
     image_column: str = typer.Option("image_path", help="Image path column of a table."),
     caption_column: str = typer.Option("caption", help="Caption column of a table."),
-    attacks: str = typer.Option("loss,clid_th", help="Comma-separated: loss, clid_th, wen."),
+    attacks: str = typer.Option("loss,clid_th", help="Comma-separated: loss, clid_th, wen, wu_pixel, wu_clip, wu_classifier."),
     db: Path = typer.Option(Path("runs/mia.duckdb"), help="DuckDB file to write."),
 ) -> None:
     """Score unlabeled images with thresholds calibrated on a labelled reference set."""
@@ -375,7 +376,7 @@ def mia_score(
         _labelled_items(items, False, image_column, caption_column)
     loaded = DiffusersT2I.load(model or demo_world.SD_MODEL)
     with Store(db) as store:
-        run_id, rows = run_mia_score(store, loaded, reference, unlabeled, chosen)
+        run_id, rows = run_mia_score(store, loaded, reference, unlabeled, chosen, embedder=_blackbox_embedder(chosen))
     _print_table(f"Membership scores (thresholds from {len(reference)} labelled reference items)",
                  ["item", "attack", "score", "threshold", "predicted member"],
                  [[r["item_id"], r["attack"], r["score"], r["threshold"], r["predicted_member"]] for r in rows])
@@ -390,6 +391,14 @@ def _attack_list(attacks: str) -> list[str]:
     if unknown or not chosen:
         raise MemscanError(f"--attacks: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(ATTACKS)}")
     return chosen
+
+
+def _blackbox_embedder(attacks: list[str]):
+    """The demo CLIP when a Wu et al. attack is asked for (their semantic distance needs one)."""
+    from scanner.config import FeatureConfig
+    from scanner.mia.evaluate import BLACKBOX
+
+    return _load_embedder(FeatureConfig()) if set(BLACKBOX) & set(attacks) else None
 
 
 def _demo_labelled(rows):

@@ -99,3 +99,19 @@ def test_scoring_unlabeled_items_with_a_calibrated_reference(demo_sd, tmp_path):
         stored = store.execute("SELECT count(*), count(label) FROM mia_scores WHERE run_id = ?", [run_id])
     assert stored == [(3, 0)]  # only the unlabeled items are stored, without a label
     assert all(r["predicted_member"] for r in rows)  # heavily duplicated members score above the threshold
+
+
+def test_blackbox_features_and_classifier(demo_sd, demo_clip):
+    from scanner.mia import metrics
+    from scanner.mia.blackbox import LogisticRegression, blackbox_features
+
+    rows = demo_world.membership_items(per_bucket=2, x1=0, nonmembers=2)
+    rows = [r for r in rows if r["dup_count"] in (200, 0)]
+    images = np.stack([demo_world.decode_png(r["image_png"]) for r in rows])
+    wu = blackbox_features(demo_sd, demo_clip, images, [r["caption"] for r in rows], seeds=(0, 1))
+    heavy = np.array([r["dup_count"] == 200 for r in rows])
+    assert wu.shape == (len(rows), 2) and wu[heavy, 0].max() < wu[~heavy, 0].min()  # members' captions regenerate them
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(0, 1, (50, 2)), rng.normal(3, 1, (50, 2))]
+    y = np.r_[np.zeros(50), np.ones(50)]
+    assert metrics.roc_auc(LogisticRegression.fit(x, y).score(x), y.astype(bool)) > 0.97

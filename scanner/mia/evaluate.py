@@ -14,12 +14,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from scanner.mia import clid, loss, metrics
+from scanner.mia.blackbox import LogisticRegression, blackbox_features
 from scanner.mia.denoising import NoiseProtocol, denoising_losses
 from scanner.mia.triage import conditional_gap
-from scanner.models.base import TextToImageModel
+from scanner.models.base import ImageTextEmbedder, TextToImageModel
 from scanner.store import Store, stable_id
 
-ATTACKS = ("loss", "clid_th", "wen")
+ATTACKS = ("loss", "clid_th", "wen", "wu_pixel", "wu_clip", "wu_classifier")
+BLACKBOX = ("wu_pixel", "wu_clip", "wu_classifier")  # need generations and a CLIP embedder
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,15 @@ class LabelledItem:
 
 
 def attack_scores(model: TextToImageModel, items: Sequence[LabelledItem], attacks: Sequence[str],
-                  protocol: NoiseProtocol, triage_seeds: Sequence[int] = (0, 1, 2, 3)) -> dict[str, dict[str, np.ndarray]]:
+                  protocol: NoiseProtocol, triage_seeds: Sequence[int] = (0, 1, 2, 3),
+                  embedder: ImageTextEmbedder | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Raw per-item features of each attack (before any fitting)."""
     features: dict[str, dict[str, np.ndarray]] = {}
+    if set(BLACKBOX) & set(attacks):
+        if embedder is None:
+            raise ValueError("the Wu et al. attacks need a CLIP embedder")
+        wu = blackbox_features(model, embedder, np.stack([item.image for item in items]), [item.caption for item in items])
+        features.update({"wu_pixel": {"score": -wu[:, 0]}, "wu_clip": {"score": -wu[:, 1]}, "wu_classifier": {"features": wu}})
     captions = [item.caption for item in items]
     if {"loss", "clid_th"} & set(attacks):
         images = np.stack([item.image for item in items])
@@ -71,16 +79,21 @@ def fitted_scores(attack: str, raw: dict[str, np.ndarray], labels: np.ndarray, a
     if attack == "clid_th":
         rule = clid.ClidThreshold.fit(raw["d"][auxiliary], raw["loss"][auxiliary], labels[auxiliary])
         return rule.score(raw["d"], raw["loss"]), rule.threshold, {"alpha": rule.alpha}
+    if attack == "wu_classifier":
+        classifier = LogisticRegression.fit(raw["features"][auxiliary], labels[auxiliary].astype(float))
+        scores = classifier.score(raw["features"])
+        return scores, metrics.best_threshold(scores[auxiliary], labels[auxiliary]), {"weights": classifier.weights.tolist()}
     scores = raw["score"]
     return scores, metrics.best_threshold(scores[auxiliary], labels[auxiliary]), {}
 
 
-def run_mia_eval(store: Store, model: TextToImageModel, items: Sequence[LabelledItem], attacks: Sequence[str] = ATTACKS,
-                 protocol: NoiseProtocol = NoiseProtocol(), seed: int = 0) -> tuple[str, dict[str, metrics.AttackMetrics], list[dict]]:
+def run_mia_eval(store: Store, model: TextToImageModel, items: Sequence[LabelledItem], attacks: Sequence[str] = ("loss", "clid_th", "wen"),
+                 protocol: NoiseProtocol = NoiseProtocol(), seed: int = 0,
+                 embedder: ImageTextEmbedder | None = None) -> tuple[str, dict[str, metrics.AttackMetrics], list[dict]]:
     """Score, fit on the auxiliary half, evaluate on the other; store scores and metrics."""
     labels = np.array([item.member for item in items])
     auxiliary = split_halves(items, seed)
-    raw = attack_scores(model, items, attacks, protocol)
+    raw = attack_scores(model, items, attacks, protocol, embedder=embedder)
     run_id = "mia-" + stable_id(model.model_hash, sorted(i.item_id for i in items), sorted(attacks), asdict(protocol), seed, length=12)
     store.start_run(run_id, "mia", model.model_ref, model.model_hash,
                     {"attacks": list(attacks), "protocol": asdict(protocol), "split_seed": seed}, {})
@@ -119,12 +132,13 @@ def run_mia_eval(store: Store, model: TextToImageModel, items: Sequence[Labelled
 
 
 def run_mia_score(store: Store, model: TextToImageModel, reference: Sequence[LabelledItem], unlabeled: Sequence[LabelledItem],
-                  attacks: Sequence[str] = ATTACKS, protocol: NoiseProtocol = NoiseProtocol()) -> tuple[str, list[dict]]:
+                  attacks: Sequence[str] = ("loss", "clid_th"), protocol: NoiseProtocol = NoiseProtocol(),
+                  embedder: ImageTextEmbedder | None = None) -> tuple[str, list[dict]]:
     """Score unlabeled items with every scaler and threshold fitted on the labelled reference set."""
     items = list(reference) + list(unlabeled)
     labels = np.array([item.member for item in reference] + [False] * len(unlabeled))
     fitted_on = np.arange(len(items)) < len(reference)
-    raw = attack_scores(model, items, attacks, protocol)
+    raw = attack_scores(model, items, attacks, protocol, embedder=embedder)
     run_id = "mia-score-" + stable_id(model.model_hash, sorted(i.item_id for i in items), sorted(attacks), asdict(protocol), length=12)
     store.start_run(run_id, "mia", model.model_ref, model.model_hash,
                     {"attacks": list(attacks), "protocol": asdict(protocol), "reference": len(reference)}, {})
