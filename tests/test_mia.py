@@ -103,7 +103,8 @@ def test_scoring_unlabeled_items_with_a_calibrated_reference(demo_sd, tmp_path):
 
 def test_blackbox_features_and_classifier(demo_sd, demo_clip):
     from scanner.mia import metrics
-    from scanner.mia.blackbox import LogisticRegression, blackbox_features
+    from scanner.mia.blackbox import blackbox_features
+    from scanner.mia.classifier import LogisticRegression
 
     rows = demo_world.membership_items(per_bucket=2, x1=0, nonmembers=2)
     rows = [r for r in rows if r["dup_count"] in (200, 0)]

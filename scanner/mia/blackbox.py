@@ -5,13 +5,12 @@ images closer to the member image, in pixels and in a pretrained encoder's embed
 Features per item, from ``n`` generations of its caption: the smallest normalized l2 between
 the query image and a generation (pixel level), and the smallest CLIP cosine distance (semantic
 level). ``wu_pixel`` and ``wu_clip`` threshold one feature each; ``wu_classifier`` is a logistic
-regression on both, trained on the auxiliary half.
+regression (``scanner.mia.classifier``) on both, trained on the auxiliary half.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,27 +35,3 @@ def blackbox_features(model: TextToImageModel, embedder: ImageTextEmbedder, imag
     produced = embedder.embed_images(generations.reshape(-1, *images.shape[1:])).reshape(len(captions), len(seeds), -1)
     semantic = (1.0 - np.einsum("id,isd->is", query, produced)).min(axis=1)
     return np.stack([pixel, semantic], axis=1)
-
-
-@dataclass(frozen=True)
-class LogisticRegression:
-    """A small logistic regression (standardized inputs, L2 penalty), fitted by gradient descent."""
-
-    mean: np.ndarray
-    scale: np.ndarray
-    weights: np.ndarray
-    bias: float
-
-    @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, steps: int = 2000, lr: float = 0.5, penalty: float = 1e-3) -> "LogisticRegression":
-        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-12
-        z = (x - mean) / scale
-        weights, bias = np.zeros(x.shape[1]), 0.0
-        for _ in range(steps):
-            p = 1.0 / (1.0 + np.exp(-(z @ weights + bias)))
-            weights -= lr * (z.T @ (p - y) / len(y) + penalty * weights)
-            bias -= lr * float(np.mean(p - y))
-        return cls(mean, scale, weights, bias)
-
-    def score(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.mean) / self.scale) @ self.weights + self.bias

@@ -7,7 +7,9 @@ tokenized and padded) ``D_i = mean_t [L(x, c*_i, t) - L(x, c, t)]`` under shared
 
 ``CLiD_th`` = alpha * S(mean_i D_i) + (1 - alpha) * S(-L) with a robust scaler S (median and
 interquartile range); S, alpha and the decision threshold are fitted on an auxiliary split and
-applied unchanged to the evaluated one. (DESIGN.md writes the same rule with both signs flipped,
+applied unchanged to the evaluated one. ``CLiD_vec`` feeds the vector ``[D_1..D_k, L]`` to a small
+classifier trained on the auxiliary half (here a logistic regression, ``scanner.mia.classifier``,
+where the paper uses gradient boosting). (DESIGN.md writes the same rule with both signs flipped,
 lower = member; memscan's scores are all "higher = member".)
 """
 

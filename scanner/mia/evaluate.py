@@ -14,13 +14,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from scanner.mia import clid, loss, metrics
-from scanner.mia.blackbox import LogisticRegression, blackbox_features
+from scanner.mia.blackbox import blackbox_features
+from scanner.mia.classifier import LogisticRegression
 from scanner.mia.denoising import NoiseProtocol, denoising_losses
 from scanner.mia.triage import conditional_gap
 from scanner.models.base import ImageTextEmbedder, TextToImageModel
 from scanner.store import Store, stable_id
 
-ATTACKS = ("loss", "clid_th", "wen", "wu_pixel", "wu_clip", "wu_classifier")
+ATTACKS = ("loss", "clid_th", "clid_vec", "wen", "wu_pixel", "wu_clip", "wu_classifier")
 BLACKBOX = ("wu_pixel", "wu_clip", "wu_classifier")  # need generations and a CLIP embedder
 
 
@@ -44,10 +45,10 @@ def attack_scores(model: TextToImageModel, items: Sequence[LabelledItem], attack
         wu = blackbox_features(model, embedder, np.stack([item.image for item in items]), [item.caption for item in items])
         features.update({"wu_pixel": {"score": -wu[:, 0]}, "wu_clip": {"score": -wu[:, 1]}, "wu_classifier": {"features": wu}})
     captions = [item.caption for item in items]
-    if {"loss", "clid_th"} & set(attacks):
+    if {"loss", "clid_th", "clid_vec"} & set(attacks):
         images = np.stack([item.image for item in items])
         condition_sets = [captions]
-        if "clid_th" in attacks:
+        if {"clid_th", "clid_vec"} & set(attacks):
             def encode(texts):
                 return model.encode_text(texts).float().flatten(1).cpu().numpy()
 
@@ -59,6 +60,7 @@ def attack_scores(model: TextToImageModel, items: Sequence[LabelledItem], attack
         features["loss"] = {"score": loss.loss_scores(losses[0])}
         if d is not None:
             features["clid_th"] = {"d": d, "loss": true_loss}
+            features["clid_vec"] = {"features": np.column_stack([d, true_loss])}
     if "wen" in attacks:
         features["wen"] = {"score": conditional_gap(model, captions, triage_seeds)}
     return features
@@ -79,7 +81,7 @@ def fitted_scores(attack: str, raw: dict[str, np.ndarray], labels: np.ndarray, a
     if attack == "clid_th":
         rule = clid.ClidThreshold.fit(raw["d"][auxiliary], raw["loss"][auxiliary], labels[auxiliary])
         return rule.score(raw["d"], raw["loss"]), rule.threshold, {"alpha": rule.alpha}
-    if attack == "wu_classifier":
+    if attack in ("wu_classifier", "clid_vec"):
         classifier = LogisticRegression.fit(raw["features"][auxiliary], labels[auxiliary].astype(float))
         scores = classifier.score(raw["features"])
         return scores, metrics.best_threshold(scores[auxiliary], labels[auxiliary]), {"weights": classifier.weights.tolist()}
