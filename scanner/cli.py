@@ -422,15 +422,13 @@ def mia_dataset(
     from scanner import demo as demo_world
     from scanner.mia.dataset import dataset_inference
     from scanner.mia.denoising import NoiseProtocol
-    from scanner.mia.evaluate import LabelledItem, attack_scores
+    from scanner.mia.evaluate import attack_scores
     from scanner.models.diffusers_t2i import DiffusersT2I
 
     if (suspect is None) != (reference is None):
         raise MemscanError("give both --suspect and --reference, or neither (the demo sets)")
     if suspect is None:
-        rows = demo_world.membership_items(per_bucket=0, x1=40, nonmembers=60)
-        items = [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0)
-                 for r in rows]
+        items = _demo_labelled(demo_world.membership_items(per_bucket=0, x1=40, nonmembers=60))
     else:
         items = _labelled_items(suspect, True, image_column, caption_column) + \
             _labelled_items(reference, False, image_column, caption_column)
