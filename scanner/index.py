@@ -273,6 +273,12 @@ class TrainingIndex:
             raise MemscanError(f"{self.folder}: built with embedder {self.manifest['embedder']}, not {embedder.model_ref}; "
                                "query it with the same --clip-model")
 
+    def thumbnail(self, item_id: str) -> np.ndarray:
+        return np.asarray(self.thumbnails[self._row_of[item_id]])
+
+    def has_item(self, item_id: str) -> bool:
+        return item_id in self._row_of
+
     def image_embedding(self, item_id: str) -> np.ndarray:
         return np.asarray(self._image_embeddings[self._row_of[item_id]], dtype=np.float32)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from scanner import cluster, generate, match
 from scanner.config import SamplingConfig, ScanConfig
+from scanner.mia.in_scan import score_scan
 from scanner.mia.triage import triage
 from scanner.generate import Prompt
 from scanner.index import TrainingIndex
@@ -83,9 +84,11 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
         matched = time.perf_counter()
         if index is not None:
             cluster_counts.update({f"matched_{k}": v for k, v in match.match_run(store, run_id, index, config.match).items()})
+        scored = time.perf_counter()
+        cluster_counts["membership_scores"] = score_scan(store, run_id, model, index)
         timings = {"triage_s": triage_seconds, "sampling_s": stats["sampling_s"], "features_s": stats["features_s"],
-                   "clustering_s": matched - clustered, "matching_s": time.perf_counter() - matched,
-                   "total_s": time.perf_counter() - began}
+                   "clustering_s": matched - clustered, "matching_s": scored - matched,
+                   "membership_s": time.perf_counter() - scored, "total_s": time.perf_counter() - began}
     except BaseException:
         store.finish_run(run_id, {"total_s": time.perf_counter() - began}, status="failed")
         raise

@@ -64,8 +64,17 @@ def test_demo_reproduces_duplicated_items_and_not_non_members(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Database:" in result.stdout and "duckdb" in result.stdout
     with Store(db, read_only=True) as store:
-        run_id = store.execute("SELECT run_id FROM runs")[0][0]
+        run_id = store.execute("SELECT run_id FROM runs WHERE kind = 'demo'")[0][0]
         scores = {s.bucket: s for s in score_demo_run(store, run_id)}
+        # every extracted training item carries membership scores, every candidate prompt a detector score
+        unscored = store.execute(
+            "SELECT count(*) FROM matches m WHERE m.run_id = ? AND m.verdict = 'extracted' AND NOT EXISTS "
+            "(SELECT 1 FROM mia_scores s WHERE s.run_id = m.run_id AND s.item_id = m.item_id AND s.attack = 'clid_discrepancy')",
+            [run_id])[0][0]
+        candidates_scored = store.execute(
+            "SELECT count(DISTINCT c.prompt_id), count(DISTINCT s.item_id) FROM candidates c LEFT JOIN mia_scores s "
+            "ON s.run_id = c.run_id AND s.item_id = c.prompt_id AND s.attack = 'wen' WHERE c.run_id = ?", [run_id])[0]
+    assert unscored == 0 and candidates_scored[0] == candidates_scored[1] > 0
     x200, non_members = scores["x200"], scores["non-member"]
     print({b: (s.prompts, s.flagged, s.reproduced, s.extracted) for b, s in scores.items()})
     assert x200.prompts == 15 and x200.reproduced >= 12  # the model reproduces most of its x200 items

@@ -108,9 +108,8 @@ def _gallery(store: Store, run_id: str, index) -> list[dict]:
     for row in rows:
         row["generation_uri"] = data_uri(store.image_file(row["medoid_image"]).read_bytes())
         row["training_uri"] = None
-        if index is not None and row["matched_item"] in getattr(index, "_row_of", {}):
-            thumbnail = np.asarray(index.thumbnails[index._row_of[row["matched_item"]]])
-            row["training_uri"] = data_uri(png_bytes(thumbnail))
+        if index is not None and row["matched_item"] and index.has_item(row["matched_item"]):
+            row["training_uri"] = data_uri(png_bytes(index.thumbnail(row["matched_item"])))
         row["mia"] = ", ".join(mia.get(row["matched_item"], []))
     return rows
 
