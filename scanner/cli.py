@@ -456,7 +456,7 @@ def idia(
 ) -> None:
     """Identity inference (Hintersdorf et al.): does a CLIP model know these people's names?"""
     from scanner import demo as demo_world
-    from scanner.idia import read_names, read_people, run_idia
+    from scanner.idia import read_csv_pairs, read_labels, read_names, read_people, run_idia
     from scanner.store import Store
 
     if people is None:
@@ -464,10 +464,10 @@ def idia(
         names, labels = names or default_names, labels or default_labels
     if names is None:
         raise MemscanError("--names FILE is needed with --people")
-    folder_names = _read_csv_pairs(mapping, "folder", "name") if mapping else None
+    folder_names = read_csv_pairs(mapping, "folder", "name") if mapping else None
     person_images, skipped = read_people(people, folder_names)
     candidates = read_names(names)
-    label_of = {k: v.lower() in ("1", "true", "yes", "member") for k, v in _read_csv_pairs(labels, "name", "member").items()} if labels else {}
+    label_of = read_labels(labels) if labels else {}
     embedder = _clip_for(clip_model, clip_pretrained)
     with Store(db) as store, progress_bar("people", len(person_images), unit="people") as advance:
         try:
@@ -501,18 +501,6 @@ def _print_mia(results) -> None:
                  ["attack", "AUC", "TPR@1%FPR", "TPR@0.1%FPR", "balanced acc.", "members", "non-members"],
                  [[a, r.auc, r.tpr_at_1_fpr, r.tpr_at_01_fpr, r.balanced_accuracy, r.n_members, r.n_nonmembers]
                   for a, r in results.items()])
-
-
-def _read_csv_pairs(path: Path, key: str, value: str) -> dict[str, str]:
-    import csv
-
-    if not path.is_file():
-        raise input_error(path, "no such file")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or key not in reader.fieldnames or value not in reader.fieldnames:
-            raise input_error(path, f"expected a CSV with columns {key},{value}")
-        return {row[key]: row[value] for row in reader}
 
 
 @app.command()

@@ -17,6 +17,7 @@ other form cross-prompt clusters (one memorized image reached from several promp
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -221,7 +222,7 @@ def cluster_run(store: Store, run_id: str, settings: ClusterConfig) -> dict[str,
     if settings.cross_prompt and len(medoids) >= 2:
         # one memorized image reached from several prompts: near-duplicate medoids of different prompts
         images, embeddings, phashes = _features_of(store, medoids)
-        cross_settings = ClusterConfig(**{**settings.__dict__, "min_clique": 2, "criterion": "clique"})
+        cross_settings = dataclasses.replace(settings, min_clique=2, criterion="clique")
         for group in find_groups(images, cross_settings, embeddings, phashes):
             cluster, cluster_members = _cluster_rows(run_id, "cross_prompt", None, group, medoids,
                                                      sum(len(r) for r in by_prompt.values()), settings)

@@ -68,6 +68,25 @@ def read_people(folder: Path, mapping: dict[str, str] | None = None) -> tuple[di
     return people, skipped
 
 
+def read_csv_pairs(path: Path, key: str, value: str) -> dict[str, str]:
+    """A two-column CSV (with a header naming ``key`` and ``value``) as a dict."""
+    import csv
+
+    if not path.is_file():
+        raise input_error(path, "no such file")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or key not in reader.fieldnames or value not in reader.fieldnames:
+            raise input_error(path, f"expected a CSV with columns {key},{value}")
+        return {row[key]: row[value] for row in reader}
+
+
+def read_labels(path: Path) -> dict[str, bool]:
+    """Membership labels: a CSV ``name,member`` with true/false (or 1/0, yes/no)."""
+    return {name: member.strip().lower() in ("1", "true", "yes", "member")
+            for name, member in read_csv_pairs(path, "name", "member").items()}
+
+
 def read_names(path: Path) -> list[str]:
     if not path.is_file():
         raise input_error(path, "no such names file")

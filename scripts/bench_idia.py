@@ -14,7 +14,7 @@ from pathlib import Path
 
 from scanner import demo as demo_world
 from scanner.demo.names import candidate_names
-from scanner.idia import infer_identities, read_people, roc_over_tau
+from scanner.idia import infer_identities, read_labels, read_people, roc_over_tau
 from scanner.models.open_clip_model import OpenClip
 
 
@@ -23,7 +23,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         people_dir, _, labels_file = demo_world.export_people(Path(folder))
         people, _ = read_people(people_dir)
-        labels = {line.split(",")[0]: line.split(",")[1] == "true" for line in labels_file.read_text().splitlines()[1:]}
+        labels = read_labels(labels_file)
     print("| images per person | candidate names | TPR (tau=1) | FPR (tau=1) | TPR (tau=3) | FPR (tau=3) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for n_names in (40, 100, 1000):

@@ -26,3 +26,15 @@ def demo_clip():
     from scanner.models.open_clip_model import OpenClip
 
     return OpenClip.load(CLIP_MODEL, device="cpu")
+
+
+@pytest.fixture
+def foreign_db(tmp_path):
+    """A DuckDB file that some other program made: not a memscan database."""
+    import duckdb
+
+    path = tmp_path / "other.duckdb"
+    connection = duckdb.connect(str(path))
+    connection.execute("CREATE TABLE t (x INTEGER)")
+    connection.close()
+    return path

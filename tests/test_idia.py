@@ -6,14 +6,14 @@ from PIL import Image
 
 from scanner.demo import export_people
 from scanner.errors import MemscanError
-from scanner.idia import TEMPLATES, infer_identities, read_names, read_people, roc_over_tau
+from scanner.idia import TEMPLATES, infer_identities, read_labels, read_names, read_people, roc_over_tau
 
 
 @pytest.fixture(scope="module")
 def demo_people(tmp_path_factory):
     folder = tmp_path_factory.mktemp("identities")
     people_dir, names_file, labels_file = export_people(folder)
-    labels = {line.split(",")[0]: line.split(",")[1] == "true" for line in labels_file.read_text().splitlines()[1:]}
+    labels = read_labels(labels_file)
     people, skipped = read_people(people_dir)
     return people, read_names(names_file), labels, skipped
 

@@ -38,15 +38,9 @@ def test_empty_database_renders_and_says_so(tmp_path):
     assert "No membership scores" in html and "No identity inference results" in html
 
 
-def test_not_a_memscan_database(tmp_path):
-    import duckdb
-
-    other = tmp_path / "x.duckdb"
-    connection = duckdb.connect(str(other))
-    connection.execute("CREATE TABLE t (x INTEGER)")
-    connection.close()
+def test_not_a_memscan_database(tmp_path, foreign_db):
     with pytest.raises(MemscanError, match="not a memscan database"):
-        render_report(other, tmp_path / "r.html")
+        render_report(foreign_db, tmp_path / "r.html")
 
 
 @pytest.mark.slow

@@ -57,13 +57,9 @@ def test_findings_view_joins_candidate_cluster_prompt_and_best_match(tmp_path):
         assert rows == [{"matched_item": "obj-1", "verdict": "extracted"}]
 
 
-def test_rejects_foreign_and_newer_databases(tmp_path):
-    foreign = tmp_path / "other.duckdb"
-    connection = duckdb.connect(str(foreign))
-    connection.execute("CREATE TABLE t (x INTEGER)")
-    connection.close()
+def test_rejects_foreign_and_newer_databases(tmp_path, foreign_db):
     with pytest.raises(MemscanError, match="not a memscan database"):
-        Store(foreign)
+        Store(foreign_db)
     newer = tmp_path / "newer.duckdb"
     Store(newer).close()
     connection = duckdb.connect(str(newer))

@@ -3,7 +3,6 @@ identity inference on its synthetic people."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from scanner import demo as demo_world
@@ -23,12 +22,11 @@ def demo_index(embedder: ImageTextEmbedder, index_root: Path, work_dir: Path) ->
 
 def demo_identities(store, embedder: ImageTextEmbedder, work_dir: Path):
     """IDIA on the 40 demo people among 1,000 candidate names, with their membership labels."""
-    from scanner.idia import read_names, read_people, run_idia
+    from scanner.idia import read_labels, read_names, read_people, run_idia
 
     people_dir, names_file, labels_file = demo_world.export_people(work_dir / "demo-identities")
     people, _ = read_people(people_dir)
-    with labels_file.open(newline="") as handle:
-        labels = {row["name"]: row["member"] == "true" for row in csv.DictReader(handle)}
+    labels = read_labels(labels_file)
     names = read_names(names_file)
     _, results, curve = run_idia(store, embedder, people, names, labels)
     return results, names, labels, curve
