@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from scanner.errors import MemscanError, input_error
+from scanner.models.loading import ModelSpec, load_embedder
 from scanner.progress import progress_bar
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -47,16 +49,26 @@ def _print_where(db: Path, run_id: str) -> None:
     console.print(f"       or: memscan sql {db} \"SELECT * FROM findings\"")
 
 
-def _load_embedder(features):
-    """The CLIP that embeds generations: the configured open_clip model, else the demo CLIP."""
-    from scanner import demo as demo_world
-    from scanner.models.open_clip_model import OpenClip
+RAY_ADDRESS = typer.Option(None, "--ray", help="Run the heavy work on Ray workers: 'local' (a cluster started in this process), 'auto' (a running cluster) or its address.")
+RAY_WORKERS = typer.Option(None, help="With --ray: how many workers (default: one per GPU, else one per --ray-cpus-per-worker CPUs).")
+RAY_CPUS_PER_WORKER = typer.Option(None, help="With --ray: CPUs (torch threads) per worker (default: 1).")
 
-    if not features.embeddings:
-        return None
-    if features.clip_model:
-        return OpenClip.load(features.clip_model, pretrained=features.clip_pretrained or None)
-    return OpenClip.load(demo_world.CLIP_MODEL)
+
+def _ray_settings(address: Optional[str], workers: Optional[int], cpus_per_worker: Optional[int]):
+    from scanner.config import RayConfig, override
+
+    try:
+        return override(RayConfig(), address=address, workers=workers, cpus_per_worker=cpus_per_worker)
+    except ValueError as error:
+        raise MemscanError(f"invalid Ray setting: {error}") from None
+
+
+def _portable(features):
+    """Feature settings with absolute paths: Ray workers may start in another folder."""
+    if not (features.clip_model and Path(features.clip_model).exists()):
+        return features
+    return dataclasses.replace(features, clip_model=str(Path(features.clip_model).resolve()),
+                               clip_pretrained=str(Path(features.clip_pretrained).resolve()) if features.clip_pretrained else "")
 
 
 @app.command()
@@ -88,7 +100,7 @@ def demo(
         guidance_scale=guidance_scale))
     console.print(f"Demo: {len(prompts)} prompts x {samples_per_prompt} seeds on {demo_world.SD_MODEL.name}")
     model = DiffusersT2I.load(demo_world.SD_MODEL)
-    embedder = _load_embedder(config.features)
+    embedder = load_embedder(config.features)
     training_index = demo_index(embedder, index_root, db.parent)
     with Store(db) as store:
         result = run_scan(store, model, prompts, config, kind="demo", show_progress=not no_progress, embedder=embedder,
@@ -134,13 +146,15 @@ def scan(
     clip_pretrained: Optional[str] = typer.Option(None, help="Weights file when --clip-model is an architecture name."),
     no_embeddings: bool = typer.Option(False, "--no-embeddings", help="Skip CLIP embeddings (hash proposals only)."),
     device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
+    ray: Optional[str] = RAY_ADDRESS,
+    ray_workers: Optional[int] = RAY_WORKERS,
+    ray_cpus_per_worker: Optional[int] = RAY_CPUS_PER_WORKER,
     no_progress: bool = typer.Option(False, "--no-progress", help="Do not draw progress bars."),
 ) -> None:
     """Sample a model on many prompts and seeds, and find prompts whose generations collapse."""
     from scanner import demo as demo_world
     from scanner.config import ScanConfig, load_scan_config, override
     from scanner.generate import Prompt
-    from scanner.models.diffusers_t2i import DiffusersT2I
     from scanner.index import TrainingIndex, captions_to_sample
     from scanner.prompts import read_prompts
     from scanner.scan import run_scan
@@ -158,7 +172,8 @@ def scan(
                                                         triage=triage_fraction),
                             features=override(settings.features, clip_model=clip_model, clip_pretrained=clip_pretrained,
                                               embeddings=False if no_embeddings else None),
-                            cluster=override(settings.cluster, threshold=threshold, min_clique=min_clique, criterion=criterion))
+                            cluster=override(settings.cluster, threshold=threshold, min_clique=min_clique, criterion=criterion),
+                            ray=override(settings.ray, address=ray, workers=ray_workers, cpus_per_worker=ray_cpus_per_worker))
     except ValueError as error:
         raise MemscanError(f"invalid setting: {error}") from None
     if prompts_from_index:
@@ -170,22 +185,33 @@ def scan(
     else:
         prompt_list = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"])
                        for r in demo_world.demo_items()]
-    model_path = Path(settings.model) if settings.model else demo_world.SD_MODEL
-    loaded = DiffusersT2I.load(model_path, device=settings.device, single_file_config=settings.single_file_config or None)
-    embedder = _load_embedder(settings.features)
+    model_spec = ModelSpec.of(settings.model or demo_world.SD_MODEL, settings.device, settings.single_file_config or None)
+    loaded = model_spec.load()
+    embedder = load_embedder(settings.features)
     training_index = None
     if settings.index:
         if embedder is None:
             raise MemscanError("--index needs CLIP embeddings of the generations; drop --no-embeddings")
         training_index = TrainingIndex.open(settings.index, index_root)
         training_index.check_embedder(embedder)
+    pool = sampling_pool(model_spec, settings) if settings.ray.address else None
     with Store(settings.db, files_dir=settings.images_dir or None) as store:
         result = run_scan(store, loaded, prompt_list, settings, show_progress=not no_progress, embedder=embedder,
-                          index=training_index)
+                          index=training_index, pool=pool)
         if result.resumed:
             console.print(f"Resumed run {result.run_id}: {result.counts['resumed_from']} generations were already stored.")
         _print_findings(store, result.run_id)
         _print_where(Path(settings.db), result.run_id)
+
+
+def sampling_pool(model_spec, settings):
+    """Ray workers that each load the scan's model and CLIP once."""
+    import functools
+
+    from scanner.distributed import RayPool
+    from scanner.models.loading import load_worker_models
+
+    return RayPool(functools.partial(load_worker_models, model_spec, _portable(settings.features)), settings.ray)
 
 
 index_app = typer.Typer(no_args_is_help=True, help="Build, inspect and query training-set indexes.")
@@ -195,7 +221,7 @@ app.add_typer(index_app, name="index")
 def _clip_for(clip_model: Optional[str], clip_pretrained: Optional[str]):
     from scanner.config import FeatureConfig
 
-    return _load_embedder(FeatureConfig(clip_model=clip_model or "", clip_pretrained=clip_pretrained or ""))
+    return load_embedder(FeatureConfig(clip_model=clip_model or "", clip_pretrained=clip_pretrained or ""))
 
 
 @index_app.command("build")
@@ -210,18 +236,28 @@ def index_build(
     thumbnail_size: int = typer.Option(64, help="Side of the thumbnails kept for pixel verification."),
     clip_model: Optional[str] = typer.Option(None, help="open_clip folder or architecture name (default: the demo CLIP)."),
     clip_pretrained: Optional[str] = typer.Option(None, help="Weights file when --clip-model is an architecture name."),
+    ray: Optional[str] = RAY_ADDRESS,
+    ray_workers: Optional[int] = RAY_WORKERS,
+    ray_cpus_per_worker: Optional[int] = RAY_CPUS_PER_WORKER,
     no_progress: bool = typer.Option(False, "--no-progress", help="Do not draw progress bars."),
 ) -> None:
     """Index a training set: CLIP image and caption embeddings, perceptual hashes, thumbnails."""
+    import functools
+
+    from scanner.config import FeatureConfig
+    from scanner.distributed import RayPool
     from scanner.index import IndexConfig, build_index
 
     if not source.exists():
         raise input_error(source, "no such source; expected an image folder, a .parquet/.csv table or .tar shards")
-    embedder = _clip_for(clip_model, clip_pretrained)
+    features = FeatureConfig(clip_model=clip_model or "", clip_pretrained=clip_pretrained or "")
+    embedder = load_embedder(features)
+    ray_settings = _ray_settings(ray, ray_workers, ray_cpus_per_worker)
+    pool = RayPool(functools.partial(load_embedder, _portable(features)), ray_settings) if ray_settings.address else None
     with progress_bar("indexing", total=None, enabled=not no_progress, unit="items") as advance:
         manifest = build_index(source, name, embedder, IndexConfig(thumbnail_size=thumbnail_size), root=root,
                                append=append, overwrite=overwrite, image_column=image_column,
-                               caption_column=caption_column, on_progress=advance)
+                               caption_column=caption_column, on_progress=advance, pool=pool)
     console.print(f"Index {root / name}: {manifest['counts']['items']} items, {manifest['counts']['skipped']} skipped, "
                   f"image index {manifest['image_index']['kind']}, {manifest['build_seconds']}s")
     for skipped in manifest["skipped"][:10]:
@@ -297,16 +333,17 @@ app.add_typer(mia_app, name="mia")
 
 
 def _labelled_items(source: Path, member: bool, image_column: str, caption_column: str):
-    from scanner.index import decode_item
+    from scanner.index import read_chunks
     from scanner.mia.evaluate import LabelledItem
     from scanner.sources import iter_source
 
     items = []
-    for item in iter_source(source, image_column, caption_column):
-        image, _, problem = decode_item(item)
-        if image is None:
-            raise input_error(item.source_path, problem)
-        items.append(LabelledItem(item.key, item.caption, image, member))
+    for chunk in read_chunks(iter_source(source, image_column, caption_column), skip=set(), size=256):
+        for item in chunk:
+            image, problem = item.decoded()
+            if image is None:
+                raise input_error(item.source_path, problem)
+            items.append(LabelledItem(item.key, item.caption, image, member))
     if not items:
         raise input_error(source, "no images")
     return items
@@ -322,12 +359,19 @@ def mia_eval(
     attacks: str = typer.Option("loss,clid_th,wen", help="Comma-separated: loss, clid_th, clid_vec, wen, wu_pixel, wu_clip, wu_classifier (the Wu et al. black-box attacks sample each caption 4 times)."),
     db: Path = typer.Option(Path("runs/mia.duckdb"), help="DuckDB file to write."),
     seed: int = typer.Option(0, help="Seed of the auxiliary/evaluation split and of the shared noise."),
+    ray: Optional[str] = RAY_ADDRESS,
+    ray_workers: Optional[int] = RAY_WORKERS,
+    ray_cpus_per_worker: Optional[int] = RAY_CPUS_PER_WORKER,
 ) -> None:
     """Evaluate membership attacks: thresholds fitted on one half, metrics on the other."""
+    import functools
+
     from scanner import demo as demo_world
+    from scanner.config import FeatureConfig
+    from scanner.distributed import RayPool
     from scanner.mia.denoising import NoiseProtocol
-    from scanner.mia.evaluate import run_mia_eval
-    from scanner.models.diffusers_t2i import DiffusersT2I
+    from scanner.mia.evaluate import BLACKBOX, run_mia_eval
+    from scanner.models.loading import load_worker_models
     from scanner.store import Store
 
     chosen = _attack_list(attacks)
@@ -338,10 +382,14 @@ def mia_eval(
     else:
         items = _labelled_items(members, True, image_column, caption_column) + \
             _labelled_items(nonmembers, False, image_column, caption_column)
-    loaded = DiffusersT2I.load(model or demo_world.SD_MODEL)
+    model_spec = ModelSpec.of(model or demo_world.SD_MODEL)
+    loaded = model_spec.load()
     embedder = _blackbox_embedder(chosen)
+    ray_settings = _ray_settings(ray, ray_workers, ray_cpus_per_worker)
+    features = FeatureConfig() if set(BLACKBOX) & set(chosen) else None
+    pool = RayPool(functools.partial(load_worker_models, model_spec, features), ray_settings) if ray_settings.address else None
     with Store(db) as store:
-        run_id, results, per_bucket = run_mia_eval(store, loaded, items, chosen, NoiseProtocol(seed=seed), seed, embedder)
+        run_id, results, per_bucket = run_mia_eval(store, loaded, items, chosen, NoiseProtocol(seed=seed), seed, embedder, pool)
     _print_mia(results)
     if per_bucket:
         _print_table("Per duplication bucket (members of the bucket vs all evaluation non-members)",
@@ -398,7 +446,7 @@ def _blackbox_embedder(attacks: list[str]):
     from scanner.config import FeatureConfig
     from scanner.mia.evaluate import BLACKBOX
 
-    return _load_embedder(FeatureConfig()) if set(BLACKBOX) & set(attacks) else None
+    return load_embedder(FeatureConfig()) if set(BLACKBOX) & set(attacks) else None
 
 
 def _demo_labelled(rows):

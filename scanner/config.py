@@ -12,6 +12,9 @@ A TOML file mirrors the dataclasses::
 
     [cluster]
     threshold = 0.08
+
+    [ray]
+    address = "auto"
 """
 
 from __future__ import annotations
@@ -92,6 +95,24 @@ class MatchConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """Where sampling, index embedding and membership scoring run when a Ray cluster does the work
+    (see docs/SCALING.md). ``address`` "" runs everything in this process."""
+
+    address: str = ""            # "local" starts a cluster in-process, "auto" joins a running one, or host:port
+    workers: int = 0             # 0: one per GPU of the cluster, else one per cpus_per_worker CPUs
+    cpus_per_worker: int = 1
+    in_flight: int = 2           # units queued per worker, so none idles between units
+    max_task_retries: int = 3    # a unit whose worker dies is retried this many times
+    flush_rows: int = 4096       # the driver ingests results in transactions of about this many rows
+    flush_seconds: float = 2.0   # ... or at least this often
+
+    def __post_init__(self) -> None:
+        if self.cpus_per_worker < 1 or self.workers < 0 or self.in_flight < 1:
+            raise ValueError("workers must be >= 0, cpus_per_worker and in_flight >= 1")
+
+
+@dataclass(frozen=True)
 class ScanConfig:
     model: str = ""
     single_file_config: str = ""  # a local pipeline folder describing a single-file checkpoint
@@ -104,6 +125,7 @@ class ScanConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     match: MatchConfig = field(default_factory=MatchConfig)
     index: str = ""  # a training-set index (name under indexes/ or folder) to match candidates against
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,7 +140,7 @@ def _build(cls: type, values: dict[str, Any], source: Path, section: str) -> Any
     kwargs = {}
     for name, value in values.items():
         nested = {"sampling": SamplingConfig, "features": FeatureConfig, "cluster": ClusterConfig,
-                  "match": MatchConfig}.get(name) if cls is ScanConfig else None
+                  "match": MatchConfig, "ray": RayConfig}.get(name) if cls is ScanConfig else None
         if nested is not None:
             if not isinstance(value, dict):
                 raise input_error(source, f"[{name}] must be a table")

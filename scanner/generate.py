@@ -1,24 +1,29 @@
 """Batched, seeded, resumable sampling: prompts -> generations.
 
 A generation is fully identified by (model, prompt, seed, sampler settings): its id is a
-hash of them, its initial noise comes from a CPU generator seeded with its own seed (so it
-does not depend on the batch it was drawn in), and its row is written together with the
-rest of its batch in one transaction. A scan started again skips every (prompt, seed)
-already stored, so a killed scan resumes without losing or duplicating a row.
+hash of them, and its initial noise comes from a CPU generator seeded with its own seed.
+Work is cut into fixed batches (units) that a pool runs, in this process or on Ray workers;
+the rows come back here and are written in transactions. A scan started again runs only the
+units with a missing (prompt, seed), so a killed scan resumes without losing or duplicating a row.
 """
 
 from __future__ import annotations
 
+import functools
 import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from scanner import features
 from scanner.config import SamplingConfig
+from scanner.distributed import Pool
+from scanner.errors import MemscanError
 from scanner.models.base import ImageTextEmbedder, TextToImageModel
+from scanner.models.loading import WorkerModels
 from scanner.store import Store, now, stable_id
 
 
@@ -54,10 +59,25 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def plan_work(prompts: Sequence[Prompt], sampling: SamplingConfig, done: set[tuple[str, int]]) -> list[WorkItem]:
-    """Every (prompt, seed) of the scan that is not stored yet, in a fixed order."""
+@dataclass(frozen=True)
+class WorkUnit:
+    """One sampling batch: consecutive (prompt, seed) pairs of the scan's fixed plan."""
+
+    items: tuple[WorkItem, ...]
+
+
+def plan_units(prompts: Sequence[Prompt], sampling: SamplingConfig, done: set[tuple[str, int]]) -> list[WorkUnit]:
+    """The batches of the scan that still miss a row.
+
+    Batches are cut from the full plan (every prompt, every seed, batch_size at a time), not
+    from what is missing: a resumed scan, or a unit retried on another worker, regenerates whole
+    batches, so every image comes out of the same batch as in an uninterrupted single-process
+    run and is bitwise equal to it on CPU (a batch's composition moves float32 pixels by ~1e-6).
+    Rows already stored are left as they are by the idempotent insert."""
     seeds = range(sampling.seed_base, sampling.seed_base + sampling.samples_per_prompt)
-    return [WorkItem(p, s) for p in prompts for s in seeds if (p.prompt_id, s) not in done]
+    plan = [WorkItem(p, s) for p in prompts for s in seeds]
+    units = [WorkUnit(tuple(plan[start:start + sampling.batch_size])) for start in range(0, len(plan), sampling.batch_size)]
+    return [unit for unit in units if any((w.prompt.prompt_id, w.seed) not in done for w in unit.items)]
 
 
 def stored_work(store: Store, run_id: str) -> set[tuple[str, int]]:
@@ -65,14 +85,48 @@ def stored_work(store: Store, run_id: str) -> set[tuple[str, int]]:
     return {(prompt_id, int(seed)) for prompt_id, seed in rows}
 
 
-def generation_rows(run_id: str, model: TextToImageModel, batch: Sequence[WorkItem], images: np.ndarray,
-                    sampling: SamplingConfig, store: Store, thumbnail_size: int,
+@dataclass(frozen=True)
+class SamplingJob:
+    """Everything a worker needs besides its models to turn a unit into rows."""
+
+    run_id: str
+    model_hash: str
+    sampling: SamplingConfig
+    files_dir: str
+    thumbnail_size: int
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    rows: list[dict]
+    sampling_s: float
+    features_s: float
+
+
+def sample_unit(job: SamplingJob, models: WorkerModels, unit: WorkUnit) -> UnitResult:
+    """Generate one batch and compute its features; image files are written under ``files_dir``
+    (content-addressed, so two workers writing the same image is harmless)."""
+    model = models.model
+    if model.model_hash != job.model_hash:
+        raise MemscanError(f"{model.model_ref}: a worker loaded different weights than the driver "
+                           f"({model.model_hash[:12]} vs {job.model_hash[:12]}); give every node the same model files")
+    began = time.perf_counter()
+    images = model.generate([w.prompt.text for w in unit.items], [w.seed for w in unit.items],
+                            num_inference_steps=job.sampling.num_inference_steps,
+                            guidance_scale=job.sampling.guidance_scale)
+    sampled = time.perf_counter()
+    rows = generation_rows(job, model, unit.items, images, models.embedder)
+    return UnitResult(rows, sampled - began, time.perf_counter() - sampled)
+
+
+def generation_rows(job: SamplingJob, model: TextToImageModel, batch: Sequence[WorkItem], images: np.ndarray,
                     embedder: ImageTextEmbedder | None = None) -> list[dict]:
     """Rows, image files and features for one generated batch; non-finite images become failed rows."""
+    sampling, files_dir = job.sampling, Path(job.files_dir)
     rows, finite_pixels, finite_rows = [], [], []
     for item, image in zip(batch, images):
         row = {
-            "run_id": run_id,
+            "run_id": job.run_id,
             "generation_id": stable_id(model.model_hash, item.prompt.text, item.seed, sampling.num_inference_steps,
                                        sampling.guidance_scale, getattr(model, "scheduler_name", ""), model.resolution, length=20),
             "prompt_id": item.prompt.prompt_id, "seed": item.seed,
@@ -86,10 +140,10 @@ def generation_rows(run_id: str, model: TextToImageModel, batch: Sequence[WorkIt
             row.update(status="failed", error="non-finite pixels in the generated image")
             continue
         pixels = features.to_uint8(image)
-        row["image_path"], row["image_sha256"] = features.write_content_addressed(features.png_bytes(pixels), store.files_dir)
-        small = features.thumbnail(pixels, thumbnail_size)
+        row["image_path"], row["image_sha256"] = features.write_content_addressed(features.png_bytes(pixels), files_dir)
+        small = features.thumbnail(pixels, job.thumbnail_size)
         row["thumbnail_path"] = row["image_path"] if small is pixels else \
-            features.write_content_addressed(features.png_bytes(small), store.files_dir)[0]
+            features.write_content_addressed(features.png_bytes(small), files_dir)[0]
         row["phash"], row["dhash"] = features.perceptual_hashes(pixels)
         row["degenerate"] = features.is_degenerate(pixels)
         finite_pixels.append(pixels)
@@ -105,27 +159,42 @@ def record_prompts(store: Store, run_id: str, prompts: Sequence[Prompt]) -> None
                               "source_item_id": p.source_item_id} for p in prompts])
 
 
-def run_generation(store: Store, run_id: str, model: TextToImageModel, prompts: Sequence[Prompt],
-                   sampling: SamplingConfig, thumbnail_size: int = 64, embedder: ImageTextEmbedder | None = None,
-                   on_batch: Callable[[int, int], None] | None = None) -> dict[str, float]:
-    """Sample every missing (prompt, seed) of the run; returns counts and seconds spent."""
-    work = plan_work(prompts, sampling, stored_work(store, run_id))
-    sampling_seconds = 0.0
-    feature_seconds = 0.0
-    generated = 0
-    for start in range(0, len(work), sampling.batch_size):
-        batch = work[start:start + sampling.batch_size]
-        began = time.perf_counter()
-        images = model.generate([w.prompt.text for w in batch], [w.seed for w in batch],
-                                num_inference_steps=sampling.num_inference_steps, guidance_scale=sampling.guidance_scale)
-        sampled = time.perf_counter()
-        rows = generation_rows(run_id, model, batch, images, sampling, store, thumbnail_size, embedder)
+def run_generation(store: Store, job: SamplingJob, prompts: Sequence[Prompt], pool: Pool,
+                   on_batch: Callable[[int], None] | None = None, flush_rows: int = 4096,
+                   flush_seconds: float = 2.0) -> dict[str, float]:
+    """Sample every missing (prompt, seed) of the run on ``pool`` and ingest the rows here, the
+    store's only writer: in one transaction per ``flush_rows`` rows or ``flush_seconds``."""
+    units = plan_units(prompts, job.sampling, stored_work(store, job.run_id))
+    totals = {"generated": 0, "sampling_s": 0.0, "features_s": 0.0}
+    buffer: list[dict] = []
+    flushed = time.monotonic()
+
+    def ingest() -> None:
+        nonlocal flushed
         with store.transaction():
-            store.insert("generations", rows)
-        feature_seconds += time.perf_counter() - sampled
-        sampling_seconds += sampled - began
-        generated += len(batch)
+            totals["generated"] += store.insert("generations", buffer)
+        buffer.clear()
+        flushed = time.monotonic()
+
+    for done, (_, result) in enumerate(pool.imap_unordered(functools.partial(sample_unit, job), units)):
+        if done == 0:
+            check_files_visible(store, result.rows)
+        buffer.extend(result.rows)
+        totals["sampling_s"] += result.sampling_s
+        totals["features_s"] += result.features_s
+        if len(buffer) >= flush_rows or time.monotonic() - flushed >= flush_seconds:
+            ingest()
         if on_batch:
-            on_batch(len(batch), len(work))
-    return {"generated": generated, "skipped_existing": len(prompts) * sampling.samples_per_prompt - len(work),
-            "sampling_s": sampling_seconds, "features_s": feature_seconds}
+            on_batch(len(result.rows))
+    if buffer:
+        ingest()
+    totals["skipped_existing"] = len(prompts) * job.sampling.samples_per_prompt - totals["generated"]
+    return totals
+
+
+def check_files_visible(store: Store, rows: Sequence[dict]) -> None:
+    """Workers write images themselves; on a cluster the files folder must be shared storage."""
+    for row in rows:
+        if row["image_path"] and not store.image_file(row["image_path"]).is_file():
+            raise MemscanError(f"{store.files_dir}: a worker wrote {row['image_path']} there but this machine cannot "
+                               "see it; put the files folder (--images-dir) on storage every node shares")

@@ -15,19 +15,21 @@ Layout (one folder per index):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import io
 import json
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from scanner import features
+from scanner.distributed import LocalPool, Pool
 from scanner.errors import MemscanError, input_error
 from scanner.models.base import ImageTextEmbedder
 from scanner.sources import SourceItem, iter_source
@@ -110,25 +112,88 @@ def ivf_recall_at_10(index, vectors: np.ndarray, rng: np.random.Generator, queri
     return float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)]))
 
 
-def decode_item(item: SourceItem) -> tuple[np.ndarray | None, bytes, str]:
-    try:
-        data = item.read_bytes()
-    except OSError as error:
-        return None, b"", f"unreadable: {error.strerror or error}"
+def decode(data: bytes) -> tuple[np.ndarray | None, str]:
     try:
         from PIL import Image
 
         with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB")), data, ""
+            return np.asarray(image.convert("RGB")), ""
     except Exception as error:  # PIL raises many kinds for truncated or corrupt files
-        return None, data, f"corrupt image: {type(error).__name__}"
+        return None, f"corrupt image: {type(error).__name__}"
+
+
+@dataclass(frozen=True)
+class RawItem:
+    """A source item with its bytes read (by the driver; decoding and embedding happen on workers)."""
+
+    key: str
+    source_path: str
+    caption: str
+    data: bytes
+    problem: str = ""  # why the bytes could not be read
+
+    def decoded(self) -> tuple[np.ndarray | None, str]:
+        """RGB pixels, or None and the reason (unreadable, corrupt)."""
+        return decode(self.data) if not self.problem else (None, self.problem)
+
+
+@dataclass(frozen=True)
+class EmbeddedChunk:
+    rows: list[dict]
+    thumbnails: np.ndarray
+    image_vectors: np.ndarray
+    text_vectors: np.ndarray
+    skipped: list[dict]
+
+
+def read_chunks(items: Iterable[SourceItem], skip: set[str], size: int) -> Iterator[list[RawItem]]:
+    chunk: list[RawItem] = []
+    for item in items:
+        if item.key in skip:
+            continue
+        try:
+            chunk.append(RawItem(item.key, item.source_path, item.caption, item.read_bytes()))
+        except OSError as error:
+            chunk.append(RawItem(item.key, item.source_path, item.caption, b"", f"unreadable: {error.strerror or error}"))
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def embed_chunk(thumbnail_size: int, embedder: ImageTextEmbedder, chunk: Sequence[RawItem]) -> EmbeddedChunk:
+    """Decode, hash, thumbnail and embed a chunk; what cannot be decoded is listed, not raised."""
+    rows, thumbnails, images, skipped = [], [], [], []
+    for item in chunk:
+        image, problem = item.decoded()
+        if image is None:
+            skipped.append({"path": item.source_path, "reason": problem})
+            continue
+        phash, dhash = features.perceptual_hashes(image)
+        rows.append({"item_id": item.key, "source_path": item.source_path, "caption": item.caption,
+                     "sha256": hashlib.sha256(item.data).hexdigest(), "phash": phash, "dhash": dhash,
+                     "width": int(image.shape[1]), "height": int(image.shape[0])})
+        thumbnails.append(fit(image, thumbnail_size))
+        images.append(image)
+    if not rows:
+        empty = np.zeros((0, embedder.dim), np.float32)
+        return EmbeddedChunk([], np.zeros((0, thumbnail_size, thumbnail_size, 3), np.uint8), empty, empty, skipped)
+    # images of mixed sizes go through the embedder one by one (its preprocessing resizes them)
+    if len({i.shape for i in images}) > 1:
+        image_vectors = np.concatenate([embedder.embed_images(image[None]) for image in images])
+    else:
+        image_vectors = embedder.embed_images(np.stack(images))
+    text_vectors = embedder.embed_texts([r["caption"] for r in rows])
+    return EmbeddedChunk(rows, np.stack(thumbnails), image_vectors.astype(np.float32), text_vectors.astype(np.float32), skipped)
 
 
 def build_index(source: Path, name: str, embedder: ImageTextEmbedder, config: IndexConfig = IndexConfig(),
                 root: Path = DEFAULT_ROOT, append: bool = False, overwrite: bool = False,
                 image_column: str = "image_path", caption_column: str = "caption",
-                on_progress: Callable[[int], None] | None = None) -> dict:
-    """Build (or extend) ``root/name`` from a source; returns the manifest."""
+                on_progress: Callable[[int], None] | None = None, pool: Pool | None = None) -> dict:
+    """Build (or extend) ``root/name`` from a source; returns the manifest. Chunks of items are
+    embedded on ``pool`` (Ray workers each holding ``embedder``) or, by default, here."""
     import faiss
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -145,45 +210,24 @@ def build_index(source: Path, name: str, embedder: ImageTextEmbedder, config: In
     if previous:
         config = IndexConfig(**{**asdict(config), "thumbnail_size": previous["thumbnail_size"]})
 
-    rows, thumbnails, image_vectors, skipped = [], [], [], []
-    batch_images: list[np.ndarray] = []
-
-    def embed_batch(images: list[np.ndarray]) -> np.ndarray:
-        # images of mixed sizes go through the embedder one by one (its preprocessing resizes them)
-        if len({i.shape for i in images}) > 1:
-            return np.concatenate([embedder.embed_images(image[None]) for image in images])
-        return embedder.embed_images(np.stack(images))
-
-    def flush() -> None:
-        if batch_images:
-            image_vectors.append(embed_batch(batch_images))
-            batch_images.clear()
-
     known_keys = set(pq.read_table(target / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()) if previous else set()
-    for item in iter_source(source, image_column, caption_column):
-        if item.key in known_keys:
-            continue
-        image, data, problem = decode_item(item)
-        if image is None:
-            skipped.append({"path": item.source_path, "reason": problem})
-            continue
-        phash, dhash = features.perceptual_hashes(image)
-        rows.append({"item_id": item.key, "source_path": item.source_path, "caption": item.caption,
-                     "sha256": hashlib.sha256(data).hexdigest(), "phash": phash, "dhash": dhash,
-                     "width": int(image.shape[1]), "height": int(image.shape[0])})
-        thumbnails.append(fit(image, config.thumbnail_size))
-        batch_images.append(image)
-        if len(batch_images) >= config.batch_size:
-            flush()
+    chunks = read_chunks(iter_source(source, image_column, caption_column), known_keys, config.batch_size)
+    embedded: dict[int, EmbeddedChunk] = {}
+    for position, chunk in (pool or LocalPool(embedder)).imap_unordered(functools.partial(embed_chunk, config.thumbnail_size), chunks):
+        embedded[position] = chunk
         if on_progress:
-            on_progress(1)
-    flush()
+            on_progress(len(chunk.rows) + len(chunk.skipped))
+    in_order = [embedded[position] for position in sorted(embedded)]  # row i is FAISS id i, in source order
+    rows = [row for chunk in in_order for row in chunk.rows]
+    skipped = [entry for chunk in in_order for entry in chunk.skipped]
     if not rows and not previous:
         raise input_error(source, f"no readable images found ({len(skipped)} skipped)")
 
-    new_images = np.concatenate(image_vectors).astype(np.float32) if image_vectors else np.zeros((0, embedder.dim), np.float32)
-    new_texts = embedder.embed_texts([r["caption"] for r in rows]).astype(np.float32) if rows else new_images[:0]
-    new_thumbnails = np.stack(thumbnails) if thumbnails else np.zeros((0, config.thumbnail_size, config.thumbnail_size, 3), np.uint8)
+    dim = int(embedder.dim)
+    new_images = np.concatenate([c.image_vectors for c in in_order] + [np.zeros((0, dim), np.float32)])
+    new_texts = np.concatenate([c.text_vectors for c in in_order] + [np.zeros((0, dim), np.float32)])
+    new_thumbnails = np.concatenate([c.thumbnails for c in in_order] +
+                                    [np.zeros((0, config.thumbnail_size, config.thumbnail_size, 3), np.uint8)])
     schema = pa.schema([("item_id", pa.string()), ("source_path", pa.string()), ("caption", pa.string()),
                         ("sha256", pa.string()), ("phash", pa.uint64()), ("dhash", pa.uint64()),
                         ("width", pa.int32()), ("height", pa.int32())])

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 from scanner import cluster, generate, match
 from scanner.config import SamplingConfig, ScanConfig
+from scanner.distributed import LocalPool, Pool
 from scanner.mia.in_scan import score_scan
 from scanner.mia.triage import triage
 from scanner.generate import Prompt
+from scanner.models.loading import WorkerModels
 from scanner.index import TrainingIndex
 from scanner.models.base import ImageTextEmbedder, TextToImageModel
 from scanner.progress import progress_bar
@@ -52,10 +54,11 @@ def triage_prompts(store: Store, run_id: str, model: TextToImageModel, prompts: 
 
 def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], config: ScanConfig,
              kind: str = "scan", show_progress: bool = True, embedder: ImageTextEmbedder | None = None,
-             index: TrainingIndex | None = None) -> ScanResult:
+             index: TrainingIndex | None = None, pool: Pool | None = None) -> ScanResult:
     """Sample what is missing, then recompute clusters and candidates; ``embedder`` adds CLIP
     image embeddings to every generation (FAISS proposes near-duplicate edges from them);
-    ``index`` matches every candidate to the training items it may reproduce."""
+    ``index`` matches every candidate to the training items it may reproduce. Sampling runs on
+    ``pool`` (Ray workers holding the same models) or, by default, here."""
     run_id = run_id_for(model, prompts, config, kind)
     provenance = config.to_dict()
     if index is not None:
@@ -76,9 +79,11 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
         with progress_bar("sampling", total, enabled=show_progress) as advance:
             already = len(generate.stored_work(store, run_id))
             advance(already, skip=True)
-            stats = generate.run_generation(store, run_id, model, prompts, config.sampling,
-                                            thumbnail_size=config.features.thumbnail_size, embedder=embedder,
-                                            on_batch=lambda done, _total: advance(done))
+            job = generate.SamplingJob(run_id, model.model_hash, config.sampling, str(store.files_dir),
+                                       config.features.thumbnail_size)
+            stats = generate.run_generation(store, job, prompts, pool or LocalPool(WorkerModels(model, embedder)),
+                                            on_batch=advance, flush_rows=config.ray.flush_rows,
+                                            flush_seconds=config.ray.flush_seconds)
         clustered = time.perf_counter()
         cluster_counts = cluster.cluster_run(store, run_id, config.cluster)
         matched = time.perf_counter()

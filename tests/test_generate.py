@@ -5,7 +5,9 @@ import numpy as np
 
 from scanner import cluster
 from scanner.config import ClusterConfig, SamplingConfig
-from scanner.generate import Prompt, record_prompts, run_generation
+from scanner.distributed import LocalPool
+from scanner.generate import Prompt, SamplingJob, plan_units, record_prompts, run_generation, stored_work
+from scanner.models.loading import WorkerModels
 from scanner.store import Store
 
 
@@ -37,7 +39,8 @@ def test_non_finite_and_degenerate_generations(tmp_path):
     model = ScriptedModel()
     with Store(tmp_path / "scan.duckdb") as store:
         record_prompts(store, "r1", prompts)
-        stats = run_generation(store, "r1", model, prompts, sampling)
+        job = SamplingJob("r1", model.model_hash, sampling, str(store.files_dir), thumbnail_size=64)
+        stats = run_generation(store, job, prompts, LocalPool(WorkerModels(model)))
         assert stats["generated"] == 24
         failed = store.execute("SELECT p.text, g.seed, g.error, g.image_path FROM generations g "
                                "JOIN prompts p USING (run_id, prompt_id) WHERE g.status = 'failed'")
@@ -49,5 +52,12 @@ def test_non_finite_and_degenerate_generations(tmp_path):
         assert flagged == [("a memorized prompt", 1.0)]  # the black images never form a cluster
         assert counts["candidates"] == 1
         # a second pass samples nothing: every (prompt, seed) is stored
-        again = run_generation(store, "r1", model, prompts, sampling)
+        again = run_generation(store, job, prompts, LocalPool(WorkerModels(model)))
         assert again["generated"] == 0 and model.calls == 24 and store.count("generations") == 24
+        # a lost row is regenerated with the whole fixed batch it belongs to; only it is added
+        store.execute("DELETE FROM generations WHERE seed = 4 AND prompt_id = ?", [prompts[1].prompt_id])
+        units = plan_units(prompts, sampling, stored_work(store, "r1"))
+        assert [[(w.prompt.text, w.seed) for w in u.items] for u in units] == \
+            [[("a black prompt", 4), ("a black prompt", 5)] + [("a memorized prompt", s) for s in range(3)]]
+        again = run_generation(store, job, prompts, LocalPool(WorkerModels(model)))
+        assert again["generated"] == 1 and model.calls == 29 and store.count("generations") == 24

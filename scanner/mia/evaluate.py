@@ -7,6 +7,7 @@ are computed; every metric is stored with its member and non-member counts.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -18,7 +19,9 @@ from scanner.mia.blackbox import blackbox_features
 from scanner.mia.classifier import LogisticRegression
 from scanner.mia.denoising import NoiseProtocol, denoising_losses
 from scanner.mia.triage import conditional_gap
+from scanner.distributed import Pool
 from scanner.models.base import ImageTextEmbedder, TextToImageModel
+from scanner.models.loading import WorkerModels
 from scanner.store import Store, stable_id
 
 ATTACKS = ("loss", "clid_th", "clid_vec", "wen", "wu_pixel", "wu_clip", "wu_classifier")
@@ -66,6 +69,29 @@ def attack_scores(model: TextToImageModel, items: Sequence[LabelledItem], attack
     return features
 
 
+@dataclass(frozen=True)
+class AttackJob:
+    attacks: tuple[str, ...]
+    protocol: NoiseProtocol
+
+
+def score_chunk(job: AttackJob, models: WorkerModels, chunk: Sequence[LabelledItem]) -> dict[str, dict[str, np.ndarray]]:
+    """A Ray worker's task: the raw attack features of a chunk of items."""
+    return attack_scores(models.model, chunk, job.attacks, job.protocol, embedder=models.embedder)
+
+
+def pooled_attack_scores(pool: Pool, items: Sequence[LabelledItem], attacks: Sequence[str], protocol: NoiseProtocol,
+                         chunk_size: int = 64) -> dict[str, dict[str, np.ndarray]]:
+    """``attack_scores`` on chunks of items spread over workers. Every feature belongs to one item
+    (the shared noise depends on the repeat and timestep, not on the batch), so the joined result
+    is the single-process one."""
+    chunks = [items[start:start + chunk_size] for start in range(0, len(items), chunk_size)]
+    parts = dict(pool.imap_unordered(functools.partial(score_chunk, AttackJob(tuple(attacks), protocol)), chunks))
+    ordered = [parts[position] for position in range(len(chunks))]
+    return {attack: {key: np.concatenate([part[attack][key] for part in ordered]) for key in ordered[0][attack]}
+            for attack in ordered[0]}
+
+
 def split_halves(items: Sequence[LabelledItem], seed: int) -> np.ndarray:
     """A boolean mask of the auxiliary half, drawn separately among members and non-members."""
     rng = np.random.default_rng(seed)
@@ -90,12 +116,14 @@ def fitted_scores(attack: str, raw: dict[str, np.ndarray], labels: np.ndarray, a
 
 
 def run_mia_eval(store: Store, model: TextToImageModel, items: Sequence[LabelledItem], attacks: Sequence[str] = ("loss", "clid_th", "wen"),
-                 protocol: NoiseProtocol = NoiseProtocol(), seed: int = 0,
-                 embedder: ImageTextEmbedder | None = None) -> tuple[str, dict[str, metrics.AttackMetrics], list[dict]]:
-    """Score, fit on the auxiliary half, evaluate on the other; store scores and metrics."""
+                 protocol: NoiseProtocol = NoiseProtocol(), seed: int = 0, embedder: ImageTextEmbedder | None = None,
+                 pool: Pool | None = None) -> tuple[str, dict[str, metrics.AttackMetrics], list[dict]]:
+    """Score (here, or on ``pool``'s Ray workers), fit on the auxiliary half, evaluate on the
+    other; store scores and metrics."""
     labels = np.array([item.member for item in items])
     auxiliary = split_halves(items, seed)
-    raw = attack_scores(model, items, attacks, protocol, embedder=embedder)
+    raw = pooled_attack_scores(pool, items, attacks, protocol) if pool else \
+        attack_scores(model, items, attacks, protocol, embedder=embedder)
     run_id = "mia-" + stable_id(model.model_hash, sorted(i.item_id for i in items), sorted(attacks), asdict(protocol), seed, length=12)
     store.start_run(run_id, "mia", model.model_ref, model.model_hash,
                     {"attacks": list(attacks), "protocol": asdict(protocol), "split_seed": seed}, {})

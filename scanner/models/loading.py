@@ -1,0 +1,55 @@
+"""How a process (the CLI, or a Ray worker) loads the models a configuration names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scanner.config import FeatureConfig
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Enough to load the same text-to-image model in another process: an absolute path, so a
+    worker started in another folder finds it too."""
+
+    path: str
+    device: str | None = None
+    single_file_config: str | None = None
+
+    @classmethod
+    def of(cls, path: str | Path, device: str | None = None, single_file_config: str | Path | None = None) -> "ModelSpec":
+        config = str(Path(single_file_config).resolve()) if single_file_config else None
+        return cls(str(Path(path).resolve()), device, config)
+
+    def load(self):
+        from scanner.models.diffusers_t2i import DiffusersT2I
+
+        return DiffusersT2I.load(self.path, device=self.device, single_file_config=self.single_file_config)
+
+
+def load_embedder(features: FeatureConfig):
+    """The CLIP that embeds generations: the configured open_clip model, else the demo CLIP;
+    None when embeddings are switched off."""
+    from scanner import demo as demo_world
+    from scanner.models.open_clip_model import OpenClip
+
+    if not features.embeddings:
+        return None
+    if features.clip_model:
+        return OpenClip.load(features.clip_model, pretrained=features.clip_pretrained or None)
+    return OpenClip.load(demo_world.CLIP_MODEL)
+
+
+@dataclass(frozen=True)
+class WorkerModels:
+    """What a worker (Ray actor, or this process) holds: the model, and the CLIP that embeds images."""
+
+    model: Any
+    embedder: Any = None
+
+
+def load_worker_models(model: ModelSpec, features: FeatureConfig | None) -> WorkerModels:
+    """A Ray worker's setup: load the models once; no embedder when ``features`` is None."""
+    return WorkerModels(model.load(), load_embedder(features) if features is not None else None)
