@@ -37,7 +37,12 @@ class SamplingConfig:
     num_inference_steps: int = 20
     guidance_scale: float = 5.0
     seed_base: int = 0
-    triage: float = 1.0  # mass-sample only this top fraction of prompts by the Wen et al. detector
+    triage: float = 1.0  # mass-sample only this top fraction of prompts by the memorization detector
+    triage_detector: str = "wen"  # wen (Wen et al. 2024) or norm_align (Asthana and Belagiannis 2026)
+
+    def __post_init__(self) -> None:
+        if self.triage_detector not in ("wen", "norm_align"):
+            raise ValueError(f"triage_detector must be 'wen' or 'norm_align', not {self.triage_detector!r}")
 
 
 @dataclass(frozen=True)

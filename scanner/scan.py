@@ -43,9 +43,10 @@ def run_id_for(model: TextToImageModel, prompts: Sequence[Prompt], config: ScanC
 def triage_prompts(store: Store, run_id: str, model: TextToImageModel, prompts: Sequence[Prompt],
                    sampling: SamplingConfig) -> list[Prompt]:
     """Keep the top fraction of prompts by the memorization detector; every prompt's score is stored."""
-    kept, scores = triage(model, prompts, sampling.triage, num_inference_steps=sampling.num_inference_steps)
+    kept, scores = triage(model, prompts, sampling.triage, num_inference_steps=sampling.num_inference_steps,
+                          detector=sampling.triage_detector)
     chosen = {p.prompt_id for p in kept}
-    store.insert("mia_scores", [{"run_id": run_id, "item_id": p.prompt_id, "attack": "wen_triage", "score": float(s),
+    store.insert("mia_scores", [{"run_id": run_id, "item_id": p.prompt_id, "attack": f"{sampling.triage_detector}_triage", "score": float(s),
                                  "threshold": None, "predicted_member": p.prompt_id in chosen, "label": None,
                                  "settings": json.dumps({"fraction": sampling.triage, "kind": "prompt"})}
                                 for p, s in zip(prompts, scores)])

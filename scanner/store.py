@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -323,6 +324,30 @@ class Store:
 
     def image_file(self, relative: str) -> Path:
         return self.files_dir / relative
+
+
+class BatchWriter:
+    """Buffers rows for one table and inserts them in one transaction per ``flush_rows`` rows or
+    ``flush_seconds``: how a driver ingests the results of many workers (DuckDB has one writer)."""
+
+    def __init__(self, store: Store, table: str, flush_rows: int = 4096, flush_seconds: float = 2.0):
+        self.store, self.table = store, table
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self.buffer: list[dict] = []
+        self.added = 0
+        self._flushed = time.monotonic()
+
+    def add(self, rows: Sequence[dict]) -> None:
+        self.buffer.extend(rows)
+        if len(self.buffer) >= self.flush_rows or time.monotonic() - self._flushed >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            with self.store.transaction():
+                self.added += self.store.insert(self.table, self.buffer)
+            self.buffer.clear()
+        self._flushed = time.monotonic()
 
 
 class _Transaction:

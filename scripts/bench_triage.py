@@ -1,4 +1,4 @@
-"""Benchmark: extraction recall against sampling budget, with and without triage (Wen et al.).
+"""Benchmark: extraction recall against sampling budget, with and without triage by each detector.
 
     python scripts/bench_triage.py [--samples-per-prompt 16]
 
@@ -25,7 +25,8 @@ def main() -> None:
     from scanner import demo as demo_world
     from scanner.config import SamplingConfig, ScanConfig
     from scanner.generate import Prompt
-    from scanner.mia.triage import conditional_gap
+    from scanner.mia import metrics
+    from scanner.mia.triage import DETECTORS, detector_scores
     from scanner.models.diffusers_t2i import DiffusersT2I
     from scanner.scan import run_scan
     from scanner.store import Store
@@ -41,30 +42,34 @@ def main() -> None:
     model = DiffusersT2I.load(demo_world.SD_MODEL)
     config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=args.samples_per_prompt, batch_size=64))
 
-    start = time.perf_counter()
-    scores = conditional_gap(model, [p.text for p in prompts], seeds=(0, 1, 2, 3), num_inference_steps=config.sampling.num_inference_steps)
-    triage_seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as folder, Store(Path(folder) / "bench.duckdb") as store:
         result = run_scan(store, model, prompts, config, show_progress=False)
         flagged = {r[0] for r in store.execute("SELECT DISTINCT prompt_id FROM candidates WHERE run_id = ?", [result.run_id])}
     sampling_seconds = result.timings["sampling_s"]
-    per_prompt_triage, per_prompt_sampling = triage_seconds / len(prompts), sampling_seconds / len(prompts)
+    per_prompt_sampling = sampling_seconds / len(prompts)
     print(f"{len(prompts)} prompts; exhaustive: {args.samples_per_prompt} samples each, {sampling_seconds:.1f}s, "
           f"{len(flagged)} prompts flagged")
-    print(f"triage cost per prompt {per_prompt_triage * 1000:.1f} ms = {per_prompt_triage / per_prompt_sampling:.3f} "
-          f"of the full sampling cost per prompt ({per_prompt_sampling * 1000:.1f} ms)")
-    order = np.argsort(-scores, kind="stable")
-    print(f"{'fraction':>8} {'recall':>7} {'cost vs exhaustive':>19}")
-    for fraction in (0.05, 0.1, 0.2, 0.3, 0.5, 1.0):
-        top = {prompts[i].prompt_id for i in order[: math.ceil(fraction * len(prompts))]}
-        recall = len(top & flagged) / max(1, len(flagged))
-        cost = (triage_seconds + fraction * sampling_seconds) / sampling_seconds
-        print(f"{fraction:8.2f} {recall:7.2f} {cost:19.3f}")
-    needed = next(f for f in np.linspace(0.01, 1, 100)
-                  if len({prompts[i].prompt_id for i in order[: math.ceil(f * len(prompts))]} & flagged) == len(flagged))
-    print(f"exhaustive recall reached at fraction {needed:.2f}: cost {(triage_seconds + needed * sampling_seconds) / sampling_seconds:.3f} "
-          f"of exhaustive sampling (goal <= 0.10 of the cost; the demo's share of memorized prompts bounds it from below)")
-
+    labels = np.array([p.prompt_id in flagged for p in prompts])
+    for detector in DETECTORS:
+        start = time.perf_counter()
+        scores = detector_scores(model, [p.text for p in prompts], detector, seeds=(0, 1, 2, 3),
+                                 num_inference_steps=config.sampling.num_inference_steps)
+        triage_seconds = time.perf_counter() - start
+        per_prompt_triage = triage_seconds / len(prompts)
+        print(f"\n{detector}: AUC {metrics.roc_auc(scores, labels):.3f} at telling flagged prompts from the others; "
+              f"cost per prompt {per_prompt_triage * 1000:.1f} ms = {per_prompt_triage / per_prompt_sampling:.3f} "
+              f"of the full sampling cost per prompt ({per_prompt_sampling * 1000:.1f} ms)")
+        order = np.argsort(-scores, kind="stable")
+        print(f"{'fraction':>8} {'recall':>7} {'cost vs exhaustive':>19}")
+        for fraction in (0.05, 0.1, 0.2, 0.3, 0.5, 1.0):
+            top = {prompts[i].prompt_id for i in order[: math.ceil(fraction * len(prompts))]}
+            recall = len(top & flagged) / max(1, len(flagged))
+            cost = (triage_seconds + fraction * sampling_seconds) / sampling_seconds
+            print(f"{fraction:8.2f} {recall:7.2f} {cost:19.3f}")
+        needed = next(f for f in np.linspace(0.01, 1, 100)
+                      if len({prompts[i].prompt_id for i in order[: math.ceil(f * len(prompts))]} & flagged) == len(flagged))
+        print(f"exhaustive recall reached at fraction {needed:.2f}: cost {(triage_seconds + needed * sampling_seconds) / sampling_seconds:.3f} "
+              f"of exhaustive sampling (goal <= 0.10; the demo's share of memorized prompts bounds it from below)")
 
 if __name__ == "__main__":
     main()

@@ -18,13 +18,13 @@ from scanner.mia import clid, loss, metrics
 from scanner.mia.blackbox import blackbox_features
 from scanner.mia.classifier import LogisticRegression
 from scanner.mia.denoising import NoiseProtocol, denoising_losses
-from scanner.mia.triage import conditional_gap
+from scanner.mia.triage import DETECTORS, detector_scores
 from scanner.distributed import Pool
 from scanner.models.base import ImageTextEmbedder, TextToImageModel
 from scanner.models.loading import WorkerModels
 from scanner.store import Store, stable_id
 
-ATTACKS = ("loss", "clid_th", "clid_vec", "wen", "wu_pixel", "wu_clip", "wu_classifier")
+ATTACKS = ("loss", "clid_th", "clid_vec", "wen", "norm_align", "wu_pixel", "wu_clip", "wu_classifier")
 BLACKBOX = ("wu_pixel", "wu_clip", "wu_classifier")  # need generations and a CLIP embedder
 
 
@@ -64,8 +64,8 @@ def attack_scores(model: TextToImageModel, items: Sequence[LabelledItem], attack
         if d is not None:
             features["clid_th"] = {"d": d, "loss": true_loss}
             features["clid_vec"] = {"features": np.column_stack([d, true_loss])}
-    if "wen" in attacks:
-        features["wen"] = {"score": conditional_gap(model, captions, triage_seeds)}
+    for detector in set(DETECTORS) & set(attacks):
+        features[detector] = {"score": detector_scores(model, captions, detector, triage_seeds)}
     return features
 
 

@@ -1,47 +1,98 @@
-"""Triage before mass sampling (Wen et al., ICLR 2024).
+"""Memorization detectors that rank prompts before mass sampling.
 
-The magnitude of the text-conditional part of the noise prediction at the first sampling step,
-``||eps(x_T, c) - eps(x_T, empty)||`` from pure noise, averaged over a few seeds, is large for
-memorized prompts: two forward passes per seed rank prompts before any are mass-sampled.
+Both start from pure noise x_T and compare the noise prediction under the prompt with the one
+under the empty prompt, so a prompt costs a few forward passes instead of hundreds of samples:
+
+- Wen et al. (ICLR 2024): the magnitude ``||eps(x_T, c) - eps(x_T, empty)||`` at the first
+  sampling step, large for memorized prompts;
+- Asthana and Belagiannis (ICLR 2026): that magnitude plus the angular alignment between the
+  unconditional prediction and the guidance direction ``eps(x_T, c) - eps(x_T, empty)``, taken
+  at a low-noise timestep (the third-last sampling step) where the log-probability is
+  anisotropic and the magnitude alone misleads. The cosine is over latent channels, per
+  position, then averaged; the two terms are added with weights 1 and 2 (the paper's
+  weights for Stable Diffusion 1.x).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from scanner.models.base import TextToImageModel
 
+DETECTORS = ("wen", "norm_align")
 
-def conditional_gap(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int],
-                    num_inference_steps: int = 20, batch_size: int = 64) -> np.ndarray:
-    """Wen et al. (ICLR 2024): the magnitude of the text-conditional part of the noise prediction,
-    ``||eps(x_T, c) - eps(x_T, empty)||``, at the first sampling step from pure noise, averaged over
-    seeds; large for memorized prompts. One score per prompt, two forward passes per seed."""
-    import torch
 
-    first = model.sampling_timesteps(num_inference_steps)[0]
+def _per_prompt_mean(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int],
+                     statistic: Callable, batch_size: int) -> np.ndarray:
+    """``statistic(x_T, condition, empty_condition)`` per (prompt, seed), averaged over seeds."""
     scores = np.zeros(len(prompts), np.float32)
     pairs = [(p, s) for p in range(len(prompts)) for s in seeds]
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         x_t = model.initial_noise([s for _, s in chunk])
-        step = torch.full((len(chunk),), int(first), device=x_t.device, dtype=torch.long)
-        eps_c = model.predict_noise(x_t, step, model.encode_text([prompts[p] for p, _ in chunk]))
-        eps_u = model.predict_noise(x_t, step, model.encode_text([""] * len(chunk)))
-        gap = (eps_c - eps_u).float().flatten(1).norm(dim=1).cpu().numpy()
-        for (p, _), value in zip(chunk, gap):
+        values = statistic(x_t, model.encode_text([prompts[p] for p, _ in chunk]), model.encode_text([""] * len(chunk)))
+        for (p, _), value in zip(chunk, values):
             scores[p] += value / len(seeds)
     return scores
 
 
+def _guidance(model: TextToImageModel, x_t, timestep: int, condition, empty):
+    """(eps(x_t, empty), eps(x_t, c) - eps(x_t, empty)) at one timestep, in float32."""
+    import torch
+
+    step = torch.full((len(x_t),), int(timestep), device=x_t.device, dtype=torch.long)
+    unconditional = model.predict_noise(x_t, step, empty).float()
+    return unconditional, model.predict_noise(x_t, step, condition).float() - unconditional
+
+
+def conditional_gap(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int],
+                    num_inference_steps: int = 20, batch_size: int = 64) -> np.ndarray:
+    """Wen et al.: ``||eps(x_T, c) - eps(x_T, empty)||`` at the first sampling step, averaged over
+    seeds; one score per prompt, two forward passes per seed."""
+    first = model.sampling_timesteps(num_inference_steps)[0]
+
+    def magnitude(x_t, condition, empty):
+        return _guidance(model, x_t, first, condition, empty)[1].flatten(1).norm(dim=1).cpu().numpy()
+
+    return _per_prompt_mean(model, prompts, seeds, magnitude, batch_size)
+
+
+def norm_alignment(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
+                   alignment_weight: float = 2.0, batch_size: int = 64) -> np.ndarray:
+    """Asthana and Belagiannis: the first-step magnitude plus ``alignment_weight`` times the
+    cosine between eps(x_T, empty) and the guidance direction at the third-last sampling
+    timestep, both on the same pure noise; four forward passes per seed."""
+    import torch
+
+    timesteps = model.sampling_timesteps(num_inference_steps)
+    first, low_noise = timesteps[0], timesteps[max(0, len(timesteps) - 3)]
+
+    def norm_plus_alignment(x_t, condition, empty):
+        magnitude = _guidance(model, x_t, first, condition, empty)[1].flatten(1).norm(dim=1)
+        unconditional, direction = _guidance(model, x_t, low_noise, condition, empty)
+        alignment = torch.nn.functional.cosine_similarity(unconditional, direction, dim=1).flatten(1).mean(dim=1)
+        return (magnitude + alignment_weight * alignment).cpu().numpy()
+
+    return _per_prompt_mean(model, prompts, seeds, norm_plus_alignment, batch_size)
+
+
+def detector_scores(model: TextToImageModel, prompts: Sequence[str], detector: str, seeds: Sequence[int] = (0, 1, 2, 3),
+                    num_inference_steps: int = 20) -> np.ndarray:
+    if detector == "wen":
+        return conditional_gap(model, prompts, seeds, num_inference_steps)
+    if detector == "norm_align":
+        return norm_alignment(model, prompts, seeds, num_inference_steps)
+    raise ValueError(f"unknown detector {detector!r}; known: {', '.join(DETECTORS)}")
+
+
 def triage(model: TextToImageModel, prompts: Sequence, fraction: float, seeds: Sequence[int] = (0, 1, 2, 3),
-           num_inference_steps: int = 20) -> tuple[list, np.ndarray]:
-    """The top ``fraction`` of prompts by conditional gap (in their original order), and every score."""
+           num_inference_steps: int = 20, detector: str = "wen") -> tuple[list, np.ndarray]:
+    """The top ``fraction`` of prompts by the detector (in their original order), and every score."""
     if not 0 < fraction <= 1:
         raise ValueError("the triage fraction must be in (0, 1]")
-    scores = conditional_gap(model, [p.text for p in prompts], seeds, num_inference_steps)
+    scores = detector_scores(model, [p.text for p in prompts], detector, seeds, num_inference_steps)
     keep = set(np.argsort(-scores, kind="stable")[: math.ceil(fraction * len(prompts))].tolist())
     return [p for i, p in enumerate(prompts) if i in keep], scores
