@@ -357,7 +357,7 @@ def mia_eval(
     nonmembers: Optional[Path] = typer.Option(None, help="Known non-members, same distribution, same formats (default: demo non-members)."),
     image_column: str = typer.Option("image_path", help="Image path column of a table."),
     caption_column: str = typer.Option("caption", help="Caption column of a table."),
-    attacks: str = typer.Option("loss,clid_th,wen", help="Comma-separated: loss, clid_th, clid_vec, wen, wu_pixel, wu_clip, wu_classifier (the Wu et al. black-box attacks sample each caption 4 times)."),
+    attacks: str = typer.Option("loss,clid_th,wen", help="Comma-separated: loss, clid_th, clid_vec, wen, norm_align, wu_pixel, wu_clip, wu_classifier (the Wu et al. black-box attacks sample each caption 4 times)."),
     db: Path = typer.Option(Path("runs/mia.duckdb"), help="DuckDB file to write."),
     seed: int = typer.Option(0, help="Seed of the auxiliary/evaluation split and of the shared noise."),
     ray: Optional[str] = RAY_ADDRESS,
@@ -407,7 +407,7 @@ def mia_score(
     model: Optional[Path] = typer.Option(None, help="Diffusers pipeline folder (default: the demo model)."),
     image_column: str = typer.Option("image_path", help="Image path column of a table."),
     caption_column: str = typer.Option("caption", help="Caption column of a table."),
-    attacks: str = typer.Option("loss,clid_th", help="Comma-separated: loss, clid_th, clid_vec, wen, wu_pixel, wu_clip, wu_classifier."),
+    attacks: str = typer.Option("loss,clid_th", help="Comma-separated: loss, clid_th, clid_vec, wen, norm_align, wu_pixel, wu_clip, wu_classifier."),
     db: Path = typer.Option(Path("runs/mia.duckdb"), help="DuckDB file to write."),
 ) -> None:
     """Score unlabeled images with thresholds calibrated on a labelled reference set."""

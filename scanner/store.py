@@ -208,6 +208,11 @@ class Store:
         except duckdb.Error as error:
             raise input_error(self.path, f"cannot open as a DuckDB database ({str(error).splitlines()[0]})") from None
         self._schemas: dict[str, pa.Schema] = {}
+        if not read_only:
+            # checkpoint (fold the write-ahead log into the file, rewriting the key indexes) every
+            # 256 MB of log rather than DuckDB's 16 MB: sustained ingest of generation rows goes
+            # from about 10,000 to 25,000 rows/s (scripts/bench_ray.py)
+            self.execute("SET checkpoint_threshold = '256MB'")
         self._check_or_create(read_only)
         stored = self.execute("SELECT value FROM schema_info WHERE key = 'files_dir'")
         if files_dir is not None and not read_only:

@@ -116,3 +116,14 @@ def test_blackbox_features_and_classifier(demo_sd, demo_clip):
     x = np.r_[rng.normal(0, 1, (50, 2)), rng.normal(3, 1, (50, 2))]
     y = np.r_[np.zeros(50), np.ones(50)]
     assert metrics.roc_auc(LogisticRegression.fit(x, y).score(x), y.astype(bool)) > 0.97
+
+
+def test_norm_alignment_adds_a_bounded_alignment_to_wens_magnitude(demo_sd):
+    from scanner.mia.triage import conditional_gap, norm_alignment
+
+    rows = demo_world.membership_items(per_bucket=4, x1=0, nonmembers=8)
+    captions = [r["caption"] for r in rows]
+    wen = conditional_gap(demo_sd, captions, seeds=(0, 1))
+    np.testing.assert_allclose(norm_alignment(demo_sd, captions, seeds=(0, 1), alignment_weight=0.0), wen, rtol=1e-5)
+    alignment = (norm_alignment(demo_sd, captions, seeds=(0, 1), alignment_weight=1.0) - wen)
+    assert np.all(np.abs(alignment) <= 1.0 + 1e-5) and alignment.std() > 0  # a cosine, and it varies by prompt
