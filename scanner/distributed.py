@@ -64,7 +64,8 @@ def connect(address: str, num_cpus: int | None = None) -> None:
             ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise MemscanError(f"cannot reach the Ray cluster at {address!r}: {first_line}") from None
+        raise MemscanError(f"cannot reach the Ray cluster at {address!r}: {first_line} "
+                           "(start one with 'ray start --head', or use --ray local)") from None
 
 
 class _Worker:
