@@ -329,6 +329,11 @@ def index_query(
     _print_table(f"Nearest images to {image}", ["rank", "cosine", "l2", "tiled_l2", "item", "caption"], rows)
 
 
+MIA_MODEL = typer.Option(None, help="Diffusers pipeline folder (default: the demo model).")
+IMAGE_COLUMN = typer.Option("image_path", help="Image path column of a table.")
+CAPTION_COLUMN = typer.Option("caption", help="Caption column of a table.")
+MIA_DB = typer.Option(Path("runs/mia.duckdb"), help="DuckDB file to write.")
+
 mia_app = typer.Typer(no_args_is_help=True, help="Membership inference: was this image trained on?")
 app.add_typer(mia_app, name="mia")
 
@@ -352,13 +357,13 @@ def _labelled_items(source: Path, member: bool, image_column: str, caption_colum
 
 @mia_app.command("eval")
 def mia_eval(
-    model: Optional[Path] = typer.Option(None, help="Diffusers pipeline folder (default: the demo model)."),
+    model: Optional[Path] = MIA_MODEL,
     members: Optional[Path] = typer.Option(None, help="Known members: image folder with .txt captions, .parquet/.csv or tar shards (default: demo members)."),
     nonmembers: Optional[Path] = typer.Option(None, help="Known non-members, same distribution, same formats (default: demo non-members)."),
-    image_column: str = typer.Option("image_path", help="Image path column of a table."),
-    caption_column: str = typer.Option("caption", help="Caption column of a table."),
+    image_column: str = IMAGE_COLUMN,
+    caption_column: str = CAPTION_COLUMN,
     attacks: str = typer.Option("loss,clid_th,wen", help="Comma-separated: loss, clid_th, clid_vec, wen, norm_align, wu_pixel, wu_clip, wu_classifier (the Wu et al. black-box attacks sample each caption 4 times)."),
-    db: Path = typer.Option(Path("runs/mia.duckdb"), help="DuckDB file to write."),
+    db: Path = MIA_DB,
     seed: int = typer.Option(0, help="Seed of the auxiliary/evaluation split and of the shared noise."),
     ray: Optional[str] = RAY_ADDRESS,
     ray_workers: Optional[int] = RAY_WORKERS,
@@ -404,11 +409,11 @@ def mia_score(
     items: Optional[Path] = typer.Option(None, help="Images to score: folder with .txt captions, .parquet/.csv or tar shards (default: 20 demo items)."),
     members: Optional[Path] = typer.Option(None, help="Labelled reference members, same formats (default: demo members)."),
     nonmembers: Optional[Path] = typer.Option(None, help="Labelled reference non-members (default: demo non-members)."),
-    model: Optional[Path] = typer.Option(None, help="Diffusers pipeline folder (default: the demo model)."),
-    image_column: str = typer.Option("image_path", help="Image path column of a table."),
-    caption_column: str = typer.Option("caption", help="Caption column of a table."),
+    model: Optional[Path] = MIA_MODEL,
+    image_column: str = IMAGE_COLUMN,
+    caption_column: str = CAPTION_COLUMN,
     attacks: str = typer.Option("loss,clid_th", help="Comma-separated: loss, clid_th, clid_vec, wen, norm_align, wu_pixel, wu_clip, wu_classifier."),
-    db: Path = typer.Option(Path("runs/mia.duckdb"), help="DuckDB file to write."),
+    db: Path = MIA_DB,
 ) -> None:
     """Score unlabeled images with thresholds calibrated on a labelled reference set."""
     from scanner import demo as demo_world
@@ -462,9 +467,9 @@ def _demo_labelled(rows):
 def mia_dataset(
     suspect: Optional[Path] = typer.Option(None, help="The owner's images: folder with .txt captions, .parquet/.csv or tar shards (default: 40 demo x1 members)."),
     reference: Optional[Path] = typer.Option(None, help="Same-distribution images known not to be trained on (default: 60 demo non-members)."),
-    model: Optional[Path] = typer.Option(None, help="Diffusers pipeline folder (default: the demo model)."),
-    image_column: str = typer.Option("image_path", help="Image path column of a table."),
-    caption_column: str = typer.Option("caption", help="Caption column of a table."),
+    model: Optional[Path] = MIA_MODEL,
+    image_column: str = IMAGE_COLUMN,
+    caption_column: str = CAPTION_COLUMN,
     alpha: float = typer.Option(0.05, help="Significance level."),
 ) -> None:
     """Was this set of images trained on? A one-sided test of its CLiD scores against a reference set."""
