@@ -370,14 +370,9 @@ def mia_eval(
     ray_cpus_per_worker: Optional[int] = RAY_CPUS_PER_WORKER,
 ) -> None:
     """Evaluate membership attacks: thresholds fitted on one half, metrics on the other."""
-    import functools
-
     from scanner import demo as demo_world
-    from scanner.config import FeatureConfig
-    from scanner.distributed import RayPool
     from scanner.mia.denoising import NoiseProtocol
-    from scanner.mia.evaluate import BLACKBOX, run_mia_eval
-    from scanner.models.loading import load_worker_models
+    from scanner.mia.evaluate import run_mia_eval
     from scanner.store import Store
 
     chosen = _attack_list(attacks)
@@ -388,12 +383,7 @@ def mia_eval(
     else:
         items = _labelled_items(members, True, image_column, caption_column) + \
             _labelled_items(nonmembers, False, image_column, caption_column)
-    model_spec = ModelSpec.of(model or demo_world.SD_MODEL)
-    loaded = model_spec.load()
-    embedder = _blackbox_embedder(chosen)
-    ray_settings = _ray_settings(ray, ray_workers, ray_cpus_per_worker)
-    features = FeatureConfig() if set(BLACKBOX) & set(chosen) else None
-    pool = RayPool(functools.partial(load_worker_models, model_spec, features), ray_settings) if ray_settings.address else None
+    loaded, embedder, pool = _mia_models(model, chosen, ray, ray_workers, ray_cpus_per_worker)
     with Store(db) as store:
         run_id, results, per_bucket = run_mia_eval(store, loaded, items, chosen, NoiseProtocol(seed=seed), seed, embedder, pool)
     _print_mia(results)
@@ -414,11 +404,13 @@ def mia_score(
     caption_column: str = CAPTION_COLUMN,
     attacks: str = typer.Option("loss,clid_th", help="Comma-separated: loss, clid_th, clid_vec, wen, norm_align, wu_pixel, wu_clip, wu_classifier."),
     db: Path = MIA_DB,
+    ray: Optional[str] = RAY_ADDRESS,
+    ray_workers: Optional[int] = RAY_WORKERS,
+    ray_cpus_per_worker: Optional[int] = RAY_CPUS_PER_WORKER,
 ) -> None:
     """Score unlabeled images with thresholds calibrated on a labelled reference set."""
     from scanner import demo as demo_world
     from scanner.mia.evaluate import run_mia_score
-    from scanner.models.diffusers_t2i import DiffusersT2I
     from scanner.store import Store
 
     chosen = _attack_list(attacks)
@@ -428,9 +420,9 @@ def mia_score(
         _labelled_items(members, True, image_column, caption_column) + _labelled_items(nonmembers, False, image_column, caption_column)
     unlabeled = _demo_labelled(demo_world.unlabeled_items()) if items is None else \
         _labelled_items(items, False, image_column, caption_column)
-    loaded = DiffusersT2I.load(model or demo_world.SD_MODEL)
+    loaded, embedder, pool = _mia_models(model, chosen, ray, ray_workers, ray_cpus_per_worker)
     with Store(db) as store:
-        run_id, rows = run_mia_score(store, loaded, reference, unlabeled, chosen, embedder=_blackbox_embedder(chosen))
+        run_id, rows = run_mia_score(store, loaded, reference, unlabeled, chosen, embedder=embedder, pool=pool)
     _print_table(f"Membership scores (thresholds from {len(reference)} labelled reference items)",
                  ["item", "attack", "score", "threshold", "predicted member"],
                  [[r["item_id"], r["attack"], r["score"], r["threshold"], r["predicted_member"]] for r in rows])
@@ -447,12 +439,23 @@ def _attack_list(attacks: str) -> list[str]:
     return chosen
 
 
-def _blackbox_embedder(attacks: list[str]):
-    """The demo CLIP when a Wu et al. attack is asked for (their semantic distance needs one)."""
-    from scanner.config import FeatureConfig
-    from scanner.mia.evaluate import BLACKBOX
+def _mia_models(model: Optional[Path], attacks: list[str], ray: Optional[str], workers: Optional[int],
+                cpus_per_worker: Optional[int]):
+    """The model, the demo CLIP when a Wu et al. attack needs one (their semantic distance), and
+    with --ray a pool of workers holding both."""
+    import functools
 
-    return load_embedder(FeatureConfig()) if set(BLACKBOX) & set(attacks) else None
+    from scanner import demo as demo_world
+    from scanner.config import FeatureConfig
+    from scanner.distributed import RayPool
+    from scanner.mia.evaluate import BLACKBOX
+    from scanner.models.loading import load_worker_models
+
+    model_spec = ModelSpec.of(model or demo_world.SD_MODEL)
+    features = FeatureConfig() if set(BLACKBOX) & set(attacks) else None
+    settings = _ray_settings(ray, workers, cpus_per_worker)
+    pool = RayPool(functools.partial(load_worker_models, model_spec, features), settings) if settings.address else None
+    return model_spec.load(), load_embedder(features) if features else None, pool
 
 
 def _demo_labelled(rows):
@@ -471,13 +474,15 @@ def mia_dataset(
     image_column: str = IMAGE_COLUMN,
     caption_column: str = CAPTION_COLUMN,
     alpha: float = typer.Option(0.05, help="Significance level."),
+    ray: Optional[str] = RAY_ADDRESS,
+    ray_workers: Optional[int] = RAY_WORKERS,
+    ray_cpus_per_worker: Optional[int] = RAY_CPUS_PER_WORKER,
 ) -> None:
     """Was this set of images trained on? A one-sided test of its CLiD scores against a reference set."""
     from scanner import demo as demo_world
     from scanner.mia.dataset import dataset_inference
     from scanner.mia.denoising import NoiseProtocol
-    from scanner.mia.evaluate import attack_scores
-    from scanner.models.diffusers_t2i import DiffusersT2I
+    from scanner.mia.evaluate import features_on
 
     if (suspect is None) != (reference is None):
         raise MemscanError("give both --suspect and --reference, or neither (the demo sets)")
@@ -486,8 +491,8 @@ def mia_dataset(
     else:
         items = _labelled_items(suspect, True, image_column, caption_column) + \
             _labelled_items(reference, False, image_column, caption_column)
-    loaded = DiffusersT2I.load(model or demo_world.SD_MODEL)
-    raw = attack_scores(loaded, items, ["clid_th"], NoiseProtocol())["clid_th"]
+    loaded, _, pool = _mia_models(model, ["clid_th"], ray, ray_workers, ray_cpus_per_worker)
+    raw = features_on(pool, loaded, items, ["clid_th"], NoiseProtocol())["clid_th"]
     scores = raw["d"].mean(axis=1)  # the mean conditional likelihood discrepancy: higher, more member-like
     in_suspect = np.array([item.member for item in items])
     verdict = dataset_inference(scores[in_suspect], scores[~in_suspect], alpha=alpha)

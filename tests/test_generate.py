@@ -61,3 +61,21 @@ def test_non_finite_and_degenerate_generations(tmp_path):
             [[("a black prompt", 4), ("a black prompt", 5)] + [("a memorized prompt", s) for s in range(3)]]
         again = run_generation(store, job, prompts, LocalPool(WorkerModels(model)))
         assert again["generated"] == 1 and model.calls == 29 and store.count("generations") == 24
+
+
+def test_a_worker_with_other_weights_or_an_unshared_files_folder_stops_the_scan(tmp_path):
+    import pytest
+
+    from scanner.errors import MemscanError
+
+    prompts = [Prompt.from_text("a varied prompt")]
+    sampling = SamplingConfig(samples_per_prompt=2, batch_size=2)
+    with Store(tmp_path / "scan.duckdb") as store:
+        other_weights = SamplingJob("r1", "0" * 64, sampling, str(store.files_dir), thumbnail_size=64)
+        with pytest.raises(MemscanError, match="different weights"):
+            run_generation(store, other_weights, prompts, LocalPool(WorkerModels(ScriptedModel())))
+        # the worker writes images where the driver does not look (another node's local disk)
+        elsewhere = SamplingJob("r1", ScriptedModel.model_hash, sampling, str(tmp_path / "node-local"), thumbnail_size=64)
+        with pytest.raises(MemscanError, match="cannot see it"):
+            run_generation(store, elsewhere, prompts, LocalPool(WorkerModels(ScriptedModel())))
+        assert store.count("generations") == 0  # nothing ingested from a unit whose images are lost

@@ -92,6 +92,14 @@ def pooled_attack_scores(pool: Pool, items: Sequence[LabelledItem], attacks: Seq
             for attack in ordered[0]}
 
 
+def features_on(pool: Pool | None, model: TextToImageModel, items: Sequence[LabelledItem], attacks: Sequence[str],
+                protocol: NoiseProtocol, embedder: ImageTextEmbedder | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """The attacks' raw features, on ``pool``'s Ray workers when there is one, else here."""
+    if pool is not None:
+        return pooled_attack_scores(pool, items, attacks, protocol)
+    return attack_scores(model, items, attacks, protocol, embedder=embedder)
+
+
 def split_halves(items: Sequence[LabelledItem], seed: int) -> np.ndarray:
     """A boolean mask of the auxiliary half, drawn separately among members and non-members."""
     rng = np.random.default_rng(seed)
@@ -122,8 +130,7 @@ def run_mia_eval(store: Store, model: TextToImageModel, items: Sequence[Labelled
     other; store scores and metrics."""
     labels = np.array([item.member for item in items])
     auxiliary = split_halves(items, seed)
-    raw = pooled_attack_scores(pool, items, attacks, protocol) if pool else \
-        attack_scores(model, items, attacks, protocol, embedder=embedder)
+    raw = features_on(pool, model, items, attacks, protocol, embedder)
     run_id = "mia-" + stable_id(model.model_hash, sorted(i.item_id for i in items), sorted(attacks), asdict(protocol), seed, length=12)
     store.start_run(run_id, "mia", model.model_ref, model.model_hash,
                     {"attacks": list(attacks), "protocol": asdict(protocol), "split_seed": seed}, {})
@@ -163,12 +170,12 @@ def run_mia_eval(store: Store, model: TextToImageModel, items: Sequence[Labelled
 
 def run_mia_score(store: Store, model: TextToImageModel, reference: Sequence[LabelledItem], unlabeled: Sequence[LabelledItem],
                   attacks: Sequence[str] = ("loss", "clid_th"), protocol: NoiseProtocol = NoiseProtocol(),
-                  embedder: ImageTextEmbedder | None = None) -> tuple[str, list[dict]]:
+                  embedder: ImageTextEmbedder | None = None, pool: Pool | None = None) -> tuple[str, list[dict]]:
     """Score unlabeled items with every scaler and threshold fitted on the labelled reference set."""
     items = list(reference) + list(unlabeled)
     labels = np.array([item.member for item in reference] + [False] * len(unlabeled))
     fitted_on = np.arange(len(items)) < len(reference)
-    raw = attack_scores(model, items, attacks, protocol, embedder=embedder)
+    raw = features_on(pool, model, items, attacks, protocol, embedder)
     run_id = "mia-score-" + stable_id(model.model_hash, sorted(i.item_id for i in items), sorted(attacks), asdict(protocol), length=12)
     store.start_run(run_id, "mia", model.model_ref, model.model_hash,
                     {"attacks": list(attacks), "protocol": asdict(protocol), "reference": len(reference)}, {})
