@@ -42,3 +42,30 @@ def test_toml_configuration_and_overrides(tmp_path):
     assert config.model == "m" and config.sampling.samples_per_prompt == 64 and config.cluster.threshold == 0.1
     assert config.sampling.num_inference_steps == ScanConfig().sampling.num_inference_steps
     assert override(config.cluster, threshold=None, min_clique=7) == ClusterConfig(threshold=0.1, min_clique=7)
+
+
+def test_ray_and_triage_settings_come_from_toml_and_are_checked(tmp_path):
+    import pytest
+
+    from scanner.errors import MemscanError
+
+    path = tmp_path / "scan.toml"
+    path.write_text('[ray]\naddress = "auto"\nworkers = 8\n[sampling]\ntriage = 0.1\ntriage_detector = "norm_align"\n')
+    config = load_scan_config(path)
+    assert (config.ray.address, config.ray.workers, config.ray.cpus_per_worker) == ("auto", 8, 1)
+    assert config.sampling.triage_detector == "norm_align"
+    # the run id hashes model, prompts and sampler settings, never where the work ran: a scan
+    # started in one process resumes on Ray and the other way round
+    from types import SimpleNamespace
+
+    from scanner.generate import Prompt
+    from scanner.scan import run_id_for
+
+    model, prompts = SimpleNamespace(model_hash="f" * 64), [Prompt.from_text("a prompt")]
+    assert run_id_for(model, prompts, config, "scan") == run_id_for(model, prompts, ScanConfig(sampling=config.sampling), "scan")
+    assert run_id_for(model, prompts, config, "scan") != run_id_for(model, prompts, ScanConfig(), "scan")
+    for bad, message in (('[ray]\ncpus_per_worker = 0\n', "cpus_per_worker"), ('[ray]\nnodes = 3\n', "unknown setting"),
+                         ('[sampling]\ntriage_detector = "magic"\n', "triage_detector")):
+        path.write_text(bad)
+        with pytest.raises(MemscanError, match=message):
+            load_scan_config(path)
