@@ -4,7 +4,8 @@
 
 One run, side by side on this machine:
 1. the sampling stage of a demo scan (generation + features, CLIP embeddings included) in one
-   process, on a local Ray cluster with 1 worker holding all CPUs, and with one worker per CPU:
+   process (all threads, and 1 thread), on a local Ray cluster with 1 worker holding all CPUs,
+   1 worker of 1 CPU, and one worker per CPU:
    images/s each, Ray's overhead at 1 worker (target at most 10%), the workers' start-up (model
    loading) apart, and whether the stored rows are identical (same ids, seeds, image bytes,
    hashes; expected bitwise at the same torch thread count);
@@ -99,18 +100,26 @@ def main() -> None:
                 runs.append((*sample(store, job, prompts, pool), store.execute(ROWS)))
         return min(r[0] for r in runs), runs[0][1], runs[0][2]
 
+    import torch
+
     results = {}
-    seconds, generated, rows = fastest("single", LocalPool(WorkerModels(model, load_embedder(FeatureConfig()))))
+    local = LocalPool(WorkerModels(model, load_embedder(FeatureConfig())))
+    seconds, generated, rows = fastest("single", local)
     results["one process"] = (seconds, generated, 0.0, rows)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same work on one core, leaving the others to the driver's side
+    results["one process, 1 thread"] = (*fastest("single1", local)[:2], 0.0, None)
+    torch.set_num_threads(threads)
 
     connect("local", num_cpus=cpus)
-    for label, workers, per_worker in ((f"Ray, 1 worker x {cpus} CPUs", 1, cpus), (f"Ray, {cpus} workers x 1 CPU", cpus, 1)):
+    for label, workers, per_worker in ((f"Ray, 1 worker x {cpus} CPUs", 1, cpus), ("Ray, 1 worker x 1 CPU", 1, 1),
+                                       (f"Ray, {cpus} workers x 1 CPU", cpus, 1)):
         started = time.perf_counter()
         pool = RayPool(functools.partial(load_worker_models, spec, FeatureConfig()),
                        RayConfig(address="local", workers=workers, cpus_per_worker=per_worker))
         pool.worker_pids()  # waits until every worker has loaded its models
         start_up = time.perf_counter() - started
-        seconds, generated, rows = fastest(f"ray{workers}", pool)
+        seconds, generated, rows = fastest(f"ray{workers}x{per_worker}", pool)
         results[label] = (seconds, generated, start_up, rows)
         pool.close()
 
@@ -119,13 +128,19 @@ def main() -> None:
     print("| sampling stage | images | seconds | images/s | vs one process | worker start-up s | rows identical to one process |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for label, (seconds, generated, start_up, rows) in results.items():
-        differing = sum(a != b for a, b in zip(rows, baseline_rows)) + abs(len(rows) - len(baseline_rows))
-        identical = "yes" if not differing else f"no: {differing} of {len(rows)} differ"
+        if rows is None:
+            identical = "(not compared)"
+        else:
+            differing = sum(a != b for a, b in zip(rows, baseline_rows)) + abs(len(rows) - len(baseline_rows))
+            identical = "yes" if not differing else f"no: {differing} of {len(rows)} differ"
         print(f"| {label} | {generated} | {seconds:.1f} | {generated / seconds:.2f} | {baseline_seconds / seconds:.2f}x "
               f"| {start_up:.1f} | {identical} |")
-    one_worker = next(v for k, v in results.items() if "1 worker" in k)
-    print(f"\nRay overhead at 1 worker: {100 * (one_worker[0] / baseline_seconds - 1):+.1f}% of the one-process time "
+    one_worker = results[f"Ray, 1 worker x {cpus} CPUs"][0]
+    print(f"\nRay overhead at 1 worker: {100 * (one_worker / baseline_seconds - 1):+.1f}% of the one-process time "
           "(target <= 10%)")
+    narrow = results["Ray, 1 worker x 1 CPU"][0] / results["one process, 1 thread"][0] - 1
+    print(f"Ray overhead at 1 worker of 1 CPU, against one process of 1 thread (a core left for the driver and "
+          f"Ray's daemons): {100 * narrow:+.1f}%")
 
     # the driver's ingest ceiling: the batched writer alone, then fed by Ray workers
     unit_rows = 64
