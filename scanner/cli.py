@@ -376,13 +376,8 @@ def mia_eval(
     from scanner.store import Store
 
     chosen = _attack_list(attacks)
-    if (members is None) != (nonmembers is None):
-        raise MemscanError("give both --members and --nonmembers, or neither (the demo sets)")
-    if members is None:
-        items = _demo_labelled(demo_world.membership_items())
-    else:
-        items = _labelled_items(members, True, image_column, caption_column) + \
-            _labelled_items(nonmembers, False, image_column, caption_column)
+    items = _labelled_sets(members, nonmembers, ("--members", "--nonmembers"), demo_world.membership_items,
+                           image_column, caption_column)
     loaded, embedder, pool = _mia_models(model, chosen, ray, ray_workers, ray_cpus_per_worker)
     with Store(db) as store:
         run_id, results, per_bucket = run_mia_eval(store, loaded, items, chosen, NoiseProtocol(seed=seed), seed, embedder, pool)
@@ -414,10 +409,8 @@ def mia_score(
     from scanner.store import Store
 
     chosen = _attack_list(attacks)
-    if (members is None) != (nonmembers is None):
-        raise MemscanError("give both --members and --nonmembers, or neither (the demo sets)")
-    reference = _demo_labelled(demo_world.membership_items()) if members is None else \
-        _labelled_items(members, True, image_column, caption_column) + _labelled_items(nonmembers, False, image_column, caption_column)
+    reference = _labelled_sets(members, nonmembers, ("--members", "--nonmembers"), demo_world.membership_items,
+                               image_column, caption_column)
     unlabeled = _demo_labelled(demo_world.unlabeled_items()) if items is None else \
         _labelled_items(items, False, image_column, caption_column)
     loaded, embedder, pool = _mia_models(model, chosen, ray, ray_workers, ray_cpus_per_worker)
@@ -458,6 +451,18 @@ def _mia_models(model: Optional[Path], attacks: list[str], ray: Optional[str], w
     return model_spec.load(), load_embedder(features) if features else None, pool
 
 
+def _labelled_sets(positive: Optional[Path], negative: Optional[Path], flags: tuple[str, str], demo_rows,
+                   image_column: str, caption_column: str):
+    """Items labelled member (``positive``) and non-member (``negative``), or the demo's sets when
+    neither is given."""
+    if (positive is None) != (negative is None):
+        raise MemscanError(f"give both {flags[0]} and {flags[1]}, or neither (the demo sets)")
+    if positive is None:
+        return _demo_labelled(demo_rows())
+    return _labelled_items(positive, True, image_column, caption_column) + \
+        _labelled_items(negative, False, image_column, caption_column)
+
+
 def _demo_labelled(rows):
     from scanner import demo as demo_world
     from scanner.mia.evaluate import LabelledItem
@@ -484,13 +489,8 @@ def mia_dataset(
     from scanner.mia.denoising import NoiseProtocol
     from scanner.mia.evaluate import features_on
 
-    if (suspect is None) != (reference is None):
-        raise MemscanError("give both --suspect and --reference, or neither (the demo sets)")
-    if suspect is None:
-        items = _demo_labelled(demo_world.membership_items(per_bucket=0, x1=40, nonmembers=60))
-    else:
-        items = _labelled_items(suspect, True, image_column, caption_column) + \
-            _labelled_items(reference, False, image_column, caption_column)
+    items = _labelled_sets(suspect, reference, ("--suspect", "--reference"),
+                           lambda: demo_world.membership_items(per_bucket=0, x1=40, nonmembers=60), image_column, caption_column)
     loaded, _, pool = _mia_models(model, ["clid_th"], ray, ray_workers, ray_cpus_per_worker)
     raw = features_on(pool, loaded, items, ["clid_th"], NoiseProtocol())["clid_th"]
     scores = raw["d"].mean(axis=1)  # the mean conditional likelihood discrepancy: higher, more member-like

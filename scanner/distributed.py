@@ -13,7 +13,7 @@ whether it runs on one machine or on a cluster.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from scanner.config import RayConfig
@@ -23,7 +23,7 @@ Task = Callable[[Any, Any], Any]  # task(state, unit) -> result; state is what t
 
 
 class Pool(Protocol):
-    def imap_unordered(self, task: Task, units: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    def imap_unordered(self, task: Task, units: Iterable[Any]) -> Iterator[tuple[int, Any]]:
         """(position of the unit, its result), in the order units finish."""
 
     def close(self) -> None: ...
@@ -35,7 +35,7 @@ class LocalPool:
     def __init__(self, state: Any):
         self.state = state
 
-    def imap_unordered(self, task: Task, units: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    def imap_unordered(self, task: Task, units: Iterable[Any]) -> Iterator[tuple[int, Any]]:
         for position, unit in enumerate(units):
             yield position, task(self.state, unit)
 
@@ -108,7 +108,7 @@ class RayPool:
     def worker_pids(self) -> list[int]:
         return self.ray.get([actor.pid.remote() for actor in self.actors])
 
-    def imap_unordered(self, task: Task, units: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    def imap_unordered(self, task: Task, units: Iterable[Any]) -> Iterator[tuple[int, Any]]:
         task_ref = self.ray.put(task)
         queue = iter(enumerate(units))
         pending: dict[Any, tuple[int, Any]] = {}

@@ -163,7 +163,7 @@ def test_membership_scores_on_ray_equal_the_single_process_scores(tmp_path, clus
 
     from scanner import demo as demo_world
     from scanner.mia.denoising import NoiseProtocol
-    from scanner.mia.evaluate import LabelledItem, attack_scores, pooled_attack_scores
+    from scanner.mia.evaluate import LabelledItem, attack_scores, features_on
 
     rows = demo_world.membership_items(per_bucket=2, x1=2, nonmembers=6)
     items = [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0) for r in rows]
@@ -171,7 +171,7 @@ def test_membership_scores_on_ray_equal_the_single_process_scores(tmp_path, clus
     pool = RayPool(functools.partial(load_worker_models, ModelSpec.of(SD_MODEL, "cpu"), None),
                    RayConfig(address="local", workers=2))
     try:
-        on_ray = pooled_attack_scores(pool, items, ["loss", "clid_th"], protocol, chunk_size=5)
+        on_ray = features_on(pool, demo_sd, items, ["loss", "clid_th"], protocol, chunk_size=5)
     finally:
         pool.close()
     here = attack_scores(demo_sd, items, ["loss", "clid_th"], protocol)

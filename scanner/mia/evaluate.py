@@ -19,7 +19,7 @@ from scanner.mia.blackbox import blackbox_features
 from scanner.mia.classifier import LogisticRegression
 from scanner.mia.denoising import NoiseProtocol, denoising_losses
 from scanner.mia.triage import DETECTORS, detector_scores
-from scanner.distributed import Pool
+from scanner.distributed import LocalPool, Pool
 from scanner.models.base import ImageTextEmbedder, TextToImageModel
 from scanner.models.loading import WorkerModels
 from scanner.store import Store, stable_id
@@ -80,24 +80,18 @@ def score_chunk(job: AttackJob, models: WorkerModels, chunk: Sequence[LabelledIt
     return attack_scores(models.model, chunk, job.attacks, job.protocol, embedder=models.embedder)
 
 
-def pooled_attack_scores(pool: Pool, items: Sequence[LabelledItem], attacks: Sequence[str], protocol: NoiseProtocol,
-                         chunk_size: int = 64) -> dict[str, dict[str, np.ndarray]]:
-    """``attack_scores`` on chunks of items spread over workers. Every feature belongs to one item
-    (the shared noise depends on the repeat and timestep, not on the batch), so the joined result
-    is the single-process one."""
+def features_on(pool: Pool | None, model: TextToImageModel, items: Sequence[LabelledItem], attacks: Sequence[str],
+                protocol: NoiseProtocol, embedder: ImageTextEmbedder | None = None,
+                chunk_size: int = 64) -> dict[str, dict[str, np.ndarray]]:
+    """``attack_scores`` chunk by chunk, on ``pool``'s Ray workers or in this process. Every feature
+    belongs to one item (the shared noise depends on the repeat and timestep, not on the batch),
+    so the joined result does not depend on where the chunks ran."""
+    pool = pool or LocalPool(WorkerModels(model, embedder))
     chunks = [items[start:start + chunk_size] for start in range(0, len(items), chunk_size)]
     parts = dict(pool.imap_unordered(functools.partial(score_chunk, AttackJob(tuple(attacks), protocol)), chunks))
     ordered = [parts[position] for position in range(len(chunks))]
     return {attack: {key: np.concatenate([part[attack][key] for part in ordered]) for key in ordered[0][attack]}
             for attack in ordered[0]}
-
-
-def features_on(pool: Pool | None, model: TextToImageModel, items: Sequence[LabelledItem], attacks: Sequence[str],
-                protocol: NoiseProtocol, embedder: ImageTextEmbedder | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """The attacks' raw features, on ``pool``'s Ray workers when there is one, else here."""
-    if pool is not None:
-        return pooled_attack_scores(pool, items, attacks, protocol)
-    return attack_scores(model, items, attacks, protocol, embedder=embedder)
 
 
 def split_halves(items: Sequence[LabelledItem], seed: int) -> np.ndarray:
