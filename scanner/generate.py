@@ -91,6 +91,7 @@ class SamplingJob:
 
     run_id: str
     model_hash: str
+    precision: str
     sampling: SamplingConfig
     files_dir: str
     thumbnail_size: int
@@ -110,6 +111,9 @@ def sample_unit(job: SamplingJob, models: WorkerModels, unit: WorkUnit) -> UnitR
     if model.model_hash != job.model_hash:
         raise MemscanError(f"{model.model_ref}: a worker loaded different weights than the driver "
                            f"({model.model_hash[:12]} vs {job.model_hash[:12]}); give every node the same model files")
+    if model.precision != job.precision:
+        raise MemscanError(f"{model.model_ref}: a worker samples in {model.precision} but the run is in {job.precision}; "
+                           "fp16 and fp32 draw different images from one seed, so give every worker the same device type")
     began = time.perf_counter()
     images = model.generate([w.prompt.text for w in unit.items], [w.seed for w in unit.items],
                             num_inference_steps=job.sampling.num_inference_steps,
@@ -127,7 +131,7 @@ def generation_rows(job: SamplingJob, model: TextToImageModel, batch: Sequence[W
     for item, image in zip(batch, images):
         row = {
             "run_id": job.run_id,
-            "generation_id": stable_id(model.model_hash, item.prompt.text, item.seed, sampling.num_inference_steps,
+            "generation_id": stable_id(model.model_hash, model.precision, item.prompt.text, item.seed, sampling.num_inference_steps,
                                        sampling.guidance_scale, getattr(model, "scheduler_name", ""), model.resolution, length=20),
             "prompt_id": item.prompt.prompt_id, "seed": item.seed,
             "num_inference_steps": sampling.num_inference_steps, "guidance_scale": float(sampling.guidance_scale),

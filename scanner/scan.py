@@ -1,8 +1,8 @@
 """A scan, stage by stage: prompts -> generations -> clusters -> candidates, in one store.
 
 Each stage reads and writes the store only. The run id is a hash of what determines the
-generations (model weights, prompts, sampler settings; not the batch size), so running the
-same scan again finds its run and resumes it.
+generations (model weights, the precision the workers sample in, prompts, sampler settings; not
+the batch size), so running the same scan again finds its run and resumes it.
 """
 
 from __future__ import annotations
@@ -34,10 +34,20 @@ class ScanResult:
     counts: dict[str, int]
 
 
-def run_id_for(model: TextToImageModel, prompts: Sequence[Prompt], config: ScanConfig, kind: str) -> str:
+def run_id_for(model: TextToImageModel, precision: str, prompts: Sequence[Prompt], config: ScanConfig, kind: str) -> str:
     sampling = dataclasses.asdict(config.sampling)
     sampling.pop("batch_size")
-    return kind + "-" + stable_id(model.model_hash, sorted(p.prompt_id for p in prompts), sorted(sampling.items()), length=12)
+    return kind + "-" + stable_id(model.model_hash, precision, sorted(p.prompt_id for p in prompts), sorted(sampling.items()),
+                                  length=12)
+
+
+def _model_precision(models: WorkerModels, _unit) -> str:
+    return models.model.precision
+
+
+def sampling_precision(pool: Pool) -> str:
+    """The precision the pool's workers sample in (a GPU worker: fp16, whatever the driver has)."""
+    return next(iter(pool.imap_unordered(_model_precision, [None])))[1]
 
 
 def triage_prompts(store: Store, run_id: str, model: TextToImageModel, prompts: Sequence[Prompt],
@@ -60,8 +70,11 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
     image embeddings to every generation (FAISS proposes near-duplicate edges from them);
     ``index`` matches every candidate to the training items it may reproduce. Sampling runs on
     ``pool`` (Ray workers holding the same models) or, by default, here."""
-    run_id = run_id_for(model, prompts, config, kind)
+    pool = pool or LocalPool(WorkerModels(model, embedder))
+    precision = sampling_precision(pool)
+    run_id = run_id_for(model, precision, prompts, config, kind)
     provenance = config.to_dict()
+    provenance["sampling"]["precision"] = precision
     if index is not None:
         provenance["match"].update(index=index.name, index_folder=str(index.folder.resolve()),
                                    index_embedder_hash=index.manifest["embedder_hash"])
@@ -80,9 +93,9 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
         with progress_bar("sampling", total, enabled=show_progress) as advance:
             already = len(generate.stored_work(store, run_id))
             advance(already, skip=True)
-            job = generate.SamplingJob(run_id, model.model_hash, config.sampling, str(store.files_dir),
+            job = generate.SamplingJob(run_id, model.model_hash, precision, config.sampling, str(store.files_dir),
                                        config.features.thumbnail_size)
-            stats = generate.run_generation(store, job, prompts, pool or LocalPool(WorkerModels(model, embedder)),
+            stats = generate.run_generation(store, job, prompts, pool,
                                             on_batch=advance, flush_rows=config.ray.flush_rows,
                                             flush_seconds=config.ray.flush_seconds)
         clustered = time.perf_counter()

@@ -84,7 +84,7 @@ def main() -> None:
     sampling = SamplingConfig(samples_per_prompt=args.samples_per_prompt, batch_size=args.batch_size)
     spec = ModelSpec.of(demo_world.SD_MODEL, "cpu")
     model = spec.load()
-    run_id = run_id_for(model, prompts, ScanConfig(sampling=sampling), "bench")
+    run_id = run_id_for(model, model.precision, prompts, ScanConfig(sampling=sampling), "bench")
     workdir = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     images = len(prompts) * sampling.samples_per_prompt
     print(f"{len(prompts)} demo prompts x {sampling.samples_per_prompt} seeds = {images} images, "
@@ -96,7 +96,7 @@ def main() -> None:
         for attempt in range(args.repeats):
             with Store(workdir / f"{name}-{attempt}.duckdb") as store:
                 record_prompts(store, run_id, prompts)
-                job = SamplingJob(run_id, model.model_hash, sampling, str(store.files_dir), thumbnail_size=64)
+                job = SamplingJob(run_id, model.model_hash, model.precision, sampling, str(store.files_dir), thumbnail_size=64)
                 runs.append((*sample(store, job, prompts, pool), store.execute(ROWS)))
         return min(r[0] for r in runs), runs[0][1], runs[0][2]
 

@@ -54,16 +54,18 @@ def test_ray_and_triage_settings_come_from_toml_and_are_checked(tmp_path):
     config = load_scan_config(path)
     assert (config.ray.address, config.ray.workers, config.ray.cpus_per_worker) == ("auto", 8, 1)
     assert config.sampling.triage_detector == "norm_align"
-    # the run id hashes model, prompts and sampler settings, never where the work ran: a scan
-    # started in one process resumes on Ray and the other way round
+    # the run id hashes model, precision, prompts and sampler settings, never where the work ran:
+    # a scan started in one process resumes on Ray and the other way round, but not in fp16
     from types import SimpleNamespace
 
     from scanner.generate import Prompt
     from scanner.scan import run_id_for
 
     model, prompts = SimpleNamespace(model_hash="f" * 64), [Prompt.from_text("a prompt")]
-    assert run_id_for(model, prompts, config, "scan") == run_id_for(model, prompts, ScanConfig(sampling=config.sampling), "scan")
-    assert run_id_for(model, prompts, config, "scan") != run_id_for(model, prompts, ScanConfig(), "scan")
+    run_id = run_id_for(model, "cpu-float32", prompts, config, "scan")
+    assert run_id == run_id_for(model, "cpu-float32", prompts, ScanConfig(sampling=config.sampling), "scan")
+    assert run_id != run_id_for(model, "cpu-float32", prompts, ScanConfig(), "scan")
+    assert run_id != run_id_for(model, "cuda-float16", prompts, config, "scan")
     for bad, message in (('[ray]\ncpus_per_worker = 0\n', "cpus_per_worker"), ('[ray]\nnodes = 3\n', "unknown setting"),
                          ('[sampling]\ntriage_detector = "magic"\n', "triage_detector")):
         path.write_text(bad)

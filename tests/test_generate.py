@@ -14,7 +14,7 @@ from scanner.store import Store
 class ScriptedModel:
     """Stands in for a diffusion model: each (prompt, seed) maps to a fixed image."""
 
-    model_ref, model_hash, resolution, scheduler_name = "scripted", "f" * 64, 32, "scripted"
+    model_ref, model_hash, resolution, scheduler_name, precision = "scripted", "f" * 64, 32, "scripted", "cpu-float32"
 
     def __init__(self):
         self.calls = 0
@@ -39,7 +39,7 @@ def test_non_finite_and_degenerate_generations(tmp_path):
     model = ScriptedModel()
     with Store(tmp_path / "scan.duckdb") as store:
         record_prompts(store, "r1", prompts)
-        job = SamplingJob("r1", model.model_hash, sampling, str(store.files_dir), thumbnail_size=64)
+        job = SamplingJob("r1", model.model_hash, model.precision, sampling, str(store.files_dir), thumbnail_size=64)
         stats = run_generation(store, job, prompts, LocalPool(WorkerModels(model)))
         assert stats["generated"] == 24
         failed = store.execute("SELECT p.text, g.seed, g.error, g.image_path FROM generations g "
@@ -71,11 +71,16 @@ def test_a_worker_with_other_weights_or_an_unshared_files_folder_stops_the_scan(
     prompts = [Prompt.from_text("a varied prompt")]
     sampling = SamplingConfig(samples_per_prompt=2, batch_size=2)
     with Store(tmp_path / "scan.duckdb") as store:
-        other_weights = SamplingJob("r1", "0" * 64, sampling, str(store.files_dir), thumbnail_size=64)
+        other_weights = SamplingJob("r1", "0" * 64, "cpu-float32", sampling, str(store.files_dir), thumbnail_size=64)
         with pytest.raises(MemscanError, match="different weights"):
             run_generation(store, other_weights, prompts, LocalPool(WorkerModels(ScriptedModel())))
+        # a GPU worker (fp16) in a run planned in fp32 would store other images under the same keys
+        other_precision = SamplingJob("r1", ScriptedModel.model_hash, "cuda-float16", sampling, str(store.files_dir),
+                                      thumbnail_size=64)
+        with pytest.raises(MemscanError, match="samples in cpu-float32 but the run is in cuda-float16"):
+            run_generation(store, other_precision, prompts, LocalPool(WorkerModels(ScriptedModel())))
         # the worker writes images where the driver does not look (another node's local disk)
-        elsewhere = SamplingJob("r1", ScriptedModel.model_hash, sampling, str(tmp_path / "node-local"), thumbnail_size=64)
+        elsewhere = SamplingJob("r1", ScriptedModel.model_hash, "cpu-float32", sampling, str(tmp_path / "node-local"), thumbnail_size=64)
         with pytest.raises(MemscanError, match="cannot see it"):
             run_generation(store, elsewhere, prompts, LocalPool(WorkerModels(ScriptedModel())))
         assert store.count("generations") == 0  # nothing ingested from a unit whose images are lost

@@ -88,11 +88,11 @@ def test_a_worker_killed_mid_unit_is_retried_without_losing_or_duplicating_rows(
             killed.append(victims[0])
 
     prompts = [Prompt.from_text(c) for c in captions]
-    run_id = run_id_for(demo_sd, prompts, ScanConfig(sampling=SAMPLING), "scan")
+    run_id = run_id_for(demo_sd, demo_sd.precision, prompts, ScanConfig(sampling=SAMPLING), "scan")
     try:
         with Store(tmp_path / "ray.duckdb") as store:
             record_prompts(store, run_id, prompts)
-            job = SamplingJob(run_id, demo_sd.model_hash, SAMPLING, str(store.files_dir), thumbnail_size=64)
+            job = SamplingJob(run_id, demo_sd.model_hash, demo_sd.precision, SAMPLING, str(store.files_dir), thumbnail_size=64)
             stats = run_generation(store, job, prompts, pool, on_batch=kill_a_busy_worker)
             rows = store.execute(ROWS)
         restarted = pool.worker_pids()

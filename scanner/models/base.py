@@ -12,6 +12,7 @@ class TextToImageModel(Protocol):
 
     model_ref: str
     model_hash: str
+    precision: str  # device type and dtype, e.g. "cuda-float16": fp16 draws visibly other images than fp32 from one seed
     resolution: int
     end_of_text: str  # the tokenizer's end-of-text token, as text (CLiD masks words with it)
 

@@ -48,6 +48,7 @@ class DiffusersT2I:
         self.model_hash = model_hash
         self.device = pipeline.device
         self.dtype = pipeline.unet.dtype
+        self.precision = f"{self.device.type}-{str(self.dtype).removeprefix('torch.')}"
         self.resolution = int(pipeline.unet.config.sample_size * pipeline.vae_scale_factor)
         self.scheduler_name = type(pipeline.scheduler).__name__
         self.end_of_text = pipeline.tokenizer.eos_token
