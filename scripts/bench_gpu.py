@@ -9,6 +9,9 @@ own, so one failure does not hide the others, and prints one ``RESULT {json}`` l
 - ``demo_throughput``: the demo model's images/s on the GPU in fp16 at several batch sizes.
 - ``stage_shares``: a demo scan on the GPU (sampling, features, clustering), the filter stages as
   a share of sampling time (issue 3's 10% target, which holds on CPU where sampling is slow).
+- ``ray``: the sampling stage of a demo scan in this process and on a local Ray cluster whose one
+  GPU gets one actor (``num_gpus=1``, fp16): the precision the pool reports, images/s, the
+  actor's start-up, and whether the stored rows are identical.
 - ``sd_shaped``: a pipeline with Stable Diffusion 1.5's architecture and random weights, saved as
   a diffusers folder and loaded through ``ModelSpec`` (the real path), timed at 512x512, 50 DDIM
   steps, guidance 7.5, fp16. Throughput does not depend on the weights' values, so this is the
@@ -18,6 +21,7 @@ own, so one failure does not hide the others, and prints one ``RESULT {json}`` l
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -118,6 +122,46 @@ def section_stage_shares(n_prompts: int) -> None:
     bench_stage_shares(n_prompts)
 
 
+def section_ray(n_prompts: int) -> None:
+    import ray
+
+    from bench_ray import ROWS, sample
+    from scanner import demo as demo_world
+    from scanner.config import FeatureConfig, RayConfig, SamplingConfig, ScanConfig
+    from scanner.distributed import LocalPool, RayPool
+    from scanner.generate import Prompt, SamplingJob, record_prompts
+    from scanner.models.loading import ModelSpec, WorkerModels, load_embedder, load_worker_models
+    from scanner.scan import run_id_for, sampling_precision
+    from scanner.store import Store
+
+    prompts = [Prompt.from_text(text) for text in dict.fromkeys(demo_prompts(n_prompts))]
+    sampling = SamplingConfig(samples_per_prompt=16, batch_size=64)
+    spec = ModelSpec.of(demo_world.SD_MODEL)
+    local = LocalPool(WorkerModels(spec.load(), load_embedder(FeatureConfig())))
+    began = time.perf_counter()
+    pool = RayPool(functools.partial(load_worker_models, spec, FeatureConfig()), RayConfig(address="local"))
+    precisions = {"local": sampling_precision(local), "ray": sampling_precision(pool)}
+    start_up = time.perf_counter() - began
+    model = local.state.model
+    run_id = run_id_for(model, precisions["local"], prompts, ScanConfig(sampling=sampling), "bench")
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, runner in (("local", local), ("ray", pool), ("local_again", local)):
+            with Store(Path(folder) / f"{name}.duckdb") as store:
+                record_prompts(store, run_id, prompts)
+                job = SamplingJob(run_id, model.model_hash, precisions["local"], sampling, str(store.files_dir), 64)
+                seconds, generated = sample(store, job, prompts, runner)
+                results[name] = (seconds, generated, store.execute(ROWS))
+    pool.close()
+    ray.shutdown()
+    baseline = results["local"][2]
+    for name, (seconds, generated, rows) in results.items():
+        report("ray", setup=name, precision=precisions["ray" if name == "ray" else "local"], images=generated,
+               seconds=round(seconds, 2), images_per_s=round(generated / seconds, 1),
+               start_up_s=round(start_up, 1) if name == "ray" else None,
+               rows_differing_from_local=sum(a != b for a, b in zip(rows, baseline)) + abs(len(rows) - len(baseline)))
+
+
 def section_sd_shaped(batches: list[int], steps: int) -> None:
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -156,10 +200,11 @@ def section_sd_shaped(batches: list[int], steps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="environment,precision,demo_throughput,stage_shares,sd_shaped")
+    parser.add_argument("--sections", default="environment,precision,demo_throughput,stage_shares,ray,sd_shaped")
     parser.add_argument("--precision-images", type=int, default=32)
     parser.add_argument("--demo-batches", default="16,64,256,1024")
     parser.add_argument("--stage-prompts", type=int, default=40)
+    parser.add_argument("--ray-prompts", type=int, default=80)
     parser.add_argument("--sd-batches", default="1,8,32")
     parser.add_argument("--sd-steps", type=int, default=50)
     args = parser.parse_args()
@@ -168,6 +213,7 @@ def main() -> None:
         "precision": lambda: section_precision(args.precision_images),
         "demo_throughput": lambda: section_demo_throughput([int(b) for b in args.demo_batches.split(",")]),
         "stage_shares": lambda: section_stage_shares(args.stage_prompts),
+        "ray": lambda: section_ray(args.ray_prompts),
         "sd_shaped": lambda: section_sd_shaped([int(b) for b in args.sd_batches.split(",")], args.sd_steps),
     }
     for name in args.sections.split(","):
