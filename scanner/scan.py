@@ -19,7 +19,7 @@ from scanner.distributed import LocalPool, Pool
 from scanner.mia.in_scan import score_scan
 from scanner.mia.triage import triage
 from scanner.generate import Prompt
-from scanner.models.loading import WorkerModels
+from scanner.models.loading import WorkerModels, pool_precision
 from scanner.index import TrainingIndex
 from scanner.models.base import ImageTextEmbedder, TextToImageModel
 from scanner.progress import progress_bar
@@ -39,15 +39,6 @@ def run_id_for(model: TextToImageModel, precision: str, prompts: Sequence[Prompt
     sampling.pop("batch_size")
     return kind + "-" + stable_id(model.model_hash, precision, sorted(p.prompt_id for p in prompts), sorted(sampling.items()),
                                   length=12)
-
-
-def _model_precision(models: WorkerModels, _unit) -> str:
-    return models.model.precision
-
-
-def sampling_precision(pool: Pool) -> str:
-    """The precision the pool's workers sample in (a GPU worker: fp16, whatever the driver has)."""
-    return next(iter(pool.imap_unordered(_model_precision, [None])))[1]
 
 
 def triage_prompts(store: Store, run_id: str, model: TextToImageModel, prompts: Sequence[Prompt],
@@ -71,7 +62,7 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
     ``index`` matches every candidate to the training items it may reproduce. Sampling runs on
     ``pool`` (Ray workers holding the same models) or, by default, here."""
     pool = pool or LocalPool(WorkerModels(model, embedder))
-    precision = sampling_precision(pool)
+    precision = pool_precision(pool)
     run_id = run_id_for(model, precision, prompts, config, kind)
     provenance = config.to_dict()
     provenance["sampling"]["precision"] = precision

@@ -130,8 +130,8 @@ def section_ray(n_prompts: int) -> None:
     from scanner.config import FeatureConfig, RayConfig, SamplingConfig, ScanConfig
     from scanner.distributed import LocalPool, RayPool
     from scanner.generate import Prompt, SamplingJob, record_prompts
-    from scanner.models.loading import ModelSpec, WorkerModels, load_embedder, load_worker_models
-    from scanner.scan import run_id_for, sampling_precision
+    from scanner.models.loading import ModelSpec, WorkerModels, load_embedder, load_worker_models, pool_precision
+    from scanner.scan import run_id_for
     from scanner.store import Store
 
     prompts = [Prompt.from_text(text) for text in dict.fromkeys(demo_prompts(n_prompts))]
@@ -140,7 +140,7 @@ def section_ray(n_prompts: int) -> None:
     local = LocalPool(WorkerModels(spec.load(), load_embedder(FeatureConfig())))
     began = time.perf_counter()
     pool = RayPool(functools.partial(load_worker_models, spec, FeatureConfig()), RayConfig(address="local"))
-    precisions = {"local": sampling_precision(local), "ray": sampling_precision(pool)}
+    precisions = {"local": pool_precision(local), "ray": pool_precision(pool)}
     start_up = time.perf_counter() - began
     model = local.state.model
     run_id = run_id_for(model, precisions["local"], prompts, ScanConfig(sampling=sampling), "bench")

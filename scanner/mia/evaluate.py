@@ -21,7 +21,7 @@ from scanner.mia.denoising import NoiseProtocol, denoising_losses
 from scanner.mia.triage import DETECTORS, detector_scores
 from scanner.distributed import LocalPool, Pool
 from scanner.models.base import ImageTextEmbedder, TextToImageModel
-from scanner.models.loading import WorkerModels
+from scanner.models.loading import WorkerModels, pool_precision
 from scanner.store import Store, stable_id
 
 ATTACKS = ("loss", "clid_th", "clid_vec", "wen", "norm_align", "wu_pixel", "wu_clip", "wu_classifier")
@@ -124,10 +124,13 @@ def run_mia_eval(store: Store, model: TextToImageModel, items: Sequence[Labelled
     other; store scores and metrics."""
     labels = np.array([item.member for item in items])
     auxiliary = split_halves(items, seed)
+    pool = pool or LocalPool(WorkerModels(model, embedder))
+    precision = pool_precision(pool)
     raw = features_on(pool, model, items, attacks, protocol, embedder)
-    run_id = "mia-" + stable_id(model.model_hash, sorted(i.item_id for i in items), sorted(attacks), asdict(protocol), seed, length=12)
+    run_id = "mia-" + stable_id(model.model_hash, precision, sorted(i.item_id for i in items), sorted(attacks), asdict(protocol),
+                                seed, length=12)
     store.start_run(run_id, "mia", model.model_ref, model.model_hash,
-                    {"attacks": list(attacks), "protocol": asdict(protocol), "split_seed": seed}, {})
+                    {"attacks": list(attacks), "protocol": asdict(protocol), "split_seed": seed, "precision": precision}, {})
     results, per_bucket, score_rows, metric_rows = {}, [], [], []
     evaluation = ~auxiliary
     for attack in attacks:
@@ -169,10 +172,14 @@ def run_mia_score(store: Store, model: TextToImageModel, reference: Sequence[Lab
     items = list(reference) + list(unlabeled)
     labels = np.array([item.member for item in reference] + [False] * len(unlabeled))
     fitted_on = np.arange(len(items)) < len(reference)
+    pool = pool or LocalPool(WorkerModels(model, embedder))
+    precision = pool_precision(pool)
     raw = features_on(pool, model, items, attacks, protocol, embedder)
-    run_id = "mia-score-" + stable_id(model.model_hash, sorted(i.item_id for i in items), sorted(attacks), asdict(protocol), length=12)
+    run_id = "mia-score-" + stable_id(model.model_hash, precision, sorted(i.item_id for i in items), sorted(attacks),
+                                      asdict(protocol), length=12)
     store.start_run(run_id, "mia", model.model_ref, model.model_hash,
-                    {"attacks": list(attacks), "protocol": asdict(protocol), "reference": len(reference)}, {})
+                    {"attacks": list(attacks), "protocol": asdict(protocol), "reference": len(reference),
+                     "precision": precision}, {})
     rows = []
     for attack in attacks:
         scores, threshold, extra = fitted_scores(attack, raw[attack], labels, fitted_on)

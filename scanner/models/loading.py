@@ -53,3 +53,13 @@ class WorkerModels:
 def load_worker_models(model: ModelSpec, features: FeatureConfig | None) -> WorkerModels:
     """A Ray worker's setup: load the models once; no embedder when ``features`` is None."""
     return WorkerModels(model.load(), load_embedder(features) if features is not None else None)
+
+
+def _model_precision(models: WorkerModels, _unit) -> str:
+    return models.model.precision
+
+
+def pool_precision(pool) -> str:
+    """The precision a pool's workers compute in (a GPU worker: fp16, whatever the driver has);
+    part of every run id whose rows depend on it."""
+    return next(iter(pool.imap_unordered(_model_precision, [None])))[1]
