@@ -85,7 +85,7 @@ def demo(
     """Scan the bundled demo model on demo prompts and score the findings against the ground truth."""
     from scanner import demo as demo_world
     from scanner.config import SamplingConfig, ScanConfig
-    from scanner.demo.evaluate import score_demo_run
+    from scanner.demo.evaluate import score_criterion, score_demo_run
     from scanner.generate import Prompt
     from scanner.demo.pipeline import demo_identities, demo_index, demo_membership
     from scanner.models.diffusers_t2i import DiffusersT2I
@@ -110,6 +110,11 @@ def demo(
         _print_table("Against the ground truth (per duplication bucket)",
                      ["bucket", "prompts", "flagged", "reproduced", "extracted (matched to its own item)"],
                      [[s.bucket, s.prompts, s.flagged, s.reproduced, s.extracted] for s in scores])
+        criterion = score_criterion(store, result.run_id)
+        console.print(f"Criterion against the per-item truth: {criterion.memorized_flagged} of {criterion.memorized} memorized "
+                      f"duplicated items flagged (recall {criterion.recall:.2f}); {criterion.unmemorized_flagged} of "
+                      f"{criterion.unmemorized} x1 and non-member prompts whose item is not memorized flagged "
+                      f"({100 * criterion.false_flag_rate:.0f}%)")
         console.print("Timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
         results, names, labels, curve = demo_identities(store, embedder, db.parent)
         _print_idia(results, names, labels, curve, tau=1, per_person=False)

@@ -27,11 +27,9 @@ import numpy as np
 from scanner import cluster, features
 from scanner.config import ClusterConfig
 from scanner.demo import bucket_of, decode_png, load_world
+from scanner.demo.evaluate import DUPLICATED_BUCKETS, REPRODUCED_SHARE, reproduced_share
 from scanner.distances import tiled_l2
 from scanner.store import Store
-
-REPRODUCED_SHARE = 0.25
-REPRODUCED_TILED_L2 = 0.10
 
 
 def emits_a_member(images: np.ndarray, members: np.ndarray, within: float, chunk: int = 4) -> bool:
@@ -59,7 +57,7 @@ def load_scan(db: Path, emit_within: float) -> list[dict]:
         for item_id, generations in prompts.items():
             images = np.stack([features.load_image(store.image_file(g["thumbnail_path"])) for g in generations])
             target = decode_png(truth[item_id]["image_png"])
-            reproduced = float(np.mean(tiled_l2(images, np.broadcast_to(target, images.shape)) <= REPRODUCED_TILED_L2))
+            reproduced = reproduced_share(images, target)
             embeddings = None if any(g["embedding"] is None for g in generations) else np.array([g["embedding"] for g in generations], np.float32)
             scanned.append({"item_id": item_id, "bucket": bucket_of(truth[item_id]["dup_count"]), "images": images,
                             "embeddings": embeddings, "phashes": np.array([g["phash"] for g in generations], np.uint64),
@@ -71,7 +69,7 @@ def load_scan(db: Path, emit_within: float) -> list[dict]:
 def sweep(scanned: list[dict], thresholds: list[float], sizes: list[int]) -> list[dict]:
     """Recall on memorized duplicated items (x200, x50, x10), the false-flag rate on non-members,
     and the flag rate on x1 members (some of which the model did memorize) and on unmemorized x1."""
-    memorized = [s for s in scanned if s["memorized"] and s["bucket"] in ("x200", "x50", "x10")]
+    memorized = [s for s in scanned if s["memorized"] and s["bucket"] in DUPLICATED_BUCKETS]
     nonmembers = [s for s in scanned if s["bucket"] == "non-member"]
     singles = [s for s in scanned if s["bucket"] == "x1"]
     emit_nothing = [s for s in nonmembers + singles if not s["memorized"] and not s["emits_member"]]

@@ -6,11 +6,18 @@ ground truth directly; whole-image l2 0.15 is too loose at 32x32, where a genera
 gets the background right is already that close); it is *extracted*
 when the matching stage judged a candidate ``extracted`` against a copy of that very item.
 Reported per duplication bucket.
+
+The memorization criterion is scored against a per-item truth (issue 3): an item is
+*memorized* when at least 25% of its prompt's generations are within tiled l2 0.10 of its
+training image; recall counts flagged prompts among memorized x200/x50/x10 items, false flags
+among the x1 and non-member prompts whose item is not memorized.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from scanner import features
 from scanner.demo import BUCKETS, bucket_of, decode_png, load_world, world_item_of
@@ -18,6 +25,8 @@ from scanner.distances import tiled_l2
 from scanner.store import Store
 
 REPRODUCED_TILED_L2 = 0.10
+REPRODUCED_SHARE = 0.25
+DUPLICATED_BUCKETS = ("x200", "x50", "x10")
 
 
 @dataclass(frozen=True)
@@ -59,3 +68,49 @@ def score_demo_run(store: Store, run_id: str) -> list[BucketScore]:
                          for p in paths)
         counts[3] += prompt["source_item_id"] in extracted_of.get(prompt["prompt_id"], set())
     return [BucketScore(bucket, *totals[bucket]) for bucket in BUCKETS if totals[bucket][0]]
+
+
+def reproduced_share(images: np.ndarray, target: np.ndarray) -> float:
+    """The share of a prompt's generations within REPRODUCED_TILED_L2 of its item's training image."""
+    return float(np.mean(tiled_l2(images, np.broadcast_to(target, images.shape)) <= REPRODUCED_TILED_L2))
+
+
+@dataclass(frozen=True)
+class CriterionScore:
+    memorized: int            # memorized x200/x50/x10 items among the scanned prompts
+    memorized_flagged: int
+    unmemorized: int          # x1 and non-member prompts whose item is not memorized
+    unmemorized_flagged: int
+
+    @property
+    def recall(self) -> float:
+        return self.memorized_flagged / max(1, self.memorized)
+
+    @property
+    def false_flag_rate(self) -> float:
+        return self.unmemorized_flagged / max(1, self.unmemorized)
+
+
+def score_criterion(store: Store, run_id: str) -> CriterionScore:
+    """Recall and false flags of a scan's candidates against the per-item memorization truth."""
+    truth = {r["item_id"]: r for r in load_world(["item_id", "dup_count", "image_png"])}
+    rows = store.query("SELECT p.source_item_id, g.thumbnail_path, c.prompt_id IS NOT NULL AS flagged FROM generations g "
+                       "JOIN prompts p USING (run_id, prompt_id) LEFT JOIN (SELECT DISTINCT run_id, prompt_id FROM candidates) c "
+                       "USING (run_id, prompt_id) WHERE g.run_id = ? AND g.status = 'ok'", [run_id]).to_pylist()
+    by_item: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["source_item_id"] in truth:
+            by_item.setdefault(row["source_item_id"], []).append(row)
+    counts = [0, 0, 0, 0]
+    for item_id, generations in by_item.items():
+        item = truth[item_id]
+        images = np.stack([features.load_image(store.image_file(g["thumbnail_path"])) for g in generations])
+        memorized = reproduced_share(images, decode_png(item["image_png"])) >= REPRODUCED_SHARE
+        flagged = generations[0]["flagged"]
+        if memorized and bucket_of(item["dup_count"]) in DUPLICATED_BUCKETS:
+            counts[0] += 1
+            counts[1] += flagged
+        elif not memorized and item["dup_count"] <= 1:
+            counts[2] += 1
+            counts[3] += flagged
+    return CriterionScore(*counts)
