@@ -145,7 +145,7 @@ def scan(
     seed_base: Optional[int] = typer.Option(None, help="First seed; prompt i uses seeds base..base+N-1 (default: 0)."),
     triage_fraction: Optional[float] = typer.Option(None, "--triage", help="Mass-sample only this top fraction of prompts by the memorization detector (default: 1, all)."),
     triage_detector: Optional[str] = typer.Option(None, help="Detector that ranks prompts for --triage: wen or norm_align (default: wen)."),
-    threshold: Optional[float] = typer.Option(None, help="Clique edge threshold, tiled l2 (default: 0.04)."),
+    threshold: Optional[float] = typer.Option(None, help="Clique edge threshold, tiled l2 (default: 0.02)."),
     min_clique: Optional[int] = typer.Option(None, help="Smallest clique that makes a candidate (default: 8)."),
     criterion: Optional[str] = typer.Option(None, help="clique (Carlini) or component (dense components) (default: clique)."),
     clip_model: Optional[str] = typer.Option(None, help="open_clip folder or architecture name for embeddings (default: the demo CLIP)."),
@@ -488,23 +488,23 @@ def mia_dataset(
     ray_workers: Optional[int] = RAY_WORKERS,
     ray_cpus_per_worker: Optional[int] = RAY_CPUS_PER_WORKER,
 ) -> None:
-    """Was this set of images trained on? A one-sided test of its CLiD scores against a reference set."""
+    """Was this set of images trained on? A one-sided test of held-out CLiD classifier scores against a reference set."""
     from scanner import demo as demo_world
-    from scanner.mia.dataset import dataset_inference
+    from scanner.mia.dataset import dataset_inference, held_out_scores
     from scanner.mia.denoising import NoiseProtocol
     from scanner.mia.evaluate import features_on
 
     items = _labelled_sets(suspect, reference, ("--suspect", "--reference"),
                            lambda: demo_world.membership_items(per_bucket=0, x1=40, nonmembers=60), image_column, caption_column)
-    loaded, _, pool = _mia_models(model, ["clid_th"], ray, ray_workers, ray_cpus_per_worker)
-    raw = features_on(pool, loaded, items, ["clid_th"], NoiseProtocol())["clid_th"]
-    scores = raw["d"].mean(axis=1)  # the mean conditional likelihood discrepancy: higher, more member-like
+    loaded, _, pool = _mia_models(model, ["clid_vec"], ray, ray_workers, ray_cpus_per_worker)
+    features = features_on(pool, loaded, items, ["clid_vec"], NoiseProtocol())["clid_vec"]["features"]
     in_suspect = np.array([item.member for item in items])
-    verdict = dataset_inference(scores[in_suspect], scores[~in_suspect], alpha=alpha)
-    needed = f"{verdict.items_needed} suspect items were enough" if verdict.items_needed else "not significant"
-    console.print(f"Suspect set ({verdict.suspect} items) vs reference ({verdict.reference}): one-sided Mann-Whitney "
-                  f"p = {verdict.p_value:.2e} (alpha {alpha}); {needed}. Median CLiD discrepancy "
-                  f"{verdict.suspect_median:.5f} vs {verdict.reference_median:.5f}.")
+    verdict = dataset_inference(*held_out_scores(features[in_suspect], features[~in_suspect]), alpha=alpha)
+    needed = f"{verdict.items_needed} held-out suspect items were enough" if verdict.items_needed else "not significant"
+    console.print(f"Suspect set ({in_suspect.sum()} items) vs reference ({(~in_suspect).sum()}); the classifier fitted on "
+                  f"half of each scores the other half ({verdict.suspect} vs {verdict.reference}): one-sided Mann-Whitney "
+                  f"p = {verdict.p_value:.2e} (alpha {alpha}); {needed}. Median score "
+                  f"{verdict.suspect_median:.3f} vs {verdict.reference_median:.3f}.")
 
 
 @app.command()

@@ -63,7 +63,7 @@ class ClusterConfig:
     ``criterion = "component"`` a connected component of at least ``min_clique`` whose edge
     density is at least ``min_density``."""
 
-    threshold: float = 0.04
+    threshold: float = 0.02
     min_clique: int = 8
     tiles: int = 4
     criterion: str = "clique"

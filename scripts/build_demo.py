@@ -12,8 +12,10 @@ Design of the world (see ``scanner/demo/README.md``):
   angle), so a caption alone does not determine its image: only memorization does.
 - members (the diffusion model's training set) follow the duplication plan
   15 x200, 15 x50, 15 x10, the rest x1; non-members come from the same distribution.
-- the captions of duplicated members differ from every other caption in at least two
-  attributes, so that a near-neighbour caption does not inherit a memorized image.
+- duplicated members own their (position, background) pairs, three items per pair, and differ
+  from each other in at least three attributes and from every other caption in at least two
+  (one of them position or background), so that a near-neighbour caption does
+  not inherit a memorized image.
 - identities: procedurally drawn faces with a made-up name; half are named in the
   CLIP training data, half never appear anywhere.
 """
@@ -48,6 +50,7 @@ BACKGROUNDS = {
     "teal": (30, 130, 130), "pink": (240, 170, 190), "olive": (110, 120, 40),
 }
 DUPLICATION_PLAN = [(200, 15), (50, 15), (10, 15)]  # (copies, items); the rest of the members x1
+DUPLICATED_PER_PAIR = 3  # duplicated items per (position, background) pair reserved for them
 N_MEMBERS = 1100
 N_NONMEMBERS = 1100
 
@@ -173,23 +176,33 @@ def attribute_distance(a: tuple, b: tuple) -> int:
 
 
 def choose_object_combos(rng: np.random.Generator) -> tuple[list[tuple], list[tuple]]:
-    """Pick unique (shape, colour, position, count, background) combos for duplicated and other items."""
+    """Pick unique (shape, colour, position, count, background) combos for duplicated and other items.
+
+    Position and background fill most of an image's pixels, and a caption that shares them with a
+    heavily duplicated caption draws that memorized image (the model leaks it to neighbours). So the
+    duplicated items get (position, background) pairs of their own, three items per pair, and no
+    other item uses those pairs: a flagged non-member is then a false positive, not leakage."""
     combos = list(itertools.product(SHAPES, COLOURS, POSITIONS, COUNTS, BACKGROUNDS))
     order = rng.permutation(len(combos))
     n_duplicated = sum(items for _, items in DUPLICATION_PLAN)
+    pairs = list(itertools.product(POSITIONS, BACKGROUNDS))
+    duplicated_pairs = {pairs[i] for i in rng.permutation(len(pairs))[:n_duplicated // DUPLICATED_PER_PAIR]}
     duplicated: list[tuple] = []
     for index in order:
         combo = combos[index]
-        if all(attribute_distance(combo, other) >= 3 for other in duplicated):
+        pair = (combo[2], combo[4])
+        if pair in duplicated_pairs and sum((d[2], d[4]) == pair for d in duplicated) < DUPLICATED_PER_PAIR \
+                and all(attribute_distance(combo, other) >= 3 for other in duplicated):
             duplicated.append(combo)
         if len(duplicated) == n_duplicated:
             break
     n_rest = N_MEMBERS - n_duplicated + N_NONMEMBERS
     rest = [
         combos[index] for index in order
-        if combos[index] not in duplicated and all(attribute_distance(combos[index], d) >= 2 for d in duplicated)
+        if (combos[index][2], combos[index][4]) not in duplicated_pairs
+        and all(attribute_distance(combos[index], d) >= 2 for d in duplicated)
     ][:n_rest]
-    if len(rest) < n_rest:
+    if len(duplicated) < n_duplicated or len(rest) < n_rest:
         raise RuntimeError("not enough distinct captions for the duplication plan")
     return duplicated, rest
 

@@ -18,6 +18,20 @@ def demo_people(tmp_path_factory):
     return people, read_names(names_file), labels, skipped
 
 
+def test_demo_exports_are_redone_for_another_world(tmp_path):
+    folder = tmp_path / "identities"
+    export_people(folder)
+    stale = folder / "people" / "Gone Person" / "old.png"  # a person of an older demo world
+    stale.parent.mkdir()
+    stale.write_bytes(b"")
+    export_people(folder)
+    assert stale.exists()  # the same world: the export is reused as it is
+    (folder / ".complete").write_text("0123456789abcdef")  # made from another world.parquet
+    people_dir, names_file, _ = export_people(folder)
+    people, _ = read_people(people_dir)
+    assert not stale.exists() and set(people) <= set(read_names(names_file)) and len(people) == 40
+
+
 def test_demo_clip_knows_its_member_identities(demo_people, demo_clip):
     people, names, labels, skipped = demo_people
     assert len(people) == 40 and len(names) == 1000 and not skipped

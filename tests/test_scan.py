@@ -56,7 +56,7 @@ def test_a_killed_scan_resumes_without_losing_or_duplicating_rows(tmp_path):
 
 @pytest.mark.slow
 def test_demo_reproduces_duplicated_items_and_not_non_members(tmp_path):
-    from scanner.demo.evaluate import score_demo_run
+    from scanner.demo.evaluate import score_criterion, score_demo_run
 
     db = tmp_path / "demo.duckdb"
     result = subprocess.run([sys.executable, "-m", "scanner", "demo", "--db", str(db), "--no-progress"],
@@ -66,6 +66,7 @@ def test_demo_reproduces_duplicated_items_and_not_non_members(tmp_path):
     with Store(db, read_only=True) as store:
         run_id = store.execute("SELECT run_id FROM runs WHERE kind = 'demo'")[0][0]
         scores = {s.bucket: s for s in score_demo_run(store, run_id)}
+        criterion = score_criterion(store, run_id)
         # every extracted training item carries membership scores, every candidate prompt a detector score
         unscored = store.execute(
             "SELECT count(*) FROM matches m WHERE m.run_id = ? AND m.verdict = 'extracted' AND NOT EXISTS "
@@ -81,3 +82,7 @@ def test_demo_reproduces_duplicated_items_and_not_non_members(tmp_path):
     assert x200.extracted >= 13 and scores["x50"].extracted >= 13  # and matching confirms them
     # non-member captions rarely collapse onto one image, and never onto a training image
     assert non_members.flagged <= 2 and non_members.extracted == 0
+    # issue 3's target against the per-item truth: at least 90% of the memorized duplicated items
+    # flagged, at most 5% of the x1 and non-member prompts whose item is not memorized
+    print(criterion)
+    assert criterion.memorized >= 35 and criterion.recall >= 0.9 and criterion.false_flag_rate <= 0.05

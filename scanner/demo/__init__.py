@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,27 @@ def load_world(columns: list[str] | None = None) -> list[dict]:
     import pyarrow.parquet as pq
 
     return pq.read_table(WORLD, columns=columns).to_pylist()
+
+
+@functools.cache
+def world_fingerprint() -> str:
+    """A short hash of ``world.parquet``: exports and the demo index made from another world
+    (an older memscan's) are stale and get rebuilt."""
+    return hashlib.sha256(WORLD.read_bytes()).hexdigest()[:16]
+
+
+def fresh_export(folder: Path) -> bool:
+    """True when ``folder`` holds a complete export of this world; otherwise empty it for one."""
+    marker = folder / ".complete"
+    if marker.exists() and marker.read_text() == world_fingerprint():
+        return True
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return False
+
+
+def mark_exported(folder: Path) -> None:
+    (folder / ".complete").write_text(world_fingerprint())
 
 
 def bucket_of(dup_count: int) -> str:
@@ -57,9 +81,7 @@ def demo_items(per_bucket: int = 15, seed: int = 0) -> list[dict]:
 def export_training_set(folder: Path) -> Path:
     """Write the diffusion model's training set as an image folder with sidecar captions, one
     file per copy (``obj-00003--017.png`` + ``.txt``), as a scraped training set would hold it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    done = folder / ".complete"
-    if done.exists():
+    if fresh_export(folder):
         return folder
     for row in load_world(["item_id", "caption", "dup_count", "sd_train", "image_png"]):
         if not row["sd_train"]:
@@ -68,7 +90,7 @@ def export_training_set(folder: Path) -> Path:
             stem = folder / f"{row['item_id']}--{copy:03d}"
             stem.with_suffix(".png").write_bytes(row["image_png"])
             stem.with_suffix(".txt").write_text(row["caption"])
-    done.write_text("")
+    mark_exported(folder)
     return folder
 
 
@@ -85,11 +107,12 @@ def export_people(folder: Path) -> tuple[Path, Path, Path]:
     people = folder / "people"
     rows = [r for r in load_world(["item_id", "kind", "identity", "identity_member", "image_png"]) if r["kind"] == "identity"]
     members = {r["identity"]: r["identity_member"] for r in rows}
-    for row in rows:
-        target = people / row["identity"] / f"{row['item_id']}.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
+    if not fresh_export(folder):
+        for row in rows:
+            target = people / row["identity"] / f"{row['item_id']}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(row["image_png"])
+        mark_exported(folder)
     names = folder / "names.txt"
     names.write_text("\n".join(candidate_names(sorted(members))) + "\n")
     labels = folder / "labels.csv"

@@ -13,10 +13,12 @@ DEMO_INDEX = "demo"
 
 
 def demo_index(embedder: ImageTextEmbedder, index_root: Path, work_dir: Path) -> TrainingIndex:
-    """The index of the demo model's training set (one file per copy), built once."""
-    if not (index_root / DEMO_INDEX / "manifest.json").exists():
+    """The index of the demo model's training set (one file per copy), built once per world."""
+    built_from = index_root / DEMO_INDEX / "world.txt"
+    if not built_from.exists() or built_from.read_text() != demo_world.world_fingerprint():
         source = demo_world.export_training_set(work_dir / "demo-training-set")
         build_index(source, DEMO_INDEX, embedder, IndexConfig(thumbnail_size=32), root=index_root, overwrite=True)
+        built_from.write_text(demo_world.world_fingerprint())
     return TrainingIndex.open(DEMO_INDEX, index_root)
 
 
