@@ -38,11 +38,11 @@ class SamplingConfig:
     guidance_scale: float = 5.0
     seed_base: int = 0
     triage: float = 1.0  # mass-sample only this top fraction of prompts by the memorization detector
-    triage_detector: str = "wen"  # wen (Wen et al. 2024) or norm_align (Asthana and Belagiannis 2026)
+    triage_detector: str = "wen"  # wen (Wen et al. 2024), norm_align (Asthana and Belagiannis 2026) or seed_agreement
 
     def __post_init__(self) -> None:
-        if self.triage_detector not in ("wen", "norm_align"):
-            raise ValueError(f"triage_detector must be 'wen' or 'norm_align', not {self.triage_detector!r}")
+        if self.triage_detector not in ("wen", "norm_align", "seed_agreement"):
+            raise ValueError(f"triage_detector must be 'wen', 'norm_align' or 'seed_agreement', not {self.triage_detector!r}")
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def triage_prompts(store: Store, run_id: str, model: TextToImageModel, prompts: 
                    sampling: SamplingConfig) -> list[Prompt]:
     """Keep the top fraction of prompts by the memorization detector; every prompt's score is stored."""
     kept, scores = triage(model, prompts, sampling.triage, num_inference_steps=sampling.num_inference_steps,
-                          detector=sampling.triage_detector)
+                          detector=sampling.triage_detector, guidance_scale=sampling.guidance_scale)
     chosen = {p.prompt_id for p in kept}
     store.insert("mia_scores", [{"run_id": run_id, "item_id": p.prompt_id, "attack": f"{sampling.triage_detector}_triage", "score": float(s),
                                  "threshold": None, "predicted_member": p.prompt_id in chosen, "label": None,

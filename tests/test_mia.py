@@ -127,6 +127,17 @@ def test_blackbox_features_and_classifier(demo_sd, demo_clip):
     assert metrics.roc_auc(LogisticRegression.fit(x, y).score(x), y.astype(bool)) > 0.97
 
 
+def test_seed_agreement_ranks_memorized_prompts_first(demo_sd):
+    from scanner.mia import metrics
+    from scanner.mia.triage import detector_scores
+
+    rows = [r for r in demo_world.membership_items(per_bucket=4, x1=0, nonmembers=8) if r["dup_count"] != 10]
+    heavy = np.array([r["dup_count"] > 0 for r in rows])  # x200 and x50 against non-members
+    scores = detector_scores(demo_sd, [r["caption"] for r in rows], "seed_agreement")
+    print(np.round(scores, 3), heavy)
+    assert np.all(scores <= 0) and metrics.roc_auc(scores, heavy) >= 0.9
+
+
 def test_norm_alignment_adds_a_bounded_alignment_to_wens_magnitude(demo_sd):
     from scanner.mia.triage import conditional_gap, norm_alignment
 

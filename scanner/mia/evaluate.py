@@ -24,7 +24,7 @@ from scanner.models.base import ImageTextEmbedder, TextToImageModel
 from scanner.models.loading import WorkerModels, pool_precision
 from scanner.store import Store, stable_id
 
-ATTACKS = ("loss", "clid_th", "clid_vec", "wen", "norm_align", "wu_pixel", "wu_clip", "wu_classifier")
+ATTACKS = ("loss", "clid_th", "clid_vec", "wen", "norm_align", "seed_agreement", "wu_pixel", "wu_clip", "wu_classifier")
 BLACKBOX = ("wu_pixel", "wu_clip", "wu_classifier")  # need generations and a CLIP embedder
 
 

@@ -11,6 +11,12 @@ under the empty prompt, so a prompt costs a few forward passes instead of hundre
   anisotropic and the magnitude alone misleads. The cosine is over latent channels, per
   position, then averaged; the two terms are added with weights 1 and 2 (the paper's
   weights for Stable Diffusion 1.x).
+
+A third, black-box one asks the symptom the scan looks for, cheaply:
+- seed agreement: two seeds sampled with a quarter of the steps; ``-tiled_l2`` between the two
+  images. A memorized prompt pulls every seed to the same image early in sampling (the
+  observation behind Webster's few-step extraction, 2023), an ordinary prompt does not. Costs
+  2 images at a quarter of the steps: about 3% of sampling 16 seeds.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 
 from scanner.models.base import TextToImageModel
 
-DETECTORS = ("wen", "norm_align")
+DETECTORS = ("wen", "norm_align", "seed_agreement")
 
 
 def _per_prompt_mean(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int],
@@ -79,8 +85,22 @@ def norm_alignment(model: TextToImageModel, prompts: Sequence[str], seeds: Seque
     return _per_prompt_mean(model, prompts, seeds, norm_plus_alignment, batch_size)
 
 
+def seed_agreement(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
+                   guidance_scale: float = 5.0, batch_size: int = 64) -> np.ndarray:
+    """``-tiled_l2`` between the images of the first two seeds, sampled with a quarter of the steps."""
+    from scanner.distances import tiled_l2
+
+    steps = max(2, num_inference_steps // 4)
+    pairs = [(text, seed) for text in prompts for seed in seeds[:2]]
+    images = np.concatenate([model.generate([t for t, _ in pairs[i:i + batch_size]], [s for _, s in pairs[i:i + batch_size]],
+                                            steps, guidance_scale) for i in range(0, len(pairs), batch_size)])
+    return -tiled_l2(images[0::2], images[1::2]).astype(np.float32)
+
+
 def detector_scores(model: TextToImageModel, prompts: Sequence[str], detector: str, seeds: Sequence[int] = (0, 1, 2, 3),
-                    num_inference_steps: int = 20) -> np.ndarray:
+                    num_inference_steps: int = 20, guidance_scale: float = 5.0) -> np.ndarray:
+    if detector == "seed_agreement":
+        return seed_agreement(model, prompts, seeds, num_inference_steps, guidance_scale)
     if detector == "wen":
         return conditional_gap(model, prompts, seeds, num_inference_steps)
     if detector == "norm_align":
@@ -89,10 +109,10 @@ def detector_scores(model: TextToImageModel, prompts: Sequence[str], detector: s
 
 
 def triage(model: TextToImageModel, prompts: Sequence, fraction: float, seeds: Sequence[int] = (0, 1, 2, 3),
-           num_inference_steps: int = 20, detector: str = "wen") -> tuple[list, np.ndarray]:
+           num_inference_steps: int = 20, detector: str = "wen", guidance_scale: float = 5.0) -> tuple[list, np.ndarray]:
     """The top ``fraction`` of prompts by the detector (in their original order), and every score."""
     if not 0 < fraction <= 1:
         raise ValueError("the triage fraction must be in (0, 1]")
-    scores = detector_scores(model, [p.text for p in prompts], detector, seeds, num_inference_steps)
+    scores = detector_scores(model, [p.text for p in prompts], detector, seeds, num_inference_steps, guidance_scale)
     keep = set(np.argsort(-scores, kind="stable")[: math.ceil(fraction * len(prompts))].tolist())
     return [p for i, p in enumerate(prompts) if i in keep], scores
