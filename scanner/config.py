@@ -41,8 +41,10 @@ class SamplingConfig:
     triage_detector: str = "wen"  # wen (Wen et al. 2024), norm_align (Asthana and Belagiannis 2026) or seed_agreement
 
     def __post_init__(self) -> None:
-        if self.triage_detector not in ("wen", "norm_align", "seed_agreement"):
-            raise ValueError(f"triage_detector must be 'wen', 'norm_align' or 'seed_agreement', not {self.triage_detector!r}")
+        from scanner.mia.triage import DETECTORS
+
+        if self.triage_detector not in DETECTORS:
+            raise ValueError(f"triage_detector must be one of {', '.join(DETECTORS)}, not {self.triage_detector!r}")
 
 
 @dataclass(frozen=True)

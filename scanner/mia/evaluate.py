@@ -94,6 +94,14 @@ def features_on(pool: Pool | None, model: TextToImageModel, items: Sequence[Labe
             for attack in ordered[0]}
 
 
+def _features_and_precision(pool: Pool | None, model: TextToImageModel, items: Sequence[LabelledItem],
+                            attacks: Sequence[str], protocol: NoiseProtocol,
+                            embedder: ImageTextEmbedder | None) -> tuple[dict[str, dict[str, np.ndarray]], str]:
+    """The attack features and the precision they were computed in (part of the run id)."""
+    pool = pool or LocalPool(WorkerModels(model, embedder))
+    return features_on(pool, model, items, attacks, protocol, embedder), pool_precision(pool)
+
+
 def split_halves(items: Sequence[LabelledItem], seed: int) -> np.ndarray:
     """A boolean mask of the auxiliary half, drawn separately among members and non-members."""
     rng = np.random.default_rng(seed)
@@ -124,9 +132,7 @@ def run_mia_eval(store: Store, model: TextToImageModel, items: Sequence[Labelled
     other; store scores and metrics."""
     labels = np.array([item.member for item in items])
     auxiliary = split_halves(items, seed)
-    pool = pool or LocalPool(WorkerModels(model, embedder))
-    precision = pool_precision(pool)
-    raw = features_on(pool, model, items, attacks, protocol, embedder)
+    raw, precision = _features_and_precision(pool, model, items, attacks, protocol, embedder)
     run_id = "mia-" + stable_id(model.model_hash, precision, sorted(i.item_id for i in items), sorted(attacks), asdict(protocol),
                                 seed, length=12)
     store.start_run(run_id, "mia", model.model_ref, model.model_hash,
@@ -172,9 +178,7 @@ def run_mia_score(store: Store, model: TextToImageModel, reference: Sequence[Lab
     items = list(reference) + list(unlabeled)
     labels = np.array([item.member for item in reference] + [False] * len(unlabeled))
     fitted_on = np.arange(len(items)) < len(reference)
-    pool = pool or LocalPool(WorkerModels(model, embedder))
-    precision = pool_precision(pool)
-    raw = features_on(pool, model, items, attacks, protocol, embedder)
+    raw, precision = _features_and_precision(pool, model, items, attacks, protocol, embedder)
     run_id = "mia-score-" + stable_id(model.model_hash, precision, sorted(i.item_id for i in items), sorted(attacks),
                                       asdict(protocol), length=12)
     store.start_run(run_id, "mia", model.model_ref, model.model_hash,
