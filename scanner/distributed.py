@@ -102,6 +102,10 @@ class RayPool:
         actor = ray.remote(max_restarts=-1, max_task_retries=settings.max_task_retries, **per_worker)(_Worker)
         threads = 0 if gpus else settings.cpus_per_worker
         self.actors = [actor.remote(setup, threads) for _ in range(count)]
+        # An actor gets work only once it has started: one the cluster cannot place yet (more
+        # workers than GPUs) would otherwise hold its queued units until an autoscaler adds a node.
+        self.starting = {actor.pid.remote(): actor for actor in self.actors}
+        self.started: list = []
         self.in_flight = settings.in_flight
         self.ray = ray
 
@@ -118,11 +122,18 @@ class RayPool:
             if position is not None:
                 pending[actor.run.remote(task_ref, unit)] = (position, actor)
 
-        for actor in self.actors:
+        def start(actor) -> None:
             for _ in range(self.in_flight):
                 submit(actor)
-        while pending:
-            (ready,), _ = self.ray.wait(list(pending), num_returns=1)
+
+        for actor in self.started:
+            start(actor)
+        while pending or (self.starting and not self.started):
+            (ready,), _ = self.ray.wait([*pending, *self.starting], num_returns=1)
+            if ready in self.starting:
+                self.started.append(self.starting.pop(ready))
+                start(self.started[-1])
+                continue
             position, actor = pending.pop(ready)
             try:
                 result = self.ray.get(ready)

@@ -177,3 +177,18 @@ def test_membership_scores_on_ray_equal_the_single_process_scores(tmp_path, clus
     here = attack_scores(demo_sd, items, ["loss", "clid_th"], protocol)
     np.testing.assert_allclose(on_ray["loss"]["score"], here["loss"]["score"], rtol=1e-5)
     np.testing.assert_allclose(on_ray["clid_th"]["d"], here["clid_th"]["d"], rtol=1e-4, atol=1e-6)
+
+
+
+def test_a_pool_with_more_workers_than_the_cluster_can_place_still_finishes(cluster):
+    """Three one-CPU workers on a two-CPU cluster: the third never starts, and the units the
+    pool would have queued on it run on the workers that did."""
+    import operator
+
+    pool = RayPool(functools.partial(int, 7), RayConfig(address="local", workers=3))  # each worker's state: 7
+    try:
+        results = dict(pool.imap_unordered(operator.mul, range(12)))
+        assert pool.starting  # the worker the cluster has no CPU for
+    finally:
+        pool.close()
+    assert results == {i: 7 * i for i in range(12)}
