@@ -144,7 +144,7 @@ def scan(
     guidance_scale: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default: 5.0)."),
     seed_base: Optional[int] = typer.Option(None, help="First seed; prompt i uses seeds base..base+N-1 (default: 0)."),
     triage_fraction: Optional[float] = typer.Option(None, "--triage", help="Mass-sample only this top fraction of prompts by the memorization detector (default: 1, all)."),
-    triage_detector: Optional[str] = typer.Option(None, help="Detector that ranks prompts for --triage: wen, norm_align or seed_agreement (default: wen)."),
+    triage_detector: Optional[str] = typer.Option(None, help="Detector that ranks prompts for --triage: seed_agreement, wen or norm_align (default: seed_agreement)."),
     threshold: Optional[float] = typer.Option(None, help="Clique edge threshold, tiled l2 (default: 0.02)."),
     min_clique: Optional[int] = typer.Option(None, help="Smallest clique that makes a candidate (default: 8)."),
     criterion: Optional[str] = typer.Option(None, help="clique (Carlini) or component (dense components) (default: clique)."),

@@ -38,7 +38,7 @@ class SamplingConfig:
     guidance_scale: float = 5.0
     seed_base: int = 0
     triage: float = 1.0  # mass-sample only this top fraction of prompts by the memorization detector
-    triage_detector: str = "wen"  # wen (Wen et al. 2024), norm_align (Asthana and Belagiannis 2026) or seed_agreement
+    triage_detector: str = "seed_agreement"  # or wen (Wen et al. 2024), norm_align (Asthana and Belagiannis 2026): they rank worse on the demo
 
     def __post_init__(self) -> None:
         from scanner.mia.triage import DETECTORS

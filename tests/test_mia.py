@@ -51,7 +51,7 @@ def test_attacks_on_the_demo_world(demo_sd, tmp_path):
     print({k: round(v["auc"], 3) for k, v in bucket.items()}, {a: round(r.auc, 3) for a, r in results.items()})
     assert stored == {a: r.n_members for a, r in results.items()}
     assert bucket[("clid_th", "x200")]["auc"] >= 0.9  # heavily duplicated members are found
-    assert bucket[("wen", "x200")]["auc"] >= 0.8      # and the triage detector ranks most of their prompts first
+    assert bucket[("wen", "x200")]["auc"] >= 0.8      # and Wen's detector ranks most of their prompts first
     # (0.85 on this tiny model; Wen et al. report 0.96 on Stable Diffusion 1.5)
     assert results["clid_th"].auc > 0.5 and results["loss"].auc > 0.5
 

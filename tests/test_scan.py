@@ -86,3 +86,22 @@ def test_demo_reproduces_duplicated_items_and_not_non_members(tmp_path):
     # flagged, at most 5% of the x1 and non-member prompts whose item is not memorized
     print(criterion)
     assert criterion.memorized >= 35 and criterion.recall >= 0.9 and criterion.false_flag_rate <= 0.05
+
+
+def test_triage_mass_samples_only_the_prompts_the_detector_ranks_first(tmp_path, demo_sd):
+    """Two x200 members among six non-members: --triage 0.25 keeps two prompts, the members,
+    samples only them, and stores every prompt's detector score."""
+    from scanner import demo as demo_world
+    from scanner.config import SamplingConfig, ScanConfig
+    from scanner.generate import Prompt
+    from scanner.scan import run_scan
+
+    rows = [r for r in demo_world.membership_items(per_bucket=2, x1=0, nonmembers=6) if r["dup_count"] in (0, 200)]
+    prompts = [Prompt.from_text(r["caption"]) for r in rows]
+    members = {p.prompt_id for p, r in zip(prompts, rows) if r["dup_count"] == 200}
+    config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=2, batch_size=8, triage=0.25))
+    with Store(tmp_path / "scan.duckdb") as store:
+        run_scan(store, demo_sd, prompts, config, show_progress=False)
+        sampled = {r[0] for r in store.execute("SELECT DISTINCT prompt_id FROM generations")}
+        scored = store.execute("SELECT count(*) FROM mia_scores WHERE attack = 'seed_agreement_triage'")[0][0]
+    assert len(members) == 2 and sampled == members and scored == len(prompts)

@@ -13,10 +13,13 @@ under the empty prompt, so a prompt costs a few forward passes instead of hundre
   weights for Stable Diffusion 1.x).
 
 A third, black-box one asks the symptom the scan looks for, cheaply:
-- seed agreement: two seeds sampled with a quarter of the steps; ``-tiled_l2`` between the two
-  images. A memorized prompt pulls every seed to the same image early in sampling (the
-  observation behind Webster's few-step extraction, 2023), an ordinary prompt does not. Costs
-  2 images at a quarter of the steps: about 3% of sampling 16 seeds.
+- seed agreement: two seeds sampled with a quarter of the steps and half the guidance;
+  ``-tiled_l2`` between the two images. A memorized prompt pulls every seed to the same image
+  early in sampling (the observation behind Webster's few-step extraction, 2023), an ordinary
+  prompt does not. Guidance narrows every prompt's samples towards one mode, so the scan's full
+  guidance makes ordinary prompts agree too; at half of it they stay apart while a memorized
+  prompt, whose conditional distribution itself has collapsed, still agrees (docs/MEASUREMENTS.md
+  has the sweep). Costs 2 images at a quarter of the steps: about 3% of sampling 16 seeds.
 """
 
 from __future__ import annotations
@@ -86,8 +89,9 @@ def norm_alignment(model: TextToImageModel, prompts: Sequence[str], seeds: Seque
 
 
 def seed_agreement(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
-                   guidance_scale: float = 5.0, batch_size: int = 64) -> np.ndarray:
-    """``-tiled_l2`` between the images of the first two seeds, sampled with a quarter of the steps."""
+                   guidance_scale: float = 2.5, batch_size: int = 64) -> np.ndarray:
+    """``-tiled_l2`` between the images of the first two seeds, sampled with a quarter of the steps
+    (``detector_scores`` passes half the scan's guidance)."""
     from scanner.distances import tiled_l2
 
     steps = max(2, num_inference_steps // 4)
@@ -99,8 +103,9 @@ def seed_agreement(model: TextToImageModel, prompts: Sequence[str], seeds: Seque
 
 def detector_scores(model: TextToImageModel, prompts: Sequence[str], detector: str, seeds: Sequence[int] = (0, 1, 2, 3),
                     num_inference_steps: int = 20, guidance_scale: float = 5.0) -> np.ndarray:
+    """One score per prompt, higher for prompts more likely memorized; ``guidance_scale`` is the scan's."""
     if detector == "seed_agreement":
-        return seed_agreement(model, prompts, seeds, num_inference_steps, guidance_scale)
+        return seed_agreement(model, prompts, seeds, num_inference_steps, max(1.0, guidance_scale / 2))
     if detector == "wen":
         return conditional_gap(model, prompts, seeds, num_inference_steps)
     if detector == "norm_align":
@@ -109,7 +114,7 @@ def detector_scores(model: TextToImageModel, prompts: Sequence[str], detector: s
 
 
 def triage(model: TextToImageModel, prompts: Sequence, fraction: float, seeds: Sequence[int] = (0, 1, 2, 3),
-           num_inference_steps: int = 20, detector: str = "wen", guidance_scale: float = 5.0) -> tuple[list, np.ndarray]:
+           num_inference_steps: int = 20, detector: str = "seed_agreement", guidance_scale: float = 5.0) -> tuple[list, np.ndarray]:
     """The top ``fraction`` of prompts by the detector (in their original order), and every score."""
     if not 0 < fraction <= 1:
         raise ValueError("the triage fraction must be in (0, 1]")
