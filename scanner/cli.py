@@ -206,6 +206,10 @@ def scan(
                           index=training_index, pool=pool)
         if result.resumed:
             console.print(f"Resumed run {result.run_id}: {result.counts['resumed_from']} generations were already stored.")
+        if settings.sampling.triage < 1.0:
+            console.print(f"Triage ({settings.sampling.triage_detector}) kept {result.counts['prompts_sampled']} of "
+                          f"{result.counts['prompts_given']} prompts; every prompt's score: SELECT * FROM mia_scores "
+                          f"WHERE attack = '{settings.sampling.triage_detector}_triage'")
         _print_findings(store, result.run_id)
         _print_where(Path(settings.db), result.run_id)
 

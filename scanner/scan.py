@@ -76,7 +76,7 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
     began = time.perf_counter()
     try:
         generate.record_prompts(store, run_id, prompts)
-        triaged = time.perf_counter()
+        triaged, prompts_given = time.perf_counter(), len(prompts)
         if config.sampling.triage < 1.0:
             prompts = triage_prompts(store, run_id, model, prompts, config.sampling)
         triage_seconds = time.perf_counter() - triaged
@@ -103,5 +103,6 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
         store.finish_run(run_id, {"total_s": time.perf_counter() - began}, status="failed")
         raise
     store.finish_run(run_id, timings)
-    counts = {"generated": int(stats["generated"]), "resumed_from": int(stats["skipped_existing"]), **cluster_counts}
+    counts = {"prompts_given": prompts_given, "prompts_sampled": len(prompts), "generated": int(stats["generated"]),
+              "resumed_from": int(stats["skipped_existing"]), **cluster_counts}
     return ScanResult(run_id, resumed, timings, counts)

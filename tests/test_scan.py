@@ -101,7 +101,8 @@ def test_triage_mass_samples_only_the_prompts_the_detector_ranks_first(tmp_path,
     members = {p.prompt_id for p, r in zip(prompts, rows) if r["dup_count"] == 200}
     config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=2, batch_size=8, triage=0.25))
     with Store(tmp_path / "scan.duckdb") as store:
-        run_scan(store, demo_sd, prompts, config, show_progress=False)
+        result = run_scan(store, demo_sd, prompts, config, show_progress=False)
         sampled = {r[0] for r in store.execute("SELECT DISTINCT prompt_id FROM generations")}
         scored = store.execute("SELECT count(*) FROM mia_scores WHERE attack = 'seed_agreement_triage'")[0][0]
     assert len(members) == 2 and sampled == members and scored == len(prompts)
+    assert (result.counts["prompts_given"], result.counts["prompts_sampled"]) == (len(prompts), 2)
