@@ -19,17 +19,22 @@ from scanner.features import to_uint8
 from scanner.models.base import ImageTextEmbedder, TextToImageModel
 
 
+def generate_per_caption(model: TextToImageModel, captions: Sequence[str], seeds: Sequence[int], num_inference_steps: int,
+                         guidance_scale: float, batch_size: int = 64) -> np.ndarray:
+    """float images [captions, seeds, H, W, 3]: every caption under every seed, in batches."""
+    pairs = [(caption, seed) for caption in captions for seed in seeds]
+    images = np.concatenate([model.generate([c for c, _ in pairs[start:start + batch_size]],
+                                            [s for _, s in pairs[start:start + batch_size]],
+                                            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+                             for start in range(0, len(pairs), batch_size)])
+    return images.reshape(len(captions), len(seeds), *images.shape[1:])
+
+
 def blackbox_features(model: TextToImageModel, embedder: ImageTextEmbedder, images: np.ndarray, captions: Sequence[str],
                       seeds: Sequence[int] = (0, 1, 2, 3), num_inference_steps: int = 20, guidance_scale: float = 5.0,
                       batch_size: int = 64) -> np.ndarray:
     """[items, 2]: (min pixel distance, min CLIP cosine distance) to the generations of the caption."""
-    pairs = [(i, s) for i in range(len(captions)) for s in seeds]
-    generated = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        generated.append(to_uint8(model.generate([captions[i] for i, _ in chunk], [s for _, s in chunk],
-                                                 num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)))
-    generations = np.concatenate(generated).reshape(len(captions), len(seeds), *images.shape[1:])
+    generations = to_uint8(generate_per_caption(model, captions, seeds, num_inference_steps, guidance_scale, batch_size))
     pixel = normalized_l2(images[:, None], generations).min(axis=1)
     query = embedder.embed_images(images)
     produced = embedder.embed_images(generations.reshape(-1, *images.shape[1:])).reshape(len(captions), len(seeds), -1)

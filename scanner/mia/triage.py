@@ -93,12 +93,10 @@ def seed_agreement(model: TextToImageModel, prompts: Sequence[str], seeds: Seque
     """``-tiled_l2`` between the images of the first two seeds, sampled with a quarter of the steps
     (``detector_scores`` passes half the scan's guidance)."""
     from scanner.distances import tiled_l2
+    from scanner.mia.blackbox import generate_per_caption
 
-    steps = max(2, num_inference_steps // 4)
-    pairs = [(text, seed) for text in prompts for seed in seeds[:2]]
-    images = np.concatenate([model.generate([t for t, _ in pairs[i:i + batch_size]], [s for _, s in pairs[i:i + batch_size]],
-                                            steps, guidance_scale) for i in range(0, len(pairs), batch_size)])
-    return -tiled_l2(images[0::2], images[1::2]).astype(np.float32)
+    images = generate_per_caption(model, prompts, seeds[:2], max(2, num_inference_steps // 4), guidance_scale, batch_size)
+    return -tiled_l2(images[:, 0], images[:, 1]).astype(np.float32)
 
 
 def detector_scores(model: TextToImageModel, prompts: Sequence[str], detector: str, seeds: Sequence[int] = (0, 1, 2, 3),
