@@ -145,6 +145,7 @@ def scan(
     seed_base: Optional[int] = typer.Option(None, help="First seed; prompt i uses seeds base..base+N-1 (default: 0)."),
     triage_fraction: Optional[float] = typer.Option(None, "--triage", help="Mass-sample only this top fraction of prompts by the memorization detector (default: 1, all)."),
     triage_detector: Optional[str] = typer.Option(None, help="Detector that ranks prompts for --triage: seed_agreement, wen or norm_align (default: seed_agreement)."),
+    stop_early: Optional[bool] = typer.Option(None, "--stop-early/--every-seed", help="Stop drawing seeds for a prompt once they cannot change whether it is flagged: the same flagged prompts, fewer generations each (default: every seed)."),
     threshold: Optional[float] = typer.Option(None, help="Clique edge threshold, tiled l2 (default: 0.02)."),
     min_clique: Optional[int] = typer.Option(None, help="Smallest clique that makes a candidate (default: 8)."),
     criterion: Optional[str] = typer.Option(None, help="clique (Carlini) or component (dense components) (default: clique)."),
@@ -175,7 +176,8 @@ def scan(
         settings = override(settings, sampling=override(settings.sampling, samples_per_prompt=samples_per_prompt,
                                                         batch_size=batch_size, num_inference_steps=num_inference_steps,
                                                         guidance_scale=guidance_scale, seed_base=seed_base,
-                                                        triage=triage_fraction, triage_detector=triage_detector),
+                                                        triage=triage_fraction, triage_detector=triage_detector,
+                                                        stop_early=stop_early),
                             features=override(settings.features, clip_model=clip_model, clip_pretrained=clip_pretrained,
                                               embeddings=False if no_embeddings else None),
                             cluster=override(settings.cluster, threshold=threshold, min_clique=min_clique, criterion=criterion),
@@ -210,6 +212,9 @@ def scan(
             console.print(f"Triage ({settings.sampling.triage_detector}) kept {result.counts['prompts_sampled']} of "
                           f"{result.counts['prompts_given']} prompts; every prompt's score: SELECT * FROM mia_scores "
                           f"WHERE attack = '{settings.sampling.triage_detector}_triage'")
+        if settings.sampling.stop_early:
+            drawn = store.execute("SELECT count(*) FROM generations WHERE run_id = ?", [result.run_id])[0][0]
+            console.print(f"Stopped early: {drawn} of {result.counts['planned']} planned generations drawn.")
         _print_findings(store, result.run_id)
         _print_where(Path(settings.db), result.run_id)
 

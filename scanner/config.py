@@ -39,6 +39,9 @@ class SamplingConfig:
     seed_base: int = 0
     triage: float = 1.0  # mass-sample only this top fraction of prompts by the memorization detector
     triage_detector: str = "seed_agreement"  # or wen (Wen et al. 2024), norm_align (Asthana and Belagiannis 2026): they rank worse on the demo
+    # draw no more seeds for a prompt once they cannot change whether it is flagged (same flagged
+    # prompts as the full plan, fewer generations to show for each; see scanner/scan.py)
+    stop_early: bool = False
 
     def __post_init__(self) -> None:
         from scanner.mia.triage import DETECTORS
@@ -133,6 +136,10 @@ class ScanConfig:
     match: MatchConfig = field(default_factory=MatchConfig)
     index: str = ""  # a training-set index (name under indexes/ or folder) to match candidates against
     ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        if self.sampling.stop_early and self.cluster.criterion != "clique":
+            raise ValueError("stop_early needs the clique criterion: a component can lose its edge density as seeds are added")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

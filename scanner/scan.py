@@ -1,6 +1,8 @@
 """A scan, stage by stage: prompts -> generations -> clusters -> candidates, in one store.
 
-Each stage reads and writes the store only. The run id is a hash of what determines the
+Each stage reads and writes the store only. With ``sampling.stop_early`` sampling and the
+clique criterion take turns: seeds are drawn in rounds, each for the prompts whose verdict is
+still open, so a prompt stops once a clique of ``min_clique`` is found or can no longer form. The run id is a hash of what determines the
 generations (model weights, the precision the workers sample in, prompts, sampler settings; not
 the batch size), so running the same scan again finds its run and resumes it.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from scanner import cluster, generate, match
@@ -54,6 +56,30 @@ def triage_prompts(store: Store, run_id: str, model: TextToImageModel, prompts: 
     return kept
 
 
+def sample_until_settled(store: Store, job: generate.SamplingJob, prompts: Sequence[Prompt], pool: Pool,
+                         config: ScanConfig, advance: Callable[..., None]) -> dict[str, float]:
+    """Draw seeds round by round (``cluster.verdict_checkpoints``), each round only for the prompts
+    still open. Which prompts are open after a round depends only on the stored rows of the seeds
+    before it, so a killed scan replays the same rounds and batches, and resumes where it stopped."""
+    sampling, planned = config.sampling, config.sampling.samples_per_prompt
+    totals = {"sampling_s": 0.0, "features_s": 0.0, "generated": 0, "skipped_existing": 0}
+    still_open, drawn = list(prompts), 0
+    for checkpoint in cluster.verdict_checkpoints(planned, config.cluster.min_clique):
+        round_job = dataclasses.replace(job, sampling=dataclasses.replace(
+            sampling, seed_base=sampling.seed_base + drawn, samples_per_prompt=checkpoint - drawn))
+        stats = generate.run_generation(store, round_job, still_open, pool, on_batch=advance,
+                                        flush_rows=config.ray.flush_rows, flush_seconds=config.ray.flush_seconds)
+        totals = {key: value + stats[key] for key, value in totals.items()}
+        drawn = checkpoint
+        open_ids = cluster.open_prompts(store, job.run_id, [p.prompt_id for p in still_open], sampling.seed_base, drawn,
+                                        planned, config.cluster)
+        advance((len(still_open) - len(open_ids)) * (planned - drawn), skip=True)
+        still_open = [p for p in still_open if p.prompt_id in open_ids]
+        if not still_open:
+            break
+    return totals
+
+
 def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], config: ScanConfig,
              kind: str = "scan", show_progress: bool = True, embedder: ImageTextEmbedder | None = None,
              index: TrainingIndex | None = None, pool: Pool | None = None) -> ScanResult:
@@ -86,9 +112,11 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
             advance(already, skip=True)
             job = generate.SamplingJob(run_id, model.model_hash, precision, config.sampling, str(store.files_dir),
                                        config.features.thumbnail_size)
-            stats = generate.run_generation(store, job, prompts, pool,
-                                            on_batch=advance, flush_rows=config.ray.flush_rows,
-                                            flush_seconds=config.ray.flush_seconds)
+            if config.sampling.stop_early:
+                stats = sample_until_settled(store, job, prompts, pool, config, advance)
+            else:
+                stats = generate.run_generation(store, job, prompts, pool, on_batch=advance, flush_rows=config.ray.flush_rows,
+                                                flush_seconds=config.ray.flush_seconds)
         clustered = time.perf_counter()
         cluster_counts = cluster.cluster_run(store, run_id, config.cluster)
         matched = time.perf_counter()
@@ -104,5 +132,5 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
         raise
     store.finish_run(run_id, timings)
     counts = {"prompts_given": prompts_given, "prompts_sampled": len(prompts), "generated": int(stats["generated"]),
-              "resumed_from": int(stats["skipped_existing"]), **cluster_counts}
+              "resumed_from": int(stats["skipped_existing"]), "planned": total, **cluster_counts}
     return ScanResult(run_id, resumed, timings, counts)

@@ -95,3 +95,15 @@ def test_dense_component_criterion_requires_density():
     assert cluster.dense_components(star, set(range(6)), min_size=3, min_density=0.5) == []
     full = [set(range(5)) - {i} for i in range(5)]
     assert cluster.dense_components(full, set(range(5)), min_size=3, min_density=0.5) == [[0, 1, 2, 3, 4]]
+
+
+def test_verdict_checkpoints_look_where_a_verdict_can_first_settle_then_ever_more_sparsely():
+    assert cluster.verdict_checkpoints(16, 8) == list(range(8, 17))
+    assert cluster.verdict_checkpoints(10, 8) == list(range(3, 11))  # 3 unlike images: 1 + 7 more < 8
+    long = cluster.verdict_checkpoints(500, 10)
+    gaps = np.diff(long)
+    assert long[0] == 10 and long[-1] == 500 and np.all(gaps >= 1) and len(long) < 50
+    assert all(gap <= max(1, drawn // 8) for gap, drawn in zip(gaps, long))  # never skip more than an eighth
+    # settled: a clique of min_clique is found, or cannot form even if every remaining seed joined
+    assert cluster.verdict_settled(8, 8, 16, 8) and cluster.verdict_settled(1, 10, 16, 8)
+    assert not cluster.verdict_settled(7, 9, 16, 8) and not cluster.verdict_settled(2, 10, 16, 8)

@@ -4,7 +4,7 @@ never cluster; resuming skips what is stored."""
 import numpy as np
 
 from scanner import cluster
-from scanner.config import ClusterConfig, SamplingConfig
+from scanner.config import ClusterConfig, SamplingConfig, ScanConfig
 from scanner.distributed import LocalPool
 from scanner.generate import Prompt, SamplingJob, plan_units, record_prompts, run_generation, stored_work
 from scanner.models.loading import WorkerModels
@@ -19,7 +19,7 @@ class ScriptedModel:
     def __init__(self):
         self.calls = 0
 
-    def generate(self, prompts, seeds, num_inference_steps, guidance_scale):
+    def generate(self, prompts, seeds, num_inference_steps, guidance_scale, few_step=False):
         self.calls += len(prompts)
         images = []
         for prompt, seed in zip(prompts, seeds):
@@ -84,3 +84,33 @@ def test_a_worker_with_other_weights_or_an_unshared_files_folder_stops_the_scan(
         with pytest.raises(MemscanError, match="cannot see it"):
             run_generation(store, elsewhere, prompts, LocalPool(WorkerModels(ScriptedModel())))
         assert store.count("generations") == 0  # nothing ingested from a unit whose images are lost
+
+
+def test_stopping_early_flags_the_same_prompts_from_fewer_generations_and_resumes(tmp_path):
+    from scanner.scan import sample_until_settled
+
+    prompts = [Prompt.from_text(t) for t in ("a memorized prompt", "a varied prompt", "a black prompt")]
+    criterion = ClusterConfig(threshold=0.05, min_clique=8)
+    model = ScriptedModel()
+    flagged, drawn = {}, {}
+    with Store(tmp_path / "scan.duckdb") as store:
+        for run_id, stop_early in (("every-seed", False), ("early", True)):
+            config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=16, batch_size=5, stop_early=stop_early),
+                                cluster=criterion)
+            record_prompts(store, run_id, prompts)
+            job = SamplingJob(run_id, model.model_hash, model.precision, config.sampling, str(store.files_dir), 64)
+            sample_until_settled(store, job, prompts, LocalPool(WorkerModels(model)), config, lambda n, skip=False: None)
+            cluster.cluster_run(store, run_id, criterion)
+            flagged[run_id] = store.execute("SELECT prompt_id FROM candidates WHERE run_id = ?", [run_id])
+            drawn[run_id] = dict(store.execute("SELECT p.text, count(*) FROM generations g JOIN prompts p "
+                                               "USING (run_id, prompt_id) WHERE run_id = ? GROUP BY p.text", [run_id]))
+        assert flagged["early"] == flagged["every-seed"] == [(prompts[0].prompt_id,)]
+        # the memorized prompt settles at its 8th seed (a clique of 8), the varied one at its 10th (1 + 6 < 8),
+        # the black one at its 9th (degenerate images never join a clique: 0 + 7 < 8)
+        assert drawn["early"] == {"a memorized prompt": 8, "a varied prompt": 10, "a black prompt": 9}
+        before = store.execute("SELECT generation_id, seed, image_sha256 FROM generations WHERE run_id = 'early' ORDER BY 1")
+        # killed in the round of the 10th seed: that round is replayed, nothing else
+        store.execute("DELETE FROM generations WHERE run_id = 'early' AND seed = 9")
+        again = sample_until_settled(store, job, prompts, LocalPool(WorkerModels(model)), config, lambda n, skip=False: None)
+        assert again["generated"] == 1
+        assert store.execute("SELECT generation_id, seed, image_sha256 FROM generations WHERE run_id = 'early' ORDER BY 1") == before

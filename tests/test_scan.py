@@ -106,3 +106,26 @@ def test_triage_mass_samples_only_the_prompts_the_detector_ranks_first(tmp_path,
         scored = store.execute("SELECT count(*) FROM mia_scores WHERE attack = 'seed_agreement_triage'")[0][0]
     assert len(members) == 2 and sampled == members and scored == len(prompts)
     assert (result.counts["prompts_given"], result.counts["prompts_sampled"]) == (len(prompts), 2)
+
+
+def test_a_scan_that_stops_early_flags_what_the_full_scan_flags(tmp_path, demo_sd):
+    """Two x200 members and two non-members, 10 seeds, cliques of 4: stopping early keeps the
+    verdicts and draws fewer generations."""
+    from scanner import demo as demo_world
+    from scanner.config import ClusterConfig, SamplingConfig, ScanConfig
+    from scanner.generate import Prompt
+    from scanner.scan import run_scan
+
+    rows = [r for r in demo_world.membership_items(per_bucket=2, x1=0, nonmembers=2) if r["dup_count"] in (0, 200)]
+    prompts = [Prompt.from_text(r["caption"]) for r in rows]
+    flagged, results = {}, {}
+    with Store(tmp_path / "scan.duckdb") as store:
+        for stop_early in (False, True):
+            config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=10, batch_size=10, stop_early=stop_early),
+                                cluster=ClusterConfig(min_clique=4))
+            results[stop_early] = run_scan(store, demo_sd, prompts, config, show_progress=False)
+            flagged[stop_early] = store.execute("SELECT DISTINCT prompt_id FROM candidates WHERE run_id = ? ORDER BY 1",
+                                                [results[stop_early].run_id])
+    assert len(flagged[False]) >= 1 and flagged[True] == flagged[False]
+    assert results[False].counts["generated"] == results[False].counts["planned"] == 40
+    assert results[True].counts["generated"] < 40

@@ -15,18 +15,25 @@ from collections.abc import Sequence
 import numpy as np
 
 from scanner.distances import normalized_l2
-from scanner.features import to_uint8
+from scanner.features import thumbnail, to_uint8
 from scanner.models.base import ImageTextEmbedder, TextToImageModel
 
 
 def generate_per_caption(model: TextToImageModel, captions: Sequence[str], seeds: Sequence[int], num_inference_steps: int,
-                         guidance_scale: float, batch_size: int = 64) -> np.ndarray:
-    """float images [captions, seeds, H, W, 3]: every caption under every seed, in batches."""
+                         guidance_scale: float, batch_size: int = 64, few_step: bool = False,
+                         thumbnail_size: int | None = None) -> np.ndarray:
+    """Images [captions, seeds, H, W, 3] for every caption under every seed, in batches: floats,
+    or uint8 thumbnails no larger than ``thumbnail_size`` (what large prompt sets can hold)."""
     pairs = [(caption, seed) for caption in captions for seed in seeds]
-    images = np.concatenate([model.generate([c for c, _ in pairs[start:start + batch_size]],
-                                            [s for _, s in pairs[start:start + batch_size]],
-                                            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
-                             for start in range(0, len(pairs), batch_size)])
+    batches = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        images = model.generate([c for c, _ in chunk], [s for _, s in chunk], num_inference_steps=num_inference_steps,
+                                guidance_scale=guidance_scale, few_step=few_step)
+        if thumbnail_size is not None:
+            images = np.stack([thumbnail(image, thumbnail_size) for image in to_uint8(images)])
+        batches.append(images)
+    images = np.concatenate(batches)
     return images.reshape(len(captions), len(seeds), *images.shape[1:])
 
 

@@ -13,13 +13,18 @@ under the empty prompt, so a prompt costs a few forward passes instead of hundre
   weights for Stable Diffusion 1.x).
 
 A third, black-box one asks the symptom the scan looks for, cheaply:
-- seed agreement: two seeds sampled with a quarter of the steps and half the guidance;
-  ``-tiled_l2`` between the two images. A memorized prompt pulls every seed to the same image
-  early in sampling (the observation behind Webster's few-step extraction, 2023), an ordinary
-  prompt does not. Guidance narrows every prompt's samples towards one mode, so the scan's full
-  guidance makes ordinary prompts agree too; at half of it they stay apart while a memorized
-  prompt, whose conditional distribution itself has collapsed, still agrees (docs/MEASUREMENTS.md
-  has the sweep). Costs 2 images at a quarter of the steps: about 3% of sampling 16 seeds.
+- seed agreement: a few seeds (four by default) sampled with a quarter of the steps, half the
+  guidance and a solver made for few steps (DPM-Solver++); the score is minus the smallest tiled
+  l2 between two of a prompt's samples, relative to how far those samples are from other
+  prompts' samples (their anchor distance, as in Carlini's anchored l2). A memorized prompt
+  pulls seeds to the same image early in sampling (the observation behind Webster's few-step
+  extraction, 2023), an ordinary prompt does not. Why each choice (docs/MEASUREMENTS.md has the
+  numbers): guidance narrows every prompt's samples towards one mode, so the scan's full
+  guidance makes ordinary prompts agree too; DDIM at five steps stops far from the image its
+  seed reaches at twenty, DPM-Solver++ much nearer; a prompt that collapses on only half of
+  its seeds shows two agreeing samples among four far more often than among two; and samples
+  of dark, flat prompts are close to everything, which the anchor distance discounts. Costs
+  four images at a quarter of the steps: about 6% of sampling 16 seeds.
 """
 
 from __future__ import annotations
@@ -88,15 +93,51 @@ def norm_alignment(model: TextToImageModel, prompts: Sequence[str], seeds: Seque
     return _per_prompt_mean(model, prompts, seeds, norm_plus_alignment, batch_size)
 
 
-def seed_agreement(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
-                   guidance_scale: float = 2.5, batch_size: int = 64) -> np.ndarray:
-    """``-tiled_l2`` between the images of the first two seeds, sampled with a quarter of the steps
-    (``detector_scores`` passes half the scan's guidance)."""
+def anchor_distances(images: np.ndarray, neighbours: int = 10, reference: int = 2048) -> np.ndarray:
+    """[prompts, seeds] mean root-mean-square distance of each image to its ``neighbours`` nearest
+    images of other prompts, among a fixed random ``reference`` sample of all of them."""
+    from scanner.distances import as_unit
+
+    prompts, seeds = images.shape[:2]
+    flat = as_unit(images).reshape(prompts * seeds, -1)
+    owner = np.repeat(np.arange(prompts), seeds)
+    chosen = np.sort(np.random.default_rng(0).choice(len(flat), size=min(reference, len(flat)), replace=False))
+    others, others_squared = flat[chosen], np.square(flat[chosen]).sum(axis=1)
+    anchors = np.ones(len(flat), np.float32)  # a lone prompt has nothing to be relative to
+    for start in range(0, len(flat), 1024):
+        block = flat[start:start + 1024]
+        squared = np.square(block).sum(axis=1)[:, None] + others_squared[None] - 2 * block @ others.T
+        distance = np.sqrt(np.maximum(squared, 0) / flat.shape[1])
+        distance[owner[start:start + 1024, None] == owner[chosen][None]] = np.nan
+        nearest = np.sort(distance, axis=1)[:, :neighbours]  # NaNs sort last
+        found = ~np.isnan(nearest).all(axis=1)
+        anchors[start:start + 1024][found] = np.nanmean(nearest[found], axis=1)
+    return anchors.reshape(prompts, seeds)
+
+
+def anchored_agreement(images: np.ndarray) -> np.ndarray:
+    """Per prompt, minus the smallest tiled l2 between two of its [prompts, seeds, H, W, 3]
+    images divided by the pair's mean anchor distance."""
     from scanner.distances import tiled_l2
+
+    anchors = anchor_distances(images)
+    seeds = images.shape[1]
+    ratios = [tiled_l2(images[:, a], images[:, b]) / np.maximum(0.5 * (anchors[:, a] + anchors[:, b]), 1e-6)
+              for a in range(seeds) for b in range(a + 1, seeds)]
+    return -np.min(ratios, axis=0).astype(np.float32)
+
+
+def seed_agreement(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
+                   guidance_scale: float = 2.5, batch_size: int = 64, thumbnail_size: int = 64) -> np.ndarray:
+    """``anchored_agreement`` of each prompt's ``seeds`` (at least two), sampled few-step with a
+    quarter of the steps (``detector_scores`` passes half the scan's guidance)."""
     from scanner.mia.blackbox import generate_per_caption
 
-    images = generate_per_caption(model, prompts, seeds[:2], max(2, num_inference_steps // 4), guidance_scale, batch_size)
-    return -tiled_l2(images[:, 0], images[:, 1]).astype(np.float32)
+    if len(seeds) < 2:
+        raise ValueError("seed agreement needs at least two seeds")
+    images = generate_per_caption(model, prompts, seeds, max(2, num_inference_steps // 4), guidance_scale, batch_size,
+                                  few_step=True, thumbnail_size=thumbnail_size)
+    return anchored_agreement(images)
 
 
 def detector_scores(model: TextToImageModel, prompts: Sequence[str], detector: str, seeds: Sequence[int] = (0, 1, 2, 3),

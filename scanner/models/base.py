@@ -17,10 +17,11 @@ class TextToImageModel(Protocol):
     end_of_text: str  # the tokenizer's end-of-text token, as text (CLiD masks words with it)
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int,
-                 guidance_scale: float) -> np.ndarray:
+                 guidance_scale: float, few_step: bool = False) -> np.ndarray:
         """Images as float32 [N, H, W, 3] in [0, 1]; one seed per prompt, so an image never
         depends on the batch it was drawn in. Non-finite values are returned as they are, so
-        the caller can record a failed generation instead of crashing."""
+        the caller can record a failed generation instead of crashing. ``few_step`` asks for a
+        solver built for a handful of steps (cheap previews for triage, never stored)."""
 
     def encode_text(self, prompts: Sequence[str]) -> Any:
         """Condition tensors for ``predict_noise``; the empty string gives the null condition."""
