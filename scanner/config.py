@@ -39,6 +39,9 @@ class SamplingConfig:
     seed_base: int = 0
     triage: float = 1.0  # mass-sample only this top fraction of prompts by the memorization detector
     triage_detector: str = "seed_agreement"  # or wen (Wen et al. 2024), norm_align (Asthana and Belagiannis 2026): they rank worse on the demo
+    # seeds the detector draws per prompt: with fewer, a prompt that collapses on half its seeds is missed by luck
+    # (docs/MEASUREMENTS.md); they cost about 2% of 16 full seeds each
+    triage_seeds: int = 4
     # draw no more seeds for a prompt once they cannot change whether it is flagged (same flagged
     # prompts as the full plan, fewer generations to show for each; see scanner/scan.py)
     stop_early: bool = False
@@ -48,6 +51,8 @@ class SamplingConfig:
 
         if self.triage_detector not in DETECTORS:
             raise ValueError(f"triage_detector must be one of {', '.join(DETECTORS)}, not {self.triage_detector!r}")
+        if self.triage_seeds < 2:
+            raise ValueError("triage_seeds must be at least 2 (seed agreement compares two samples)")
 
 
 @dataclass(frozen=True)

@@ -46,12 +46,13 @@ def run_id_for(model: TextToImageModel, precision: str, prompts: Sequence[Prompt
 def triage_prompts(store: Store, run_id: str, model: TextToImageModel, prompts: Sequence[Prompt],
                    sampling: SamplingConfig) -> list[Prompt]:
     """Keep the top fraction of prompts by the memorization detector; every prompt's score is stored."""
-    kept, scores = triage(model, prompts, sampling.triage, num_inference_steps=sampling.num_inference_steps,
-                          detector=sampling.triage_detector, guidance_scale=sampling.guidance_scale)
+    kept, scores = triage(model, prompts, sampling.triage, seeds=tuple(range(sampling.triage_seeds)),
+                          num_inference_steps=sampling.num_inference_steps, detector=sampling.triage_detector,
+                          guidance_scale=sampling.guidance_scale)
     chosen = {p.prompt_id for p in kept}
     store.insert("mia_scores", [{"run_id": run_id, "item_id": p.prompt_id, "attack": f"{sampling.triage_detector}_triage", "score": float(s),
                                  "threshold": None, "predicted_member": p.prompt_id in chosen, "label": None,
-                                 "settings": json.dumps({"fraction": sampling.triage, "kind": "prompt"})}
+                                 "settings": json.dumps({"fraction": sampling.triage, "seeds": sampling.triage_seeds, "kind": "prompt"})}
                                 for p, s in zip(prompts, scores)])
     return kept
 

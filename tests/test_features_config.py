@@ -68,6 +68,7 @@ def test_ray_and_triage_settings_come_from_toml_and_are_checked(tmp_path):
     assert run_id != run_id_for(model, "cuda-float16", prompts, config, "scan")
     for bad, message in (('[ray]\ncpus_per_worker = 0\n', "cpus_per_worker"), ('[ray]\nnodes = 3\n', "unknown setting"),
                          ('[sampling]\ntriage_detector = "magic"\n', "triage_detector"),
+                         ('[sampling]\ntriage_seeds = 1\n', "triage_seeds must be at least 2"),
                          ('[sampling]\nstop_early = true\n[cluster]\ncriterion = "component"\n', "stop_early needs the clique")):
         path.write_text(bad)
         with pytest.raises(MemscanError, match=message):
