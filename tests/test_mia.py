@@ -138,6 +138,23 @@ def test_seed_agreement_ranks_memorized_prompts_first(demo_sd):
     assert np.all(scores <= 0) and metrics.roc_auc(scores, heavy) >= 0.9
 
 
+def test_anchored_agreement_discounts_samples_that_are_close_to_everything():
+    """Dark, flat prompts' samples are close to each other in plain l2 but no closer than to
+    other dark prompts' samples; a prompt two of whose four seeds agree on a detailed image wins."""
+    from scanner.distances import tiled_l2
+    from scanner.mia.triage import anchor_distances, anchored_agreement
+
+    rng = np.random.default_rng(0)
+    dark = 0.05 + 0.01 * rng.standard_normal((5, 4, 32, 32, 3))
+    detailed = rng.random((1, 4, 32, 32, 3))
+    detailed[0, 1] = detailed[0, 0] + 0.02 * rng.standard_normal((32, 32, 3))  # seeds 0 and 1 agree
+    images = (np.clip(np.concatenate([detailed, dark]), 0, 1) * 255).round().astype(np.uint8)
+    plain = [min(tiled_l2(p[a], p[b]) for a in range(4) for b in range(a + 1, 4)) for p in images]
+    scores = anchored_agreement(images)
+    assert np.argmin(plain) != 0 and np.argmax(scores) == 0  # plain l2 prefers a dark prompt; anchoring does not
+    assert np.all(anchor_distances(images[:1]) == 1.0)  # a lone prompt has no other prompts to be relative to
+
+
 def test_norm_alignment_adds_a_bounded_alignment_to_wens_magnitude(demo_sd):
     from scanner.mia.triage import conditional_gap, norm_alignment
 

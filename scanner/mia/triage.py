@@ -93,38 +93,44 @@ def norm_alignment(model: TextToImageModel, prompts: Sequence[str], seeds: Seque
     return _per_prompt_mean(model, prompts, seeds, norm_plus_alignment, batch_size)
 
 
-def anchor_distances(images: np.ndarray, neighbours: int = 10, reference: int = 2048) -> np.ndarray:
+def anchor_distances(images: np.ndarray, neighbours: int = 10, reference: int = 2048, block: int = 1024) -> np.ndarray:
     """[prompts, seeds] mean root-mean-square distance of each image to its ``neighbours`` nearest
-    images of other prompts, among a fixed random ``reference`` sample of all of them."""
+    images of other prompts, among a fixed random ``reference`` sample of all of them. Images are
+    turned into floats a block at a time: a large triage holds only its uint8 thumbnails."""
     from scanner.distances import as_unit
 
     prompts, seeds = images.shape[:2]
-    flat = as_unit(images).reshape(prompts * seeds, -1)
+    flat = images.reshape(prompts * seeds, -1)
     owner = np.repeat(np.arange(prompts), seeds)
     chosen = np.sort(np.random.default_rng(0).choice(len(flat), size=min(reference, len(flat)), replace=False))
-    others, others_squared = flat[chosen], np.square(flat[chosen]).sum(axis=1)
+    others = as_unit(flat[chosen])
+    others_squared = np.square(others).sum(axis=1)
     anchors = np.ones(len(flat), np.float32)  # a lone prompt has nothing to be relative to
-    for start in range(0, len(flat), 1024):
-        block = flat[start:start + 1024]
-        squared = np.square(block).sum(axis=1)[:, None] + others_squared[None] - 2 * block @ others.T
+    for start in range(0, len(flat), block):
+        queries = as_unit(flat[start:start + block])
+        squared = np.square(queries).sum(axis=1)[:, None] + others_squared[None] - 2 * queries @ others.T
         distance = np.sqrt(np.maximum(squared, 0) / flat.shape[1])
-        distance[owner[start:start + 1024, None] == owner[chosen][None]] = np.nan
+        distance[owner[start:start + block, None] == owner[chosen][None]] = np.nan
         nearest = np.sort(distance, axis=1)[:, :neighbours]  # NaNs sort last
         found = ~np.isnan(nearest).all(axis=1)
-        anchors[start:start + 1024][found] = np.nanmean(nearest[found], axis=1)
+        anchors[start:start + block][found] = np.nanmean(nearest[found], axis=1)
     return anchors.reshape(prompts, seeds)
 
 
-def anchored_agreement(images: np.ndarray) -> np.ndarray:
+def anchored_agreement(images: np.ndarray, block: int = 4096) -> np.ndarray:
     """Per prompt, minus the smallest tiled l2 between two of its [prompts, seeds, H, W, 3]
     images divided by the pair's mean anchor distance."""
     from scanner.distances import tiled_l2
 
     anchors = anchor_distances(images)
-    seeds = images.shape[1]
-    ratios = [tiled_l2(images[:, a], images[:, b]) / np.maximum(0.5 * (anchors[:, a] + anchors[:, b]), 1e-6)
-              for a in range(seeds) for b in range(a + 1, seeds)]
-    return -np.min(ratios, axis=0).astype(np.float32)
+    prompts, seeds = images.shape[:2]
+    scores = np.empty(prompts, np.float32)
+    for start in range(0, prompts, block):
+        part, anchor = images[start:start + block], anchors[start:start + block]
+        ratios = [tiled_l2(part[:, a], part[:, b]) / np.maximum(0.5 * (anchor[:, a] + anchor[:, b]), 1e-6)
+                  for a in range(seeds) for b in range(a + 1, seeds)]
+        scores[start:start + block] = -np.min(ratios, axis=0)
+    return scores
 
 
 def seed_agreement(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
