@@ -104,16 +104,21 @@ class UnitResult:
     features_s: float
 
 
+def check_worker_model(model: TextToImageModel, model_hash: str, precision: str) -> None:
+    """A worker must hold the driver's weights in the run's precision, or its rows would be another model's."""
+    if model.model_hash != model_hash:
+        raise MemscanError(f"{model.model_ref}: a worker loaded different weights than the driver "
+                           f"({model.model_hash[:12]} vs {model_hash[:12]}); give every node the same model files")
+    if model.precision != precision:
+        raise MemscanError(f"{model.model_ref}: a worker samples in {model.precision} but the run is in {precision}; "
+                           "fp16 and fp32 draw different images from one seed, so give every worker the same device type")
+
+
 def sample_unit(job: SamplingJob, models: WorkerModels, unit: WorkUnit) -> UnitResult:
     """Generate one batch and compute its features; image files are written under ``files_dir``
     (content-addressed, so two workers writing the same image is harmless)."""
     model = models.model
-    if model.model_hash != job.model_hash:
-        raise MemscanError(f"{model.model_ref}: a worker loaded different weights than the driver "
-                           f"({model.model_hash[:12]} vs {job.model_hash[:12]}); give every node the same model files")
-    if model.precision != job.precision:
-        raise MemscanError(f"{model.model_ref}: a worker samples in {model.precision} but the run is in {job.precision}; "
-                           "fp16 and fp32 draw different images from one seed, so give every worker the same device type")
+    check_worker_model(model, job.model_hash, job.precision)
     began = time.perf_counter()
     images = model.generate([w.prompt.text for w in unit.items], [w.seed for w in unit.items],
                             num_inference_steps=job.sampling.num_inference_steps,

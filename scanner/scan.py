@@ -15,11 +15,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from scanner import cluster, generate, match
 from scanner.config import SamplingConfig, ScanConfig
 from scanner.distributed import LocalPool, Pool
 from scanner.mia.in_scan import score_scan
-from scanner.mia.triage import triage
+from scanner.mia.triage import top_fraction, triage
 from scanner.generate import Prompt
 from scanner.models.loading import WorkerModels, pool_precision
 from scanner.index import TrainingIndex
@@ -44,13 +46,18 @@ def run_id_for(model: TextToImageModel, precision: str, prompts: Sequence[Prompt
 
 
 def triage_prompts(store: Store, run_id: str, model: TextToImageModel, prompts: Sequence[Prompt],
-                   sampling: SamplingConfig) -> list[Prompt]:
-    """Keep the top fraction of prompts by the memorization detector; every prompt's score is stored."""
+                   sampling: SamplingConfig, pool: Pool, precision: str) -> list[Prompt]:
+    """Keep the top fraction of prompts by the memorization detector; every prompt's score is
+    stored, and a resumed scan keeps what the stored scores chose instead of triaging again."""
+    attack = f"{sampling.triage_detector}_triage"
+    stored = dict(store.execute("SELECT item_id, score FROM mia_scores WHERE run_id = ? AND attack = ?", [run_id, attack]))
+    if all(p.prompt_id in stored for p in prompts):
+        return top_fraction(prompts, np.array([stored[p.prompt_id] for p in prompts]), sampling.triage)
     kept, scores = triage(model, prompts, sampling.triage, seeds=tuple(range(sampling.triage_seeds)),
                           num_inference_steps=sampling.num_inference_steps, detector=sampling.triage_detector,
-                          guidance_scale=sampling.guidance_scale)
+                          guidance_scale=sampling.guidance_scale, pool=pool, precision=precision)
     chosen = {p.prompt_id for p in kept}
-    store.insert("mia_scores", [{"run_id": run_id, "item_id": p.prompt_id, "attack": f"{sampling.triage_detector}_triage", "score": float(s),
+    store.insert("mia_scores", [{"run_id": run_id, "item_id": p.prompt_id, "attack": attack, "score": float(s),
                                  "threshold": None, "predicted_member": p.prompt_id in chosen, "label": None,
                                  "settings": json.dumps({"fraction": sampling.triage, "seeds": sampling.triage_seeds, "kind": "prompt"})}
                                 for p, s in zip(prompts, scores)])
@@ -105,7 +112,7 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
         generate.record_prompts(store, run_id, prompts)
         triaged, prompts_given = time.perf_counter(), len(prompts)
         if config.sampling.triage < 1.0:
-            prompts = triage_prompts(store, run_id, model, prompts, config.sampling)
+            prompts = triage_prompts(store, run_id, model, prompts, config.sampling, pool, precision)
         triage_seconds = time.perf_counter() - triaged
         total = len(prompts) * config.sampling.samples_per_prompt
         with progress_bar("sampling", total, enabled=show_progress) as advance:

@@ -164,19 +164,26 @@ def test_membership_scores_on_ray_equal_the_single_process_scores(tmp_path, clus
     from scanner import demo as demo_world
     from scanner.mia.denoising import NoiseProtocol
     from scanner.mia.evaluate import LabelledItem, attack_scores, features_on
+    from scanner.mia.triage import triage
 
     rows = demo_world.membership_items(per_bucket=2, x1=2, nonmembers=6)
     items = [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0) for r in rows]
     protocol = NoiseProtocol(timesteps=(100, 400), repeats=1)
+    prompts = [Prompt.from_text(r["caption"]) for r in rows]
     pool = RayPool(functools.partial(load_worker_models, ModelSpec.of(SD_MODEL, "cpu"), None),
                    RayConfig(address="local", workers=2))
     try:
         on_ray = features_on(pool, demo_sd, items, ["loss", "clid_th"], protocol, chunk_size=5)
+        kept_on_ray, triage_on_ray = triage(demo_sd, prompts, 0.25, pool=pool, chunk_size=5)
     finally:
         pool.close()
     here = attack_scores(demo_sd, items, ["loss", "clid_th"], protocol)
     np.testing.assert_allclose(on_ray["loss"]["score"], here["loss"]["score"], rtol=1e-5)
     np.testing.assert_allclose(on_ray["clid_th"]["d"], here["clid_th"]["d"], rtol=1e-4, atol=1e-6)
+    # triage's few-step samples, chunk by chunk on the workers, scored once all are in
+    kept_here, triage_here = triage(demo_sd, prompts, 0.25)
+    np.testing.assert_allclose(triage_on_ray, triage_here, atol=1e-3)
+    assert kept_on_ray == kept_here
 
 
 

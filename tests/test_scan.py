@@ -88,9 +88,10 @@ def test_demo_reproduces_duplicated_items_and_not_non_members(tmp_path):
     assert criterion.memorized >= 35 and criterion.recall >= 0.9 and criterion.false_flag_rate <= 0.05
 
 
-def test_triage_mass_samples_only_the_prompts_the_detector_ranks_first(tmp_path, demo_sd):
+def test_triage_mass_samples_only_the_prompts_the_detector_ranks_first(tmp_path, demo_sd, monkeypatch):
     """Two x200 members among six non-members: --triage 0.25 keeps two prompts, the members,
-    samples only them, and stores every prompt's detector score."""
+    samples only them, and stores every prompt's detector score; run again, the scan resumes
+    with the prompts the stored scores chose, without triaging again."""
     from scanner import demo as demo_world
     from scanner.config import SamplingConfig, ScanConfig
     from scanner.generate import Prompt
@@ -104,8 +105,11 @@ def test_triage_mass_samples_only_the_prompts_the_detector_ranks_first(tmp_path,
         result = run_scan(store, demo_sd, prompts, config, show_progress=False)
         sampled = {r[0] for r in store.execute("SELECT DISTINCT prompt_id FROM generations")}
         scored = store.execute("SELECT count(*) FROM mia_scores WHERE attack = 'seed_agreement_triage'")[0][0]
+        monkeypatch.setattr("scanner.mia.triage.detector_evidence", lambda *args, **kwargs: pytest.fail("triaged again"))
+        again = run_scan(store, demo_sd, prompts, config, show_progress=False)
     assert len(members) == 2 and sampled == members and scored == len(prompts)
     assert (result.counts["prompts_given"], result.counts["prompts_sampled"]) == (len(prompts), 2)
+    assert again.resumed and again.counts["prompts_sampled"] == 2 and again.counts["generated"] == 0
 
 
 def test_a_scan_that_stops_early_flags_what_the_full_scan_flags(tmp_path, demo_sd):

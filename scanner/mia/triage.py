@@ -29,12 +29,16 @@ A third, black-box one asks the symptom the scan looks for, cheaply:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from scanner.distributed import LocalPool, Pool
 from scanner.models.base import TextToImageModel
+from scanner.models.loading import WorkerModels
 
 DETECTORS = ("wen", "norm_align", "seed_agreement")
 
@@ -133,24 +137,29 @@ def anchored_agreement(images: np.ndarray, block: int = 4096) -> np.ndarray:
     return scores
 
 
-def seed_agreement(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
-                   guidance_scale: float = 2.5, batch_size: int = 64, thumbnail_size: int = 64) -> np.ndarray:
-    """``anchored_agreement`` of each prompt's ``seeds`` (at least two), sampled few-step with a
-    quarter of the steps (``detector_scores`` passes half the scan's guidance)."""
+def few_step_samples(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
+                     guidance_scale: float = 2.5, batch_size: int = 64, thumbnail_size: int = 64) -> np.ndarray:
+    """uint8 thumbnails [prompts, seeds, h, w, 3] sampled with the few-step solver and a quarter of the steps."""
     from scanner.mia.blackbox import generate_per_caption
 
     if len(seeds) < 2:
         raise ValueError("seed agreement needs at least two seeds")
-    images = generate_per_caption(model, prompts, seeds, max(2, num_inference_steps // 4), guidance_scale, batch_size,
-                                  few_step=True, thumbnail_size=thumbnail_size)
-    return anchored_agreement(images)
+    return generate_per_caption(model, prompts, seeds, max(2, num_inference_steps // 4), guidance_scale, batch_size,
+                                few_step=True, thumbnail_size=thumbnail_size)
 
 
-def detector_scores(model: TextToImageModel, prompts: Sequence[str], detector: str, seeds: Sequence[int] = (0, 1, 2, 3),
-                    num_inference_steps: int = 20, guidance_scale: float = 5.0) -> np.ndarray:
-    """One score per prompt, higher for prompts more likely memorized; ``guidance_scale`` is the scan's."""
+def seed_agreement(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
+                   guidance_scale: float = 2.5) -> np.ndarray:
+    """``anchored_agreement`` of each prompt's few-step samples (``detector_scores`` passes half the scan's guidance)."""
+    return anchored_agreement(few_step_samples(model, prompts, seeds, num_inference_steps, guidance_scale))
+
+
+def detector_evidence(model: TextToImageModel, prompts: Sequence[str], detector: str, seeds: Sequence[int] = (0, 1, 2, 3),
+                      num_inference_steps: int = 20, guidance_scale: float = 5.0) -> np.ndarray:
+    """What the detector measures, prompt by prompt, so that any chunk of prompts can be measured on
+    its own worker: seed agreement's few-step thumbnails, or the noise detectors' scores."""
     if detector == "seed_agreement":
-        return seed_agreement(model, prompts, seeds, num_inference_steps, max(1.0, guidance_scale / 2))
+        return few_step_samples(model, prompts, seeds, num_inference_steps, max(1.0, guidance_scale / 2))
     if detector == "wen":
         return conditional_gap(model, prompts, seeds, num_inference_steps)
     if detector == "norm_align":
@@ -158,11 +167,59 @@ def detector_scores(model: TextToImageModel, prompts: Sequence[str], detector: s
     raise ValueError(f"unknown detector {detector!r}; known: {', '.join(DETECTORS)}")
 
 
-def triage(model: TextToImageModel, prompts: Sequence, fraction: float, seeds: Sequence[int] = (0, 1, 2, 3),
-           num_inference_steps: int = 20, detector: str = "seed_agreement", guidance_scale: float = 5.0) -> tuple[list, np.ndarray]:
-    """The top ``fraction`` of prompts by the detector (in their original order), and every score."""
+def scores_from_evidence(detector: str, evidence: np.ndarray) -> np.ndarray:
+    """One score per prompt, higher for prompts more likely memorized. Seed agreement's anchors
+    compare a prompt's samples with every other prompt's, so it is scored once all are in."""
+    return anchored_agreement(evidence) if detector == "seed_agreement" else evidence
+
+
+def detector_scores(model: TextToImageModel, prompts: Sequence[str], detector: str, seeds: Sequence[int] = (0, 1, 2, 3),
+                    num_inference_steps: int = 20, guidance_scale: float = 5.0) -> np.ndarray:
+    """One score per prompt, higher for prompts more likely memorized; ``guidance_scale`` is the scan's."""
+    return scores_from_evidence(detector, detector_evidence(model, prompts, detector, seeds, num_inference_steps, guidance_scale))
+
+
+@dataclass(frozen=True)
+class TriageJob:
+    model_hash: str
+    precision: str
+    detector: str
+    seeds: tuple[int, ...]
+    num_inference_steps: int
+    guidance_scale: float
+
+
+def evidence_chunk(job: TriageJob, models: WorkerModels, prompts: Sequence[str]) -> np.ndarray:
+    """A worker's task: the detector's evidence for a chunk of prompts."""
+    from scanner.generate import check_worker_model
+
+    check_worker_model(models.model, job.model_hash, job.precision)
+    return detector_evidence(models.model, prompts, job.detector, job.seeds, job.num_inference_steps, job.guidance_scale)
+
+
+def check_fraction(fraction: float) -> None:
     if not 0 < fraction <= 1:
         raise ValueError("the triage fraction must be in (0, 1]")
-    scores = detector_scores(model, [p.text for p in prompts], detector, seeds, num_inference_steps, guidance_scale)
-    keep = set(np.argsort(-scores, kind="stable")[: math.ceil(fraction * len(prompts))].tolist())
-    return [p for i, p in enumerate(prompts) if i in keep], scores
+
+
+def top_fraction(prompts: Sequence, scores: np.ndarray, fraction: float) -> list:
+    """The top ``fraction`` of prompts by score (ties: the earlier prompt), in their original order."""
+    check_fraction(fraction)
+    keep = set(np.argsort(-np.asarray(scores), kind="stable")[: math.ceil(fraction * len(prompts))].tolist())
+    return [p for i, p in enumerate(prompts) if i in keep]
+
+
+def triage(model: TextToImageModel, prompts: Sequence, fraction: float, seeds: Sequence[int] = (0, 1, 2, 3),
+           num_inference_steps: int = 20, detector: str = "seed_agreement", guidance_scale: float = 5.0,
+           pool: Pool | None = None, precision: str | None = None, chunk_size: int = 256) -> tuple[list, np.ndarray]:
+    """The top ``fraction`` of prompts by the detector (in their original order), and every score;
+    the evidence is gathered chunk by chunk on ``pool``'s workers (Ray) or in this process, which
+    must hold ``model``'s weights in ``precision`` (the pool's; by default ``model``'s own)."""
+    check_fraction(fraction)  # before any sampling
+    pool = pool or LocalPool(WorkerModels(model))
+    texts = [p.text for p in prompts]
+    chunks = [texts[start:start + chunk_size] for start in range(0, len(texts), chunk_size)]
+    job = TriageJob(model.model_hash, precision or model.precision, detector, tuple(seeds), num_inference_steps, guidance_scale)
+    parts = dict(pool.imap_unordered(functools.partial(evidence_chunk, job), chunks))
+    scores = scores_from_evidence(detector, np.concatenate([parts[position] for position in range(len(chunks))]))
+    return top_fraction(prompts, scores, fraction), scores
