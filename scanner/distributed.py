@@ -29,6 +29,12 @@ class Pool(Protocol):
     def close(self) -> None: ...
 
 
+def map_in_order(pool: Pool, task: Task, units: list[Any]) -> list[Any]:
+    """Every unit's result, in the order of ``units``, wherever and in whatever order they ran."""
+    results = dict(pool.imap_unordered(task, units))
+    return [results[position] for position in range(len(units))]
+
+
 class LocalPool:
     """Runs units one after another on state already loaded in this process."""
 

@@ -19,7 +19,7 @@ from scanner.mia.blackbox import blackbox_features
 from scanner.mia.classifier import LogisticRegression
 from scanner.mia.denoising import NoiseProtocol, denoising_losses
 from scanner.mia.triage import DETECTORS, detector_scores
-from scanner.distributed import LocalPool, Pool
+from scanner.distributed import LocalPool, Pool, map_in_order
 from scanner.models.base import ImageTextEmbedder, TextToImageModel
 from scanner.models.loading import WorkerModels, pool_precision
 from scanner.store import Store, stable_id
@@ -88,8 +88,7 @@ def features_on(pool: Pool | None, model: TextToImageModel, items: Sequence[Labe
     so the joined result does not depend on where the chunks ran."""
     pool = pool or LocalPool(WorkerModels(model, embedder))
     chunks = [items[start:start + chunk_size] for start in range(0, len(items), chunk_size)]
-    parts = dict(pool.imap_unordered(functools.partial(score_chunk, AttackJob(tuple(attacks), protocol)), chunks))
-    ordered = [parts[position] for position in range(len(chunks))]
+    ordered = map_in_order(pool, functools.partial(score_chunk, AttackJob(tuple(attacks), protocol)), chunks)
     return {attack: {key: np.concatenate([part[attack][key] for part in ordered]) for key in ordered[0][attack]}
             for attack in ordered[0]}
 

@@ -24,7 +24,7 @@ A third, black-box one asks the symptom the scan looks for, cheaply:
   seed reaches at twenty, DPM-Solver++ much nearer; a prompt that collapses on only half of
   its seeds shows two agreeing samples among four far more often than among two; and samples
   of dark, flat prompts are close to everything, which the anchor distance discounts. Costs
-  four images at a quarter of the steps: about 6% of sampling 16 seeds.
+  four images at a quarter of the steps: 6% of sampling 16 seeds in model passes, 8% measured on CPU.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scanner.distributed import LocalPool, Pool
+from scanner.distributed import LocalPool, Pool, map_in_order
 from scanner.models.base import TextToImageModel
 from scanner.models.loading import WorkerModels
 
@@ -220,6 +220,5 @@ def triage(model: TextToImageModel, prompts: Sequence, fraction: float, seeds: S
     texts = [p.text for p in prompts]
     chunks = [texts[start:start + chunk_size] for start in range(0, len(texts), chunk_size)]
     job = TriageJob(model.model_hash, precision or model.precision, detector, tuple(seeds), num_inference_steps, guidance_scale)
-    parts = dict(pool.imap_unordered(functools.partial(evidence_chunk, job), chunks))
-    scores = scores_from_evidence(detector, np.concatenate([parts[position] for position in range(len(chunks))]))
+    scores = scores_from_evidence(detector, np.concatenate(map_in_order(pool, functools.partial(evidence_chunk, job), chunks)))
     return top_fraction(prompts, scores, fraction), scores
