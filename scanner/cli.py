@@ -13,9 +13,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from scanner.calibration import criterion_statement
+from scanner.config import require_int, require_number
 from scanner.errors import MemscanError, input_error
 from scanner.models.loading import ModelSpec, load_embedder
 from scanner.progress import progress_bar
+from scanner.sources import SourceFormat
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Audit a text-to-image checkpoint for training data it memorized and can emit.")
@@ -37,10 +40,12 @@ def _print_findings(store, run_id: str, limit: int = 20) -> None:
     rows = store.query(
         "SELECT rank, cluster_size AS size, n_generations AS of_n, round(mean_distance, 4) AS mean_tiled_l2, "
         "verdict, matched_item, round(match_l2, 4) AS match_l2, prompt FROM findings WHERE run_id = ? ORDER BY rank LIMIT ?", [run_id, limit]).to_pylist()
-    if not rows:
+    if rows:
+        _print_table(f"Memorization candidates (top {len(rows)})", list(rows[0].keys()), [list(r.values()) for r in rows])
+    else:
         console.print("No prompt collapsed onto one image: no memorization candidates.")
-        return
-    _print_table(f"Memorization candidates (top {len(rows)})", list(rows[0].keys()), [list(r.values()) for r in rows])
+    for line in criterion_statement(store, run_id).lines(found_nothing=not rows):
+        console.print(line)
 
 
 def _print_where(db: Path, run_id: str) -> None:
@@ -52,6 +57,21 @@ def _print_where(db: Path, run_id: str) -> None:
 RAY_ADDRESS = typer.Option(None, "--ray", help="Run the heavy work on Ray workers: 'local' (a cluster started in this process), 'auto' (a running cluster) or its address.")
 RAY_WORKERS = typer.Option(None, help="With --ray: how many workers (default: one per GPU, else one per --ray-cpus-per-worker CPUs).")
 RAY_CPUS_PER_WORKER = typer.Option(None, help="With --ray: CPUs (torch threads) per worker (default: 1).")
+ENCODING = typer.Option(None, help="Text encoding of prompt, caption and name files and of CSV tables (default: UTF-8, with or without a byte-order mark).")
+ALLOW_PICKLE = typer.Option(False, "--allow-pickle", help="Load pickled weights (.bin, .pt, .ckpt...) in model folders. Unpickling can run code: only for files you trust.")
+IMAGE_ROOT = typer.Option(None, help="Every image path of a table must resolve under this folder (for a table someone else wrote).")
+
+# settings whose flag is not "--" and the setting's name with dashes
+FLAG_OF_SETTING = {"num_inference_steps": "--steps", "guidance_scale": "--guidance", "address": "--ray",
+                   "workers": "--ray-workers", "cpus_per_worker": "--ray-cpus-per-worker"}
+
+
+def _flag_error(error: ValueError) -> MemscanError:
+    """A setting refused while flags were applied, as one line naming the flag that set it."""
+    setting = getattr(error, "setting", None)
+    if setting is None:
+        return MemscanError(f"invalid setting: {error}")
+    return MemscanError(f"{FLAG_OF_SETTING.get(setting, '--' + setting.replace('_', '-'))}: {error}")
 
 
 def _ray_settings(address: Optional[str], workers: Optional[int], cpus_per_worker: Optional[int]):
@@ -60,7 +80,7 @@ def _ray_settings(address: Optional[str], workers: Optional[int], cpus_per_worke
     try:
         return override(RayConfig(), address=address, workers=workers, cpus_per_worker=cpus_per_worker)
     except ValueError as error:
-        raise MemscanError(f"invalid Ray setting: {error}") from None
+        raise _flag_error(error) from None
 
 
 def _portable(features):
@@ -86,20 +106,25 @@ def demo(
     from scanner import demo as demo_world
     from scanner.config import SamplingConfig, ScanConfig
     from scanner.demo.evaluate import score_criterion, score_demo_run
-    from scanner.generate import Prompt
+    from scanner.generate import Prompt, check_plan_fits
     from scanner.demo.pipeline import demo_identities, demo_index, demo_membership
     from scanner.models.diffusers_t2i import DiffusersT2I
     from scanner.report import render_report
     from scanner.scan import run_scan
     from scanner.store import Store
 
+    require_int("--per-bucket", per_bucket, 1)
     items = demo_world.demo_items(per_bucket=per_bucket)
     prompts = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"]) for r in items]
-    config = ScanConfig(model=str(demo_world.SD_MODEL), prompts="demo", db=str(db), sampling=SamplingConfig(
-        samples_per_prompt=samples_per_prompt, batch_size=batch_size, num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale))
+    try:
+        config = ScanConfig(model=str(demo_world.SD_MODEL), prompts="demo", db=str(db), sampling=SamplingConfig(
+            samples_per_prompt=samples_per_prompt, batch_size=batch_size, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale))
+    except ValueError as error:
+        raise _flag_error(error) from None
     console.print(f"Demo: {len(prompts)} prompts x {samples_per_prompt} seeds on {demo_world.SD_MODEL.name}")
     model = DiffusersT2I.load(demo_world.SD_MODEL)
+    check_plan_fits(config.sampling, model.resolution, config.features.thumbnail_size)
     embedder = load_embedder(config.features)
     training_index = demo_index(embedder, index_root, db.parent)
     with Store(db) as store:
@@ -131,6 +156,7 @@ def scan(
     single_file_config: Optional[Path] = typer.Option(None, help="For a single-file --model: a local pipeline folder with its model_index.json."),
     prompts: Path = typer.Option(None, help="Prompts: .txt (one per line), .csv or .parquet (default: the demo captions)."),
     caption_column: str = typer.Option("caption", help="Column holding the prompts in a CSV or Parquet file."),
+    encoding: Optional[str] = ENCODING,
     prompts_from_index: Optional[str] = typer.Option(None, help="Sample the most duplicated captions of this index instead of --prompts."),
     top: int = typer.Option(100, help="With --prompts-from-index: how many captions."),
     index: Optional[str] = typer.Option(None, help="Match candidates against this training-set index (name or folder)."),
@@ -147,13 +173,16 @@ def scan(
     triage_detector: Optional[str] = typer.Option(None, help="Detector that ranks prompts for --triage: seed_agreement, wen or norm_align (default: seed_agreement)."),
     triage_seeds: Optional[int] = typer.Option(None, help="Seeds the triage detector draws per prompt (default: 4)."),
     stop_early: Optional[bool] = typer.Option(None, "--stop-early/--every-seed", help="Stop drawing seeds for a prompt once they cannot change whether it is flagged: the same flagged prompts, fewer generations each (default: every seed)."),
-    threshold: Optional[float] = typer.Option(None, help="Clique edge threshold, tiled l2 (default: 0.02)."),
+    threshold: Optional[float] = typer.Option(None, help="A fixed clique edge threshold, tiled l2, instead of the one calibrated on null prompts (default: calibrated)."),
+    null_factor: Optional[float] = typer.Option(None, help="The calibrated threshold as a fraction of the null prompts' median collapse distance (default: 0.25, tuned on the demo model)."),
+    null_prompts: Optional[int] = typer.Option(None, help="Null prompts (random combinations of the prompts' words) sampled to calibrate the threshold (default: 32)."),
     min_clique: Optional[int] = typer.Option(None, help="Smallest clique that makes a candidate (default: 8)."),
     criterion: Optional[str] = typer.Option(None, help="clique (Carlini) or component (dense components) (default: clique)."),
     clip_model: Optional[str] = typer.Option(None, help="open_clip folder or architecture name for embeddings (default: the demo CLIP)."),
     clip_pretrained: Optional[str] = typer.Option(None, help="Weights file when --clip-model is an architecture name."),
     no_embeddings: bool = typer.Option(False, "--no-embeddings", help="Skip CLIP embeddings (hash proposals only)."),
     device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
+    allow_pickle: bool = ALLOW_PICKLE,
     ray: Optional[str] = RAY_ADDRESS,
     ray_workers: Optional[int] = RAY_WORKERS,
     ray_cpus_per_worker: Optional[int] = RAY_CPUS_PER_WORKER,
@@ -162,49 +191,56 @@ def scan(
     """Sample a model on many prompts and seeds, and find prompts whose generations collapse."""
     from scanner import demo as demo_world
     from scanner.config import ScanConfig, load_scan_config, override
-    from scanner.generate import Prompt
+    from scanner.generate import Prompt, check_plan_fits
     from scanner.index import TrainingIndex, captions_to_sample
     from scanner.prompts import read_prompts
     from scanner.scan import run_scan
     from scanner.store import Store
 
     settings = load_scan_config(config) if config else ScanConfig(db="runs/scan.duckdb")
-    settings = override(settings, model=str(model) if model else None,
-                        single_file_config=str(single_file_config) if single_file_config else None, prompts=str(prompts) if prompts else None,
-                        db=str(db) if db else None, images_dir=str(images_dir) if images_dir else None, device=device,
-                        index=index)
     try:
-        settings = override(settings, sampling=override(settings.sampling, samples_per_prompt=samples_per_prompt,
-                                                        batch_size=batch_size, num_inference_steps=num_inference_steps,
-                                                        guidance_scale=guidance_scale, seed_base=seed_base,
-                                                        triage=triage_fraction, triage_detector=triage_detector,
-                                                        triage_seeds=triage_seeds, stop_early=stop_early),
+        settings = override(settings, model=str(model) if model else None,
+                            single_file_config=str(single_file_config) if single_file_config else None, prompts=str(prompts) if prompts else None,
+                            db=str(db) if db else None, images_dir=str(images_dir) if images_dir else None, device=device,
+                            index=index,
+                            sampling=override(settings.sampling, samples_per_prompt=samples_per_prompt,
+                                              batch_size=batch_size, num_inference_steps=num_inference_steps,
+                                              guidance_scale=guidance_scale, seed_base=seed_base,
+                                              triage=triage_fraction, triage_detector=triage_detector,
+                                              triage_seeds=triage_seeds, stop_early=stop_early),
                             features=override(settings.features, clip_model=clip_model, clip_pretrained=clip_pretrained,
-                                              embeddings=False if no_embeddings else None),
-                            cluster=override(settings.cluster, threshold=threshold, min_clique=min_clique, criterion=criterion),
+                                              embeddings=False if no_embeddings else None, allow_pickle=allow_pickle or None),
+                            cluster=override(settings.cluster, threshold=threshold, null_factor=null_factor, null_prompts=null_prompts,
+                                             min_clique=min_clique, criterion=criterion),
                             ray=override(settings.ray, address=ray, workers=ray_workers, cpus_per_worker=ray_cpus_per_worker))
     except ValueError as error:
-        raise MemscanError(f"invalid setting: {error}") from None
+        raise _flag_error(error) from None
     if prompts_from_index:
+        require_int("--top", top, 1)
         source_index = TrainingIndex.open(prompts_from_index, index_root)
         prompt_list = [Prompt.from_text(caption, source=f"index:{source_index.name}", source_item_id=item_id)
                        for caption, item_id in captions_to_sample(source_index, top)]
     elif settings.prompts:
-        prompt_list = read_prompts(settings.prompts, caption_column)
+        prompt_list = read_prompts(settings.prompts, caption_column, encoding)
     else:
         prompt_list = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"])
                        for r in demo_world.demo_items()]
-    model_spec = ModelSpec.of(settings.model or demo_world.SD_MODEL, settings.device, settings.single_file_config or None)
-    loaded = model_spec.load()
-    embedder = load_embedder(settings.features)
-    training_index = None
-    if settings.index:
-        if embedder is None:
-            raise MemscanError("--index needs CLIP embeddings of the generations; drop --no-embeddings")
-        training_index = TrainingIndex.open(settings.index, index_root)
-        training_index.check_embedder(embedder)
-    pool = sampling_pool(model_spec, settings) if settings.ray.address else None
+    if not prompt_list:  # nothing to sample would read as "no memorization candidates"
+        raise MemscanError(f"no prompts to sample{f' in index {prompts_from_index}' if prompts_from_index else ''}")
+    model_spec = ModelSpec.of(settings.model or demo_world.SD_MODEL, settings.device, settings.single_file_config or None,
+                              allow_pickle)
+    # the database opens before the models load: a bad --db or --images-dir fails at once
     with Store(settings.db, files_dir=settings.images_dir or None) as store:
+        loaded = model_spec.load()
+        check_plan_fits(settings.sampling, loaded.resolution, settings.features.thumbnail_size)
+        embedder = load_embedder(settings.features)
+        training_index = None
+        if settings.index:
+            if embedder is None:
+                raise MemscanError("--index needs CLIP embeddings of the generations; drop --no-embeddings")
+            training_index = TrainingIndex.open(settings.index, index_root)
+            training_index.check_embedder(embedder)
+        pool = sampling_pool(model_spec, settings) if settings.ray.address else None
         result = run_scan(store, loaded, prompt_list, settings, show_progress=not no_progress, embedder=embedder,
                           index=training_index, pool=pool)
         if result.resumed:
@@ -234,10 +270,11 @@ index_app = typer.Typer(no_args_is_help=True, help="Build, inspect and query tra
 app.add_typer(index_app, name="index")
 
 
-def _clip_for(clip_model: Optional[str], clip_pretrained: Optional[str]):
+def _clip_for(clip_model: Optional[str], clip_pretrained: Optional[str], allow_pickle: bool = False):
     from scanner.config import FeatureConfig
 
-    return load_embedder(FeatureConfig(clip_model=clip_model or "", clip_pretrained=clip_pretrained or ""))
+    return load_embedder(FeatureConfig(clip_model=clip_model or "", clip_pretrained=clip_pretrained or "",
+                                       allow_pickle=allow_pickle))
 
 
 @index_app.command("build")
@@ -247,11 +284,14 @@ def index_build(
     root: Path = typer.Option(Path("indexes"), help="Folder holding indexes."),
     append: bool = typer.Option(False, "--append", help="Add the source's new items to an existing index."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index of this name."),
-    image_column: str = typer.Option("image_path", help="Column with image paths in a table (relative to it)."),
+    image_column: str = typer.Option("image_path", help="Column with image paths in a table (absolute, or relative to the table)."),
     caption_column: str = typer.Option("caption", help="Column with captions in a table."),
+    image_root: Optional[Path] = IMAGE_ROOT,
+    encoding: Optional[str] = ENCODING,
     thumbnail_size: int = typer.Option(64, help="Side of the thumbnails kept for pixel verification."),
     clip_model: Optional[str] = typer.Option(None, help="open_clip folder or architecture name (default: the demo CLIP)."),
     clip_pretrained: Optional[str] = typer.Option(None, help="Weights file when --clip-model is an architecture name."),
+    allow_pickle: bool = ALLOW_PICKLE,
     ray: Optional[str] = RAY_ADDRESS,
     ray_workers: Optional[int] = RAY_WORKERS,
     ray_cpus_per_worker: Optional[int] = RAY_CPUS_PER_WORKER,
@@ -266,14 +306,15 @@ def index_build(
 
     if not source.exists():
         raise input_error(source, "no such source; expected an image folder, a .parquet/.csv table or .tar shards")
-    features = FeatureConfig(clip_model=clip_model or "", clip_pretrained=clip_pretrained or "")
+    index_config = IndexConfig(thumbnail_size=thumbnail_size)
+    features = FeatureConfig(clip_model=clip_model or "", clip_pretrained=clip_pretrained or "", allow_pickle=allow_pickle)
     embedder = load_embedder(features)
     ray_settings = _ray_settings(ray, ray_workers, ray_cpus_per_worker)
     pool = RayPool(functools.partial(load_embedder, _portable(features)), ray_settings) if ray_settings.address else None
     with progress_bar("indexing", total=None, enabled=not no_progress, unit="items") as advance:
-        manifest = build_index(source, name, embedder, IndexConfig(thumbnail_size=thumbnail_size), root=root,
-                               append=append, overwrite=overwrite, image_column=image_column,
-                               caption_column=caption_column, on_progress=advance, pool=pool)
+        manifest = build_index(source, name, embedder, index_config, root=root,
+                               append=append, overwrite=overwrite, on_progress=advance, pool=pool,
+                               source_format=SourceFormat(image_column, caption_column, encoding, image_root))
     console.print(f"Index {root / name}: {manifest['counts']['items']} items, {manifest['counts']['skipped']} skipped, "
                   f"image index {manifest['image_index']['kind']}, {manifest['build_seconds']}s")
     for skipped in manifest["skipped"][:10]:
@@ -289,6 +330,7 @@ def index_stats_command(
     """Counts, caption duplication histogram, most duplicated captions and images."""
     from scanner.index import TrainingIndex, index_stats
 
+    require_int("--top", top, 1)
     stats = index_stats(TrainingIndex.open(name, root), top=top)
     console.print(f"{stats['items']} items, {stats['distinct_captions']} distinct captions, "
                   f"{stats['distinct_images_by_phash']} distinct images by pHash, {stats['skipped']} skipped at build")
@@ -310,6 +352,7 @@ def index_query(
     root: Path = typer.Option(Path("indexes"), help="Folder holding indexes."),
     clip_model: Optional[str] = typer.Option(None, help="The open_clip model the index was built with (default: the demo CLIP)."),
     clip_pretrained: Optional[str] = typer.Option(None, help="Weights file when --clip-model is an architecture name."),
+    allow_pickle: bool = ALLOW_PICKLE,
 ) -> None:
     """The k nearest training items to an image (CLIP, with pixel distances) or a text (captions)."""
     from scanner import distances
@@ -318,8 +361,9 @@ def index_query(
 
     if (image is None) == (text is None):
         raise MemscanError("give exactly one of --image PATH or --text \"...\"")
+    require_int("-k", k, 1)
     index = TrainingIndex.open(name, root)
-    embedder = _clip_for(clip_model, clip_pretrained)
+    embedder = _clip_for(clip_model, clip_pretrained, allow_pickle)
     index.check_embedder(embedder)
     if text is not None:
         scores, ids = index.search_texts(embedder.embed_texts([text]), k)
@@ -345,7 +389,7 @@ def index_query(
 
 
 MIA_MODEL = typer.Option(None, help="Diffusers pipeline folder (default: the demo model).")
-IMAGE_COLUMN = typer.Option("image_path", help="Image path column of a table.")
+IMAGE_COLUMN = typer.Option("image_path", help="Image path column of a table (absolute, or relative to the table).")
 CAPTION_COLUMN = typer.Option("caption", help="Caption column of a table.")
 MIA_DB = typer.Option(Path("runs/mia.duckdb"), help="DuckDB file to write.")
 
@@ -353,13 +397,13 @@ mia_app = typer.Typer(no_args_is_help=True, help="Membership inference: was this
 app.add_typer(mia_app, name="mia")
 
 
-def _labelled_items(source: Path, member: bool, image_column: str, caption_column: str):
+def _labelled_items(source: Path, member: bool, source_format: SourceFormat):
     from scanner.index import read_chunks
     from scanner.mia.evaluate import LabelledItem
     from scanner.sources import iter_source
 
     items = []
-    for chunk in read_chunks(iter_source(source, image_column, caption_column), skip=set(), size=256):
+    for chunk in read_chunks(iter_source(source, source_format), skip=set(), size=256):
         for item in chunk:
             image, problem = item.decoded()
             if image is None:
@@ -377,6 +421,9 @@ def mia_eval(
     nonmembers: Optional[Path] = typer.Option(None, help="Known non-members, same distribution, same formats (default: demo non-members)."),
     image_column: str = IMAGE_COLUMN,
     caption_column: str = CAPTION_COLUMN,
+    image_root: Optional[Path] = IMAGE_ROOT,
+    encoding: Optional[str] = ENCODING,
+    allow_pickle: bool = ALLOW_PICKLE,
     attacks: str = typer.Option("loss,clid_th,wen", help="Comma-separated: loss, clid_th, clid_vec, wen, norm_align, seed_agreement, wu_pixel, wu_clip, wu_classifier (the Wu et al. black-box attacks sample each caption 4 times)."),
     db: Path = MIA_DB,
     seed: int = typer.Option(0, help="Seed of the auxiliary/evaluation split and of the shared noise."),
@@ -391,9 +438,10 @@ def mia_eval(
     from scanner.store import Store
 
     chosen = _attack_list(attacks)
+    require_int("--seed", seed, 0)
     items = _labelled_sets(members, nonmembers, ("--members", "--nonmembers"), demo_world.membership_items,
-                           image_column, caption_column)
-    loaded, embedder, pool = _mia_models(model, chosen, ray, ray_workers, ray_cpus_per_worker)
+                           SourceFormat(image_column, caption_column, encoding, image_root), halves=True)
+    loaded, embedder, pool = _mia_models(model, chosen, ray, ray_workers, ray_cpus_per_worker, allow_pickle)
     with Store(db) as store:
         run_id, results, per_bucket = run_mia_eval(store, loaded, items, chosen, NoiseProtocol(seed=seed), seed, embedder, pool)
     _print_mia(results)
@@ -412,6 +460,9 @@ def mia_score(
     model: Optional[Path] = MIA_MODEL,
     image_column: str = IMAGE_COLUMN,
     caption_column: str = CAPTION_COLUMN,
+    image_root: Optional[Path] = IMAGE_ROOT,
+    encoding: Optional[str] = ENCODING,
+    allow_pickle: bool = ALLOW_PICKLE,
     attacks: str = typer.Option("loss,clid_th", help="Comma-separated: loss, clid_th, clid_vec, wen, norm_align, seed_agreement, wu_pixel, wu_clip, wu_classifier."),
     db: Path = MIA_DB,
     ray: Optional[str] = RAY_ADDRESS,
@@ -424,11 +475,12 @@ def mia_score(
     from scanner.store import Store
 
     chosen = _attack_list(attacks)
+    source_format = SourceFormat(image_column, caption_column, encoding, image_root)
     reference = _labelled_sets(members, nonmembers, ("--members", "--nonmembers"), demo_world.membership_items,
-                               image_column, caption_column)
+                               source_format)
     unlabeled = _demo_labelled(demo_world.unlabeled_items()) if items is None else \
-        _labelled_items(items, False, image_column, caption_column)
-    loaded, embedder, pool = _mia_models(model, chosen, ray, ray_workers, ray_cpus_per_worker)
+        _labelled_items(items, False, source_format)
+    loaded, embedder, pool = _mia_models(model, chosen, ray, ray_workers, ray_cpus_per_worker, allow_pickle)
     with Store(db) as store:
         run_id, rows = run_mia_score(store, loaded, reference, unlabeled, chosen, embedder=embedder, pool=pool)
     _print_table(f"Membership scores (thresholds from {len(reference)} labelled reference items)",
@@ -448,7 +500,7 @@ def _attack_list(attacks: str) -> list[str]:
 
 
 def _mia_models(model: Optional[Path], attacks: list[str], ray: Optional[str], workers: Optional[int],
-                cpus_per_worker: Optional[int]):
+                cpus_per_worker: Optional[int], allow_pickle: bool):
     """The model, the demo CLIP when a Wu et al. attack needs one (their semantic distance), and
     with --ray a pool of workers holding both."""
     import functools
@@ -459,7 +511,7 @@ def _mia_models(model: Optional[Path], attacks: list[str], ray: Optional[str], w
     from scanner.mia.evaluate import BLACKBOX
     from scanner.models.loading import load_worker_models
 
-    model_spec = ModelSpec.of(model or demo_world.SD_MODEL)
+    model_spec = ModelSpec.of(model or demo_world.SD_MODEL, allow_pickle=allow_pickle)
     features = FeatureConfig() if set(BLACKBOX) & set(attacks) else None
     settings = _ray_settings(ray, workers, cpus_per_worker)
     pool = RayPool(functools.partial(load_worker_models, model_spec, features), settings) if settings.address else None
@@ -467,15 +519,20 @@ def _mia_models(model: Optional[Path], attacks: list[str], ray: Optional[str], w
 
 
 def _labelled_sets(positive: Optional[Path], negative: Optional[Path], flags: tuple[str, str], demo_rows,
-                   image_column: str, caption_column: str):
+                   source_format: SourceFormat, halves: bool = False):
     """Items labelled member (``positive``) and non-member (``negative``), or the demo's sets when
-    neither is given."""
+    neither is given. With ``halves`` (a command that splits each set in two) a set too small to
+    split is refused here, before any model loads."""
     if (positive is None) != (negative is None):
         raise MemscanError(f"give both {flags[0]} and {flags[1]}, or neither (the demo sets)")
     if positive is None:
         return _demo_labelled(demo_rows())
-    return _labelled_items(positive, True, image_column, caption_column) + \
-        _labelled_items(negative, False, image_column, caption_column)
+    sets = [(positive, _labelled_items(positive, True, source_format)),
+            (negative, _labelled_items(negative, False, source_format))]
+    for source, items in sets:
+        if halves and len(items) < 2:
+            raise input_error(source, f"{len(items)} image; at least 2 are needed to split the set into two halves")
+    return sets[0][1] + sets[1][1]
 
 
 def _demo_labelled(rows):
@@ -493,6 +550,9 @@ def mia_dataset(
     model: Optional[Path] = MIA_MODEL,
     image_column: str = IMAGE_COLUMN,
     caption_column: str = CAPTION_COLUMN,
+    image_root: Optional[Path] = IMAGE_ROOT,
+    encoding: Optional[str] = ENCODING,
+    allow_pickle: bool = ALLOW_PICKLE,
     alpha: float = typer.Option(0.05, help="Significance level."),
     ray: Optional[str] = RAY_ADDRESS,
     ray_workers: Optional[int] = RAY_WORKERS,
@@ -504,9 +564,11 @@ def mia_dataset(
     from scanner.mia.denoising import NoiseProtocol
     from scanner.mia.evaluate import features_on
 
+    require_number("--alpha", alpha, 0, 1, low_open=True)
     items = _labelled_sets(suspect, reference, ("--suspect", "--reference"),
-                           lambda: demo_world.membership_items(per_bucket=0, x1=40, nonmembers=60), image_column, caption_column)
-    loaded, _, pool = _mia_models(model, ["clid_vec"], ray, ray_workers, ray_cpus_per_worker)
+                           lambda: demo_world.membership_items(per_bucket=0, x1=40, nonmembers=60),
+                           SourceFormat(image_column, caption_column, encoding, image_root), halves=True)
+    loaded, _, pool = _mia_models(model, ["clid_vec"], ray, ray_workers, ray_cpus_per_worker, allow_pickle)
     features = features_on(pool, loaded, items, ["clid_vec"], NoiseProtocol())["clid_vec"]["features"]
     in_suspect = np.array([item.member for item in items])
     verdict = dataset_inference(*held_out_scores(features[in_suspect], features[~in_suspect]), alpha=alpha)
@@ -526,23 +588,26 @@ def idia(
     labels: Optional[Path] = typer.Option(None, help="CSV name,member (true/false) to measure TPR/FPR (default: the demo's labels)."),
     mapping: Optional[Path] = typer.Option(None, help="CSV folder,name when folder names are not the names."),
     tau: int = typer.Option(1, help="A person is a predicted member when at least tau templates give the right name."),
+    encoding: Optional[str] = ENCODING,
+    allow_pickle: bool = ALLOW_PICKLE,
     db: Path = typer.Option(Path("runs/idia.duckdb"), help="DuckDB file to write."),
 ) -> None:
     """Identity inference (Hintersdorf et al.): does a CLIP model know these people's names?"""
     from scanner import demo as demo_world
-    from scanner.idia import read_csv_pairs, read_labels, read_names, read_people, run_idia
+    from scanner.idia import TEMPLATES, read_csv_pairs, read_labels, read_names, read_people, run_idia
     from scanner.store import Store
 
+    require_int("--tau", tau, 1, len(TEMPLATES))
     if people is None:
         people, default_names, default_labels = demo_world.export_people(db.parent / "demo-identities")
         names, labels = names or default_names, labels or default_labels
     if names is None:
         raise MemscanError("--names FILE is needed with --people")
-    folder_names = read_csv_pairs(mapping, "folder", "name") if mapping else None
+    folder_names = read_csv_pairs(mapping, "folder", "name", encoding) if mapping else None
     person_images, skipped = read_people(people, folder_names)
-    candidates = read_names(names)
-    label_of = read_labels(labels) if labels else {}
-    embedder = _clip_for(clip_model, clip_pretrained)
+    candidates = read_names(names, encoding)
+    label_of = read_labels(labels, encoding) if labels else {}
+    embedder = _clip_for(clip_model, clip_pretrained, allow_pickle)
     with Store(db) as store, progress_bar("people", len(person_images), unit="people") as advance:
         try:
             run_id, results, curve = run_idia(store, embedder, person_images, candidates, label_of, tau,
@@ -588,6 +653,10 @@ def report(
     target = out or Path("reports") / f"{db.stem}.html"
     counts = render_report(db, target)
     console.print(f"Report: {target} ({counts['runs']} runs, {counts['findings']} findings, {counts['extracted']} extracted)")
+    missing = counts["missing_images"]
+    if missing:
+        console.print(f"{len(missing)} generation images are not in the database's files folder (copied without it?), "
+                      f"shown as missing: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
 
 
 @app.command()
@@ -597,32 +666,52 @@ def sql(
     output_format: str = typer.Option("table", "--format", help="table, csv, json or parquet."),
     out: Optional[Path] = typer.Option(None, help="Write the result to this file instead of printing it."),
 ) -> None:
-    """Run a read-only SQL query on a memscan database."""
-    import duckdb
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
+    """Run a read-only SQL query on a memscan database: it can read that database only, and write
+    nothing but --out (docs/SECURITY.md)."""
     from scanner.store import Store
 
     if output_format not in ("table", "csv", "json", "parquet"):
         raise MemscanError(f"--format {output_format}: expected table, csv, json or parquet")
-    if output_format == "parquet" and out is None:
+    if out is None and output_format == "parquet":
         raise MemscanError("--format parquet needs --out FILE")
+    if out is not None and output_format == "table":
+        raise MemscanError("--out writes csv, json or parquet: add --format csv, json or parquet")
+    if out is not None and out.resolve() in (db.resolve(), db.resolve().with_name(db.name + ".wal")):
+        raise input_error(out, "--out would overwrite the database being queried")
     with Store(db, read_only=True) as store:
-        try:
-            result = store.query(query)
-        except duckdb.Error as error:
-            raise input_error(db, f"query failed: {str(error).splitlines()[0]}") from None
-    if output_format == "parquet":
-        pq.write_table(result, out)
-    elif output_format == "csv":
-        target = out or sys.stdout.buffer
-        pacsv.write_csv(result, target)
-    elif output_format == "json":
-        text = json.dumps(result.to_pylist(), default=str, indent=1)
-        out.write_text(text) if out else print(text)
-    else:
+        result = store.user_query(query)
+    if output_format == "table":
         _print_table("", result.column_names, [list(r.values()) for r in result.to_pylist()])
+        return
+    encoded = _encode_result(result, output_format)
+    if out is None:
+        sys.stdout.buffer.write(encoded)
+        return
+    try:
+        out.write_bytes(encoded)
+    except OSError as error:
+        raise input_error(out, f"cannot write ({error.strerror})") from None
+
+
+def _encode_result(result, output_format: str) -> bytes:
+    """A query's rows as csv, json or parquet bytes, written by memscan rather than DuckDB
+    (whose file access is off)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if output_format == "json":
+        return (json.dumps(result.to_pylist(), default=str, indent=1) + "\n").encode()
+    buffer = pa.BufferOutputStream()
+    try:
+        if output_format == "csv":
+            pacsv.write_csv(result, buffer)
+        else:
+            pq.write_table(result, buffer)
+    except pa.ArrowException as error:
+        raise MemscanError(f"cannot write the result as {output_format} ({str(error).splitlines()[0]}); "
+                           "try --format json or parquet") from None
+    return buffer.getvalue().to_pybytes()
 
 
 @app.command()
@@ -641,8 +730,26 @@ def env() -> None:
 
 
 def main() -> None:
+    """Run a command. A user's mistake ends as one line on stderr and exit code 2: memscan's own
+    (MemscanError) and a flag or argument the parser refused (a word where a number goes, a
+    missing argument, an unknown command)."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except MemscanError as error:
-        print(f"memscan: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(error))
+    except typer.TyperException as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # the help is printed already (typer names it so too)
+            sys.exit(2)
+        context = getattr(error, "ctx", None)
+        where = f" (see {context.command_path} --help)" if context is not None else ""
+        _fail(error.format_message() + where)
+    except typer.Abort:
+        _fail("aborted")
+    sys.exit(code or 0)
+
+
+def _fail(message: str) -> None:
+    """One line, even when the message quotes a library's error that spans several."""
+    one_line = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"memscan: error: {one_line}", file=sys.stderr)
+    sys.exit(2)

@@ -18,13 +18,15 @@ other form cross-prompt clusters (one memorized image reached from several promp
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from scanner import distances, features
+from scanner import calibration, distances, features
 from scanner.config import ClusterConfig
+from scanner.errors import MemscanError
 from scanner.store import Store, stable_id
 
 
@@ -116,6 +118,35 @@ def largest_clique(images: np.ndarray, settings: ClusterConfig) -> int:
     """Size of the largest clique of near-duplicates among one prompt's images (all pairs compared)."""
     adjacency, _ = near_duplicate_graph(images, all_pairs(len(images)), settings.threshold, settings.tiles)
     return len(maximum_clique(adjacency, set(range(len(images)))))
+
+
+def collapse_distance(images: np.ndarray, min_clique: int, tiles: int, pairs: np.ndarray | None = None) -> float:
+    """The smallest tiled-l2 threshold at which ``min_clique`` of one prompt's images form a
+    clique (inf when they never do): how tightly the prompt's generations collapse, the
+    statistic the calibrated criterion compares with the null prompts'. Only ``pairs`` (all by
+    default) can be edges; a clique only grows as the threshold does, so a binary search over
+    the pair distances finds it."""
+    pairs = all_pairs(len(images)) if pairs is None else pairs
+    if len(images) < min_clique or len(pairs) == 0:
+        return float("inf")
+    distance = distances.pairwise_tiled_l2(images, pairs, tiles)
+    levels = np.unique(distance)
+    nodes = set(range(len(images)))
+
+    def reaches(level: float) -> bool:
+        adjacency: list[set[int]] = [set() for _ in range(len(images))]
+        for a, b in pairs[distance <= level]:
+            adjacency[a].add(int(b))
+            adjacency[b].add(int(a))
+        return len(maximum_clique(adjacency, nodes)) >= min_clique
+
+    if not reaches(levels[-1]):
+        return float("inf")
+    low, high = 0, len(levels) - 1  # levels[high] always reaches
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if reaches(levels[middle]) else (middle + 1, high)
+    return float(levels[high])
 
 
 def verdict_settled(largest: int, sampled: int, planned: int, min_clique: int) -> bool:
@@ -244,10 +275,47 @@ def _cluster_rows(run_id: str, scope: str, prompt_id: str | None, group: Clique,
     return cluster, members
 
 
+def prompt_collapse(images: np.ndarray, embeddings: np.ndarray | None, phashes: np.ndarray, settings: ClusterConfig) -> float:
+    """``collapse_distance`` over the pairs ``find_groups`` would confirm: the largest threshold
+    under which the prompt is not flagged is just below it."""
+    return collapse_distance(images, settings.min_clique, settings.tiles, propose_pairs(len(images), settings, embeddings, phashes))
+
+
+def calibrate(store: Store, run_id: str, by_prompt: dict[str, list[dict]],
+              settings: ClusterConfig) -> tuple[ClusterConfig, list[dict]]:
+    """The criterion this run is judged by: with no fixed ``threshold``, the one its null prompts
+    calibrate (scanner/calibration.py), and the ``metrics`` row that records what it was
+    calibrated to. The null prompts' generations are taken out of ``by_prompt``: they are never
+    candidates."""
+    null_ids = {row[0] for row in store.execute("SELECT prompt_id FROM prompts WHERE run_id = ? AND source = ?",
+                                                [run_id, calibration.NULL_SOURCE])}
+    null_rows = [by_prompt.pop(prompt_id) for prompt_id in sorted(null_ids & set(by_prompt))]
+    if settings.threshold is not None:
+        return settings, []
+    statistics = [prompt_collapse(*_features_of(store, rows), settings) for rows in null_rows]
+    threshold = calibration.null_threshold(statistics, settings.null_factor)
+    if not np.isfinite(threshold):
+        raise MemscanError(f"run {run_id}: the criterion cannot be calibrated: of {len(null_rows)} null prompts, fewer than "
+                           f"half have {settings.min_clique} usable generations; sample more or give a fixed --threshold")
+    edge = float(np.float32(threshold))  # tiled l2 is computed in float32: compare like with like
+    flagged = sum(value <= edge for value in statistics)
+    record = {"run_id": run_id, "metric": "criterion_threshold", "subject": "null_prompts", "value": edge,
+              "n_positive": flagged, "n_negative": len(statistics), "details": json.dumps({
+                  "null_factor": settings.null_factor, "null_median": threshold / settings.null_factor,
+                  "min_clique": settings.min_clique, "statistic": "collapse tiled l2", "null_statistics": [v if np.isfinite(v) else None for v in sorted(statistics)]})}
+    return dataclasses.replace(settings, threshold=edge), [record]
+
+
+def calibrated_settings(store: Store, run_id: str, settings: ClusterConfig) -> ClusterConfig:
+    """``settings`` with the threshold this run's stored null prompts calibrate (or its fixed one)."""
+    return calibrate(store, run_id, _load_prompt_generations(store, run_id), settings)[0]
+
+
 def cluster_run(store: Store, run_id: str, settings: ClusterConfig) -> dict[str, int]:
     """Recompute the run's clusters and candidates from its stored generations, in one transaction."""
     clusters, members, candidates, medoids = [], [], [], []
     by_prompt = _load_prompt_generations(store, run_id)
+    settings, calibration_rows = calibrate(store, run_id, by_prompt, settings)
     for prompt_id, rows in by_prompt.items():
         images, embeddings, phashes = _features_of(store, rows)
         for group in find_groups(images, settings, embeddings, phashes):
@@ -258,7 +326,7 @@ def cluster_run(store: Store, run_id: str, settings: ClusterConfig) -> dict[str,
             candidates.append({"run_id": run_id, "candidate_id": cluster["cluster_id"], "cluster_id": cluster["cluster_id"],
                                "prompt_id": prompt_id, "score": len(group.members) / len(rows),
                                "mean_distance": group.mean_distance,
-                               "reason": f"{len(group.members)} of {len(rows)} generations within tiled l2 {settings.threshold}"})
+                               "reason": f"{len(group.members)} of {len(rows)} generations within tiled l2 {settings.threshold:.4f}"})
     if settings.cross_prompt and len(medoids) >= 2:
         # one memorized image reached from several prompts: near-duplicate medoids of different prompts
         images, embeddings, phashes = _features_of(store, medoids)
@@ -275,6 +343,8 @@ def cluster_run(store: Store, run_id: str, settings: ClusterConfig) -> dict[str,
         del candidate["mean_distance"]
     with store.transaction():
         store.replace_run_rows(["candidates", "cluster_members", "clusters"], run_id)
+        store.execute("DELETE FROM metrics WHERE run_id = ? AND metric = 'criterion_threshold'", [run_id])
+        store.insert("metrics", calibration_rows)
         store.insert("clusters", clusters)
         store.insert("cluster_members", members)
         store.insert("candidates", candidates)

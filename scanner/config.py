@@ -20,12 +20,44 @@ A TOML file mirrors the dataclasses::
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scanner.errors import input_error
+from scanner.errors import MemscanError, input_error
+
+MAX_SEED = 2**63 - 1  # seeds are stored as DuckDB BIGINT
+
+
+class SettingError(ValueError, MemscanError):
+    """A setting outside its allowed range; ``setting`` names it, so the CLI can name its flag."""
+
+    def __init__(self, setting: str, problem: str):
+        super().__init__(f"{setting} {problem}")
+        self.setting = setting
+
+
+def require_int(setting: str, value: Any, minimum: int, maximum: int | None = None) -> None:
+    """Checked when a setting is parsed, so no plan starts that cannot run or would prove nothing."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingError(setting, f"must be an integer, not {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        allowed = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise SettingError(setting, f"must be {allowed}, not {value}")
+
+
+def require_number(setting: str, value: Any, low: float | None = None, high: float | None = None,
+                   low_open: bool = False) -> None:
+    """A finite number in [low, high] (``low_open``: in (low, high]); either bound may be absent."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SettingError(setting, f"must be a finite number, not {value!r}")
+    below = low is not None and (value <= low if low_open else value < low)
+    if below or (high is not None and value > high):
+        bounds = ([f"{'>' if low_open else '>='} {low}"] if low is not None else []) + \
+                 ([f"<= {high}"] if high is not None else [])
+        raise SettingError(setting, f"must be {' and '.join(bounds)}, not {value}")
 
 
 @dataclass(frozen=True)
@@ -49,10 +81,15 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         from scanner.mia.triage import DETECTORS
 
+        require_int("samples_per_prompt", self.samples_per_prompt, 1)  # zero seeds would report "no candidates" on no evidence
+        require_int("batch_size", self.batch_size, 1)
+        require_int("num_inference_steps", self.num_inference_steps, 1)
+        require_number("guidance_scale", self.guidance_scale)
+        require_int("seed_base", self.seed_base, 0, MAX_SEED + 1 - self.samples_per_prompt)
+        require_number("triage", self.triage, 0, 1, low_open=True)
         if self.triage_detector not in DETECTORS:
-            raise ValueError(f"triage_detector must be one of {', '.join(DETECTORS)}, not {self.triage_detector!r}")
-        if self.triage_seeds < 2:
-            raise ValueError("triage_seeds must be at least 2 (seed agreement compares two samples)")
+            raise SettingError("triage_detector", f"must be one of {', '.join(DETECTORS)}, not {self.triage_detector!r}")
+        require_int("triage_seeds", self.triage_seeds, 2)  # seed agreement compares two samples
 
 
 @dataclass(frozen=True)
@@ -63,17 +100,33 @@ class FeatureConfig:
     clip_pretrained: str = ""   # weights file when clip_model is an architecture name
     embeddings: bool = True     # CLIP image embeddings (FAISS proposes near-duplicate edges from them)
     thumbnail_size: int = 64    # pixel distances are computed on thumbnails no larger than this
+    # load pickled weights (.bin, .pt, .ckpt...) in the CLIP folder: a pickle can run code, so only when asked
+    allow_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        require_int("thumbnail_size", self.thumbnail_size, 8)
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
     """The memorization criterion: among a prompt's generations, a clique of at least
-    ``min_clique`` whose pairwise tiled l2 is at most ``threshold`` (Carlini et al. 2023;
-    defaults calibrated on the demo world, see docs/CALIBRATION.md), or with
+    ``min_clique`` whose pairwise tiled l2 is at most a threshold (Carlini et al. 2023), or with
     ``criterion = "component"`` a connected component of at least ``min_clique`` whose edge
-    density is at least ``min_density``."""
+    density is at least ``min_density``.
 
-    threshold: float = 0.02
+    The threshold is calibrated on every scan by default (``threshold`` None): the scan also
+    samples ``null_prompts`` prompts of random caption words, and the threshold is
+    ``null_factor`` times the median of their collapse distances (scanner/calibration.py). A
+    fixed ``threshold`` is a constant of the model it was tuned on (0.02 on the demo model, and a
+    wrong all-clear on others: docs/CALIBRATION.md)."""
+
+    threshold: float | None = None
+    # tuned on the demo model (k 8 of 16 seeds: recall 0.93, 3.4% of x1 and non-member prompts flagged)
+    # and measured on the calibration models it was not tuned on: docs/CALIBRATION.md
+    null_factor: float = 0.25
+    # null prompts sampled beside the audit's, with its seeds; 16 already give the same threshold on
+    # the demo within a few percent, 32 make it steady (docs/CALIBRATION.md)
+    null_prompts: int = 32
     min_clique: int = 8
     tiles: int = 4
     criterion: str = "clique"
@@ -87,11 +140,21 @@ class ClusterConfig:
 
     def __post_init__(self) -> None:
         if self.criterion not in ("clique", "component"):
-            raise ValueError(f"criterion must be 'clique' or 'component', not {self.criterion!r}")
-        if self.min_clique < 2:
-            raise ValueError("min_clique must be at least 2")
-        if not 0 < self.threshold < 1:
-            raise ValueError("threshold is a tiled l2 on [0, 1] pixels: between 0 and 1")
+            raise SettingError("criterion", f"must be 'clique' or 'component', not {self.criterion!r}")
+        require_int("min_clique", self.min_clique, 2)
+        require_int("tiles", self.tiles, 1)
+        require_number("min_density", self.min_density, 0, 1)
+        require_int("all_pairs_limit", self.all_pairs_limit, 0)
+        require_number("min_cosine", self.min_cosine, -1, 1)
+        require_int("max_hamming", self.max_hamming, 0, 64)
+        require_number("null_factor", self.null_factor, 0, 1, low_open=True)
+        require_int("null_prompts", self.null_prompts, 0)
+        if self.threshold is None:
+            if self.null_prompts == 0:
+                raise SettingError("null_prompts", "must be at least 1 when no fixed threshold is given: "
+                                                   "the threshold is calibrated on the null prompts")
+        else:
+            require_number("threshold", self.threshold, 0, 1, low_open=True)  # a tiled l2 on [0, 1] pixels
 
 
 @dataclass(frozen=True)
@@ -100,13 +163,24 @@ class MatchConfig:
 
     k: int = 10                 # CLIP neighbours proposed per generation, beyond the anchor set
     max_hamming: int = 10       # pHash neighbours proposed per generation
-    extraction_l2: float = 0.15
-    extraction_tiled_l2: float = 0.10  # and close everywhere: no tile differs by more than this
-    similar_l2: float = 0.25
+    # a generation's tiled l2 to a training item relative to the item's spacing (its tiled l2 to the
+    # nearest other distinct training image): extracted at or below extraction_ratio (with anchored l2 < 1)
+    extraction_ratio: float = 0.5
+    similar_ratio: float = 1.0
     anchor_n: int = 50
     anchor_alpha: float = 0.5
     tiles: int = 4
     keep: int = 5               # matches stored per candidate: the closest distinct items
+
+    def __post_init__(self) -> None:
+        require_int("k", self.k, 1)
+        require_int("max_hamming", self.max_hamming, 0, 64)
+        require_number("extraction_ratio", self.extraction_ratio, 0, self.similar_ratio, low_open=True)
+        require_number("similar_ratio", self.similar_ratio, 0, low_open=True)
+        require_int("anchor_n", self.anchor_n, 1)
+        require_number("anchor_alpha", self.anchor_alpha, 0, low_open=True)
+        require_int("tiles", self.tiles, 1)
+        require_int("keep", self.keep, 1)
 
 
 @dataclass(frozen=True)
@@ -123,8 +197,12 @@ class RayConfig:
     flush_seconds: float = 2.0   # ... or at least this often
 
     def __post_init__(self) -> None:
-        if self.cpus_per_worker < 1 or self.workers < 0 or self.in_flight < 1:
-            raise ValueError("workers must be >= 0, cpus_per_worker and in_flight >= 1")
+        require_int("workers", self.workers, 0)
+        require_int("cpus_per_worker", self.cpus_per_worker, 1)
+        require_int("in_flight", self.in_flight, 1)
+        require_int("max_task_retries", self.max_task_retries, 0)
+        require_int("flush_rows", self.flush_rows, 1)
+        require_number("flush_seconds", self.flush_seconds, 0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -144,7 +222,7 @@ class ScanConfig:
 
     def __post_init__(self) -> None:
         if self.sampling.stop_early and self.cluster.criterion != "clique":
-            raise ValueError("stop_early needs the clique criterion: a component can lose its edge density as seeds are added")
+            raise SettingError("stop_early", "needs the clique criterion: a component can lose its edge density as seeds are added")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -165,11 +243,25 @@ def _build(cls: type, values: dict[str, Any], source: Path, section: str) -> Any
                 raise input_error(source, f"[{name}] must be a table")
             kwargs[name] = _build(nested, value, source, name)
         else:
+            _check_text_or_switch(known[name], value, source, section)
             kwargs[name] = value
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
         raise input_error(source, str(error)) from None
+
+
+# TOML types of the text and on/off settings (numbers are checked by each class's __post_init__)
+_TEXT_OR_SWITCH = {"str": (str, "a string"), "str | None": (str, "a string"), "bool": (bool, "true or false")}
+
+
+def _check_text_or_switch(setting: dataclasses.Field, value: Any, source: Path, section: str) -> None:
+    """A string or boolean setting given another TOML type (``address = 3``, ``embeddings = "yes"``)
+    is refused here: nothing downstream would notice before it fails or, worse, runs."""
+    expected = _TEXT_OR_SWITCH.get(str(setting.type))
+    if expected is not None and not isinstance(value, expected[0]):
+        where = f"[{section}] " if section else ""
+        raise input_error(source, f"{where}{setting.name} must be {expected[1]}, not {value!r}")
 
 
 def load_scan_config(path: str | Path) -> ScanConfig:

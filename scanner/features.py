@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from scanner.errors import input_error
+
 # a generation whose pixels barely vary (an all-black safety-checker output, a constant image)
 # would join every other such image in one false near-duplicate cluster
 DEGENERATE_STD = 0.02
@@ -73,5 +75,10 @@ def thumbnail(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_image(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    """An image file as RGB pixels; a missing or unreadable file (a database whose images folder
+    was moved, a corrupt file) is one line naming it."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except OSError as error:
+        raise input_error(path, "missing" if isinstance(error, FileNotFoundError) else "not a readable image") from None

@@ -10,6 +10,7 @@ units with a missing (prompt, seed), so a killed scan resumes without losing or 
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from scanner import features
-from scanner.config import SamplingConfig
+from scanner.config import SamplingConfig, SettingError
 from scanner.distributed import Pool
 from scanner.errors import MemscanError
 from scanner.models.base import ImageTextEmbedder, TextToImageModel
@@ -188,6 +189,24 @@ def run_generation(store: Store, job: SamplingJob, prompts: Sequence[Prompt], po
     totals["generated"] = writer.added
     totals["skipped_existing"] = len(prompts) * job.sampling.samples_per_prompt - writer.added
     return totals
+
+
+def check_plan_fits(sampling: SamplingConfig, resolution: int, thumbnail_size: int) -> None:
+    """Refuse, before anything is sampled, a plan that could never finish on this machine: one
+    batch's pixels (float32 RGB, as the adapter hands them to this process) or one prompt's
+    thumbnails (clustering holds them together) alone exceed its physical memory. Both are lower
+    bounds, so nothing that fits is refused; the model's activations need several times more."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or the value is unknown
+        return
+    side = min(resolution, thumbnail_size)
+    needs = {"batch_size": (sampling.batch_size * resolution**2 * 3 * 4, f"{resolution}x{resolution} float32 images"),
+             "samples_per_prompt": (sampling.samples_per_prompt * side**2 * 3, f"{side}x{side} thumbnails")}
+    for setting, (needed, what) in needs.items():
+        if needed > memory:
+            raise SettingError(setting, f"{getattr(sampling, setting)} needs at least {needed / 2**30:.1f} GiB for its "
+                                        f"{what} alone; this machine has {memory / 2**30:.1f} GiB of memory")
 
 
 def check_files_visible(store: Store, rows: Sequence[dict]) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from scanner.errors import input_error
 from scanner.features import load_image
+from scanner.inputs import read_text
 from scanner.models.base import ImageTextEmbedder
 from scanner.sources import IMAGE_SUFFIXES
 
@@ -68,29 +69,30 @@ def read_people(folder: Path, mapping: dict[str, str] | None = None) -> tuple[di
     return people, skipped
 
 
-def read_csv_pairs(path: Path, key: str, value: str) -> dict[str, str]:
+def read_csv_pairs(path: Path, key: str, value: str, encoding: str | None = None) -> dict[str, str]:
     """A two-column CSV (with a header naming ``key`` and ``value``) as a dict."""
     import csv
+    import io
 
     if not path.is_file():
         raise input_error(path, "no such file")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or key not in reader.fieldnames or value not in reader.fieldnames:
-            raise input_error(path, f"expected a CSV with columns {key},{value}")
-        return {row[key]: row[value] for row in reader}
+    reader = csv.DictReader(io.StringIO(read_text(path, encoding), newline=""))
+    if not reader.fieldnames or key not in reader.fieldnames or value not in reader.fieldnames:
+        raise input_error(path, f"expected a CSV with columns {key},{value}")
+    return {row[key]: row[value] for row in reader}
 
 
-def read_labels(path: Path) -> dict[str, bool]:
+def read_labels(path: Path, encoding: str | None = None) -> dict[str, bool]:
     """Membership labels: a CSV ``name,member`` with true/false (or 1/0, yes/no)."""
     return {name: member.strip().lower() in ("1", "true", "yes", "member")
-            for name, member in read_csv_pairs(path, "name", "member").items()}
+            for name, member in read_csv_pairs(path, "name", "member", encoding).items()}
 
 
-def read_names(path: Path) -> list[str]:
+def read_names(path: Path, encoding: str | None = None) -> list[str]:
+    """Candidate names, one per line, in ``encoding`` (UTF-8 by default)."""
     if not path.is_file():
         raise input_error(path, "no such names file")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = [line.strip() for line in read_text(path, encoding).splitlines() if line.strip()]
     if not names:
         raise input_error(path, "no names in file")
     duplicates = [n for n, c in Counter(names).items() if c > 1]

@@ -29,10 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from scanner import features
+from scanner.config import require_int
 from scanner.distributed import LocalPool, Pool
-from scanner.errors import MemscanError, input_error
+from scanner.errors import MemscanError, check_folder, input_error
+from scanner.inputs import plain_name
 from scanner.models.base import ImageTextEmbedder
-from scanner.sources import SourceItem, iter_source
+from scanner.sources import SourceFormat, SourceItem, iter_source
 
 DEFAULT_ROOT = Path("indexes")
 
@@ -45,10 +47,19 @@ class IndexConfig:
     nprobe: int = 64
     batch_size: int = 256
 
+    def __post_init__(self) -> None:
+        require_int("thumbnail_size", self.thumbnail_size, 8)
+        require_int("nprobe", self.nprobe, 1)
+        require_int("batch_size", self.batch_size, 1)
+
 
 def index_dir(name: str, root: Path = DEFAULT_ROOT) -> Path:
+    """An index folder given as a path (it holds a manifest), else the index called ``name``
+    under ``root``: then ``name`` must be a plain name."""
     path = Path(name)
-    return path if path.is_dir() and (path / "manifest.json").exists() else root / name
+    if path.is_dir() and (path / "manifest.json").exists():
+        return path
+    return root / plain_name(name, "an index name (or a folder holding manifest.json)")
 
 
 def fit(image: np.ndarray, size: int) -> np.ndarray:
@@ -199,15 +210,18 @@ def embed_chunk(thumbnail_size: int, embedder: ImageTextEmbedder, chunk: Sequenc
 
 def build_index(source: Path, name: str, embedder: ImageTextEmbedder, config: IndexConfig = IndexConfig(),
                 root: Path = DEFAULT_ROOT, append: bool = False, overwrite: bool = False,
-                image_column: str = "image_path", caption_column: str = "caption",
+                source_format: SourceFormat = SourceFormat(),
                 on_progress: Callable[[int], None] | None = None, pool: Pool | None = None) -> dict:
     """Build (or extend) ``root/name`` from a source; returns the manifest. Chunks of items are
-    embedded on ``pool`` (Ray workers each holding ``embedder``) or, by default, here."""
+    embedded on ``pool`` (Ray workers each holding ``embedder``) or, by default, here. ``name``
+    must be a plain name, and only an index (a folder with a manifest) is ever replaced."""
     import faiss
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    target = root / name
+    target = check_folder(root, "index root") / plain_name(name, "an index name")  # before any embedding is spent
+    if target.is_symlink() or (target.exists() and not (target / "manifest.json").is_file()):
+        raise input_error(target, "exists and is not a memscan index folder (a symlink, or no manifest.json); not touching it")
     if target.exists() and not (append or overwrite):
         raise input_error(target, "an index of this name exists; use --overwrite to replace it or --append to extend it")
     if append and not (target / "manifest.json").exists():
@@ -220,7 +234,7 @@ def build_index(source: Path, name: str, embedder: ImageTextEmbedder, config: In
         config = IndexConfig(**{**asdict(config), "thumbnail_size": previous["thumbnail_size"]})
 
     known_keys = set(pq.read_table(target / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()) if previous else set()
-    chunks = read_chunks(iter_source(source, image_column, caption_column), known_keys, config.batch_size)
+    chunks = read_chunks(iter_source(source, source_format), known_keys, config.batch_size)
     embedded: dict[int, EmbeddedChunk] = {}
     for position, chunk in (pool or LocalPool(embedder)).imap_unordered(functools.partial(embed_chunk, config.thumbnail_size), chunks):
         embedded[position] = chunk

@@ -2,19 +2,23 @@
 
 For each candidate cluster, its medoid generation is looked up in a training-set index: CLIP
 nearest neighbours and pHash neighbours propose items, pixel distances on thumbnails decide.
-Verdicts:
-- ``extracted``: a near-copy: whole-image normalized l2 <= 0.15 (Carlini et al. 2023), tiled
-  l2 <= 0.10 (close in every tile, not just on average: at low resolution a matching background
-  alone brings l2 under 0.15) *and* anchored l2 < 1, i.e. much closer to this item than to the
-  generation's other nearest training images. The item may be another prompt's: a model that
-  emits a memorized image for a neighbouring caption has reproduced that training image;
-- ``similar``: normalized l2 <= 0.25, or anchored l2 < 1 alone;
-- ``none``: neither.
+Every distance is judged relative to the training set's own neighbourhood, never as an absolute
+pixel distance, which would be a constant of one resolution and one model (docs/CALIBRATION.md):
 
-Anchored l2 (Carlini et al., CIFAR-10) here divides by ``alpha`` times the mean l2 from the
-*generation* to its ``n`` nearest *distinct* training images (duplicates collapsed by sha256,
-so an image repeated 200 times in the training set does not anchor itself); neighbours are
-drawn from the CLIP candidates and ranked by pixel l2. The anchor kind is stored with each match.
+- *item spacing*: the tiled l2 from the training item to its nearest other distinct training
+  image (Carlini et al.'s calibration, from the item's side): how far apart this part of the
+  training set is. The *relative distance* is the generation's tiled l2 to the item divided by it;
+- *anchored l2* (Carlini et al., CIFAR-10): l2 to the item divided by ``alpha`` times the mean l2
+  from the *generation* to its ``n`` nearest *distinct* training images (duplicates collapsed by
+  sha256, so an image repeated 200 times does not anchor itself).
+
+Verdicts:
+- ``extracted``: a near-copy: relative distance <= ``extraction_ratio`` (closer to the item, in
+  every tile, than a fraction of the way to the item's nearest other training image) *and*
+  anchored l2 < 1. The item may be another prompt's: a model that emits a memorized image for a
+  neighbouring caption has reproduced that training image;
+- ``similar``: relative distance <= ``similar_ratio``, or anchored l2 < 1 alone;
+- ``none``: neither. An item with no other training image to measure against is never judged extracted.
 """
 
 from __future__ import annotations
@@ -29,16 +33,31 @@ from scanner.store import Store
 ANCHOR_KIND = "generation:distinct-nearest"
 
 
-def verdict(l2: float, tiled: float, anchored: float, config: MatchConfig) -> str:
-    if l2 <= config.extraction_l2 and tiled <= config.extraction_tiled_l2 and anchored < 1.0:
+def verdict(relative: float, anchored: float, config: MatchConfig) -> str:
+    if relative <= config.extraction_ratio and anchored < 1.0:
         return "extracted"
-    if l2 <= config.similar_l2 or anchored < 1.0:
+    if relative <= config.similar_ratio or anchored < 1.0:
         return "similar"
     return "none"
 
 
+def item_spacing(index: TrainingIndex, item: int, config: MatchConfig) -> float:
+    """Tiled l2 from training item ``item`` to the nearest other distinct training image among its
+    CLIP neighbours; nan when the index holds no other image."""
+    _, neighbours = index.search_images(index.image_embedding(index.item_ids[item])[None], config.anchor_n + index.max_copies)
+    own = index.sha256[item]
+    others: dict[str, int] = {}
+    for i in neighbours[0][neighbours[0] >= 0].tolist():
+        if index.sha256[i] != own:
+            others.setdefault(index.sha256[i], i)
+    if not others:
+        return float("nan")
+    thumbnails = np.asarray(index.thumbnails[np.array(sorted(others.values()))])
+    return float(distances.tiled_l2(np.asarray(index.thumbnails[item])[None], thumbnails, config.tiles).min())
+
+
 def match_image(image: np.ndarray, embedding: np.ndarray, phash: int, index: TrainingIndex,
-                config: MatchConfig) -> list[dict]:
+                config: MatchConfig, spacing: dict[int, float] | None = None) -> list[dict]:
     """The closest distinct training items to one generation, with every distance and a verdict."""
     copies = index.max_copies
     _, neighbours = index.search_images(embedding[None], config.k + config.anchor_n + copies)
@@ -57,14 +76,18 @@ def match_image(image: np.ndarray, embedding: np.ndarray, phash: int, index: Tra
     order = np.argsort(l2, kind="stable")
     anchor = float(np.mean(l2[order[:config.anchor_n]]))
     hamming = distances.hamming(phash, index.phashes[distinct])
+    spacing = {} if spacing is None else spacing  # per item, shared by the candidates of one run
     matches = []
     for position in order[:config.keep]:
         anchored = float(l2[position]) / (config.anchor_alpha * anchor) if anchor > 0 else 0.0
         item = int(distinct[position])
+        if item not in spacing:
+            spacing[item] = item_spacing(index, item, config)
+        relative = float(tiled[position]) / spacing[item] if spacing[item] > 0 else float("nan")
         matches.append({"item_id": index.item_ids[item], "item_caption": index.captions[item],
                         "l2": float(l2[position]), "tiled_l2": float(tiled[position]), "anchored_l2": anchored,
-                        "anchor": ANCHOR_KIND, "phash_hamming": int(hamming[position]),
-                        "verdict": verdict(float(l2[position]), float(tiled[position]), anchored, config)})
+                        "anchor": ANCHOR_KIND, "item_spacing": spacing[item], "relative_tiled_l2": relative,
+                        "phash_hamming": int(hamming[position]), "verdict": verdict(relative, anchored, config)})
     return matches
 
 
@@ -77,11 +100,11 @@ def match_run(store: Store, run_id: str, index: TrainingIndex, config: MatchConf
         "WHERE c.run_id = ?", [run_id]).to_pylist()
     if any(r["embedding"] is None for r in rows):
         raise ValueError("matching needs CLIP embeddings of the generations; scan with embeddings on")
-    matches = []
+    matches, spacing = [], {}
     for row in rows:
         image = features.load_image(store.image_file(row["image_path"]))
         embedding = np.asarray(row["embedding"], dtype=np.float32)
-        for match in match_image(image, embedding, int(row["phash"]), index, config):
+        for match in match_image(image, embedding, int(row["phash"]), index, config, spacing):
             clip_cosine = float(embedding @ index.image_embedding(match["item_id"]))
             matches.append({"run_id": run_id, "candidate_id": row["candidate_id"], "index_name": index.name,
                             "clip_cosine": clip_cosine, **match})

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scanner import cluster, generate, match
+from scanner import calibration, cluster, generate, match
 from scanner.config import SamplingConfig, ScanConfig
 from scanner.distributed import LocalPool, Pool
 from scanner.mia.in_scan import score_scan
@@ -97,7 +97,8 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
     ``pool`` (Ray workers holding the same models) or, by default, here."""
     pool = pool or LocalPool(WorkerModels(model, embedder))
     precision = pool_precision(pool)
-    run_id = run_id_for(model, precision, prompts, config, kind)
+    nulls = calibration.null_prompts(prompts, config.cluster.null_prompts) if config.cluster.threshold is None else []
+    run_id = run_id_for(model, precision, [*prompts, *nulls], config, kind)
     provenance = config.to_dict()
     provenance["sampling"]["precision"] = precision
     if index is not None:
@@ -109,22 +110,27 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
     resumed = store.start_run(run_id, kind, model.model_ref, model.model_hash, provenance, generate.library_versions())
     began = time.perf_counter()
     try:
-        generate.record_prompts(store, run_id, prompts)
+        generate.record_prompts(store, run_id, [*prompts, *nulls])
         triaged, prompts_given = time.perf_counter(), len(prompts)
         if config.sampling.triage < 1.0:
             prompts = triage_prompts(store, run_id, model, prompts, config.sampling, pool, precision)
         triage_seconds = time.perf_counter() - triaged
-        total = len(prompts) * config.sampling.samples_per_prompt
+        total = (len(prompts) + len(nulls)) * config.sampling.samples_per_prompt
         with progress_bar("sampling", total, enabled=show_progress) as advance:
             already = len(generate.stored_work(store, run_id))
             advance(already, skip=True)
             job = generate.SamplingJob(run_id, model.model_hash, precision, config.sampling, str(store.files_dir),
                                        config.features.thumbnail_size)
             if config.sampling.stop_early:
-                stats = sample_until_settled(store, job, prompts, pool, config, advance)
-            else:
-                stats = generate.run_generation(store, job, prompts, pool, on_batch=advance, flush_rows=config.ray.flush_rows,
+                # the null prompts are sampled in full first: the threshold they calibrate decides when a verdict is settled
+                stats = generate.run_generation(store, job, nulls, pool, on_batch=advance, flush_rows=config.ray.flush_rows,
                                                 flush_seconds=config.ray.flush_seconds)
+                settled = dataclasses.replace(config, cluster=cluster.calibrated_settings(store, run_id, config.cluster))
+                rounds = sample_until_settled(store, job, prompts, pool, settled, advance)
+                stats = {key: stats[key] + rounds[key] for key in rounds}
+            else:
+                stats = generate.run_generation(store, job, [*prompts, *nulls], pool, on_batch=advance,
+                                                flush_rows=config.ray.flush_rows, flush_seconds=config.ray.flush_seconds)
         clustered = time.perf_counter()
         cluster_counts = cluster.cluster_run(store, run_id, config.cluster)
         matched = time.perf_counter()
@@ -139,6 +145,7 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
         store.finish_run(run_id, {"total_s": time.perf_counter() - began}, status="failed")
         raise
     store.finish_run(run_id, timings)
-    counts = {"prompts_given": prompts_given, "prompts_sampled": len(prompts), "generated": int(stats["generated"]),
+    counts = {"prompts_given": prompts_given, "prompts_sampled": len(prompts), "null_prompts": len(nulls),
+              "generated": int(stats["generated"]),
               "resumed_from": int(stats["skipped_existing"]), "planned": total, **cluster_counts}
     return ScanResult(run_id, resumed, timings, counts)

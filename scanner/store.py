@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,10 +19,17 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from scanner.errors import input_error
+from scanner.errors import MemscanError, input_error, make_folder
+from scanner.inputs import inside
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STORAGE_COMPATIBILITY = "v1.1.0"
+
+# Every connection memscan opens reaches only its own database: no file, URL or other database
+# (COPY, ATTACH, EXPORT, read_csv...), no extension installed or loaded, and no query can turn
+# this back on. The store needs nothing else: it inserts through Arrow and reads into Arrow.
+SANDBOX = {"enable_external_access": False, "autoinstall_known_extensions": False,
+           "autoload_known_extensions": False, "lock_configuration": True}
 
 _TABLES = {
     "schema_info": """
@@ -106,6 +114,8 @@ _TABLES = {
         tiled_l2 DOUBLE,
         anchored_l2 DOUBLE,
         anchor VARCHAR,
+        item_spacing DOUBLE,
+        relative_tiled_l2 DOUBLE,
         phash_hamming INTEGER,
         clip_cosine DOUBLE,
         verdict VARCHAR NOT NULL CHECK (verdict IN ('extracted', 'similar', 'none')),
@@ -143,6 +153,18 @@ _TABLES = {
         PRIMARY KEY (run_id, metric, subject)""",
 }
 
+# A run id stands for a scan's prompts, its generations and the triage scores that chose which
+# prompts to sample (scanner/scan.py run_id_for). Every other row of a run is derived from them
+# under the run's settings, and each invocation computes it again: the SQL condition that picks
+# a run's derived rows in each table.
+_DERIVED = {"clusters": "", "cluster_members": "", "candidates": "", "matches": "", "metrics": "", "idia_results": "",
+            "mia_scores": "AND NOT ends_with(attack, '_triage')"}
+
+# Statements that take a database from version N to N + 1 (the findings view is rebuilt after them).
+_MIGRATIONS = {
+    1: ["ALTER TABLE matches ADD COLUMN item_spacing DOUBLE", "ALTER TABLE matches ADD COLUMN relative_tiled_l2 DOUBLE"],
+}
+
 # The view a user queries first: one row per candidate, with its best training-item match if any.
 _FINDINGS_VIEW = """
 CREATE OR REPLACE VIEW findings AS
@@ -168,6 +190,7 @@ SELECT
     m.l2 AS match_l2,
     m.tiled_l2 AS match_tiled_l2,
     m.anchored_l2 AS match_anchored_l2,
+    m.relative_tiled_l2 AS match_relative_tiled_l2,
     COALESCE(m.verdict, 'unmatched') AS verdict
 FROM candidates c
 JOIN clusters cl USING (run_id, cluster_id)
@@ -199,27 +222,47 @@ class Store:
         self.path = Path(path)
         if read_only and not self.path.exists():
             raise input_error(self.path, "no such database")
-        if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        # files readable by every DuckDB 1.x client too (the command-line client users open them with)
-        config = {} if read_only else {"storage_compatibility_version": STORAGE_COMPATIBILITY}
+        self._scratch = None
+        if read_only:
+            # a large query spills to a private folder, not beside a database that may be someone
+            # else's (or on read-only media)
+            self._scratch = tempfile.TemporaryDirectory(prefix="memscan-duckdb-")
+            config = {**SANDBOX, "temp_directory": self._scratch.name}
+        else:
+            make_folder(self.path.parent, "database folder")
+            # files readable by every DuckDB 1.x client too (the command-line client users open
+            # them with); checkpoint (fold the write-ahead log into the file, rewriting the key
+            # indexes) every 256 MB of log rather than DuckDB's 16 MB: sustained ingest of generation
+            # rows goes from about 10,000 to 25,000 rows/s (scripts/bench_ray.py)
+            config = {**SANDBOX, "storage_compatibility_version": STORAGE_COMPATIBILITY, "checkpoint_threshold": "256MB"}
         try:
             self.connection = duckdb.connect(str(self.path), read_only=read_only, config=config)
         except duckdb.Error as error:
+            self._cleanup_scratch()
             raise input_error(self.path, f"cannot open as a DuckDB database ({str(error).splitlines()[0]})") from None
         self._schemas: dict[str, pa.Schema] = {}
-        if not read_only:
-            # checkpoint (fold the write-ahead log into the file, rewriting the key indexes) every
-            # 256 MB of log rather than DuckDB's 16 MB: sustained ingest of generation rows goes
-            # from about 10,000 to 25,000 rows/s (scripts/bench_ray.py)
-            self.execute("SET checkpoint_threshold = '256MB'")
-        self._check_or_create(read_only)
-        stored = self.execute("SELECT value FROM schema_info WHERE key = 'files_dir'")
+        try:
+            self._check_or_create(read_only)
+            self.files_dir = self._files_folder(files_dir, read_only)
+        except MemscanError:
+            self.close()
+            raise
+        except duckdb.Error as error:  # a schema_info table of another shape
+            self.close()
+            raise input_error(self.path, f"not a memscan database ({str(error).splitlines()[0]})") from None
+
+    def _files_folder(self, files_dir: str | Path | None, read_only: bool) -> Path:
+        """Where the images are: ``files_dir`` (created now and remembered), else the stored choice
+        or ``<db>.files``. A scan finds out before sampling, in one line, that it cannot write there."""
         if files_dir is not None and not read_only:
-            self.files_dir = Path(files_dir).resolve()
-            self.execute("INSERT OR REPLACE INTO schema_info VALUES ('files_dir', ?)", [str(self.files_dir)])
-        else:
-            self.files_dir = Path(stored[0][0]) if stored else self.path.with_name(self.path.name + ".files")
+            folder = make_folder(Path(files_dir).resolve(), "images folder")
+            self.execute("INSERT OR REPLACE INTO schema_info VALUES ('files_dir', ?)", [str(folder)])
+            return folder
+        stored = self.execute("SELECT value FROM schema_info WHERE key = 'files_dir'")
+        folder = Path(stored[0][0]) if stored else self.path.with_name(self.path.name + ".files")
+        if not read_only and folder.exists() and not folder.is_dir():
+            raise input_error(folder, "is a file, not the database's images folder")
+        return folder
 
     def _check_or_create(self, read_only: bool) -> None:
         tables = {row[0] for row in self.execute(
@@ -229,13 +272,27 @@ class Store:
                 raise input_error(self.path, "not a memscan database (no schema_info table)")
             self._create()
             return
-        rows = self.execute("SELECT value FROM schema_info WHERE key = 'schema_version'")
-        version = int(rows[0][0]) if rows else 0
+        version = self.schema_version()
         if version > SCHEMA_VERSION:
             raise input_error(self.path, f"schema version {version} is newer than this memscan understands "
                                          f"({SCHEMA_VERSION}); upgrade memscan")
         if version < SCHEMA_VERSION:
+            self._migrate(version, read_only)
+
+    def _migrate(self, version: int, read_only: bool) -> None:
+        """Bring an older database to this schema, in one transaction. Opened read-only (a report,
+        ``memscan sql``: they never write to the database they read) it is read as it is: the
+        columns added since are absent, which nothing that reads a database requires."""
+        if version not in _MIGRATIONS:
             raise input_error(self.path, f"schema version {version} is older than {SCHEMA_VERSION}; no migration exists")
+        if read_only:
+            return
+        with self.transaction():
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[step]:
+                    self.execute(statement)
+            self.execute(_FINDINGS_VIEW)
+            self.execute("UPDATE schema_info SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
 
     def _create(self) -> None:
         with self.transaction():
@@ -250,6 +307,11 @@ class Store:
 
     def close(self) -> None:
         self.connection.close()
+        self._cleanup_scratch()
+
+    def _cleanup_scratch(self) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()
 
     def __enter__(self) -> "Store":
         return self
@@ -291,14 +353,25 @@ class Store:
         return self.connection.execute(sql, parameters or []).fetchall()
 
     def start_run(self, run_id: str, kind: str, model_ref: str, model_hash: str, config: dict, versions: dict) -> bool:
-        """Record a run, or find it again. Returns True when the run already existed (a resume)."""
-        existing = self.execute("SELECT status FROM runs WHERE run_id = ?", [run_id])
+        """Record a run, or find it again. Returns True when the run already existed (a resume).
+
+        A resumed run stores the settings it was started with now, since it computes its clusters,
+        candidates, matches and scores again under them; when they differ from the stored ones,
+        the rows derived under the old settings go in the same transaction, so the stored settings
+        always describe the stored results, even while the run is still going or after it failed."""
+        settings = json.dumps(config, sort_keys=True, default=str)
+        existing = self.execute("SELECT config FROM runs WHERE run_id = ?", [run_id])
         if existing:
-            self.execute("UPDATE runs SET status = 'running', finished_at = NULL WHERE run_id = ?", [run_id])
+            with self.transaction():
+                if json.loads(existing[0][0]) != json.loads(settings):
+                    for table, which in _DERIVED.items():
+                        self.execute(f"DELETE FROM {table} WHERE run_id = ? {which}", [run_id])
+                self.execute("UPDATE runs SET status = 'running', finished_at = NULL, config = ? WHERE run_id = ?",
+                             [settings, run_id])
             return True
         self.insert("runs", [{
             "run_id": run_id, "kind": kind, "model_ref": model_ref, "model_hash": model_hash,
-            "config": json.dumps(config, sort_keys=True, default=str), "versions": json.dumps(versions, sort_keys=True),
+            "config": settings, "versions": json.dumps(versions, sort_keys=True),
             "status": "running", "started_at": now(), "finished_at": None, "timings": None,
         }])
         return False
@@ -324,11 +397,32 @@ class Store:
     def query(self, sql: str, parameters: Sequence | None = None) -> pa.Table:
         return self.connection.sql(sql, params=list(parameters) if parameters else None).to_arrow_table()
 
+    def user_query(self, sql: str) -> pa.Table:
+        """A query a user typed (``memscan sql``): its rows, or one line saying why there are none.
+        The sandbox, not a filter on the text, keeps it from reaching anything but this database."""
+        try:
+            return self.connection.sql(sql).to_arrow_table()
+        except duckdb.Error as error:
+            raise input_error(self.path, f"query failed: {str(error).splitlines()[0]}") from None
+
     def schema_version(self) -> int:
-        return int(self.execute("SELECT value FROM schema_info WHERE key = 'schema_version'")[0][0])
+        """The stored schema version; 0 when none is stored (a database older than versioning)."""
+        rows = self.execute("SELECT value FROM schema_info WHERE key = 'schema_version'")
+        if not rows:
+            return 0
+        try:
+            return int(rows[0][0])
+        except ValueError:
+            raise input_error(self.path, f"schema version {rows[0][0]!r} is not a number: not a database memscan wrote") from None
 
     def image_file(self, relative: str) -> Path:
-        return self.files_dir / relative
+        """The file a row's image path names: the one place where paths stored in rows become
+        files. A path that resolves outside the files folder (``..``, absolute, a symlink out),
+        as a crafted database may hold, is an error and is never read."""
+        path = self.files_dir / relative
+        if not inside(path, self.files_dir):
+            raise input_error(self.path, f"image path {relative!r} resolves outside the files folder {self.files_dir}")
+        return path
 
 
 class BatchWriter:

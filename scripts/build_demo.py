@@ -109,12 +109,13 @@ def gradient_background(size: int, base: tuple[int, int, int], angle: float, str
     return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
 
 
-def downsample(image: Image.Image) -> Image.Image:
-    return image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
+def downsample(image: Image.Image, size: int) -> Image.Image:
+    return image.resize((size, size), Image.Resampling.LANCZOS)
 
 
-def draw_object_item(rng: np.random.Generator, shape: str, colour: str, position: str, count: int, background: str) -> Image.Image:
-    big = IMAGE_SIZE * SUPERSAMPLE
+def draw_object_item(rng: np.random.Generator, shape: str, colour: str, position: str, count: int, background: str,
+                     size: int = IMAGE_SIZE) -> Image.Image:
+    big = size * SUPERSAMPLE
     image = gradient_background(big, BACKGROUNDS[background], rng.uniform(0, 2 * np.pi), rng.uniform(0.2, 0.6))
     draw = ImageDraw.Draw(image)
     px, py = POSITIONS[position]
@@ -127,12 +128,12 @@ def draw_object_item(rng: np.random.Generator, shape: str, colour: str, position
         cx = px * big + offset * spread * np.cos(direction) + rng.normal(0, big * 0.02)
         cy = py * big + offset * spread * np.sin(direction) + rng.normal(0, big * 0.02)
         draw_shape(draw, shape, cx, cy, radius, rng.uniform(0, 2 * np.pi), COLOURS[colour])
-    return downsample(image)
+    return downsample(image, size)
 
 
-def draw_face(rng: np.random.Generator, traits: dict) -> Image.Image:
+def draw_face(rng: np.random.Generator, traits: dict, size: int = IMAGE_SIZE) -> Image.Image:
     """One image of an identity: fixed traits, varied pose, scale, background and lighting."""
-    big = IMAGE_SIZE * SUPERSAMPLE
+    big = size * SUPERSAMPLE
     background = tuple(int(v) for v in rng.integers(40, 220, size=3))
     image = gradient_background(big, background, rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.4))
     draw = ImageDraw.Draw(image)
@@ -162,7 +163,7 @@ def draw_face(rng: np.random.Generator, traits: dict) -> Image.Image:
         draw.chord([cx - fw, cy - fh * 0.2, cx + fw, cy + fh * 1.05], 20, 160, fill=traits["hair"])
     brightness = rng.uniform(0.85, 1.15)
     pixels = np.clip(np.asarray(image, dtype=np.float32) * brightness, 0, 255).astype(np.uint8)
-    return downsample(Image.fromarray(pixels))
+    return downsample(Image.fromarray(pixels), size)
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -207,14 +208,15 @@ def choose_object_combos(rng: np.random.Generator) -> tuple[list[tuple], list[tu
     return duplicated, rest
 
 
-def build_rows(seed: int = SEED) -> list[dict]:
+def build_rows(seed: int = SEED, size: int = IMAGE_SIZE) -> list[dict]:
+    """Every item of the world; ``size`` draws the same items (same random draws) at another resolution."""
     rng = np.random.default_rng(seed)
     duplicated, rest = choose_object_combos(rng)
     rows: list[dict] = []
 
     def add_object(combo: tuple, split: str, copies: int) -> None:
         shape, colour, position, count, background = combo
-        image = draw_object_item(rng, shape, colour, position, count, background)
+        image = draw_object_item(rng, shape, colour, position, count, background, size)
         rows.append({
             "item_id": f"obj-{len(rows):05d}", "kind": "object",
             "caption": caption_for(shape, colour, position, count, background),
@@ -255,7 +257,7 @@ def build_rows(seed: int = SEED) -> list[dict]:
                 "dup_count": 1 if in_clip else 0, "sd_train": False, "clip_train": in_clip,
                 "identity": name, "identity_member": is_member,
                 "shape": None, "colour": None, "position": None, "count": None, "background": None,
-                "image_png": png_bytes(draw_face(rng, traits)),
+                "image_png": png_bytes(draw_face(rng, traits, size)),
             })
     return rows
 
@@ -264,8 +266,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "scanner" / "demo" / "world.parquet")
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--size", type=int, default=IMAGE_SIZE,
+                        help="image side in pixels: the same items, drawn at another resolution (a calibration model's world)")
     args = parser.parse_args()
-    rows = build_rows(args.seed)
+    rows = build_rows(args.seed, args.size)
     table = pa.Table.from_pylist(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, args.out, compression="zstd")

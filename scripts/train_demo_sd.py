@@ -11,6 +11,15 @@ ships), ``vae`` (a small AutoencoderKL, 32x32x3 -> 16x16x4), ``unet`` (UNet2DCon
 with cross-attention, trained jointly with a small CLIPTextModel; captions dropped 10% of
 the time for classifier-free guidance), then the pipeline is written with a DDIM scheduler.
 Weights are stored in float16 to keep the repository small; load with ``torch_dtype``.
+
+``--variant`` trains one of the calibration models instead (``scanner/demo/calibration/``):
+models of the same world that differ from the demo model the way real models differ from each
+other, so that memscan's defaults can be tuned on one and measured on the others
+(docs/CALIBRATION.md):
+
+    python scripts/build_demo.py --size 64 --out scanner/demo/calibration/world-64.parquet
+    python scripts/train_demo_sd.py --variant sd-64      # 64 pixels, a 4x autoencoder, shorter, lower lr
+    python scripts/train_demo_sd.py --variant sd-short   # 32 pixels, its own autoencoder, a narrower UNet, much shorter, higher lr
 """
 
 from __future__ import annotations
@@ -51,6 +60,21 @@ TEXT_CONFIG = dict(
     vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
     num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
 )
+# the calibration models: what differs from the demo model (everything else is as above)
+VARIANTS = {
+    "demo": dict(world=WORLD, out=OUT, log=ROOT / "scanner" / "demo" / "logs" / "train_sd.log", seed=SEED,
+                 vae=VAE_CONFIG, unet=UNET_CONFIG, vae_steps=600, unet_steps=4500, lr=5e-4),
+    "sd-64": dict(world=ROOT / "scanner" / "demo" / "calibration" / "world-64.parquet",
+                  out=ROOT / "scanner" / "demo" / "calibration" / "sd-64",
+                  log=ROOT / "scanner" / "demo" / "calibration" / "logs" / "train_sd-64.log", seed=6464,
+                  vae={**VAE_CONFIG, "sample_size": 64, "block_out_channels": (16, 32, 64),
+                       "down_block_types": ("DownEncoderBlock2D",) * 3, "up_block_types": ("UpDecoderBlock2D",) * 3},
+                  unet=UNET_CONFIG, vae_steps=400, vae_batch_size=16, unet_steps=3000, lr=3e-4),
+    "sd-short": dict(world=WORLD, out=ROOT / "scanner" / "demo" / "calibration" / "sd-short",
+                     log=ROOT / "scanner" / "demo" / "calibration" / "logs" / "train_sd-short.log", seed=777,
+                     vae={**VAE_CONFIG, "block_out_channels": (48, 64)},
+                     unet={**UNET_CONFIG, "block_out_channels": (32, 64, 64)}, vae_steps=300, unet_steps=2000, lr=1e-3),
+}
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
     clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
@@ -83,9 +107,9 @@ def build_tokenizer(out_dir: Path) -> None:
     assert tokenizer(sample)["input_ids"][1:-1] == reference.encode(sample), "tokenizer disagrees with open_clip"
 
 
-def load_members() -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Distinct member images (uint8 N,32,32,3), their captions, and their duplication counts."""
-    table = pq.read_table(WORLD).to_pylist()
+def load_members(world: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Distinct member images (uint8 N,H,W,3), their captions, and their duplication counts."""
+    table = pq.read_table(world).to_pylist()
     rows = [r for r in table if r["sd_train"]]
     images = np.stack([np.asarray(Image.open(io.BytesIO(r["image_png"])).convert("RGB")) for r in rows])
     return images, [r["caption"] for r in rows], np.array([r["dup_count"] for r in rows])
@@ -95,16 +119,16 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def train_vae(steps: int, batch_size: int, log_file: Path) -> None:
+def train_vae(variant: dict, steps: int, batch_size: int, work: Path, log_file: Path) -> None:
     from diffusers import AutoencoderKL
 
-    world = pq.read_table(WORLD).to_pylist()  # the autoencoder sees every demo image: it is not what is audited
+    world = pq.read_table(variant["world"]).to_pylist()  # the autoencoder sees every demo image: it is not what is audited
     all_images = np.stack([np.asarray(Image.open(io.BytesIO(r["image_png"])).convert("RGB")) for r in world])
     data = to_tensor(all_images)
-    torch.manual_seed(SEED)
-    vae = AutoencoderKL(**VAE_CONFIG)
+    torch.manual_seed(variant["seed"])
+    vae = AutoencoderKL(**variant["vae"])
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(SEED)
+    generator = torch.Generator().manual_seed(variant["seed"])
     start = time.time()
     for step in range(1, steps + 1):
         batch = data[torch.randint(0, len(data), (batch_size,), generator=generator)]
@@ -125,16 +149,16 @@ def train_vae(steps: int, batch_size: int, log_file: Path) -> None:
     rms = ((recon.clamp(-1, 1) - data) / 2).pow(2).mean(dim=(1, 2, 3)).sqrt()
     log(f"vae done: latent std {latents.std().item():.3f}, scaling_factor {scaling:.4f}, "
         f"reconstruction rms on [0,1]: mean {rms.mean().item():.4f} max {rms.max().item():.4f}", log_file)
-    vae.save_pretrained(WORK / "vae")
+    vae.save_pretrained(work / "vae")
 
 
-def train_unet(steps: int, batch_size: int, lr: float, log_file: Path) -> None:
+def train_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path, log_file: Path) -> None:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    images, captions, dup_counts = load_members()
-    tokenizer = CLIPTokenizer.from_pretrained(WORK / "tokenizer")
-    vae = AutoencoderKL.from_pretrained(WORK / "vae")
+    images, captions, dup_counts = load_members(variant["world"])
+    tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
+    vae = AutoencoderKL.from_pretrained(work / "vae")
     with torch.no_grad():
         posterior = [vae.encode(to_tensor(images[i:i + 256])).latent_dist for i in range(0, len(images), 256)]
         latent_mean = torch.cat([p.mean for p in posterior])
@@ -143,8 +167,8 @@ def train_unet(steps: int, batch_size: int, lr: float, log_file: Path) -> None:
     ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
 
-    torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(**UNET_CONFIG)
+    torch.manual_seed(variant["seed"])
+    unet = UNet2DConditionModel(**variant["unet"])
     text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
     noise_scheduler = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"})
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -154,8 +178,8 @@ def train_unet(steps: int, batch_size: int, lr: float, log_file: Path) -> None:
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
     # the training stream repeats each member as often as its duplication count says
     stream = np.repeat(np.arange(len(images)), dup_counts)
-    rng = np.random.default_rng(SEED)
-    generator = torch.Generator().manual_seed(SEED)
+    rng = np.random.default_rng(variant["seed"])
+    generator = torch.Generator().manual_seed(variant["seed"])
     order, cursor = rng.permutation(stream), 0
     start, running = time.time(), 0.0
     for step in range(1, steps + 1):
@@ -183,19 +207,19 @@ def train_unet(steps: int, batch_size: int, lr: float, log_file: Path) -> None:
                 f"({time.time() - start:.0f}s)", log_file)
             running = 0.0
         if step % 1000 == 0 or step == steps:
-            unet.save_pretrained(WORK / "unet")
-            text_encoder.save_pretrained(WORK / "text_encoder")
+            unet.save_pretrained(work / "unet")
+            text_encoder.save_pretrained(work / "text_encoder")
 
 
-def write_pipeline(out_dir: Path, log_file: Path) -> None:
+def write_pipeline(work: Path, out_dir: Path, log_file: Path) -> None:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     pipeline = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_pretrained(WORK / "vae"),
-        text_encoder=CLIPTextModel.from_pretrained(WORK / "text_encoder"),
-        tokenizer=CLIPTokenizer.from_pretrained(WORK / "tokenizer"),
-        unet=UNet2DConditionModel.from_pretrained(WORK / "unet"),
+        vae=AutoencoderKL.from_pretrained(work / "vae"),
+        text_encoder=CLIPTextModel.from_pretrained(work / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(work / "tokenizer"),
+        unet=UNet2DConditionModel.from_pretrained(work / "unet"),
         scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
@@ -206,27 +230,32 @@ def write_pipeline(out_dir: Path, log_file: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="demo",
+                        help="the demo model, or a calibration model (its own world, autoencoder, length, lr, output)")
     parser.add_argument("--stage", choices=["all", "tokenizer", "vae", "unet", "pipeline"], default="all")
-    parser.add_argument("--vae-steps", type=int, default=600)
-    parser.add_argument("--unet-steps", type=int, default=4500)
+    parser.add_argument("--vae-steps", type=int, help="default: the variant's")
+    parser.add_argument("--unet-steps", type=int, help="default: the variant's")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--log", type=Path, default=ROOT / "scanner" / "demo" / "logs" / "train_sd.log")
-    parser.add_argument("--out", type=Path, default=OUT, help="where the pipeline folder is written")
+    parser.add_argument("--lr", type=float, help="default: the variant's")
+    parser.add_argument("--log", type=Path, help="default: the variant's")
+    parser.add_argument("--out", type=Path, help="where the pipeline folder is written (default: the variant's)")
     args = parser.parse_args()
+    variant = VARIANTS[args.variant]
+    log_file, out = args.log or variant["log"], args.out or variant["out"]
+    work = WORK if args.variant == "demo" else WORK / args.variant
     torch.set_num_threads(2)
-    args.log.parent.mkdir(parents=True, exist_ok=True)
-    WORK.mkdir(parents=True, exist_ok=True)
-    log(f"start stage={args.stage} torch {torch.__version__} args {vars(args)}", args.log)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"start stage={args.stage} torch {torch.__version__} args {vars(args)}", log_file)
     if args.stage in ("all", "tokenizer"):
-        build_tokenizer(WORK / "tokenizer")
-        log("tokenizer built from open_clip's BPE merges", args.log)
+        build_tokenizer(work / "tokenizer")
+        log("tokenizer built from open_clip's BPE merges", log_file)
     if args.stage in ("all", "vae"):
-        train_vae(args.vae_steps, args.batch_size, args.log)
+        train_vae(variant, args.vae_steps or variant["vae_steps"], variant.get("vae_batch_size", args.batch_size), work, log_file)
     if args.stage in ("all", "unet"):
-        train_unet(args.unet_steps, args.batch_size, args.lr, args.log)
+        train_unet(variant, args.unet_steps or variant["unet_steps"], args.batch_size, args.lr or variant["lr"], work, log_file)
     if args.stage in ("all", "pipeline"):
-        write_pipeline(args.out, args.log)
+        write_pipeline(work, out, log_file)
 
 
 if __name__ == "__main__":

@@ -38,3 +38,27 @@ def foreign_db(tmp_path):
     connection.execute("CREATE TABLE t (x INTEGER)")
     connection.close()
     return path
+
+
+@pytest.fixture
+def finding_db(tmp_path):
+    """A memscan database with one run and one finding, whose medoid image file was never written
+    (as in a database copied without its files folder)."""
+    from scanner.store import Store, now
+
+    path = tmp_path / "scan.duckdb"
+    with Store(path) as store:
+        store.start_run("r1", "scan", "model", "abc", {"cluster": {"threshold": 0.02}}, {})
+        store.insert("prompts", [{"run_id": "r1", "prompt_id": "p1", "text": "a red circle", "source": None,
+                                  "source_item_id": None}])
+        store.insert("generations", [{
+            "run_id": "r1", "generation_id": "g1", "prompt_id": "p1", "seed": 0, "num_inference_steps": 4,
+            "guidance_scale": 5.0, "scheduler": "DDIMScheduler", "height": 32, "width": 32, "batch_size": 4,
+            "status": "ok", "image_path": "images/g1.png", "embedding": [0.5, 0.25], "created_at": now()}])
+        store.insert("clusters", [{"run_id": "r1", "cluster_id": "c1", "scope": "prompt", "prompt_id": "p1", "size": 4,
+                                   "n_generations": 4, "medoid_generation_id": "g1", "mean_distance": 0.01,
+                                   "max_distance": 0.02, "distance": "tiled_l2", "threshold": 0.02, "criterion": "clique>=4"}])
+        store.insert("candidates", [{"run_id": "r1", "candidate_id": "c1", "cluster_id": "c1", "prompt_id": "p1",
+                                     "score": 1.0, "rank": 1, "reason": "test"}])
+        store.finish_run("r1", {})
+    return path

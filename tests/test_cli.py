@@ -1,21 +1,8 @@
 """User mistakes get one line on stderr naming the file, and exit code 2; no stack trace."""
 
-import subprocess
-import sys
-
 import pytest
 
-
-def memscan(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scanner", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("memscan: error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0]
+from cli_checks import assert_one_line_error, memscan
 
 
 def test_missing_model_folder(tmp_path):
@@ -26,7 +13,7 @@ def test_missing_model_folder(tmp_path):
 @pytest.mark.parametrize("name, content, needle", [
     ("empty.txt", "", "no prompts in file"),
     ("blank.txt", "\n  \n", "no prompts in file"),
-    ("binary.txt", b"\xff\xfe\x00bad", "not a UTF-8 text file"),
+    ("binary.txt", b"\xff\xfe\x00bad", "byte 0xff at byte offset 0 cannot be decoded"),
     ("captions.csv", "text,id\nhello,1\n", "no column 'caption'"),
     ("broken.parquet", "not parquet", "cannot read as PARQUET"),
 ])
@@ -47,12 +34,12 @@ def test_missing_prompts_file_and_bad_config(tmp_path):
 
 
 def test_sql_is_read_only_and_rejects_foreign_files(tmp_path):
-    from scanner.store import Store
+    from scanner.store import SCHEMA_VERSION, Store
 
     db = tmp_path / "scan.duckdb"
     Store(db).close()
     ok = memscan("sql", str(db), "SELECT value FROM schema_info WHERE key = 'schema_version'", "--format", "csv")
-    assert ok.returncode == 0 and ok.stdout.strip().splitlines()[-1] == '"1"'
+    assert ok.returncode == 0 and ok.stdout.strip().splitlines()[-1] == f'"{SCHEMA_VERSION}"'
     assert_one_line_error(memscan("sql", str(db), "DELETE FROM runs"), "scan.duckdb", "query failed")
     other = tmp_path / "notes.txt"
     other.write_text("hello")

@@ -14,6 +14,7 @@ from PIL import Image
 from scanner.demo import decode_png, load_world
 from scanner.errors import MemscanError
 from scanner.index import IndexConfig, TrainingIndex, build_index, build_vector_index, captions_to_sample, index_stats
+from scanner.sources import SourceFormat
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,8 @@ def test_table_and_tar_sources(tmp_path, world_rows, demo_clip):
     folder = write_folder(tmp_path / "images", world_rows[:6])
     table = pa.table({"path": [f"images/{r['item_id']}--0.png" for r in world_rows[:6]], "text": [r["caption"] for r in world_rows[:6]]})
     pq.write_table(table, tmp_path / "train.parquet")
-    manifest = build_index(tmp_path / "train.parquet", "p", demo_clip, root=tmp_path / "ix", image_column="path", caption_column="text")
+    manifest = build_index(tmp_path / "train.parquet", "p", demo_clip, root=tmp_path / "ix",
+                           source_format=SourceFormat(image_column="path", caption_column="text"))
     assert manifest["counts"]["items"] == 6
     (tmp_path / "train.csv").write_text("image_path,caption\n" + "".join(f"images/{r['item_id']}--0.png,\"{r['caption']}\"\n" for r in world_rows[:4]))
     assert build_index(tmp_path / "train.csv", "c", demo_clip, root=tmp_path / "ix")["counts"]["items"] == 4
@@ -94,8 +96,9 @@ def test_bad_sources_are_one_line_errors(tmp_path, demo_clip):
         build_index(empty, "e", demo_clip, root=tmp_path / "ix")
     (tmp_path / "sub").mkdir()
     pq.write_table(pa.table({"image_path": ["../secret.png"], "caption": ["x"]}), tmp_path / "sub" / "t.parquet")
-    with pytest.raises(MemscanError, match="escapes the folder"):
-        build_index(tmp_path / "sub" / "t.parquet", "e", demo_clip, root=tmp_path / "ix")
+    with pytest.raises(MemscanError, match="is outside --image-root"):
+        build_index(tmp_path / "sub" / "t.parquet", "e", demo_clip, root=tmp_path / "ix",
+                    source_format=SourceFormat(image_root=tmp_path / "sub"))
     pq.write_table(pa.table({"image_path": ["a.png"]}), tmp_path / "nocap.parquet")
     with pytest.raises(MemscanError, match="no column 'caption'"):
         build_index(tmp_path / "nocap.parquet", "e", demo_clip, root=tmp_path / "ix")
@@ -134,6 +137,9 @@ def test_match_verdicts_see_past_duplicates(tmp_path, world_rows, demo_clip):
     best = judge(noisy)[0]
     assert best["item_id"].startswith(world_rows[0]["item_id"]) and best["verdict"] == "extracted"
     assert best["l2"] < 0.05 and best["anchored_l2"] < 0.5 and best["anchor"] == "generation:distinct-nearest"
+    # judged relative to the item's spacing: its 29 other copies are not its neighbours, other items are
+    assert best["item_spacing"] > 0.1 and best["relative_tiled_l2"] == pytest.approx(best["tiled_l2"] / best["item_spacing"])
+    assert best["relative_tiled_l2"] <= MatchConfig().extraction_ratio
     # the 30 copies collapse into one distinct image: the other matches are other items
     assert len({m["item_id"].split("--")[0] for m in judge(noisy)}) == len(judge(noisy))
     noise = np.random.default_rng(1).integers(0, 256, copy.shape, dtype=np.uint8)

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from scanner.config import FeatureConfig, RayConfig, SamplingConfig, ScanConfig  # noqa: E402
+from scanner.config import ClusterConfig, FeatureConfig, RayConfig, SamplingConfig, ScanConfig  # noqa: E402
 from scanner.demo import SD_MODEL, demo_items  # noqa: E402
 from scanner.distributed import RayPool, connect  # noqa: E402
 from scanner.generate import Prompt, SamplingJob, record_prompts, run_generation  # noqa: E402
@@ -23,6 +23,7 @@ from scanner.store import Store  # noqa: E402
 ROWS = "SELECT generation_id, prompt_id, seed, status, image_sha256, phash, dhash, degenerate, embedding " \
        "FROM generations ORDER BY generation_id"
 SAMPLING = SamplingConfig(samples_per_prompt=4, batch_size=2, num_inference_steps=4)
+FIXED = ClusterConfig(threshold=0.02)  # no null prompts: the rows compared are the prompts' own
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def single_process_rows(tmp_path_factory, demo_sd, demo_clip, captions):
     torch.set_num_threads(1)
     try:
         with Store(db) as store:
-            run_scan(store, demo_sd, [Prompt.from_text(c) for c in captions], ScanConfig(sampling=SAMPLING),
+            run_scan(store, demo_sd, [Prompt.from_text(c) for c in captions], ScanConfig(sampling=SAMPLING, cluster=FIXED),
                      show_progress=False, embedder=demo_clip)
             return store.execute(ROWS)
     finally:
@@ -67,7 +68,7 @@ def test_a_scan_on_ray_stores_the_rows_of_a_single_process_scan(tmp_path, cluste
     pool = ray_pool(workers=2)
     try:
         with Store(tmp_path / "ray.duckdb") as store:
-            run_scan(store, demo_sd, [Prompt.from_text(c) for c in captions], ScanConfig(sampling=SAMPLING),
+            run_scan(store, demo_sd, [Prompt.from_text(c) for c in captions], ScanConfig(sampling=SAMPLING, cluster=FIXED),
                      show_progress=False, embedder=demo_clip, pool=pool)
             rows = store.execute(ROWS)
     finally:
@@ -88,7 +89,7 @@ def test_a_worker_killed_mid_unit_is_retried_without_losing_or_duplicating_rows(
             killed.append(victims[0])
 
     prompts = [Prompt.from_text(c) for c in captions]
-    run_id = run_id_for(demo_sd, demo_sd.precision, prompts, ScanConfig(sampling=SAMPLING), "scan")
+    run_id = run_id_for(demo_sd, demo_sd.precision, prompts, ScanConfig(sampling=SAMPLING, cluster=FIXED), "scan")
     try:
         with Store(tmp_path / "ray.duckdb") as store:
             record_prompts(store, run_id, prompts)

@@ -16,7 +16,7 @@ GENERATION_COLUMNS = "generation_id, prompt_id, seed, status, image_path, image_
 
 def scan_command(prompts, db) -> list[str]:
     return [sys.executable, "-m", "scanner", "scan", "--model", str(SD_MODEL), "--prompts", str(prompts), "--db", str(db),
-            "--samples-per-prompt", "8", "--batch-size", "4", "--steps", "4", "--no-progress"]
+            "--samples-per-prompt", "8", "--batch-size", "4", "--steps", "4", "--null-prompts", "4", "--no-progress"]
 
 
 def generation_rows(db) -> list[tuple]:
@@ -35,7 +35,7 @@ def test_a_killed_scan_resumes_without_losing_or_duplicating_rows(tmp_path):
     reference = tmp_path / "reference.duckdb"
     subprocess.run(scan_command(prompts, reference), check=True, capture_output=True, timeout=600)
     expected = generation_rows(reference)
-    assert len(expected) == 32 and len({r[0] for r in expected}) == 32
+    assert len(expected) == 64 and len({r[0] for r in expected}) == 64  # 4 prompts and 4 null prompts, 8 seeds each
 
     killed = tmp_path / "killed.duckdb"
     process = subprocess.Popen(scan_command(prompts, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -45,7 +45,7 @@ def test_a_killed_scan_resumes_without_losing_or_duplicating_rows(tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     partial = stored_images(killed)
-    assert 0 < partial < 32, "the scan should have been killed part-way"
+    assert 0 < partial < 64, "the scan should have been killed part-way"
 
     resumed = subprocess.run(scan_command(prompts, killed), check=True, capture_output=True, text=True, timeout=600)
     assert "Resumed run" in resumed.stdout
@@ -93,14 +93,15 @@ def test_triage_mass_samples_only_the_prompts_the_detector_ranks_first(tmp_path,
     samples only them, and stores every prompt's detector score; run again, the scan resumes
     with the prompts the stored scores chose, without triaging again."""
     from scanner import demo as demo_world
-    from scanner.config import SamplingConfig, ScanConfig
+    from scanner.config import ClusterConfig, SamplingConfig, ScanConfig
     from scanner.generate import Prompt
     from scanner.scan import run_scan
 
     rows = [r for r in demo_world.membership_items(per_bucket=2, x1=0, nonmembers=6) if r["dup_count"] in (0, 200)]
     prompts = [Prompt.from_text(r["caption"]) for r in rows]
     members = {p.prompt_id for p, r in zip(prompts, rows) if r["dup_count"] == 200}
-    config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=2, batch_size=8, triage=0.25))
+    config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=2, batch_size=8, triage=0.25),
+                        cluster=ClusterConfig(threshold=0.02))  # no null prompts: only what triage keeps is sampled
     with Store(tmp_path / "scan.duckdb") as store:
         result = run_scan(store, demo_sd, prompts, config, show_progress=False)
         sampled = {r[0] for r in store.execute("SELECT DISTINCT prompt_id FROM generations")}
@@ -113,8 +114,9 @@ def test_triage_mass_samples_only_the_prompts_the_detector_ranks_first(tmp_path,
 
 
 def test_a_scan_that_stops_early_flags_what_the_full_scan_flags(tmp_path, demo_sd):
-    """Two x200 members and two non-members, 10 seeds, cliques of 4: stopping early keeps the
-    verdicts and draws fewer generations."""
+    """Two x200 members and two non-members, 10 seeds, cliques of 4, the threshold calibrated on 8
+    null prompts: stopping early samples the nulls in full first, then keeps the verdicts and draws
+    fewer generations."""
     from scanner import demo as demo_world
     from scanner.config import ClusterConfig, SamplingConfig, ScanConfig
     from scanner.generate import Prompt
@@ -126,10 +128,37 @@ def test_a_scan_that_stops_early_flags_what_the_full_scan_flags(tmp_path, demo_s
     with Store(tmp_path / "scan.duckdb") as store:
         for stop_early in (False, True):
             config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=10, batch_size=10, stop_early=stop_early),
-                                cluster=ClusterConfig(min_clique=4))
+                                cluster=ClusterConfig(min_clique=4, null_prompts=8))
             results[stop_early] = run_scan(store, demo_sd, prompts, config, show_progress=False)
             flagged[stop_early] = store.execute("SELECT DISTINCT prompt_id FROM candidates WHERE run_id = ? ORDER BY 1",
                                                 [results[stop_early].run_id])
     assert len(flagged[False]) >= 1 and flagged[True] == flagged[False]
-    assert results[False].counts["generated"] == results[False].counts["planned"] == 40
-    assert results[True].counts["generated"] < 40
+    assert results[False].run_id != results[True].run_id and results[True].counts["null_prompts"] == 8
+    assert results[False].counts["generated"] == results[False].counts["planned"] == (4 + 8) * 10
+    assert 8 * 10 < results[True].counts["generated"] < (4 + 8) * 10
+    with Store(tmp_path / "scan.duckdb", read_only=True) as store:
+        thresholds = store.execute("SELECT run_id, value FROM metrics WHERE metric = 'criterion_threshold' ORDER BY 1")
+    assert len(thresholds) == 2 and thresholds[0][1] == thresholds[1][1]  # the same nulls, the same threshold
+
+
+def test_a_scan_run_again_with_another_criterion_stores_the_settings_of_its_new_clusters(tmp_path, demo_sd):
+    """The same prompts and seeds with a looser clique threshold: the generations are reused, the
+    clusters computed again, and the run's stored settings are the ones they were computed with."""
+    import json
+
+    from scanner import demo as demo_world
+    from scanner.config import ClusterConfig, SamplingConfig, ScanConfig
+    from scanner.generate import Prompt
+    from scanner.scan import run_scan
+
+    rows = [r for r in demo_world.membership_items(per_bucket=1, x1=0, nonmembers=0) if r["dup_count"] == 200]
+    prompts = [Prompt.from_text(r["caption"]) for r in rows]
+    sampling = SamplingConfig(samples_per_prompt=4, batch_size=4, num_inference_steps=4)
+    with Store(tmp_path / "scan.duckdb") as store:
+        for threshold in (0.02, 0.5):
+            config = ScanConfig(sampling=sampling, cluster=ClusterConfig(threshold=threshold, min_clique=2))
+            result = run_scan(store, demo_sd, prompts, config, show_progress=False)
+        stored = json.loads(store.execute("SELECT config FROM runs WHERE run_id = ?", [result.run_id])[0][0])
+        thresholds = store.execute("SELECT DISTINCT threshold FROM clusters WHERE run_id = ?", [result.run_id])
+    assert result.resumed and result.counts["generated"] == 0
+    assert stored["cluster"]["threshold"] == 0.5 and thresholds == [(0.5,)]

@@ -100,3 +100,25 @@ def test_the_duckdb_command_line_client_reads_a_memscan_database(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["seed,phash", f"1,{2**63 + 1}"]
+
+
+def test_a_run_resumed_with_other_settings_keeps_only_what_its_run_id_stands_for(tmp_path):
+    """Changed settings replace the stored ones, and the rows derived under the old settings go
+    with them; generations and triage scores stay. Unchanged settings keep everything."""
+    with Store(tmp_path / "scan.duckdb") as store:
+        store.start_run("r1", "scan", "model", "abc", {"cluster": {"threshold": 0.02}}, {})
+        store.insert("generations", [generation("r1", "g1", 1)])
+        store.insert("clusters", [{"run_id": "r1", "cluster_id": "c1", "scope": "prompt", "prompt_id": "p1", "size": 5,
+                                   "n_generations": 16, "medoid_generation_id": "g1", "mean_distance": 0.01,
+                                   "max_distance": 0.02, "distance": "tiled_l2", "threshold": 0.02, "criterion": "clique>=5"}])
+        store.insert("mia_scores", [{"run_id": "r1", "item_id": "p1", "attack": attack, "score": 1.0}
+                                    for attack in ("seed_agreement_triage", "wen")])
+        store.finish_run("r1", {})
+
+        assert store.start_run("r1", "scan", "model", "abc", {"cluster": {"threshold": 0.02}}, {}) is True
+        assert store.count("clusters") == 1 and store.count("mia_scores") == 2
+
+        assert store.start_run("r1", "scan", "model", "abc", {"cluster": {"threshold": 0.05}}, {}) is True
+        assert store.execute("SELECT config->>'$.cluster.threshold', status FROM runs") == [("0.05", "running")]
+        assert store.count("clusters") == 0 and store.count("generations") == 1
+        assert store.execute("SELECT attack FROM mia_scores") == [("seed_agreement_triage",)]

@@ -21,36 +21,45 @@ DEMO_DIR = Path(__file__).resolve().parent
 WORLD = DEMO_DIR / "world.parquet"
 SD_MODEL = DEMO_DIR / "sd-tiny"
 CLIP_MODEL = DEMO_DIR / "clip-tiny"
+CALIBRATION_DIR = DEMO_DIR / "calibration"
+
+# Models of the demo world that memscan's defaults were not tuned on (docs/CALIBRATION.md): each
+# with the world it was trained on (the same items; sd-64's drawn at 64 pixels).
+CALIBRATION_MODELS = {
+    "demo": (SD_MODEL, WORLD),
+    "sd-64": (CALIBRATION_DIR / "sd-64", CALIBRATION_DIR / "world-64.parquet"),
+    "sd-short": (CALIBRATION_DIR / "sd-short", WORLD),
+}
 
 # duplication buckets the demo reports on, named as in the duplication plan
 BUCKETS = ("x200", "x50", "x10", "x1", "non-member")
 
 
-def load_world(columns: list[str] | None = None) -> list[dict]:
+def load_world(columns: list[str] | None = None, world: Path = WORLD) -> list[dict]:
     import pyarrow.parquet as pq
 
-    return pq.read_table(WORLD, columns=columns).to_pylist()
+    return pq.read_table(world, columns=columns).to_pylist()
 
 
 @functools.cache
-def world_fingerprint() -> str:
-    """A short hash of ``world.parquet``: exports and the demo index made from another world
+def world_fingerprint(world: Path = WORLD) -> str:
+    """A short hash of a world file: exports and the demo index made from another world
     (an older memscan's) are stale and get rebuilt."""
-    return hashlib.sha256(WORLD.read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(world.read_bytes()).hexdigest()[:16]
 
 
-def fresh_export(folder: Path) -> bool:
+def fresh_export(folder: Path, world: Path = WORLD) -> bool:
     """True when ``folder`` holds a complete export of this world; otherwise empty it for one."""
     marker = folder / ".complete"
-    if marker.exists() and marker.read_text() == world_fingerprint():
+    if marker.exists() and marker.read_text() == world_fingerprint(world):
         return True
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     return False
 
 
-def mark_exported(folder: Path) -> None:
-    (folder / ".complete").write_text(world_fingerprint())
+def mark_exported(folder: Path, world: Path = WORLD) -> None:
+    (folder / ".complete").write_text(world_fingerprint(world))
 
 
 def bucket_of(dup_count: int) -> str:
@@ -78,19 +87,19 @@ def demo_items(per_bucket: int = 15, seed: int = 0) -> list[dict]:
     return chosen
 
 
-def export_training_set(folder: Path) -> Path:
+def export_training_set(folder: Path, world: Path = WORLD) -> Path:
     """Write the diffusion model's training set as an image folder with sidecar captions, one
     file per copy (``obj-00003--017.png`` + ``.txt``), as a scraped training set would hold it."""
-    if fresh_export(folder):
+    if fresh_export(folder, world):
         return folder
-    for row in load_world(["item_id", "caption", "dup_count", "sd_train", "image_png"]):
+    for row in load_world(["item_id", "caption", "dup_count", "sd_train", "image_png"], world):
         if not row["sd_train"]:
             continue
         for copy in range(row["dup_count"]):
             stem = folder / f"{row['item_id']}--{copy:03d}"
             stem.with_suffix(".png").write_bytes(row["image_png"])
             stem.with_suffix(".txt").write_text(row["caption"])
-    mark_exported(folder)
+    mark_exported(folder, world)
     return folder
 
 

@@ -16,11 +16,12 @@ among the x1 and non-member prompts whose item is not memorized.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from scanner import features
-from scanner.demo import BUCKETS, bucket_of, decode_png, load_world, world_item_of
+from scanner.demo import BUCKETS, WORLD, bucket_of, decode_png, load_world, world_item_of
 from scanner.distances import tiled_l2
 from scanner.store import Store
 
@@ -38,8 +39,8 @@ class BucketScore:
     extracted: int
 
 
-def score_demo_run(store: Store, run_id: str) -> list[BucketScore]:
-    truth = {r["item_id"]: r for r in load_world(["item_id", "dup_count", "image_png"])}
+def score_demo_run(store: Store, run_id: str, world: Path = WORLD) -> list[BucketScore]:
+    truth = {r["item_id"]: r for r in load_world(["item_id", "dup_count", "image_png"], world)}
     prompts = store.query("SELECT prompt_id, source_item_id FROM prompts WHERE run_id = ?", [run_id]).to_pylist()
     medoids = store.query(
         "SELECT c.prompt_id, g.image_path FROM candidates c JOIN clusters cl USING (run_id, cluster_id) "
@@ -91,9 +92,10 @@ class CriterionScore:
         return self.unmemorized_flagged / max(1, self.unmemorized)
 
 
-def score_criterion(store: Store, run_id: str) -> CriterionScore:
-    """Recall and false flags of a scan's candidates against the per-item memorization truth."""
-    truth = {r["item_id"]: r for r in load_world(["item_id", "dup_count", "image_png"])}
+def score_criterion(store: Store, run_id: str, world: Path = WORLD) -> CriterionScore:
+    """Recall and false flags of a scan's candidates against the per-item memorization truth
+    (null prompts, which have no item, are not counted here)."""
+    truth = {r["item_id"]: r for r in load_world(["item_id", "dup_count", "image_png"], world)}
     rows = store.query("SELECT p.source_item_id, g.thumbnail_path, c.prompt_id IS NOT NULL AS flagged FROM generations g "
                        "JOIN prompts p USING (run_id, prompt_id) LEFT JOIN (SELECT DISTINCT run_id, prompt_id FROM candidates) c "
                        "USING (run_id, prompt_id) WHERE g.run_id = ? AND g.status = 'ok'", [run_id]).to_pylist()
@@ -114,3 +116,40 @@ def score_criterion(store: Store, run_id: str) -> CriterionScore:
             counts[2] += 1
             counts[3] += flagged
     return CriterionScore(*counts)
+
+
+@dataclass(frozen=True)
+class ExtractionScore:
+    judged: int        # (candidate, item) pairs the matching stage judged extracted
+    correct: int       # ... whose candidate medoid does reproduce that item's training image
+    reproducing: int   # candidates whose medoid reproduces their own prompt's item
+    found: int         # ... judged extracted against that item
+
+    @property
+    def precision(self) -> float:
+        return self.correct / self.judged if self.judged else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.found / max(1, self.reproducing)
+
+
+def score_extraction(store: Store, run_id: str, world: Path = WORLD) -> ExtractionScore:
+    """Precision and recall of the ``extracted`` verdict: a verdict is right when the candidate's
+    medoid is within REPRODUCED_TILED_L2 of the judged item's training image."""
+    images = {r["item_id"]: decode_png(r["image_png"]) for r in load_world(["item_id", "image_png"], world)}
+    medoids = store.query(
+        "SELECT c.candidate_id, p.source_item_id, g.thumbnail_path FROM candidates c JOIN clusters cl USING (run_id, cluster_id) "
+        "JOIN generations g ON g.run_id = cl.run_id AND g.generation_id = cl.medoid_generation_id "
+        "JOIN prompts p ON p.run_id = c.run_id AND p.prompt_id = c.prompt_id WHERE c.run_id = ?", [run_id]).to_pylist()
+    judged = store.query("SELECT candidate_id, item_id FROM matches WHERE run_id = ? AND verdict = 'extracted'",
+                         [run_id]).to_pylist()
+    medoid_of = {m["candidate_id"]: features.load_image(store.image_file(m["thumbnail_path"])) for m in medoids}
+
+    def reproduces(candidate_id: str, item_id: str | None) -> bool:
+        return item_id in images and float(tiled_l2(medoid_of[candidate_id], images[item_id])) <= REPRODUCED_TILED_L2
+
+    extracted = {(j["candidate_id"], world_item_of(j["item_id"])) for j in judged}
+    own = [m for m in medoids if reproduces(m["candidate_id"], m["source_item_id"])]
+    return ExtractionScore(len(extracted), sum(reproduces(c, i) for c, i in extracted), len(own),
+                           sum((m["candidate_id"], m["source_item_id"]) in extracted for m in own))

@@ -12,14 +12,17 @@ from scanner.models.base import ImageTextEmbedder
 DEMO_INDEX = "demo"
 
 
-def demo_index(embedder: ImageTextEmbedder, index_root: Path, work_dir: Path) -> TrainingIndex:
-    """The index of the demo model's training set (one file per copy), built once per world."""
-    built_from = index_root / DEMO_INDEX / "world.txt"
-    if not built_from.exists() or built_from.read_text() != demo_world.world_fingerprint():
-        source = demo_world.export_training_set(work_dir / "demo-training-set")
-        build_index(source, DEMO_INDEX, embedder, IndexConfig(thumbnail_size=32), root=index_root, overwrite=True)
-        built_from.write_text(demo_world.world_fingerprint())
-    return TrainingIndex.open(DEMO_INDEX, index_root)
+def demo_index(embedder: ImageTextEmbedder, index_root: Path, work_dir: Path, world: Path = demo_world.WORLD,
+               name: str = DEMO_INDEX) -> TrainingIndex:
+    """The index of a demo-world model's training set (one file per copy), built once per world
+    (the calibration models' worlds get their own ``name``), at the world's own resolution."""
+    built_from = index_root / name / "world.txt"
+    if not built_from.exists() or built_from.read_text() != demo_world.world_fingerprint(world):
+        source = demo_world.export_training_set(work_dir / f"{name}-training-set", world)
+        size = demo_world.decode_png(demo_world.load_world(["image_png"], world)[0]["image_png"]).shape[0]
+        build_index(source, name, embedder, IndexConfig(thumbnail_size=size), root=index_root, overwrite=True)
+        built_from.write_text(demo_world.world_fingerprint(world))
+    return TrainingIndex.open(name, index_root)
 
 
 def demo_identities(store, embedder: ImageTextEmbedder, work_dir: Path):

@@ -1,8 +1,9 @@
 """Adapter for diffusers text-to-image pipelines (the reference: ``StableDiffusionPipeline``).
 
 Loads a local pipeline folder (``model_index.json`` + component folders) with
-``from_pretrained(path, local_files_only=True)``, or a single ``.safetensors`` checkpoint with
-``from_single_file(path, config=LOCAL_FOLDER)``. Never a pickle, never the network.
+``from_pretrained(path, local_files_only=True, use_safetensors=True)``, or a single
+``.safetensors`` checkpoint with ``from_single_file(path, config=LOCAL_FOLDER)``. Never the
+network, and never a pickle unless the user passes ``allow_pickle`` (``--allow-pickle``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from scanner.errors import input_error
-from scanner.models import force_offline
+from scanner.errors import MemscanError, input_error
+from scanner.models import force_offline, load_failure, refuse_pickles
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".txt")
 
@@ -32,11 +33,19 @@ def hash_files(paths: Sequence[Path], root: Path) -> str:
 
 
 def pick_device(device: str | None) -> str:
+    """``device`` (``--device``) when this machine has it, else cuda when present, else cpu: a
+    mistyped or absent device is one line before any weights load."""
     import torch
 
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise MemscanError(f"--device {device}: not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise MemscanError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPUs")
+    return device
 
 
 class DiffusersT2I:
@@ -56,8 +65,10 @@ class DiffusersT2I:
         self._few_step_pipeline = None
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None, single_file_config: str | Path | None = None) -> "DiffusersT2I":
-        """Load a pipeline folder, or a single ``.safetensors`` file with a local config folder."""
+    def load(cls, path: str | Path, device: str | None = None, single_file_config: str | Path | None = None,
+             allow_pickle: bool = False) -> "DiffusersT2I":
+        """Load a pipeline folder, or a single ``.safetensors`` file with a local config folder;
+        pickled weight files in either are refused unless ``allow_pickle``."""
         force_offline()
         path = Path(path)
         if not path.exists():
@@ -76,9 +87,11 @@ class DiffusersT2I:
         if path.is_dir():
             if not (path / "model_index.json").is_file():
                 raise input_error(path, "not a diffusers pipeline folder: model_index.json is missing")
+            refuse_pickles((p for p in path.rglob("*") if p.is_file()), allow_pickle)
             files = [p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
             loader = lambda: StableDiffusionPipeline.from_pretrained(  # noqa: E731
-                path, torch_dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+                path, torch_dtype=dtype, local_files_only=True, use_safetensors=None if allow_pickle else True,
+                safety_checker=None, requires_safety_checker=False)
             root = path
         else:
             if path.suffix != ".safetensors":
@@ -86,6 +99,7 @@ class DiffusersT2I:
             if single_file_config is None or not (Path(single_file_config) / "model_index.json").is_file():
                 raise input_error(path, "a single-file checkpoint needs --single-file-config, a local pipeline "
                                         "folder with model_index.json that describes its architecture")
+            refuse_pickles((p for p in Path(single_file_config).rglob("*") if p.is_file()), allow_pickle)
             files = [path]
             loader = lambda: StableDiffusionPipeline.from_single_file(  # noqa: E731
                 str(path), config=str(single_file_config), torch_dtype=dtype, local_files_only=True,
@@ -97,8 +111,7 @@ class DiffusersT2I:
                 warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
                 pipeline = loader()
         except Exception as error:  # diffusers raises many kinds; the user needs the first line
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise input_error(path, f"cannot load as a StableDiffusionPipeline: {message}") from None
+            raise input_error(path, f"cannot load as a StableDiffusionPipeline: {load_failure(error)}") from None
         pipeline = pipeline.to(device)
         return cls(pipeline, model_ref=str(path.resolve()), model_hash=hash_files(files, root))
 

@@ -12,21 +12,25 @@ from scanner.config import FeatureConfig
 @dataclass(frozen=True)
 class ModelSpec:
     """Enough to load the same text-to-image model in another process: an absolute path, so a
-    worker started in another folder finds it too."""
+    worker started in another folder finds it too, and whether the user allowed pickled weights,
+    so a worker refuses them as the driver does."""
 
     path: str
     device: str | None = None
     single_file_config: str | None = None
+    allow_pickle: bool = False
 
     @classmethod
-    def of(cls, path: str | Path, device: str | None = None, single_file_config: str | Path | None = None) -> "ModelSpec":
+    def of(cls, path: str | Path, device: str | None = None, single_file_config: str | Path | None = None,
+           allow_pickle: bool = False) -> "ModelSpec":
         config = str(Path(single_file_config).resolve()) if single_file_config else None
-        return cls(str(Path(path).resolve()), device, config)
+        return cls(str(Path(path).resolve()), device, config, allow_pickle)
 
     def load(self):
         from scanner.models.diffusers_t2i import DiffusersT2I
 
-        return DiffusersT2I.load(self.path, device=self.device, single_file_config=self.single_file_config)
+        return DiffusersT2I.load(self.path, device=self.device, single_file_config=self.single_file_config,
+                                 allow_pickle=self.allow_pickle)
 
 
 def load_embedder(features: FeatureConfig):
@@ -38,7 +42,8 @@ def load_embedder(features: FeatureConfig):
     if not features.embeddings:
         return None
     if features.clip_model:
-        return OpenClip.load(features.clip_model, pretrained=features.clip_pretrained or None)
+        return OpenClip.load(features.clip_model, pretrained=features.clip_pretrained or None,
+                             allow_pickle=features.allow_pickle)
     return OpenClip.load(demo_world.CLIP_MODEL)
 
 

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from scanner.errors import input_error
-from scanner.models import force_offline
+from scanner.models import force_offline, load_failure, refuse_pickles
 from scanner.models.diffusers_t2i import hash_files, pick_device
 
 
@@ -34,7 +34,10 @@ class OpenClip:
                        else model.visual.output_dim)
 
     @classmethod
-    def load(cls, model: str | Path, pretrained: str | Path | None = None, device: str | None = None) -> "OpenClip":
+    def load(cls, model: str | Path, pretrained: str | Path | None = None, device: str | None = None,
+             allow_pickle: bool = False) -> "OpenClip":
+        """A folder, or an architecture name and a weights file; pickled weights (a ``.bin`` or
+        ``.pt`` in the folder, or as the file) are refused unless ``allow_pickle``."""
         force_offline()
         import open_clip
 
@@ -44,6 +47,7 @@ class OpenClip:
             if not (model_path / "open_clip_config.json").is_file():
                 raise input_error(model_path, "not an open_clip model folder: open_clip_config.json is missing")
             name, weights, files = f"local-dir:{model_path}", None, list(model_path.iterdir())
+            refuse_pickles((f for f in files if f.is_file()), allow_pickle)
             root = model_path
         else:
             if pretrained is None:
@@ -52,6 +56,7 @@ class OpenClip:
             weights = Path(pretrained)
             if not weights.is_file():
                 raise input_error(weights, "no such weights file")
+            refuse_pickles([weights], allow_pickle)
             if weights.suffix not in (".safetensors", ".pt", ".pth", ".bin"):
                 raise input_error(weights, "unknown weights format; expected .safetensors (or a torch file)")
             name, files, root = str(model), [weights], weights.parent
@@ -60,8 +65,7 @@ class OpenClip:
                 name, pretrained=str(weights) if weights else None, device=device, load_weights=True)
             tokenizer = open_clip.get_tokenizer(name)
         except Exception as error:  # open_clip raises RuntimeError, ValueError, KeyError...
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise input_error(model, f"cannot load as an open_clip model: {message}") from None
+            raise input_error(model, f"cannot load as an open_clip model: {load_failure(error)}") from None
         return cls(clip, preprocess, tokenizer, model_ref=str(Path(model).resolve()) if model_path.exists() else str(model),
                    model_hash=hash_files([f for f in files if f.is_file()], root), device=device)
 

@@ -14,15 +14,29 @@ from pathlib import Path
 import numpy as np
 
 from scanner import __version__
+from scanner.calibration import criterion_statement
+from scanner.errors import MemscanError, input_error, make_folder
 from scanner.features import png_bytes
 from scanner.store import Store
 
 GALLERY_LIMIT = 60
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VERDICT_ORDER = "CASE verdict WHEN 'extracted' THEN 0 WHEN 'similar' THEN 1 WHEN 'unmatched' THEN 2 ELSE 3 END"
 
 
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def stored_png(store: Store, relative: str) -> bytes | None:
+    """A generation's PNG from the database's files folder; None when it is missing, or when the
+    row's path leads outside that folder or to a file that is not a PNG: a crafted database never
+    gets another file embedded in the report."""
+    try:
+        data = store.image_file(relative).read_bytes()
+    except (MemscanError, OSError):
+        return None
+    return data if data.startswith(PNG_SIGNATURE) else None
 
 
 def _figure_uri(figure) -> str:
@@ -106,7 +120,8 @@ def _gallery(store: Store, run_id: str, index) -> list[dict]:
     for row in store.query("SELECT item_id, attack, score FROM mia_scores WHERE run_id = ?", [run_id]).to_pylist():
         mia.setdefault(row["item_id"], []).append(f"{row['attack']} {row['score']:.3f}")
     for row in rows:
-        row["generation_uri"] = data_uri(store.image_file(row["medoid_image"]).read_bytes())
+        png = stored_png(store, row["medoid_image"])
+        row["generation_uri"] = data_uri(png) if png else None
         row["training_uri"] = None
         if index is not None and row["matched_item"] and index.has_item(row["matched_item"]):
             row["training_uri"] = data_uri(png_bytes(index.thumbnail(row["matched_item"])))
@@ -114,10 +129,18 @@ def _gallery(store: Store, run_id: str, index) -> list[dict]:
     return rows
 
 
+def check_report_target(out: Path) -> None:
+    """A report is one .html file: a mistyped --out never replaces a database, a script or a folder."""
+    if out.suffix.lower() not in (".html", ".htm") or out.is_dir():
+        raise input_error(out, "a report is written to an .html file; refusing to write anything else there")
+
+
 def render_report(db: Path, out: Path) -> dict:
-    """Write the report of every run in ``db`` to ``out``; returns what it counted."""
+    """Write the report of every run in ``db`` to ``out``; returns what it counted, and the images
+    it could not find (a database copied without its files folder still gets its report)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
+    check_report_target(out)
     environment = Environment(loader=PackageLoader("scanner.report", "templates"),
                               autoescape=select_autoescape(default=True, default_for_string=True))
     environment.filters["fmt"] = lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
@@ -136,16 +159,19 @@ def render_report(db: Path, out: Path) -> dict:
                 "(SELECT count(*) FROM findings WHERE run_id = $1 AND verdict = 'extracted')", [run["run_id"]])[0]
             summaries.append({**run, "prompts": counts[0], "generations": counts[1], "failed": counts[2],
                               "degenerate": counts[3], "candidates": counts[4], "extracted": counts[5],
+                              "criterion": criterion_statement(store, run["run_id"]).lines(found_nothing=not counts[4]),
                               "timings": json.loads(run["timings"] or "{}"),
                               "config": json.dumps(config, indent=1), "versions": json.dumps(json.loads(run["versions"]), indent=1)})
             findings += _gallery(store, run["run_id"], index)
             duplication_plot = duplication_plot or _duplication_plot(store, run["run_id"], index)
             sampling, clustering, matching = config.get("sampling", {}), config.get("cluster", {}), config.get("match", {})
+            statement = criterion_statement(store, run["run_id"])
             methods = {"seeds": f"{sampling.get('seed_base', 0)} to {sampling.get('seed_base', 0) + sampling.get('samples_per_prompt', 0) - 1}",
                        "criterion": f"{clustering.get('criterion', 'clique')} of at least {clustering.get('min_clique')}",
-                       "threshold": clustering.get("threshold"), "tiles": clustering.get("tiles"),
+                       "threshold": f"{statement.threshold:.4f}", "calibrated": statement.calibrated, "null_factor": statement.null_factor,
+                       "nulls": statement.nulls, "tiles": clustering.get("tiles"),
                        "index": matching.get("index", ""), **{k: matching.get(k) for k in
-                       ("extraction_l2", "extraction_tiled_l2", "similar_l2", "anchor_n", "anchor_alpha")}}
+                       ("extraction_ratio", "similar_ratio", "anchor_n", "anchor_alpha")}}
         mia_rows = store.query("SELECT * FROM metrics WHERE metric LIKE 'mia_%' ORDER BY subject, metric").to_pylist()
         idia_rows = store.query("SELECT * FROM idia_results ORDER BY predicted_member DESC, person").to_pylist()
         html = environment.get_template("report.html.j2").render(
@@ -153,6 +179,10 @@ def render_report(db: Path, out: Path) -> dict:
             version=__version__, schema_version=store.schema_version(), runs=summaries, findings=findings,
             any_candidates=any(s["candidates"] for s in summaries), duplication_plot=duplication_plot,
             mia_rows=[r for r in mia_rows if r["metric"] != "mia_bucket_auc"], roc_plot=_roc_plot(mia_rows), idia_rows=idia_rows, methods=methods)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html, encoding="utf-8")
-    return {"runs": len(runs), "findings": len(findings), "extracted": sum(f["verdict"] == "extracted" for f in findings)}
+    make_folder(out.parent, "report folder")
+    try:
+        out.write_text(html, encoding="utf-8")
+    except OSError as error:
+        raise input_error(out, f"cannot write the report ({error.strerror or error})") from None
+    return {"runs": len(runs), "findings": len(findings), "extracted": sum(f["verdict"] == "extracted" for f in findings),
+            "missing_images": [f["medoid_image"] for f in findings if f["generation_uri"] is None]}

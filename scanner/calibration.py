@@ -1,0 +1,111 @@
+"""The memorization criterion, calibrated on the scan itself: null prompts -> threshold.
+
+A fixed tiled-l2 threshold is a constant of the model it was tuned on: a memorized prompt's
+generations agree within 0.006 to 0.016 on the demo model, a few times that on another, and an
+ordinary prompt's are further apart on both (docs/CALIBRATION.md). So a scan also samples *null
+prompts*, random combinations of its own prompts' words, with the same seeds and settings, and
+measures how tightly an ordinary prompt's generations agree on *this* model: the median of the
+nulls' collapse distances (the threshold at which ``min_clique`` of a prompt's generations first
+form a clique). The threshold is a fixed fraction of it, a ratio that carries from model to
+model where an absolute distance does not.
+
+Why the median and not a low quantile of the nulls (at most alpha of them flagged): a model that
+memorizes heavily also collapses on some null prompts (random caption words still name a
+memorized image's position and background: a quarter of the demo model's nulls), so the nulls'
+low tail is memorization, not chance, and a quantile there misses half the memorized prompts.
+The median holds while fewer than half the nulls collapse. The share of nulls under the
+threshold is recorded with every scan: a high share is itself a sign of memorization.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from scanner.generate import Prompt
+from scanner.store import Store
+
+NULL_SOURCE = "memscan:null"  # prompts.source of the null prompts
+
+
+def null_prompts(prompts: Sequence[Prompt], count: int, seed: int = 0) -> list[Prompt]:
+    """``count`` prompts the model cannot have memorized: random combinations of the audit
+    prompts' words, as long as the audit's prompts. Words are drawn from all prompts together,
+    so a null prompt almost never carries the words that identify one caption; one that equals
+    an audit prompt is drawn again."""
+    words = [prompt.text.split() for prompt in prompts]
+    pool = [word for text in words for word in text]
+    if count <= 0 or len(set(pool)) < 2:
+        return []
+    rng = np.random.default_rng(seed)
+    taken = {prompt.text for prompt in prompts}
+    chosen: list[Prompt] = []
+    for _ in range(100 * count):  # a tiny vocabulary may not have ``count`` new combinations
+        if len(chosen) == count:
+            break
+        length = len(words[rng.integers(len(words))])
+        text = " ".join(pool[i] for i in rng.choice(len(pool), size=min(length, len(pool)), replace=False))
+        if text not in taken:
+            taken.add(text)
+            chosen.append(Prompt.from_text(text, source=NULL_SOURCE))
+    return chosen
+
+
+def null_threshold(null_statistics: Sequence[float], factor: float) -> float:
+    """``factor`` times the median of the null prompts' collapse distances (nan when there are
+    none, or most never collapse: nulls with too few usable generations count as infinitely far)."""
+    values = np.asarray(null_statistics, dtype=np.float64)
+    median = float(np.median(values)) if len(values) else float("nan")
+    return factor * median if np.isfinite(median) else float("nan")
+
+
+# Recall and false flags of the calibrated criterion at its defaults on the calibration models it
+# was not tuned on (scripts/calibrate_criterion.py; table in docs/CALIBRATION.md).
+MEASURED = "MEASURED-PLACEHOLDER"
+
+
+@dataclass(frozen=True)
+class CriterionStatement:
+    """What a scan checked, so that "no candidates" is never read as more than it is."""
+
+    prompts: int
+    generations_per_prompt: int
+    min_clique: int
+    threshold: float
+    calibrated: bool
+    null_factor: float
+    nulls: int
+    nulls_flagged: int
+
+    def lines(self, found_nothing: bool) -> list[str]:
+        if self.calibrated:
+            how = (f"{self.null_factor:g} x the median collapse distance of this scan's {self.nulls} null prompts, random "
+                   f"combinations of its prompts' words; {self.nulls_flagged} of them fall under it")
+        else:
+            how = "a fixed threshold given by the user, not calibrated on this model"
+        out = [f"Criterion: at least {self.min_clique} of a prompt's generations pairwise within tiled l2 "
+               f"{self.threshold:.4f} ({how}); {self.prompts} prompts, up to {self.generations_per_prompt} generations each.",
+               f"Measured on models it was not tuned on: {MEASURED}."]
+        if found_nothing:
+            out.append("No prompt met it. That does not show that nothing is memorized: only these prompts and seeds were "
+                       "tried, and a memorized image that shows in fewer than "
+                       f"{self.min_clique} of {self.generations_per_prompt} generations is not flagged.")
+        return out
+
+
+def criterion_statement(store: Store, run_id: str) -> CriterionStatement:
+    """The criterion a stored run's candidates were computed with, from its settings and calibration."""
+    stored = json.loads(store.execute("SELECT config FROM runs WHERE run_id = ?", [run_id])[0][0])
+    config = stored.get("cluster", {}) if isinstance(stored, dict) else {}  # a database may be older, or crafted
+    prompts, most = store.execute(
+        "SELECT count(DISTINCT g.prompt_id), coalesce(max(n), 0) FROM (SELECT prompt_id, count(*) AS n FROM generations "
+        "WHERE run_id = ? AND status = 'ok' GROUP BY prompt_id) g JOIN prompts p ON p.run_id = ? AND p.prompt_id = g.prompt_id "
+        "WHERE p.source IS DISTINCT FROM ?", [run_id, run_id, NULL_SOURCE])[0]
+    calibrated = store.execute("SELECT value, n_positive, n_negative FROM metrics WHERE run_id = ? "
+                               "AND metric = 'criterion_threshold'", [run_id])
+    threshold, flagged, nulls = calibrated[0] if calibrated else (config.get("threshold"), 0, 0)
+    return CriterionStatement(prompts, most, config.get("min_clique", 0), float("nan") if threshold is None else float(threshold),
+                              bool(calibrated), config.get("null_factor", 0.0), nulls, flagged)
