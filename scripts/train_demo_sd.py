@@ -18,7 +18,7 @@ other, so that memscan's defaults can be tuned on one and measured on the others
 (docs/CALIBRATION.md):
 
     python scripts/build_demo.py --size 64 --out scanner/demo/calibration/world-64.parquet
-    python scripts/train_demo_sd.py --variant sd-64      # 64 pixels, a 4x autoencoder, shorter, lower lr
+    python scripts/train_demo_sd.py --variant sd-64      # 64 pixels, a 4x autoencoder, two thirds of the demo's steps
     python scripts/train_demo_sd.py --variant sd-short   # 32 pixels, its own autoencoder, a narrower UNet, much shorter, higher lr
 """
 
@@ -69,7 +69,7 @@ VARIANTS = {
                   log=ROOT / "scanner" / "demo" / "calibration" / "logs" / "train_sd-64.log", seed=6464,
                   vae={**VAE_CONFIG, "sample_size": 64, "block_out_channels": (16, 32, 64),
                        "down_block_types": ("DownEncoderBlock2D",) * 3, "up_block_types": ("UpDecoderBlock2D",) * 3},
-                  unet=UNET_CONFIG, vae_steps=400, vae_batch_size=16, unet_steps=3000, lr=3e-4),
+                  unet=UNET_CONFIG, vae_steps=2000, vae_batch_size=16, unet_steps=3000, lr=5e-4),
     "sd-short": dict(world=WORLD, out=ROOT / "scanner" / "demo" / "calibration" / "sd-short",
                      log=ROOT / "scanner" / "demo" / "calibration" / "logs" / "train_sd-short.log", seed=777,
                      vae={**VAE_CONFIG, "block_out_channels": (48, 64)},
