@@ -121,13 +121,15 @@ class ClusterConfig:
     wrong all-clear on others: docs/CALIBRATION.md)."""
 
     threshold: float | None = None
-    # tuned on the demo model (k 8 of 16 seeds: recall 0.93, 3.4% of x1 and non-member prompts flagged)
+    # tuned on the demo model (k 5 of 16 seeds: recall 0.94, 3.3% of x1 and non-member prompts flagged)
     # and measured on the calibration models it was not tuned on: docs/CALIBRATION.md
-    null_factor: float = 0.25
+    null_factor: float = 0.3
     # null prompts sampled beside the audit's, with its seeds; 16 already give the same threshold on
     # the demo within a few percent, 32 make it steady (docs/CALIBRATION.md)
     null_prompts: int = 32
-    min_clique: int = 8
+    # 5 of 16 seeds (31%): a model that reproduces an image in a third of its samples has memorized it;
+    # 8 of 16 missed 43% of the weaker sd-short's memorized items (docs/CALIBRATION.md). Carlini et al.: 10 of 500
+    min_clique: int = 5
     tiles: int = 4
     criterion: str = "clique"
     min_density: float = 0.5
@@ -165,8 +167,11 @@ class MatchConfig:
     max_hamming: int = 10       # pHash neighbours proposed per generation
     # a generation's tiled l2 to a training item relative to the item's spacing (its tiled l2 to the
     # nearest other distinct training image): extracted at or below extraction_ratio (with anchored l2 < 1)
-    extraction_ratio: float = 0.5
-    similar_ratio: float = 1.0
+    # tuned on the demo model (the largest ratio with no wrong verdict there) and measured on the
+    # calibration models (docs/CALIBRATION.md)
+    extraction_ratio: float = 0.35
+    similar_ratio: float = 0.7  # noise is at 0.84 to 1.0: as far from an item as its neighbours are
+    spacing_n: int = 50         # the item's spacing: mean tiled l2 to this many nearest other distinct images
     anchor_n: int = 50
     anchor_alpha: float = 0.5
     tiles: int = 4
@@ -178,6 +183,7 @@ class MatchConfig:
         require_number("extraction_ratio", self.extraction_ratio, 0, self.similar_ratio, low_open=True)
         require_number("similar_ratio", self.similar_ratio, 0, low_open=True)
         require_int("anchor_n", self.anchor_n, 1)
+        require_int("spacing_n", self.spacing_n, 1)
         require_number("anchor_alpha", self.anchor_alpha, 0, low_open=True)
         require_int("tiles", self.tiles, 1)
         require_int("keep", self.keep, 1)

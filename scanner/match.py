@@ -5,16 +5,16 @@ nearest neighbours and pHash neighbours propose items, pixel distances on thumbn
 Every distance is judged relative to the training set's own neighbourhood, never as an absolute
 pixel distance, which would be a constant of one resolution and one model (docs/CALIBRATION.md):
 
-- *item spacing*: the tiled l2 from the training item to its nearest other distinct training
-  image (Carlini et al.'s calibration, from the item's side): how far apart this part of the
-  training set is. The *relative distance* is the generation's tiled l2 to the item divided by it;
+- *item spacing*: the mean tiled l2 from the training item to its ``spacing_n`` (50) nearest
+  other distinct training images (Carlini et al.'s calibration, n = 50, from the item's side):
+  how far apart this part of the training set is. The *relative distance* is the generation's tiled l2 to the item divided by it;
 - *anchored l2* (Carlini et al., CIFAR-10): l2 to the item divided by ``alpha`` times the mean l2
   from the *generation* to its ``n`` nearest *distinct* training images (duplicates collapsed by
   sha256, so an image repeated 200 times does not anchor itself).
 
 Verdicts:
 - ``extracted``: a near-copy: relative distance <= ``extraction_ratio`` (closer to the item, in
-  every tile, than a fraction of the way to the item's nearest other training image) *and*
+  every tile, than a fraction of the way to the item's neighbours in the training set) *and*
   anchored l2 < 1. The item may be another prompt's: a model that emits a memorized image for a
   neighbouring caption has reproduced that training image;
 - ``similar``: relative distance <= ``similar_ratio``, or anchored l2 < 1 alone;
@@ -42,8 +42,8 @@ def verdict(relative: float, anchored: float, config: MatchConfig) -> str:
 
 
 def item_spacing(index: TrainingIndex, item: int, config: MatchConfig) -> float:
-    """Tiled l2 from training item ``item`` to the nearest other distinct training image among its
-    CLIP neighbours; nan when the index holds no other image."""
+    """Mean tiled l2 from training item ``item`` to its ``spacing_n`` nearest other distinct
+    training images (among its CLIP neighbours); nan when the index holds no other image."""
     _, neighbours = index.search_images(index.image_embedding(index.item_ids[item])[None], config.anchor_n + index.max_copies)
     own = index.sha256[item]
     others: dict[str, int] = {}
@@ -53,7 +53,8 @@ def item_spacing(index: TrainingIndex, item: int, config: MatchConfig) -> float:
     if not others:
         return float("nan")
     thumbnails = np.asarray(index.thumbnails[np.array(sorted(others.values()))])
-    return float(distances.tiled_l2(np.asarray(index.thumbnails[item])[None], thumbnails, config.tiles).min())
+    spacing = np.sort(distances.tiled_l2(np.asarray(index.thumbnails[item])[None], thumbnails, config.tiles))
+    return float(np.mean(spacing[:config.spacing_n]))
 
 
 def match_image(image: np.ndarray, embedding: np.ndarray, phash: int, index: TrainingIndex,

@@ -125,40 +125,41 @@ def low_quantile(alpha: float):
     return threshold_of
 
 
-def compare(paths: list[Path], tuned_on: str) -> None:
+def compare(paths: list[Path], tuned_on: str, k: int = 5) -> None:
     """Every criterion on every scanned model: recall, false flags (unmemorized x1 and non-members), null flags."""
     scans = {path.stem.removeprefix("criterion-"): pq.read_table(path).to_pylist() for path in paths}
     tuned = next(rows for name, rows in scans.items() if name.startswith(tuned_on))
     # the fixed threshold and the run-relative factor are tuned on one model: the largest that keeps its false flags at 5%
-    fixed = max((d for d in np.arange(0.005, 0.2, 0.0025) if outcome(tuned, column(tuned, "collapse_8") <= d)[1] <= 0.05),
+    fixed = max((d for d in np.arange(0.005, 0.2, 0.0025) if outcome(tuned, column(tuned, f"collapse_{k}") <= d)[1] <= 0.05),
                 default=0.02)
-    factors = np.arange(0.05, 1.0, 0.025)
-    factor = max((f for f in factors if outcome(tuned, relative_to_run(tuned, f))[1] <= 0.05), default=0.25)
+    factor = max((f for f in np.arange(0.05, 1.0, 0.025) if outcome(tuned, relative_to_run(tuned, f, k))[1] <= 0.05),
+                 default=0.25)
     print(f"tuned on {tuned_on}: fixed threshold {fixed:.4f}, run-relative factor {factor:.3f}\n")
     print("| model | criterion | recall (memorized x200/x50/x10) | false flags (unmemorized x1 + non-members) | null prompts flagged |")
     print("| --- | --- | --- | --- | --- |")
     for name, rows in scans.items():
         memorized = sum(r["memorized"] and r["bucket"] in DUPLICATED_BUCKETS for r in rows)
-        collapse = {k: column(rows, f"collapse_{k}") for k in (6, 8, 10)}
+        collapse = {size: column(rows, f"collapse_{size}") for size in CLIQUE_SIZES}
         criteria = {
             "fixed 0.02, k 8 (the old default, tuned on demo)": collapse[8] <= 0.02,
-            f"fixed {fixed:.4f}, k 8 (tuned on {tuned_on})": collapse[8] <= fixed,
-            f"{factor:.3f} x the audit prompts' median collapse, k 8 (tuned on {tuned_on})": relative_to_run(rows, factor),
-            "at most 5% of 32 nulls flagged (their low tail), k 8": null_draws(rows, collapse[8], 32, low_quantile(0.05)),
+            f"fixed {fixed:.4f}, k {k} (tuned on {tuned_on})": collapse[k] <= fixed,
+            f"{factor:.3f} x the audit prompts' median collapse, k {k} (tuned on {tuned_on})": relative_to_run(rows, factor, k),
+            f"at most 5% of 32 nulls flagged (their low tail), k {k}": null_draws(rows, collapse[k], 32, low_quantile(0.05)),
         }
-        for k in (6, 8, 10):
-            for f in (0.2, 0.25, 0.3):
-                criteria[f"{f} x median of 32 nulls, k {k}"] = null_draws(rows, collapse[k], 32, lambda v, f=f: null_threshold(v, f))
-        criteria["0.25 x median of 16 nulls, k 8"] = null_draws(rows, collapse[8], 16, lambda v: null_threshold(v, 0.25))
-        criteria["0.3 x median of 32 nulls, anchored (collapse / anchor distance), k 8"] = null_draws(
-            rows, collapse[8] / column(rows, "anchor"), 32, lambda v: null_threshold(v, 0.3))
+        for size in (4, 5, 8):
+            for f in (0.2, 0.3, 0.4):
+                criteria[f"{f} x median of 32 nulls, k {size}"] = null_draws(rows, collapse[size], 32,
+                                                                             lambda v, f=f: null_threshold(v, f))
+        criteria[f"0.3 x median of 16 nulls, k {k}"] = null_draws(rows, collapse[k], 16, lambda v: null_threshold(v, 0.3))
+        criteria[f"0.3 x median of 32 nulls, anchored (collapse / anchor distance), k {k}"] = null_draws(
+            rows, collapse[k] / column(rows, "anchor"), 32, lambda v: null_threshold(v, 0.3))
         for label, flagged in criteria.items():
             recall, false_flags, null_flags = outcome(rows, np.asarray(flagged, dtype=float))
             print(f"| {name} ({memorized} memorized) | {label} | {recall:.2f} | {false_flags:.3f} | {null_flags:.3f} |")
     print()
     for name, rows in scans.items():
-        print(f"{name}: median collapse_8 by bucket (memorized for x200/x50/x10): " + ", ".join(
-            f"{b} {np.median([r['collapse_8'] for r in rows if r['bucket'] == b and (r['memorized'] or b in ('x1', 'non-member', 'null'))]):.4f}"
+        print(f"{name}: median collapse distance at k {k} by bucket (memorized items for x200/x50/x10): " + ", ".join(
+            f"{b} {np.median([r[f'collapse_{k}'] for r in rows if r['bucket'] == b and (r['memorized'] or b in ('x1', 'non-member', 'null'))]):.4f}"
             for b in ("x200", "x50", "x10", "x1", "non-member", "null")))
 
 
@@ -186,15 +187,16 @@ def evaluate(name: str, guidance: float, config: ClusterConfig, match_config: Ma
             "false_flags": criterion.false_flag_rate, "unmemorized": criterion.unmemorized,
             "threshold": statement.threshold, "nulls_flagged": statement.nulls_flagged, "nulls": statement.nulls,
             "extracted_precision": extraction.precision, "extracted_recall": extraction.recall,
-            "judged_extracted": extraction.judged, "reproducing": extraction.reproducing, "matches": verdicts}
+            "judged_extracted": extraction.judged, "ambiguous": extraction.ambiguous, "reproducing": extraction.reproducing,
+            "matches": verdicts}
 
 
 def column(rows: list[dict], key: str) -> np.ndarray:
     return np.array([r[key] for r in rows], dtype=np.float64)
 
 
-def relative_to_run(rows: list[dict], factor: float) -> np.ndarray:
-    statistic = column(rows, "collapse_8")
+def relative_to_run(rows: list[dict], factor: float, k: int) -> np.ndarray:
+    statistic = column(rows, f"collapse_{k}")
     audit = np.array([r["bucket"] != "null" for r in rows])
     return statistic <= factor * np.median(statistic[audit])
 
@@ -219,14 +221,14 @@ def main() -> None:
     elif args.command == "compare":
         compare(sorted(RUNS.glob("criterion-*.parquet")), args.tuned_on)
     else:
-        print("| model | threshold (nulls flagged) | recall | false flags | extracted precision | extracted recall |")
+        print("| model | threshold (nulls under it) | recall | false flags | extracted precision (judged; ambiguous) | extracted recall |")
         print("| --- | --- | --- | --- | --- | --- |")
         for name in CALIBRATION_MODELS:
             if (RUNS / f"criterion-{name}-g{args.guidance:g}.duckdb").exists():
                 r = evaluate(name, args.guidance, ClusterConfig(), MatchConfig())
                 print(f"| {name} | {r['threshold']:.4f} ({r['nulls_flagged']} of {r['nulls']}) | {r['recall']:.2f} of "
                       f"{r['memorized']} | {r['false_flags']:.3f} of {r['unmemorized']} | {r['extracted_precision']:.2f} "
-                      f"({r['judged_extracted']} judged) | {r['extracted_recall']:.2f} of {r['reproducing']} |")
+                      f"({r['judged_extracted']}; {r['ambiguous']}) | {r['extracted_recall']:.2f} of {r['reproducing']} |")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ from scanner.distances import tiled_l2
 from scanner.store import Store
 
 REPRODUCED_TILED_L2 = 0.10
+# an extraction verdict is wrong only when the generation is clearly not a copy of the item: further
+# than this (Carlini et al.'s l2 bound for a copy); between the two it is counted as ambiguous
+NOT_A_COPY_TILED_L2 = 0.15
 REPRODUCED_SHARE = 0.25
 DUPLICATED_BUCKETS = ("x200", "x50", "x10")
 
@@ -121,13 +124,18 @@ def score_criterion(store: Store, run_id: str, world: Path = WORLD) -> Criterion
 @dataclass(frozen=True)
 class ExtractionScore:
     judged: int        # (candidate, item) pairs the matching stage judged extracted
-    correct: int       # ... whose candidate medoid does reproduce that item's training image
-    reproducing: int   # candidates whose medoid reproduces their own prompt's item
-    found: int         # ... judged extracted against that item
+    correct: int       # ... whose candidate medoid reproduces that item's training image (REPRODUCED_TILED_L2)
+    wrong: int         # ... whose medoid is clearly not a copy of it (NOT_A_COPY_TILED_L2); the rest are ambiguous
+    reproducing: int   # candidates whose medoid reproduces a training image (its prompt's item or another)
+    found: int         # ... judged extracted against an item it reproduces
 
     @property
     def precision(self) -> float:
-        return self.correct / self.judged if self.judged else 1.0
+        return self.correct / (self.correct + self.wrong) if self.correct + self.wrong else 1.0
+
+    @property
+    def ambiguous(self) -> int:
+        return self.judged - self.correct - self.wrong
 
     @property
     def recall(self) -> float:
@@ -136,20 +144,27 @@ class ExtractionScore:
 
 def score_extraction(store: Store, run_id: str, world: Path = WORLD) -> ExtractionScore:
     """Precision and recall of the ``extracted`` verdict: a verdict is right when the candidate's
-    medoid is within REPRODUCED_TILED_L2 of the judged item's training image."""
-    images = {r["item_id"]: decode_png(r["image_png"]) for r in load_world(["item_id", "image_png"], world)}
+    medoid is within REPRODUCED_TILED_L2 of the judged item's training image, wrong when it is
+    further than NOT_A_COPY_TILED_L2, ambiguous between (counted, in neither)."""
+    world_rows = load_world(["item_id", "sd_train", "image_png"], world)
+    images = {r["item_id"]: decode_png(r["image_png"]) for r in world_rows}
+    members = [r["item_id"] for r in world_rows if r["sd_train"]]
+    member_images = np.stack([images[item] for item in members])
     medoids = store.query(
-        "SELECT c.candidate_id, p.source_item_id, g.thumbnail_path FROM candidates c JOIN clusters cl USING (run_id, cluster_id) "
-        "JOIN generations g ON g.run_id = cl.run_id AND g.generation_id = cl.medoid_generation_id "
-        "JOIN prompts p ON p.run_id = c.run_id AND p.prompt_id = c.prompt_id WHERE c.run_id = ?", [run_id]).to_pylist()
+        "SELECT c.candidate_id, g.thumbnail_path FROM candidates c JOIN clusters cl USING (run_id, cluster_id) "
+        "JOIN generations g ON g.run_id = cl.run_id AND g.generation_id = cl.medoid_generation_id WHERE c.run_id = ?",
+        [run_id]).to_pylist()
     judged = store.query("SELECT candidate_id, item_id FROM matches WHERE run_id = ? AND verdict = 'extracted'",
                          [run_id]).to_pylist()
     medoid_of = {m["candidate_id"]: features.load_image(store.image_file(m["thumbnail_path"])) for m in medoids}
 
-    def reproduces(candidate_id: str, item_id: str | None) -> bool:
-        return item_id in images and float(tiled_l2(medoid_of[candidate_id], images[item_id])) <= REPRODUCED_TILED_L2
+    def distance(candidate_id: str, item_id: str | None) -> float:
+        return float(tiled_l2(medoid_of[candidate_id], images[item_id])) if item_id in images else float("inf")
 
     extracted = {(j["candidate_id"], world_item_of(j["item_id"])) for j in judged}
-    own = [m for m in medoids if reproduces(m["candidate_id"], m["source_item_id"])]
-    return ExtractionScore(len(extracted), sum(reproduces(c, i) for c, i in extracted), len(own),
-                           sum((m["candidate_id"], m["source_item_id"]) in extracted for m in own))
+    reproduced = {c: {members[i] for i in np.flatnonzero(tiled_l2(medoid_of[c][None], member_images) <= REPRODUCED_TILED_L2)}
+                  for c in medoid_of}
+    reproducing = [c for c, items in reproduced.items() if items]
+    return ExtractionScore(len(extracted), sum(distance(c, i) <= REPRODUCED_TILED_L2 for c, i in extracted),
+                           sum(distance(c, i) > NOT_A_COPY_TILED_L2 for c, i in extracted), len(reproducing),
+                           sum(any((c, item) in extracted for item in reproduced[c]) for c in reproducing))
