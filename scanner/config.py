@@ -227,6 +227,9 @@ class ScanConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
+        if self.sampling.samples_per_prompt < self.cluster.min_clique:  # an all-clear on no evidence
+            raise SettingError("min_clique", f"must be at most samples_per_prompt ({self.sampling.samples_per_prompt}), "
+                                             f"not {self.cluster.min_clique}: no prompt could ever be flagged")
         if self.sampling.stop_early and self.cluster.criterion != "clique":
             raise SettingError("stop_early", "needs the clique criterion: a component can lose its edge density as seeds are added")
 

@@ -183,6 +183,8 @@ CASES = [
     scan_case("bad number", "threshold not a number", ("--threshold", "x"), needle="--threshold"),
     scan_case("bad number", "min clique 1", ("--min-clique", "1", "--prompts", "p.txt"), PROMPTS,
          needle="min"),
+    scan_case("bad number", "min clique above the seeds", ("--min-clique", "9", "--samples-per-prompt", "8", "--prompts", "p.txt"),
+              PROMPTS, needle="--min-clique"),
     scan_case("bad number", "triage 0", ("--triage", "0", "--prompts", "p.txt"), PROMPTS, needle="--triage"),
     scan_case("bad number", "triage above 1", ("--triage", "1.5", "--prompts", "p.txt"), PROMPTS,
          needle="--triage"),

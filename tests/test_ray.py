@@ -23,7 +23,7 @@ from scanner.store import Store  # noqa: E402
 ROWS = "SELECT generation_id, prompt_id, seed, status, image_sha256, phash, dhash, degenerate, embedding " \
        "FROM generations ORDER BY generation_id"
 SAMPLING = SamplingConfig(samples_per_prompt=4, batch_size=2, num_inference_steps=4)
-FIXED = ClusterConfig(threshold=0.02)  # no null prompts: the rows compared are the prompts' own
+FIXED = ClusterConfig(threshold=0.02, min_clique=4)  # no null prompts: the rows compared are the prompts' own
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,8 @@ def test_a_killed_driver_resumes_with_the_same_command(tmp_path, captions, singl
     prompts.write_text("\n".join(captions))
     db = tmp_path / "ray.duckdb"
     command = [sys.executable, "-m", "scanner", "scan", "--ray", "local", "--ray-workers", "2", "--prompts", str(prompts),
-               "--db", str(db), "--samples-per-prompt", "4", "--batch-size", "2", "--steps", "4", "--no-progress"]
+               "--db", str(db), "--samples-per-prompt", "4", "--batch-size", "2", "--steps", "4",
+               "--threshold", str(FIXED.threshold), "--min-clique", "4", "--no-progress"]  # the reference's criterion
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while stored_images(db) < 4 and time.time() < deadline and driver.poll() is None:

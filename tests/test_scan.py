@@ -103,7 +103,7 @@ def test_triage_mass_samples_only_the_prompts_the_detector_ranks_first(tmp_path,
     prompts = [Prompt.from_text(r["caption"]) for r in rows]
     members = {p.prompt_id for p, r in zip(prompts, rows) if r["dup_count"] == 200}
     config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=2, batch_size=8, triage=0.25),
-                        cluster=ClusterConfig(threshold=0.02))  # no null prompts: only what triage keeps is sampled
+                        cluster=ClusterConfig(threshold=0.02, min_clique=2))  # no null prompts: only what triage keeps is sampled
     with Store(tmp_path / "scan.duckdb") as store:
         result = run_scan(store, demo_sd, prompts, config, show_progress=False)
         sampled = {r[0] for r in store.execute("SELECT DISTINCT prompt_id FROM generations")}
