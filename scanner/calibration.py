@@ -68,6 +68,7 @@ def null_threshold(null_statistics: Sequence[float], factor: float) -> float:
 MEASURED = ("83% and 86% of memorized duplicated items flagged, 0 of 75 ordinary prompts each, on the calibration models "
             "sd-64 and sd-short (docs/CALIBRATION.md)")
 MEASURED_SETTINGS = {"min_clique": 5, "generations_per_prompt": 16, "null_factor": 0.3}
+MEASURED_RESOLUTIONS = (32, 64)  # the calibration models' sizes, in pixels: no evidence for other sizes
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class CriterionStatement:
     null_factor: float
     nulls: int
     nulls_flagged: int
+    resolution: int = 0  # pixels of the generations (0: unknown)
 
     def measured_settings(self) -> bool:
         return self.calibrated and {"min_clique": self.min_clique, "generations_per_prompt": self.generations_per_prompt,
@@ -99,6 +101,9 @@ class CriterionStatement:
                + ("." if self.measured_settings() else
                   f", at {MEASURED_SETTINGS['min_clique']} of {MEASURED_SETTINGS['generations_per_prompt']} generations and "
                   f"factor {MEASURED_SETTINGS['null_factor']}: this scan's settings were not measured.")]
+        if self.resolution and self.resolution not in MEASURED_RESOLUTIONS:
+            out.append(f"This model draws {self.resolution}-pixel images; that recall was measured at "
+                       f"{' and '.join(map(str, MEASURED_RESOLUTIONS))} pixels only, and is no evidence at {self.resolution}.")
         if found_nothing:
             out.append("No prompt met it. That does not show that nothing is memorized: only these prompts and seeds were "
                        "tried, and a memorized image that shows in fewer than "
@@ -110,12 +115,13 @@ def criterion_statement(store: Store, run_id: str) -> CriterionStatement:
     """The criterion a stored run's candidates were computed with, from its settings and calibration."""
     stored = json.loads(store.execute("SELECT config FROM runs WHERE run_id = ?", [run_id])[0][0])
     config = stored.get("cluster", {}) if isinstance(stored, dict) else {}  # a database may be older, or crafted
-    prompts, most = store.execute(
-        "SELECT count(DISTINCT g.prompt_id), coalesce(max(n), 0) FROM (SELECT prompt_id, count(*) AS n FROM generations "
-        "WHERE run_id = ? AND status = 'ok' GROUP BY prompt_id) g JOIN prompts p ON p.run_id = ? AND p.prompt_id = g.prompt_id "
-        "WHERE p.source IS DISTINCT FROM ?", [run_id, run_id, NULL_SOURCE])[0]
+    prompts, most, resolution = store.execute(
+        "SELECT count(DISTINCT g.prompt_id), coalesce(max(n), 0), coalesce(max(side), 0) FROM (SELECT prompt_id, count(*) AS n, "
+        "max(greatest(height, width)) AS side FROM generations WHERE run_id = ? AND status = 'ok' GROUP BY prompt_id) g "
+        "JOIN prompts p ON p.run_id = ? AND p.prompt_id = g.prompt_id WHERE p.source IS DISTINCT FROM ?",
+        [run_id, run_id, NULL_SOURCE])[0]
     calibrated = store.execute("SELECT value, n_positive, n_negative FROM metrics WHERE run_id = ? "
                                "AND metric = 'criterion_threshold'", [run_id])
     threshold, flagged, nulls = calibrated[0] if calibrated else (config.get("threshold"), 0, 0)
     return CriterionStatement(prompts, most, config.get("min_clique", 0), float("nan") if threshold is None else float(threshold),
-                              bool(calibrated), config.get("null_factor", 0.0), nulls, flagged)
+                              bool(calibrated), config.get("null_factor", 0.0), nulls, flagged, int(resolution))

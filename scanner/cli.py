@@ -60,6 +60,7 @@ RAY_CPUS_PER_WORKER = typer.Option(None, help="With --ray: CPUs (torch threads) 
 ENCODING = typer.Option(None, help="Text encoding of prompt, caption and name files and of CSV tables (default: UTF-8, with or without a byte-order mark).")
 ALLOW_PICKLE = typer.Option(False, "--allow-pickle", help="Load pickled weights (.bin, .pt, .ckpt...) in model folders. Unpickling can run code: only for files you trust.")
 IMAGE_ROOT = typer.Option(None, help="Every image path of a table must resolve under this folder (for a table someone else wrote).")
+MODEL_KIND = typer.Option(None, "--model-kind", help="The model's kind, when model_index.json's _class_name should not decide (memscan env lists them).")
 
 # settings whose flag is not "--" and the setting's name with dashes
 FLAG_OF_SETTING = {"num_inference_steps": "--steps", "guidance_scale": "--guidance", "address": "--ray",
@@ -108,7 +109,7 @@ def demo(
     from scanner.demo.evaluate import score_criterion, score_demo_run
     from scanner.generate import Prompt, check_plan_fits
     from scanner.demo.pipeline import demo_identities, demo_index, demo_membership
-    from scanner.models.diffusers_t2i import DiffusersT2I
+    from scanner.models.registry import load_model
     from scanner.report import render_report
     from scanner.scan import run_scan
     from scanner.store import Store
@@ -123,7 +124,7 @@ def demo(
     except ValueError as error:
         raise _flag_error(error) from None
     console.print(f"Demo: {len(prompts)} prompts x {samples_per_prompt} seeds on {demo_world.SD_MODEL.name}")
-    model = DiffusersT2I.load(demo_world.SD_MODEL)
+    model = load_model(demo_world.SD_MODEL)
     check_plan_fits(config.sampling, model.resolution, config.features.thumbnail_size)
     embedder = load_embedder(config.features)
     training_index = demo_index(embedder, index_root, db.parent)
@@ -154,6 +155,7 @@ def demo(
 def scan(
     model: Path = typer.Option(None, help="Diffusers pipeline folder or single .safetensors file (default: the demo model)."),
     single_file_config: Optional[Path] = typer.Option(None, help="For a single-file --model: a local pipeline folder with its model_index.json."),
+    model_kind: Optional[str] = MODEL_KIND,
     prompts: Path = typer.Option(None, help="Prompts: .txt (one per line), .csv or .parquet (default: the demo captions)."),
     caption_column: str = typer.Option("caption", help="Column holding the prompts in a CSV or Parquet file."),
     encoding: Optional[str] = ENCODING,
@@ -166,8 +168,8 @@ def scan(
     config: Optional[Path] = typer.Option(None, help="TOML configuration; flags given here override it."),
     samples_per_prompt: Optional[int] = typer.Option(None, help="Generations per prompt (default: 16)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per sampling batch (default: 32)."),
-    num_inference_steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: 20)."),
-    guidance_scale: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default: 5.0)."),
+    num_inference_steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model family's at its resolution, with its source in the run: 20 on the demo, the pipeline's 50 on a released SD or SDXL)."),
+    guidance_scale: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default: the model family's at its resolution: 5.0 on the demo, 7.5 on a released SD 1/2, 5.0 on SDXL)."),
     seed_base: Optional[int] = typer.Option(None, help="First seed; prompt i uses seeds base..base+N-1 (default: 0)."),
     triage_fraction: Optional[float] = typer.Option(None, "--triage", help="Mass-sample only this top fraction of prompts by the memorization detector (default: 1, all)."),
     triage_detector: Optional[str] = typer.Option(None, help="Detector that ranks prompts for --triage: seed_agreement, wen or norm_align (default: seed_agreement)."),
@@ -191,16 +193,17 @@ def scan(
     """Sample a model on many prompts and seeds, and find prompts whose generations collapse."""
     from scanner import demo as demo_world
     from scanner.config import ScanConfig, load_scan_config, override
-    from scanner.generate import Prompt, check_plan_fits
-    from scanner.index import TrainingIndex, captions_to_sample
-    from scanner.prompts import read_prompts
+    from scanner.generate import check_plan_fits
+    from scanner.index import TrainingIndex
+    from scanner.prompts import scan_prompts
     from scanner.scan import run_scan
     from scanner.store import Store
 
     settings = load_scan_config(config) if config else ScanConfig(db="runs/scan.duckdb")
     try:
         settings = override(settings, model=str(model) if model else None,
-                            single_file_config=str(single_file_config) if single_file_config else None, prompts=str(prompts) if prompts else None,
+                            single_file_config=str(single_file_config) if single_file_config else None, model_kind=model_kind,
+                            prompts=str(prompts) if prompts else None,
                             db=str(db) if db else None, images_dir=str(images_dir) if images_dir else None, device=device,
                             index=index,
                             sampling=override(settings.sampling, samples_per_prompt=samples_per_prompt,
@@ -215,20 +218,9 @@ def scan(
                             ray=override(settings.ray, address=ray, workers=ray_workers, cpus_per_worker=ray_cpus_per_worker))
     except ValueError as error:
         raise _flag_error(error) from None
-    if prompts_from_index:
-        require_int("--top", top, 1)
-        source_index = TrainingIndex.open(prompts_from_index, index_root)
-        prompt_list = [Prompt.from_text(caption, source=f"index:{source_index.name}", source_item_id=item_id)
-                       for caption, item_id in captions_to_sample(source_index, top)]
-    elif settings.prompts:
-        prompt_list = read_prompts(settings.prompts, caption_column, encoding)
-    else:
-        prompt_list = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"])
-                       for r in demo_world.demo_items()]
-    if not prompt_list:  # nothing to sample would read as "no memorization candidates"
-        raise MemscanError(f"no prompts to sample{f' in index {prompts_from_index}' if prompts_from_index else ''}")
+    prompt_list = scan_prompts(settings.prompts, caption_column, encoding, prompts_from_index, top, index_root)
     model_spec = ModelSpec.of(settings.model or demo_world.SD_MODEL, settings.device, settings.single_file_config or None,
-                              allow_pickle)
+                              allow_pickle, settings.model_kind)
     # the database opens before the models load: a bad --db or --images-dir fails at once
     with Store(settings.db, files_dir=settings.images_dir or None) as store:
         loaded = model_spec.load()
@@ -357,7 +349,8 @@ def index_query(
     """The k nearest training items to an image (CLIP, with pixel distances) or a text (captions)."""
     from scanner import distances
     from scanner.features import load_image
-    from scanner.index import TrainingIndex, fit
+    from scanner.features import resize
+    from scanner.index import TrainingIndex
 
     if (image is None) == (text is None):
         raise MemscanError("give exactly one of --image PATH or --text \"...\"")
@@ -377,7 +370,7 @@ def index_query(
     except Exception:
         raise input_error(image, "not a readable image") from None
     scores, ids = index.search_images(embedder.embed_images(pixels[None]), k)
-    query = fit(pixels, index.manifest["thumbnail_size"])
+    query = resize(pixels, index.manifest["thumbnail_size"])
     rows = []
     for rank, (score, i) in enumerate(zip(scores[0], ids[0])):
         if i < 0:
@@ -389,29 +382,14 @@ def index_query(
 
 
 MIA_MODEL = typer.Option(None, help="Diffusers pipeline folder (default: the demo model).")
+MIA_CLIP = typer.Option(None, "--clip-model", help="open_clip folder or architecture name the Wu et al. attacks embed with (default: the demo CLIP).")
+MIA_CLIP_PRETRAINED = typer.Option(None, help="Weights file when --clip-model is an architecture name.")
 IMAGE_COLUMN = typer.Option("image_path", help="Image path column of a table (absolute, or relative to the table).")
 CAPTION_COLUMN = typer.Option("caption", help="Caption column of a table.")
 MIA_DB = typer.Option(Path("runs/mia.duckdb"), help="DuckDB file to write.")
 
 mia_app = typer.Typer(no_args_is_help=True, help="Membership inference: was this image trained on?")
 app.add_typer(mia_app, name="mia")
-
-
-def _labelled_items(source: Path, member: bool, source_format: SourceFormat):
-    from scanner.index import read_chunks
-    from scanner.mia.evaluate import LabelledItem
-    from scanner.sources import iter_source
-
-    items = []
-    for chunk in read_chunks(iter_source(source, source_format), skip=set(), size=256):
-        for item in chunk:
-            image, problem = item.decoded()
-            if image is None:
-                raise input_error(item.source_path, problem)
-            items.append(LabelledItem(item.key, item.caption, image, member))
-    if not items:
-        raise input_error(source, "no images")
-    return items
 
 
 @mia_app.command("eval")
@@ -424,6 +402,9 @@ def mia_eval(
     image_root: Optional[Path] = IMAGE_ROOT,
     encoding: Optional[str] = ENCODING,
     allow_pickle: bool = ALLOW_PICKLE,
+    model_kind: Optional[str] = MODEL_KIND,
+    clip_model: Optional[str] = MIA_CLIP,
+    clip_pretrained: Optional[str] = MIA_CLIP_PRETRAINED,
     attacks: str = typer.Option("loss,clid_th,wen", help="Comma-separated: loss, clid_th, clid_vec, wen, norm_align, seed_agreement, wu_pixel, wu_clip, wu_classifier (the Wu et al. black-box attacks sample each caption 4 times)."),
     db: Path = MIA_DB,
     seed: int = typer.Option(0, help="Seed of the auxiliary/evaluation split and of the shared noise."),
@@ -435,13 +416,15 @@ def mia_eval(
     from scanner import demo as demo_world
     from scanner.mia.denoising import NoiseProtocol
     from scanner.mia.evaluate import run_mia_eval
+    from scanner.mia.labelled import labelled_sets
     from scanner.store import Store
 
     chosen = _attack_list(attacks)
     require_int("--seed", seed, 0)
-    items = _labelled_sets(members, nonmembers, ("--members", "--nonmembers"), demo_world.membership_items,
-                           SourceFormat(image_column, caption_column, encoding, image_root), halves=True)
-    loaded, embedder, pool = _mia_models(model, chosen, ray, ray_workers, ray_cpus_per_worker, allow_pickle)
+    items = labelled_sets(members, nonmembers, ("--members", "--nonmembers"), demo_world.membership_items,
+                          SourceFormat(image_column, caption_column, encoding, image_root), halves=True)
+    loaded, embedder, pool = _mia_models(model, model_kind, chosen, (clip_model, clip_pretrained), ray, ray_workers,
+                                         ray_cpus_per_worker, allow_pickle)
     with Store(db) as store:
         run_id, results, per_bucket = run_mia_eval(store, loaded, items, chosen, NoiseProtocol(seed=seed), seed, embedder, pool)
     _print_mia(results)
@@ -463,6 +446,9 @@ def mia_score(
     image_root: Optional[Path] = IMAGE_ROOT,
     encoding: Optional[str] = ENCODING,
     allow_pickle: bool = ALLOW_PICKLE,
+    model_kind: Optional[str] = MODEL_KIND,
+    clip_model: Optional[str] = MIA_CLIP,
+    clip_pretrained: Optional[str] = MIA_CLIP_PRETRAINED,
     attacks: str = typer.Option("loss,clid_th", help="Comma-separated: loss, clid_th, clid_vec, wen, norm_align, seed_agreement, wu_pixel, wu_clip, wu_classifier."),
     db: Path = MIA_DB,
     ray: Optional[str] = RAY_ADDRESS,
@@ -472,15 +458,17 @@ def mia_score(
     """Score unlabeled images with thresholds calibrated on a labelled reference set."""
     from scanner import demo as demo_world
     from scanner.mia.evaluate import run_mia_score
+    from scanner.mia.labelled import demo_labelled, distinct_ids, labelled_items, labelled_sets
     from scanner.store import Store
 
     chosen = _attack_list(attacks)
     source_format = SourceFormat(image_column, caption_column, encoding, image_root)
-    reference = _labelled_sets(members, nonmembers, ("--members", "--nonmembers"), demo_world.membership_items,
-                               source_format)
-    unlabeled = _demo_labelled(demo_world.unlabeled_items()) if items is None else \
-        _labelled_items(items, False, source_format)
-    loaded, embedder, pool = _mia_models(model, chosen, ray, ray_workers, ray_cpus_per_worker, allow_pickle)
+    reference = labelled_sets(members, nonmembers, ("--members", "--nonmembers"), demo_world.membership_items,
+                              source_format)
+    unlabeled = demo_labelled(demo_world.unlabeled_items()) if items is None else \
+        distinct_ids([("reference", reference), ("items", labelled_items(items, False, source_format))])[1]
+    loaded, embedder, pool = _mia_models(model, model_kind, chosen, (clip_model, clip_pretrained), ray, ray_workers,
+                                         ray_cpus_per_worker, allow_pickle)
     with Store(db) as store:
         run_id, rows = run_mia_score(store, loaded, reference, unlabeled, chosen, embedder=embedder, pool=pool)
     _print_table(f"Membership scores (thresholds from {len(reference)} labelled reference items)",
@@ -490,57 +478,32 @@ def mia_score(
 
 
 def _attack_list(attacks: str) -> list[str]:
-    from scanner.mia.evaluate import ATTACKS
+    from scanner.mia.attacks import parse_attacks
 
-    chosen = [a.strip() for a in attacks.split(",") if a.strip()]
-    unknown = sorted(set(chosen) - set(ATTACKS))
-    if unknown or not chosen:
-        raise MemscanError(f"--attacks: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(ATTACKS)}")
-    return chosen
+    return parse_attacks(attacks.split(","))
 
 
-def _mia_models(model: Optional[Path], attacks: list[str], ray: Optional[str], workers: Optional[int],
-                cpus_per_worker: Optional[int], allow_pickle: bool):
-    """The model, the demo CLIP when a Wu et al. attack needs one (their semantic distance), and
-    with --ray a pool of workers holding both."""
+def _mia_models(model: Optional[Path], kind: Optional[str], attacks: list[str], clip: tuple[Optional[str], Optional[str]],
+                ray: Optional[str], workers: Optional[int], cpus_per_worker: Optional[int], allow_pickle: bool):
+    """The model (refused when it cannot run an attack), the CLIP a Wu et al. attack embeds with
+    (--clip-model, else the demo CLIP), and with --ray a pool of workers holding both."""
     import functools
 
     from scanner import demo as demo_world
     from scanner.config import FeatureConfig
     from scanner.distributed import RayPool
-    from scanner.mia.evaluate import BLACKBOX
+    from scanner.mia.attacks import check_attacks, needs_embedder
     from scanner.models.loading import load_worker_models
 
-    model_spec = ModelSpec.of(model or demo_world.SD_MODEL, allow_pickle=allow_pickle)
-    features = FeatureConfig() if set(BLACKBOX) & set(attacks) else None
+    model_spec = ModelSpec.of(model or demo_world.SD_MODEL, allow_pickle=allow_pickle, kind=kind)
+    features = FeatureConfig(clip_model=clip[0] or "", clip_pretrained=clip[1] or "", allow_pickle=allow_pickle) \
+        if needs_embedder(attacks) else None
+    loaded = model_spec.load()
+    check_attacks(loaded, attacks)
     settings = _ray_settings(ray, workers, cpus_per_worker)
-    pool = RayPool(functools.partial(load_worker_models, model_spec, features), settings) if settings.address else None
-    return model_spec.load(), load_embedder(features) if features else None, pool
-
-
-def _labelled_sets(positive: Optional[Path], negative: Optional[Path], flags: tuple[str, str], demo_rows,
-                   source_format: SourceFormat, halves: bool = False):
-    """Items labelled member (``positive``) and non-member (``negative``), or the demo's sets when
-    neither is given. With ``halves`` (a command that splits each set in two) a set too small to
-    split is refused here, before any model loads."""
-    if (positive is None) != (negative is None):
-        raise MemscanError(f"give both {flags[0]} and {flags[1]}, or neither (the demo sets)")
-    if positive is None:
-        return _demo_labelled(demo_rows())
-    sets = [(positive, _labelled_items(positive, True, source_format)),
-            (negative, _labelled_items(negative, False, source_format))]
-    for source, items in sets:
-        if halves and len(items) < 2:
-            raise input_error(source, f"{len(items)} image; at least 2 are needed to split the set into two halves")
-    return sets[0][1] + sets[1][1]
-
-
-def _demo_labelled(rows):
-    from scanner import demo as demo_world
-    from scanner.mia.evaluate import LabelledItem
-
-    return [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0,
-                         demo_world.bucket_of(r["dup_count"])) for r in rows]
+    portable = _portable(features) if features else None
+    pool = RayPool(functools.partial(load_worker_models, model_spec, portable), settings) if settings.address else None
+    return loaded, load_embedder(features) if features else None, pool
 
 
 @mia_app.command("dataset")
@@ -553,30 +516,34 @@ def mia_dataset(
     image_root: Optional[Path] = IMAGE_ROOT,
     encoding: Optional[str] = ENCODING,
     allow_pickle: bool = ALLOW_PICKLE,
+    model_kind: Optional[str] = MODEL_KIND,
     alpha: float = typer.Option(0.05, help="Significance level."),
+    db: Path = MIA_DB,
     ray: Optional[str] = RAY_ADDRESS,
     ray_workers: Optional[int] = RAY_WORKERS,
     ray_cpus_per_worker: Optional[int] = RAY_CPUS_PER_WORKER,
 ) -> None:
     """Was this set of images trained on? A one-sided test of held-out CLiD classifier scores against a reference set."""
     from scanner import demo as demo_world
-    from scanner.mia.dataset import dataset_inference, held_out_scores
-    from scanner.mia.denoising import NoiseProtocol
-    from scanner.mia.evaluate import features_on
+    from scanner.mia.dataset import ATTACK, FEATURES, run_dataset_inference
+    from scanner.mia.labelled import labelled_sets
+    from scanner.store import Store
 
     require_number("--alpha", alpha, 0, 1, low_open=True)
-    items = _labelled_sets(suspect, reference, ("--suspect", "--reference"),
-                           lambda: demo_world.membership_items(per_bucket=0, x1=40, nonmembers=60),
-                           SourceFormat(image_column, caption_column, encoding, image_root), halves=True)
-    loaded, _, pool = _mia_models(model, ["clid_vec"], ray, ray_workers, ray_cpus_per_worker, allow_pickle)
-    features = features_on(pool, loaded, items, ["clid_vec"], NoiseProtocol())["clid_vec"]["features"]
-    in_suspect = np.array([item.member for item in items])
-    verdict = dataset_inference(*held_out_scores(features[in_suspect], features[~in_suspect]), alpha=alpha)
+    items = labelled_sets(suspect, reference, ("--suspect", "--reference"),
+                          lambda: demo_world.membership_items(per_bucket=0, x1=40, nonmembers=60),
+                          SourceFormat(image_column, caption_column, encoding, image_root), halves=True)
+    loaded, _, pool = _mia_models(model, model_kind, [FEATURES], (None, None), ray, ray_workers, ray_cpus_per_worker,
+                                  allow_pickle)
+    with Store(db) as store:
+        run_id, verdict = run_dataset_inference(store, loaded, items, alpha, pool)
+    in_suspect = sum(item.member for item in items)
     needed = f"{verdict.items_needed} held-out suspect items were enough" if verdict.items_needed else "not significant"
-    console.print(f"Suspect set ({in_suspect.sum()} items) vs reference ({(~in_suspect).sum()}); the classifier fitted on "
+    console.print(f"Suspect set ({in_suspect} items) vs reference ({len(items) - in_suspect}); the classifier fitted on "
                   f"half of each scores the other half ({verdict.suspect} vs {verdict.reference}): one-sided Mann-Whitney "
                   f"p = {verdict.p_value:.2e} (alpha {alpha}); {needed}. Median score "
                   f"{verdict.suspect_median:.3f} vs {verdict.reference_median:.3f}.")
+    console.print(f"Database: {db}  (run {run_id}); SELECT * FROM mia_scores WHERE run_id = '{run_id}' AND attack = '{ATTACK}'")
 
 
 @app.command()
@@ -727,6 +694,13 @@ def env() -> None:
     versions["cuda"] = str(torch.cuda.is_available())
     for name, version in versions.items():
         console.print(f"{name:16} {version}")
+    from scanner.models.base import CAPABILITY_NAMES
+    from scanner.models.registry import KINDS
+
+    console.print("model kinds (--model-kind; by default model_index.json's _class_name):")
+    for kind in KINDS.values():
+        offers = ", ".join(CAPABILITY_NAMES[c] for c in sorted(kind.capabilities))
+        console.print(f"  {kind.name:28} {kind.summary}; offers {offers}")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from scanner.errors import MemscanError, input_error
+from scanner.mia.attacks import DETECTORS
 
 MAX_SEED = 2**63 - 1  # seeds are stored as DuckDB BIGINT
 
@@ -66,8 +67,10 @@ class SamplingConfig:
 
     samples_per_prompt: int = 16
     batch_size: int = 32
-    num_inference_steps: int = 20
-    guidance_scale: float = 5.0
+    # None: the model family's default at its resolution (the adapter's ``defaults``, which say where
+    # they come from: 20 and 5.0 measured on the demo-sized models, the pipeline's own for released ones)
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
     seed_base: int = 0
     triage: float = 1.0  # mass-sample only this top fraction of prompts by the memorization detector
     triage_detector: str = "seed_agreement"  # or wen (Wen et al. 2024), norm_align (Asthana and Belagiannis 2026): they rank worse on the demo
@@ -79,17 +82,24 @@ class SamplingConfig:
     stop_early: bool = False
 
     def __post_init__(self) -> None:
-        from scanner.mia.triage import DETECTORS
-
         require_int("samples_per_prompt", self.samples_per_prompt, 1)  # zero seeds would report "no candidates" on no evidence
         require_int("batch_size", self.batch_size, 1)
-        require_int("num_inference_steps", self.num_inference_steps, 1)
-        require_number("guidance_scale", self.guidance_scale)
+        if self.num_inference_steps is not None:
+            require_int("num_inference_steps", self.num_inference_steps, 1)
+        if self.guidance_scale is not None:
+            require_number("guidance_scale", self.guidance_scale)
         require_int("seed_base", self.seed_base, 0, MAX_SEED + 1 - self.samples_per_prompt)
         require_number("triage", self.triage, 0, 1, low_open=True)
         if self.triage_detector not in DETECTORS:
             raise SettingError("triage_detector", f"must be one of {', '.join(DETECTORS)}, not {self.triage_detector!r}")
         require_int("triage_seeds", self.triage_seeds, 2)  # seed agreement compares two samples
+
+    def for_model(self, model: Any) -> "SamplingConfig":
+        """Steps and guidance left unset take the model family's defaults for its resolution."""
+        defaults = model.defaults
+        return dataclasses.replace(
+            self, num_inference_steps=self.num_inference_steps or defaults.num_inference_steps,
+            guidance_scale=defaults.guidance_scale if self.guidance_scale is None else self.guidance_scale)
 
 
 @dataclass(frozen=True)
@@ -215,6 +225,7 @@ class RayConfig:
 class ScanConfig:
     model: str = ""
     single_file_config: str = ""  # a local pipeline folder describing a single-file checkpoint
+    model_kind: str = ""  # a registered model kind (scanner/models/registry.py); "" = what model_index.json declares
     prompts: str = ""
     db: str = "runs/scan.duckdb"
     images_dir: str = ""  # "" = beside the database, in <db>.files/
@@ -227,6 +238,10 @@ class ScanConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
+        from scanner.models.registry import KINDS
+
+        if self.model_kind and self.model_kind not in KINDS:
+            raise SettingError("model_kind", f"must be one of {', '.join(KINDS)}, not {self.model_kind!r}")
         if self.sampling.samples_per_prompt < self.cluster.min_clique:  # an all-clear on no evidence
             raise SettingError("min_clique", f"must be at most samples_per_prompt ({self.sampling.samples_per_prompt}), "
                                              f"not {self.cluster.min_clique}: no prompt could ever be flagged")

@@ -66,10 +66,13 @@ def anchored_l2(generated: np.ndarray, target: np.ndarray, neighbours: np.ndarra
     ``neighbours`` are the generation's n nearest training images (the anchor set, [n, H, W, C]);
     below 1 the generation is much closer to ``target`` than to the rest of the training set.
     """
-    anchor = float(np.mean(normalized_l2(generated[None], neighbours)))
-    if anchor == 0.0:
-        return 0.0
-    return float(normalized_l2(generated, target)) / (alpha * anchor)
+    return anchored(float(normalized_l2(generated, target)), float(np.mean(normalized_l2(generated[None], neighbours))), alpha)
+
+
+def anchored(distance: float, anchor: float, alpha: float = 0.5) -> float:
+    """``distance`` relative to ``alpha`` times the anchor distance (0 when the anchor is 0: a
+    generation identical to its whole anchor set is no evidence of one item)."""
+    return distance / (alpha * anchor) if anchor > 0 else 0.0
 
 
 def hamming(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:

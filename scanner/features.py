@@ -67,11 +67,18 @@ def write_content_addressed(data: bytes, root: Path, suffix: str = ".png") -> tu
     return relative, digest
 
 
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Exactly size x size (bicubic), so generations and training images compare pixel for pixel."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+
+
 def thumbnail(image: np.ndarray, size: int) -> np.ndarray:
     """A size x size copy for pixel distances; images already that small are kept as they are."""
     if image.shape[0] <= size and image.shape[1] <= size:
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+    return resize(image, size)
 
 
 def load_image(path: Path) -> np.ndarray:

@@ -97,6 +97,10 @@ class SamplingJob:
     files_dir: str
     thumbnail_size: int
 
+    def __post_init__(self) -> None:
+        if self.sampling.num_inference_steps is None or self.sampling.guidance_scale is None:
+            raise ValueError("a sampling job needs its steps and guidance: SamplingConfig.for_model(model) fills them")
+
 
 @dataclass(frozen=True)
 class UnitResult:

@@ -62,15 +62,6 @@ def index_dir(name: str, root: Path = DEFAULT_ROOT) -> Path:
     return root / plain_name(name, "an index name (or a folder holding manifest.json)")
 
 
-def fit(image: np.ndarray, size: int) -> np.ndarray:
-    """Exactly size x size (bicubic), so generations and training images compare pixel for pixel."""
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
-
-
 def build_vector_index(vectors: np.ndarray, config: IndexConfig, rng_seed: int = 0) -> tuple[object, dict]:
     """Exact inner-product search for small sets; a trained IVF-PQ index (with its measured
     recall@10 against exact search) for large ones."""
@@ -194,7 +185,7 @@ def embed_chunk(thumbnail_size: int, embedder: ImageTextEmbedder, chunk: Sequenc
         rows.append({"item_id": item.key, "source_path": item.source_path, "caption": item.caption,
                      "sha256": hashlib.sha256(item.data).hexdigest(), "phash": phash, "dhash": dhash,
                      "width": int(image.shape[1]), "height": int(image.shape[0])})
-        thumbnails.append(fit(image, thumbnail_size))
+        thumbnails.append(features.resize(image, thumbnail_size))
         images.append(image)
     if not rows:
         empty = np.zeros((0, embedder.dim), np.float32)

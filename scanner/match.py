@@ -27,7 +27,7 @@ import numpy as np
 
 from scanner import distances, features
 from scanner.config import MatchConfig
-from scanner.index import TrainingIndex, fit
+from scanner.index import TrainingIndex
 from scanner.store import Store
 
 ANCHOR_KIND = "generation:distinct-nearest"
@@ -70,7 +70,7 @@ def match_image(image: np.ndarray, embedding: np.ndarray, phash: int, index: Tra
         seen.setdefault(index.sha256[i], i)
     distinct = np.array(sorted(seen.values()), dtype=np.int64)
     size = index.manifest["thumbnail_size"]
-    query = fit(image, size)
+    query = features.resize(image, size)
     thumbnails = np.asarray(index.thumbnails[distinct])
     l2 = distances.normalized_l2(query[None], thumbnails)
     tiled = distances.tiled_l2(query[None], thumbnails, config.tiles)
@@ -80,7 +80,7 @@ def match_image(image: np.ndarray, embedding: np.ndarray, phash: int, index: Tra
     spacing = {} if spacing is None else spacing  # per item, shared by the candidates of one run
     matches = []
     for position in order[:config.keep]:
-        anchored = float(l2[position]) / (config.anchor_alpha * anchor) if anchor > 0 else 0.0
+        anchored = distances.anchored(float(l2[position]), anchor, config.anchor_alpha)
         item = int(distinct[position])
         if item not in spacing:
             spacing[item] = item_spacing(index, item, config)

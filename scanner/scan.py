@@ -20,12 +20,13 @@ import numpy as np
 from scanner import calibration, cluster, generate, match
 from scanner.config import SamplingConfig, ScanConfig
 from scanner.distributed import LocalPool, Pool
+from scanner.mia.attacks import check_attacks
 from scanner.mia.in_scan import score_scan
 from scanner.mia.triage import top_fraction, triage
 from scanner.generate import Prompt
 from scanner.models.loading import WorkerModels, pool_precision
 from scanner.index import TrainingIndex
-from scanner.models.base import ImageTextEmbedder, TextToImageModel
+from scanner.models.base import SAMPLE, ImageTextEmbedder, TextToImageModel, require
 from scanner.progress import progress_bar
 from scanner.store import Store, stable_id
 
@@ -95,12 +96,18 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
     image embeddings to every generation (FAISS proposes near-duplicate edges from them);
     ``index`` matches every candidate to the training items it may reproduce. Sampling runs on
     ``pool`` (Ray workers holding the same models) or, by default, here."""
+    require(model, SAMPLE, "a scan")
+    config = dataclasses.replace(config, sampling=config.sampling.for_model(model))
+    if config.sampling.triage < 1.0:
+        check_attacks(model, [config.sampling.triage_detector])
     pool = pool or LocalPool(WorkerModels(model, embedder))
     precision = pool_precision(pool)
     nulls = calibration.null_prompts(prompts, config.cluster.null_prompts) if config.cluster.threshold is None else []
     run_id = run_id_for(model, precision, [*prompts, *nulls], config, kind)
     provenance = config.to_dict()
     provenance["sampling"]["precision"] = precision
+    provenance["model_kind"] = model.kind  # as resolved: model_index.json's class, or --model-kind
+    provenance["family_defaults"] = model.defaults.source  # where unset steps and guidance came from
     if index is not None:
         provenance["match"].update(index=index.name, index_folder=str(index.folder.resolve()),
                                    index_embedder_hash=index.manifest["embedder_hash"])
@@ -137,7 +144,7 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
         if index is not None:
             cluster_counts.update({f"matched_{k}": v for k, v in match.match_run(store, run_id, index, config.match).items()})
         scored = time.perf_counter()
-        cluster_counts["membership_scores"] = score_scan(store, run_id, model, index)
+        cluster_counts["membership_scores"] = score_scan(store, run_id, model, index, config.sampling, pool, precision)
         timings = {"triage_s": triage_seconds, "sampling_s": stats["sampling_s"], "features_s": stats["features_s"],
                    "clustering_s": matched - clustered, "matching_s": scored - matched,
                    "membership_s": time.perf_counter() - scored, "total_s": time.perf_counter() - began}

@@ -84,7 +84,7 @@ def bench_stage_shares(n_prompts: int) -> None:
     from scanner import demo as demo_world
     from scanner.config import SamplingConfig, ScanConfig
     from scanner.generate import Prompt
-    from scanner.models.diffusers_t2i import DiffusersT2I
+    from scanner.models.registry import load_model
     from scanner.models.open_clip_model import OpenClip
     from scanner.scan import run_scan
     from scanner.store import Store
@@ -92,7 +92,7 @@ def bench_stage_shares(n_prompts: int) -> None:
     items = demo_world.demo_items()[:: max(1, len(demo_world.demo_items()) // n_prompts)][:n_prompts]
     prompts = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"]) for r in items]
     config = ScanConfig(model=str(demo_world.SD_MODEL), sampling=SamplingConfig(samples_per_prompt=16, batch_size=64))
-    model = DiffusersT2I.load(demo_world.SD_MODEL)
+    model = load_model(demo_world.SD_MODEL)
     embedder = OpenClip.load(demo_world.CLIP_MODEL)
     with tempfile.TemporaryDirectory() as folder, Store(Path(folder) / "bench.duckdb") as store:
         result = run_scan(store, model, prompts, config, show_progress=False, embedder=embedder)

@@ -79,17 +79,18 @@ def section_precision(n: int) -> None:
     from scanner.config import SamplingConfig
     from scanner.distances import hamming, tiled_l2
     from scanner.features import perceptual_hashes, to_uint8
-    from scanner.models.diffusers_t2i import DiffusersT2I
+    from scanner.models.registry import load_model
+    from scanner.models.stable_diffusion import StableDiffusion
 
-    sampling = SamplingConfig()
     prompts, seeds = demo_prompts(n), list(range(n))
-    cpu = DiffusersT2I.load(demo_world.SD_MODEL, device="cpu")
-    gpu_fp16 = DiffusersT2I.load(demo_world.SD_MODEL, device="cuda")
-    gpu_fp32 = DiffusersT2I(cpu.pipeline.to("cuda"), cpu.model_ref, cpu.model_hash)
+    cpu = load_model(demo_world.SD_MODEL, device="cpu")
+    sampling = SamplingConfig().for_model(cpu)
+    gpu_fp16 = load_model(demo_world.SD_MODEL, device="cuda")
+    gpu_fp32 = StableDiffusion(cpu.pipeline.to("cuda"), cpu.model_ref, cpu.model_hash)
     runs = {}
     for name, model in (("cuda_fp32", gpu_fp32), ("cuda_fp16", gpu_fp16)):
         runs[name] = model.generate(prompts, seeds, sampling.num_inference_steps, sampling.guidance_scale)
-    cpu_model = DiffusersT2I(gpu_fp32.pipeline.to("cpu"), cpu.model_ref, cpu.model_hash)
+    cpu_model = StableDiffusion(gpu_fp32.pipeline.to("cpu"), cpu.model_ref, cpu.model_hash)
     runs["cpu_fp32"] = cpu_model.generate(prompts, seeds, sampling.num_inference_steps, sampling.guidance_scale)
     hashes = {name: [perceptual_hashes(image)[0] for image in to_uint8(images)] for name, images in runs.items()}
     for a, b in (("cpu_fp32", "cuda_fp32"), ("cpu_fp32", "cuda_fp16"), ("cuda_fp32", "cuda_fp16")):
@@ -103,10 +104,10 @@ def section_precision(n: int) -> None:
 def section_demo_throughput(batches: list[int]) -> None:
     from scanner import demo as demo_world
     from scanner.config import SamplingConfig
-    from scanner.models.diffusers_t2i import DiffusersT2I
+    from scanner.models.registry import load_model
 
-    sampling = SamplingConfig()
-    model = DiffusersT2I.load(demo_world.SD_MODEL, device="cuda")
+    model = load_model(demo_world.SD_MODEL, device="cuda")
+    sampling = SamplingConfig().for_model(model)
     prompts = demo_prompts(max(batches))
     model.generate(prompts[:8], list(range(8)), sampling.num_inference_steps, sampling.guidance_scale)
     for batch in batches:
@@ -135,9 +136,9 @@ def section_ray(n_prompts: int) -> None:
     from scanner.store import Store
 
     prompts = [Prompt.from_text(text) for text in dict.fromkeys(demo_prompts(n_prompts))]
-    sampling = SamplingConfig(samples_per_prompt=16, batch_size=64)
     spec = ModelSpec.of(demo_world.SD_MODEL)
     local = LocalPool(WorkerModels(spec.load(), load_embedder(FeatureConfig())))
+    sampling = SamplingConfig(samples_per_prompt=16, batch_size=64).for_model(local.state.model)
     began = time.perf_counter()
     pool = RayPool(functools.partial(load_worker_models, spec, FeatureConfig()), RayConfig(address="local"))
     precisions = {"local": pool_precision(local), "ray": pool_precision(pool)}

@@ -81,9 +81,9 @@ def main() -> None:
 
     cpus = os.cpu_count() or 1
     prompts = [Prompt.from_text(r["caption"]) for r in demo_world.demo_items()[: args.prompts]]
-    sampling = SamplingConfig(samples_per_prompt=args.samples_per_prompt, batch_size=args.batch_size)
     spec = ModelSpec.of(demo_world.SD_MODEL, "cpu")
     model = spec.load()
+    sampling = SamplingConfig(samples_per_prompt=args.samples_per_prompt, batch_size=args.batch_size).for_model(model)
     run_id = run_id_for(model, model.precision, prompts, ScanConfig(sampling=sampling), "bench")
     workdir = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     images = len(prompts) * sampling.samples_per_prompt

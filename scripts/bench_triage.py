@@ -35,7 +35,7 @@ def main() -> None:
     from scanner.generate import Prompt
     from scanner.mia import metrics
     from scanner.mia.triage import DETECTORS, detector_scores, seed_agreement
-    from scanner.models.diffusers_t2i import DiffusersT2I
+    from scanner.models.registry import load_model
     from scanner.scan import run_scan
     from scanner.store import Store
 
@@ -50,8 +50,8 @@ def main() -> None:
 
     rows = demo_world.membership_items(per_bucket=15, x1=args.x1, nonmembers=args.nonmembers)
     prompts = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"]) for r in rows]
-    model = DiffusersT2I.load(demo_world.SD_MODEL)
-    config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=args.samples_per_prompt, batch_size=64),
+    model = load_model(demo_world.SD_MODEL)
+    config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=args.samples_per_prompt, batch_size=64).for_model(model),
                         cluster=ClusterConfig(min_clique=args.min_clique))
 
     with tempfile.TemporaryDirectory() as folder, Store(Path(folder) / "bench.duckdb") as store:

@@ -45,7 +45,7 @@ CLIQUE_SIZES = range(2, 17)
 
 
 def scan_model(name: str, per_bucket: int, nulls: int, samples: int, guidance: float, steps: int) -> Path:
-    from scanner.models.diffusers_t2i import DiffusersT2I
+    from scanner.models.registry import load_model
     from scanner.scan import run_scan
 
     model_dir, world = CALIBRATION_MODELS[name]
@@ -57,7 +57,7 @@ def scan_model(name: str, per_bucket: int, nulls: int, samples: int, guidance: f
                         sampling=SamplingConfig(samples_per_prompt=samples, batch_size=64, num_inference_steps=steps,
                                                 guidance_scale=guidance))
     with Store(db) as store:
-        result = run_scan(store, DiffusersT2I.load(model_dir), prompts, config, kind="calibration",
+        result = run_scan(store, load_model(model_dir), prompts, config, kind="calibration",
                           embedder=load_embedder(config.features))
         rows = prompt_statistics(store, result.run_id, world)
     out = RUNS / f"criterion-{name}-g{guidance:g}.parquet"

@@ -20,6 +20,12 @@ other, so that memscan's defaults can be tuned on one and measured on the others
     python scripts/build_demo.py --size 64 --out scanner/demo/calibration/world-64.parquet
     python scripts/train_demo_sd.py --variant sd-64      # 64 pixels, a 4x autoencoder, two thirds of the demo's steps
     python scripts/train_demo_sd.py --variant sd-short   # 32 pixels, its own autoencoder, a narrower UNet, much shorter, higher lr
+
+and the family models of issue 19, each the demo world drawn by another pipeline class
+(``scanner/demo/families/``), on the demo model's autoencoder:
+
+    python scripts/train_demo_sd.py --variant sd2-v      # SD 2.x-shaped: v-prediction, linear attention projections, gelu text encoder
+    python scripts/train_demo_sd.py --variant sdxl       # SDXL-shaped: two text encoders, pooled embedding and size ids, Euler
 """
 
 from __future__ import annotations
@@ -75,6 +81,25 @@ VARIANTS = {
                      vae={**VAE_CONFIG, "block_out_channels": (48, 64)},
                      unet={**UNET_CONFIG, "block_out_channels": (32, 64, 64)}, vae_steps=300, unet_steps=2000, lr=1e-3),
 }
+FAMILIES = ROOT / "scanner" / "demo" / "families"
+DEMO_VAE = ROOT / "scanner" / "demo" / "sd-tiny" / "vae"
+# SD 2.x: what differs in the UNet and text encoder (diffusers' stable-diffusion-2 configs, scaled down)
+SD2_UNET = {**UNET_CONFIG, "use_linear_projection": True, "upcast_attention": True, "attention_head_dim": (2, 4, 8)}
+# SDXL: two text encoders whose penultimate states are concatenated (16 + 32 = the UNet's cross-attention width),
+# the second one's projected pooled output, and six size ids, each embedded in 8 dimensions: 6 * 8 + 32 = 80.
+# The second is the wider, as in SDXL (768 and 1280): diffusers' single-file loader tells them apart by width.
+SDXL_TEXT = {**TEXT_CONFIG, "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2, "num_hidden_layers": 3}
+SDXL_TEXT_2 = {**TEXT_CONFIG, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "projection_dim": 32}
+SDXL_UNET = {**UNET_CONFIG, "block_out_channels": (32, 64, 96), "use_linear_projection": True, "cross_attention_dim": 48,
+             "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+             "projection_class_embeddings_input_dim": 6 * 8 + 32, "attention_head_dim": (2, 4, 6)}
+VARIANTS.update({
+    "sd2-v": dict(family="sd2-v", world=WORLD, out=FAMILIES / "sd2-v", log=FAMILIES / "logs" / "train_sd2-v.log",
+                  seed=2222, vae_from=DEMO_VAE, unet=SD2_UNET, text={**TEXT_CONFIG, "hidden_act": "gelu"},
+                  unet_steps=3000, lr=5e-4),
+    "sdxl": dict(family="sdxl", world=WORLD, out=FAMILIES / "sdxl", log=FAMILIES / "logs" / "train_sdxl.log",
+                 seed=4242, vae_from=DEMO_VAE, unet=SDXL_UNET, unet_steps=3000, lr=5e-4),
+})
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
     clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
@@ -154,11 +179,11 @@ def train_vae(variant: dict, steps: int, batch_size: int, work: Path, log_file: 
 
 def train_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path, log_file: Path) -> None:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     images, captions, dup_counts = load_members(variant["world"])
     tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
-    vae = AutoencoderKL.from_pretrained(work / "vae")
+    vae = AutoencoderKL.from_pretrained(variant.get("vae_from", work / "vae"), torch_dtype=torch.float32)
     with torch.no_grad():
         posterior = [vae.encode(to_tensor(images[i:i + 256])).latent_dist for i in range(0, len(images), 256)]
         latent_mean = torch.cat([p.mean for p in posterior])
@@ -168,10 +193,13 @@ def train_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path
     empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
 
     torch.manual_seed(variant["seed"])
+    family = variant.get("family", "sd")
     unet = UNet2DConditionModel(**variant["unet"])
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
-    noise_scheduler = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k != "set_alpha_to_one"})
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    encoders = text_encoders(variant)
+    scheduler_config = {k: v for k, v in family_scheduler_config(family).items()
+                        if k not in ("set_alpha_to_one", "timestep_spacing", "interpolation_type")}
+    noise_scheduler = DDPMScheduler(**scheduler_config)
+    params = list(unet.parameters()) + [p for encoder in encoders for p in encoder.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     warmup = 200
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -190,12 +218,22 @@ def train_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path
         x0 = (latent_mean[index] + latent_std[index] * torch.randn(latent_mean[index].shape, generator=generator)) * scaling
         token_ids = ids[index].clone()
         dropped = torch.rand(len(index), generator=generator) < 0.1
-        token_ids[dropped] = empty_ids[0]
         noise = torch.randn(x0.shape, generator=generator)
         timesteps = torch.randint(0, 1000, (len(index),), generator=generator)
         noisy = noise_scheduler.add_noise(x0, noise, timesteps)
-        condition = text_encoder(token_ids).last_hidden_state
-        loss = torch.nn.functional.mse_loss(unet(noisy, timesteps, condition).sample, noise)
+        if family == "sdxl":
+            # dropped captions are all-zero embeddings: what the pipeline guides against (force_zeros_for_empty_prompt)
+            condition, pooled = sdxl_condition(encoders, token_ids)
+            keep = (~dropped).float()
+            condition, pooled = condition * keep[:, None, None], pooled * keep[:, None]
+            size_ids = torch.tensor([[images.shape[1], images.shape[2], 0, 0, images.shape[1], images.shape[2]]] * len(index))
+            prediction = unet(noisy, timesteps, condition,
+                              added_cond_kwargs={"text_embeds": pooled, "time_ids": size_ids}).sample
+        else:
+            token_ids[dropped] = empty_ids[0]
+            prediction = unet(noisy, timesteps, encoders[0](token_ids).last_hidden_state).sample
+        target = noise_scheduler.get_velocity(x0, noise, timesteps) if family == "sd2-v" else noise
+        loss = torch.nn.functional.mse_loss(prediction, target)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -208,21 +246,56 @@ def train_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path
             running = 0.0
         if step % 1000 == 0 or step == steps:
             unet.save_pretrained(work / "unet")
-            text_encoder.save_pretrained(work / "text_encoder")
+            for name, encoder in zip(("text_encoder", "text_encoder_2"), encoders):
+                encoder.save_pretrained(work / name)
 
 
-def write_pipeline(work: Path, out_dir: Path, log_file: Path) -> None:
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+def family_scheduler_config(family: str) -> dict:
+    """The sampling scheduler's settings: SD 1's DDIM; SD 2's DDIM predicting v; SDXL's Euler."""
+    if family == "sd2-v":
+        return {**SCHEDULER_CONFIG, "prediction_type": "v_prediction"}
+    if family == "sdxl":
+        return {k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("clip_sample", "set_alpha_to_one")} | {
+            "timestep_spacing": "leading", "interpolation_type": "linear"}
+    return SCHEDULER_CONFIG
 
-    pipeline = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_pretrained(work / "vae"),
-        text_encoder=CLIPTextModel.from_pretrained(work / "text_encoder"),
-        tokenizer=CLIPTokenizer.from_pretrained(work / "tokenizer"),
-        unet=UNet2DConditionModel.from_pretrained(work / "unet"),
-        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+
+def text_encoders(variant: dict) -> list:
+    """The family's text encoders, freshly initialized: one CLIPTextModel, or SDXL's pair (the
+    second with a projection whose output is the pooled embedding)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    if variant.get("family") == "sdxl":
+        return [CLIPTextModel(CLIPTextConfig(**SDXL_TEXT)), CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_2))]
+    return [CLIPTextModel(CLIPTextConfig(**variant.get("text", TEXT_CONFIG)))]
+
+
+def sdxl_condition(encoders: list, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """As StableDiffusionXLPipeline.encode_prompt: both encoders' penultimate hidden states,
+    concatenated, and the second encoder's projected pooled output."""
+    first = encoders[0](token_ids, output_hidden_states=True)
+    second = encoders[1](token_ids, output_hidden_states=True)
+    return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1), second.text_embeds
+
+
+def write_pipeline(variant: dict, work: Path, out_dir: Path, log_file: Path) -> None:
+    from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
+                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    family = variant.get("family", "sd")
+    parts = dict(vae=AutoencoderKL.from_pretrained(variant.get("vae_from", work / "vae")),
+                 text_encoder=CLIPTextModel.from_pretrained(work / "text_encoder"),
+                 tokenizer=CLIPTokenizer.from_pretrained(work / "tokenizer"),
+                 unet=UNet2DConditionModel.from_pretrained(work / "unet"))
+    if family == "sdxl":
+        pipeline = StableDiffusionXLPipeline(
+            **parts, text_encoder_2=CLIPTextModelWithProjection.from_pretrained(work / "text_encoder_2"),
+            tokenizer_2=CLIPTokenizer.from_pretrained(work / "tokenizer"),
+            scheduler=EulerDiscreteScheduler(**family_scheduler_config(family)), add_watermarker=False)
+    else:
+        pipeline = StableDiffusionPipeline(**parts, scheduler=DDIMScheduler(**family_scheduler_config(family)),
+                                           safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
     size = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
     log(f"pipeline written to {out_dir} ({size / 1e6:.1f} MB)", log_file)
@@ -250,12 +323,12 @@ def main() -> None:
     if args.stage in ("all", "tokenizer"):
         build_tokenizer(work / "tokenizer")
         log("tokenizer built from open_clip's BPE merges", log_file)
-    if args.stage in ("all", "vae"):
+    if args.stage in ("all", "vae") and "vae_from" not in variant:
         train_vae(variant, args.vae_steps or variant["vae_steps"], variant.get("vae_batch_size", args.batch_size), work, log_file)
     if args.stage in ("all", "unet"):
         train_unet(variant, args.unet_steps or variant["unet_steps"], args.batch_size, args.lr or variant["lr"], work, log_file)
     if args.stage in ("all", "pipeline"):
-        write_pipeline(work, out, log_file)
+        write_pipeline(variant, work, out, log_file)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).parent))  # test helpers (ldm_checkpoint)
 @pytest.fixture(scope="session")
 def demo_sd():
     from scanner.demo import SD_MODEL
-    from scanner.models.diffusers_t2i import DiffusersT2I
+    from scanner.models.registry import load_model
 
-    return DiffusersT2I.load(SD_MODEL, device="cpu")
+    return load_model(SD_MODEL, device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,9 @@
-"""Write a diffusers StableDiffusionPipeline as one original-layout (LDM) ``.safetensors`` file,
-the way single-file Stable Diffusion checkpoints are shared, so the tests can load the demo
-model through ``from_single_file`` for real. The inverse of diffusers' own converters."""
+"""Write a diffusers StableDiffusionPipeline or StableDiffusionXLPipeline as one original-layout
+(LDM / SGM) ``.safetensors`` file, the way single-file Stable Diffusion checkpoints are shared, so
+the tests can load the demo models through ``from_single_file`` for real. The inverse of
+diffusers' own converters: SD 1 keeps its text encoder under ``cond_stage_model.transformer``,
+SDXL its first (transformers layout) under ``conditioner.embedders.0.transformer`` and its second
+(open_clip layout: fused attention projections) under ``conditioner.embedders.1.model``."""
 
 from __future__ import annotations
 
@@ -45,6 +48,8 @@ def unet_to_ldm(state: dict, config: dict) -> dict:
     _rename(state, "mid_block.resnets.0", "middle_block.0", out, RESNET)
     _rename(state, "mid_block.attentions.0", "middle_block.1", out)
     _rename(state, "mid_block.resnets.1", "middle_block.2", out, RESNET)
+    _rename(state, "add_embedding.linear_1", "label_emb.0.0", out)  # SDXL's pooled text + size ids
+    _rename(state, "add_embedding.linear_2", "label_emb.0.2", out)
     return {f"model.diffusion_model.{k}": v for k, v in out.items()}
 
 
@@ -74,12 +79,44 @@ def vae_to_ldm(state: dict, config: dict) -> dict:
     return fixed
 
 
+OPEN_CLIP_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+                   "self_attn.out_proj": "attn.out_proj"}
+
+
+def clip_to_transformers_layout(state: dict, prefix: str) -> dict:
+    # original checkpoints hold the text encoder under text_model.*, as transformers < 5.6 named it
+    return {f"{prefix}{k if k.startswith('text_model.') else 'text_model.' + k}": v for k, v in state.items()}
+
+
+def clip_to_open_clip_layout(state: dict, prefix: str) -> dict:
+    """A CLIPTextModelWithProjection in open_clip's layout (SDXL's second text encoder)."""
+    state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    out = {"token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+           "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+           "ln_final.weight": state.pop("final_layer_norm.weight"), "ln_final.bias": state.pop("final_layer_norm.bias"),
+           "text_projection": state.pop("text_projection.weight").T.contiguous()}
+    layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")})
+    for i in layers:
+        layer = f"encoder.layers.{i}."
+        for part in ("weight", "bias"):
+            out[f"transformer.resblocks.{i}.attn.in_proj_{part}"] = torch.cat(
+                [state.pop(f"{layer}self_attn.{name}_proj.{part}") for name in ("q", "k", "v")])
+        for key in [k for k in state if k.startswith(layer)]:
+            rest = key[len(layer):]
+            for a, b in OPEN_CLIP_LAYER.items():
+                rest = rest.replace(a, b)
+            out[f"transformer.resblocks.{i}.{rest}"] = state.pop(key)
+    return {prefix + k: v for k, v in out.items()}
+
+
 def write_single_file(pipeline, path: Path) -> Path:
     state = {}
     state.update(unet_to_ldm(pipeline.unet.state_dict(), dict(pipeline.unet.config)))
     state.update(vae_to_ldm(pipeline.vae.state_dict(), dict(pipeline.vae.config)))
-    # original checkpoints hold the text encoder under text_model.*, as transformers < 5.6 named it
-    state.update({f"cond_stage_model.transformer.{k if k.startswith('text_model.') else 'text_model.' + k}": v
-                  for k, v in pipeline.text_encoder.state_dict().items()})
+    if getattr(pipeline, "text_encoder_2", None) is not None:
+        state.update(clip_to_transformers_layout(pipeline.text_encoder.state_dict(), "conditioner.embedders.0.transformer."))
+        state.update(clip_to_open_clip_layout(pipeline.text_encoder_2.state_dict(), "conditioner.embedders.1.model."))
+    else:
+        state.update(clip_to_transformers_layout(pipeline.text_encoder.state_dict(), "cond_stage_model.transformer."))
     save_file({k: v.detach().to(torch.float32).contiguous() for k, v in state.items()}, str(path))
     return path

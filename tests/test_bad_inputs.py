@@ -221,6 +221,11 @@ CASES = [
     scan_case("bad choice", "GPU this machine lacks", ("--prompts", "p.txt", "--device", "cuda:99"), PROMPTS, needle="--device"),
     scan_case("bad choice", "unknown encoding", ("--prompts", "p.txt", "--encoding", "klingon"), PROMPTS,
          needle="klingon"),
+    scan_case("bad choice", "unknown model kind", ("--prompts", "p.txt", "--model-kind", "Kandinsky"), PROMPTS,
+              needle="--model-kind"),
+    scan_case("bad choice", "unsupported pipeline class", ("--prompts", "p.txt", "--model", "flux"),
+              {"flux/model_index.json": '{"_class_name": "FluxPipeline"}', **PROMPTS}, needle="StableDiffusionXLPipeline"),
+    Case("bad choice", "mia model kind", ("mia", "eval", "--model-kind", "Kandinsky"), needle="--model-kind"),
     # nothing to work on
     scan_case("empty input", "empty prompts", ("--prompts", "p.txt"), {"p.txt": ""}, needle="p.txt"),
     scan_case("empty input", "blank prompts", ("--prompts", "p.txt"), {"p.txt": "\n  \n"}, needle="p.txt"),

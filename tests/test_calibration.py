@@ -53,3 +53,26 @@ def test_a_fixed_threshold_needs_no_null_prompts_and_a_calibrated_one_does():
         ClusterConfig(null_prompts=0)
     with pytest.raises(ValueError, match="null_factor"):
         ClusterConfig(null_factor=0)
+
+
+def test_the_statement_never_carries_the_calibration_to_a_resolution_it_was_not_measured_at(tmp_path):
+    """A scan's all-clear states the criterion's measured recall, and says when the model draws at
+    a size the calibration models do not (the 32-pixel demo's numbers are no evidence at 512)."""
+    from scanner.calibration import MEASURED_RESOLUTIONS, criterion_statement
+    from scanner.store import Store, now
+
+    with Store(tmp_path / "scan.duckdb") as store:
+        for side in (32, 512):
+            run = f"r{side}"
+            store.start_run(run, "scan", "model", "abc", {"cluster": {"min_clique": 5, "null_factor": 0.3}}, {})
+            store.insert("prompts", [{"run_id": run, "prompt_id": "p", "text": "a cat", "source": None, "source_item_id": None}])
+            store.insert("generations", [{"run_id": run, "generation_id": f"g{i}", "prompt_id": "p", "seed": i,
+                                          "num_inference_steps": 4, "guidance_scale": 5.0, "scheduler": "DDIM", "height": side,
+                                          "width": side, "batch_size": 4, "status": "ok", "image_path": None,
+                                          "created_at": now()} for i in range(16)])
+        small, large = criterion_statement(store, "r32"), criterion_statement(store, "r512")
+    assert small.resolution == 32 in MEASURED_RESOLUTIONS and large.resolution == 512
+    assert not any("pixel" in line for line in small.lines(found_nothing=True))
+    warning = [line for line in large.lines(found_nothing=True) if "512-pixel" in line]
+    assert warning and "no evidence at 512" in warning[0]
+    assert any("does not show that nothing is memorized" in line for line in large.lines(found_nothing=True))

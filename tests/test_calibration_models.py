@@ -13,7 +13,7 @@ from scanner.demo import CALIBRATION_MODELS, demo_items
 from scanner.demo.evaluate import score_criterion, score_extraction
 from scanner.demo.pipeline import demo_index
 from scanner.generate import Prompt
-from scanner.models.diffusers_t2i import DiffusersT2I
+from scanner.models.registry import load_model
 from scanner.scan import run_scan
 from scanner.store import Store
 
@@ -32,7 +32,7 @@ def test_the_calibrated_defaults_find_what_the_demo_tuned_threshold_misses(tmp_p
     index = demo_index(demo_clip, tmp_path / "indexes", tmp_path, world, name="demo-world-64")
     config = ScanConfig(sampling=SamplingConfig(batch_size=64), cluster=ClusterConfig(null_prompts=16))
     with Store(tmp_path / "scan.duckdb") as store:
-        result = run_scan(store, DiffusersT2I.load(model_dir, device="cpu"), prompts, config, show_progress=False,
+        result = run_scan(store, load_model(model_dir, device="cpu"), prompts, config, show_progress=False,
                           embedder=demo_clip, index=index)
         calibrated = score_criterion(store, result.run_id, world)
         extraction = score_extraction(store, result.run_id, world)

@@ -35,7 +35,7 @@ class ScriptedModel:
 
 def test_non_finite_and_degenerate_generations(tmp_path):
     prompts = [Prompt.from_text(t) for t in ("a broken prompt", "a black prompt", "a memorized prompt", "a varied prompt")]
-    sampling = SamplingConfig(samples_per_prompt=6, batch_size=5)
+    sampling = SamplingConfig(samples_per_prompt=6, batch_size=5, num_inference_steps=4, guidance_scale=5.0)
     model = ScriptedModel()
     with Store(tmp_path / "scan.duckdb") as store:
         record_prompts(store, "r1", prompts)
@@ -69,7 +69,7 @@ def test_a_worker_with_other_weights_or_an_unshared_files_folder_stops_the_scan(
     from scanner.errors import MemscanError
 
     prompts = [Prompt.from_text("a varied prompt")]
-    sampling = SamplingConfig(samples_per_prompt=2, batch_size=2)
+    sampling = SamplingConfig(samples_per_prompt=2, batch_size=2, num_inference_steps=4, guidance_scale=5.0)
     with Store(tmp_path / "scan.duckdb") as store:
         other_weights = SamplingJob("r1", "0" * 64, "cpu-float32", sampling, str(store.files_dir), thumbnail_size=64)
         with pytest.raises(MemscanError, match="different weights"):
@@ -95,8 +95,8 @@ def test_stopping_early_flags_the_same_prompts_from_fewer_generations_and_resume
     flagged, drawn = {}, {}
     with Store(tmp_path / "scan.duckdb") as store:
         for run_id, stop_early in (("every-seed", False), ("early", True)):
-            config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=16, batch_size=5, stop_early=stop_early),
-                                cluster=criterion)
+            config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=16, batch_size=5, num_inference_steps=4,
+                                                        guidance_scale=5.0, stop_early=stop_early), cluster=criterion)
             record_prompts(store, run_id, prompts)
             job = SamplingJob(run_id, model.model_hash, model.precision, config.sampling, str(store.files_dir), 64)
             sample_until_settled(store, job, prompts, LocalPool(WorkerModels(model)), config, lambda n, skip=False: None)

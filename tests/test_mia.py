@@ -92,6 +92,47 @@ def test_dataset_inference_on_the_demo_world(demo_sd):
     assert np.mean(np.array(null_p) < 0.05) <= 0.2
 
 
+def test_dataset_inference_is_stored(demo_sd, tmp_path):
+    import dataclasses
+    import json
+
+    from scanner.mia.dataset import run_dataset_inference
+    from scanner.mia.labelled import demo_labelled, distinct_ids
+
+    items = demo_labelled(demo_world.membership_items(per_bucket=0, x1=4, nonmembers=6))
+    protocol = NoiseProtocol(timesteps=(200,), repeats=1)  # cheap: the statistics are tested above
+    with Store(tmp_path / "mia.duckdb") as store:
+        run_id, verdict = run_dataset_inference(store, demo_sd, items, alpha=0.1, protocol=protocol)
+        again, _ = run_dataset_inference(store, demo_sd, items, alpha=0.1, protocol=protocol)
+        scores = store.execute("SELECT label, json_extract_string(settings, '$.set'), count(*) FROM mia_scores "
+                               "WHERE run_id = ? AND attack = 'dataset_inference' GROUP BY ALL ORDER BY ALL", [run_id])
+        metric = store.execute("SELECT value, n_positive, n_negative, details FROM metrics "
+                               "WHERE run_id = ? AND metric = 'dataset_p_value'", [run_id])
+        kind = store.execute("SELECT kind, status FROM runs WHERE run_id = ?", [run_id])
+    assert again == run_id and kind == [("mia", "done")]  # a stable id: running again replaces the rows
+    # the held-out halves: 2 of the 4 suspect items, 3 of the 6 reference items
+    assert (verdict.suspect, verdict.reference) == (2, 3)
+    assert scores == [(False, "reference", verdict.reference), (True, "suspect", verdict.suspect)]
+    [(p_value, n_positive, n_negative, details)] = metric
+    assert (p_value, n_positive, n_negative) == (verdict.p_value, verdict.suspect, verdict.reference)
+    assert json.loads(details) == {"items_needed": verdict.items_needed, "alpha": 0.1,
+                                   "suspect_median": verdict.suspect_median,
+                                   "reference_median": verdict.reference_median,
+                                   "suspect_items": 4, "reference_items": 6}
+    # two folders of 0.png, 1.png...: the same ids in both sets are refused, never stored over each other,
+    # and the loader names them by their set, so every held-out item gets its row
+    suspect = [dataclasses.replace(item, item_id=f"{i}.png") for i, item in enumerate(i for i in items if i.member)]
+    reference = [dataclasses.replace(item, item_id=f"{i}.png") for i, item in enumerate(i for i in items if not i.member)]
+    with Store(tmp_path / "mia.duckdb") as store:
+        with pytest.raises(ValueError, match="item ids must be distinct"):
+            run_dataset_inference(store, demo_sd, suspect + reference, alpha=0.1, protocol=protocol)
+        named = [item for group in distinct_ids([("suspect", suspect), ("reference", reference)]) for item in group]
+        run_id, verdict = run_dataset_inference(store, demo_sd, named, alpha=0.1, protocol=protocol)
+        stored = [i for (i,) in store.execute("SELECT item_id FROM mia_scores WHERE run_id = ?", [run_id])]
+    assert len(stored) == verdict.suspect + verdict.reference
+    assert all(i.startswith(("suspect:", "reference:")) or i in ("4.png", "5.png") for i in stored)  # 4, 5: reference only
+
+
 def test_scoring_unlabeled_items_with_a_calibrated_reference(demo_sd, tmp_path):
     from scanner.mia.evaluate import run_mia_score
 

@@ -22,7 +22,7 @@ from scanner.store import Store  # noqa: E402
 
 ROWS = "SELECT generation_id, prompt_id, seed, status, image_sha256, phash, dhash, degenerate, embedding " \
        "FROM generations ORDER BY generation_id"
-SAMPLING = SamplingConfig(samples_per_prompt=4, batch_size=2, num_inference_steps=4)
+SAMPLING = SamplingConfig(samples_per_prompt=4, batch_size=2, num_inference_steps=4, guidance_scale=5.0)
 FIXED = ClusterConfig(threshold=0.02, min_clique=4)  # no null prompts: the rows compared are the prompts' own
 
 

@@ -39,6 +39,21 @@ def test_empty_database_renders_and_says_so(tmp_path):
     assert "No membership scores" in html and "No identity inference results" in html
 
 
+def test_a_hostile_prompt_and_caption_are_rendered_escaped(tmp_path, finding_db):
+    """Prompts and captions are scraped data: the report shows them, as text."""
+    prompt, caption = "<script>alert('prompt')</script> a cat", "<img src=x onerror=alert('caption')> a dog"
+    with Store(finding_db) as store:
+        store.execute("UPDATE prompts SET text = ? WHERE prompt_id = 'p1'", [prompt])
+        store.insert("matches", [{"run_id": "r1", "candidate_id": "c1", "index_name": "nowhere", "item_id": "i1",
+                                  "item_caption": caption, "l2": 0.05, "tiled_l2": 0.04, "anchored_l2": 0.3,
+                                  "anchor": "generation", "phash_hamming": 2, "clip_cosine": 0.99, "verdict": "extracted"}])
+    out = tmp_path / "report.html"
+    assert render_report(finding_db, out)["findings"] == 1
+    html = out.read_text()
+    assert "&lt;script&gt;alert(" in html and "&lt;img src=x onerror=alert(" in html  # both shown
+    assert "<script>alert" not in html and "<img src=x" not in html  # neither as markup
+
+
 def test_not_a_memscan_database(tmp_path, foreign_db):
     with pytest.raises(MemscanError, match="not a memscan database"):
         render_report(foreign_db, tmp_path / "r.html")

@@ -108,7 +108,7 @@ def test_triage_mass_samples_only_the_prompts_the_detector_ranks_first(tmp_path,
         result = run_scan(store, demo_sd, prompts, config, show_progress=False)
         sampled = {r[0] for r in store.execute("SELECT DISTINCT prompt_id FROM generations")}
         scored = store.execute("SELECT count(*) FROM mia_scores WHERE attack = 'seed_agreement_triage'")[0][0]
-        monkeypatch.setattr("scanner.mia.triage.detector_evidence", lambda *args, **kwargs: pytest.fail("triaged again"))
+        monkeypatch.setattr("scanner.scan.triage", lambda *args, **kwargs: pytest.fail("triaged again"))
         again = run_scan(store, demo_sd, prompts, config, show_progress=False)
     assert len(members) == 2 and sampled == members and scored == len(prompts)
     assert (result.counts["prompts_given"], result.counts["prompts_sampled"]) == (len(prompts), 2)

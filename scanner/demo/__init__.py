@@ -22,6 +22,15 @@ WORLD = DEMO_DIR / "world.parquet"
 SD_MODEL = DEMO_DIR / "sd-tiny"
 CLIP_MODEL = DEMO_DIR / "clip-tiny"
 CALIBRATION_DIR = DEMO_DIR / "calibration"
+FAMILIES_DIR = DEMO_DIR / "families"
+
+# The demo world drawn by each family memscan audits (issue 19): trained by
+# scripts/train_demo_sd.py --variant NAME on the demo model's autoencoder (docs/MEASUREMENTS.md).
+FAMILY_MODELS = {
+    "sd": SD_MODEL,                       # StableDiffusionPipeline, epsilon, DDIM
+    "sd2-v": FAMILIES_DIR / "sd2-v",      # StableDiffusionPipeline, v-prediction, DDIM (SD 2.x-shaped)
+    "sdxl": FAMILIES_DIR / "sdxl",        # StableDiffusionXLPipeline, epsilon, Euler
+}
 
 # Models of the demo world that memscan's defaults were not tuned on (docs/CALIBRATION.md): each
 # with the world it was trained on (the same items; sd-64's drawn at 64 pixels).
@@ -29,6 +38,8 @@ CALIBRATION_MODELS = {
     "demo": (SD_MODEL, WORLD),
     "sd-64": (CALIBRATION_DIR / "sd-64", CALIBRATION_DIR / "world-64.parquet"),
     "sd-short": (CALIBRATION_DIR / "sd-short", WORLD),
+    "sd2-v": (FAMILY_MODELS["sd2-v"], WORLD),
+    "sdxl": (FAMILY_MODELS["sdxl"], WORLD),
 }
 
 # duplication buckets the demo reports on, named as in the duplication plan

@@ -14,11 +14,24 @@ many suspect items the test needed: the smallest n (over random orderings) at wh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from scanner.mia.classifier import LogisticRegression
+
+if TYPE_CHECKING:  # the statistics alone load no model code
+    from scanner.distributed import Pool
+    from scanner.mia.denoising import NoiseProtocol
+    from scanner.mia.evaluate import LabelledItem
+    from scanner.models.base import TextToImageModel
+    from scanner.store import Store
+
+ATTACK = "dataset_inference"   # its rows in mia_scores and metrics
+FEATURES = "clid_vec"          # the per-item features the classifier is fitted on
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,12 @@ def dataset_inference(suspect: np.ndarray, reference: np.ndarray, alpha: float =
 
 def held_out_scores(suspect: np.ndarray, reference: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per-item features [n, f] of both sets -> classifier scores of the halves it was not fitted on."""
+    return held_out(suspect, reference, seed)[:2]
+
+
+def held_out(suspect: np.ndarray, reference: np.ndarray,
+             seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``held_out_scores``, and the positions in ``suspect`` and in ``reference`` of the items scored."""
     rng = np.random.default_rng(seed)
     suspect_order, reference_order = rng.permutation(len(suspect)), rng.permutation(len(reference))
     suspect_fit, suspect_test = np.array_split(suspect_order, 2)
@@ -65,4 +84,59 @@ def held_out_scores(suspect: np.ndarray, reference: np.ndarray, seed: int = 0) -
     x = np.vstack([suspect[suspect_fit], reference[reference_fit]])
     y = np.r_[np.ones(len(suspect_fit)), np.zeros(len(reference_fit))]
     classifier = LogisticRegression.fit(x, y)
-    return classifier.score(suspect[suspect_test]), classifier.score(reference[reference_test])
+    return classifier.score(suspect[suspect_test]), classifier.score(reference[reference_test]), suspect_test, reference_test
+
+
+def run_dataset_inference(store: Store, model: TextToImageModel, items: Sequence[LabelledItem], alpha: float = 0.05,
+                          pool: Pool | None = None, protocol: NoiseProtocol | None = None,
+                          seed: int = 0) -> tuple[str, DatasetVerdict]:
+    """``memscan mia dataset``: is the suspect set (the ``items`` marked member) trained on, judged
+    against the reference set (the others)? CLiD's features of every item (here, or on ``pool``'s
+    Ray workers), a classifier's scores of the halves it was not fitted on (split with ``seed``),
+    and the one-sided test at ``alpha``. Stores a run of kind ``mia``: each held-out item's score
+    in ``mia_scores`` (attack ``dataset_inference``, ``label`` true for a suspect item) and the
+    p-value in ``metrics`` (``dataset_p_value``). Item ids must be distinct (``labelled.distinct_ids``)."""
+    from scanner.distributed import LocalPool
+    from scanner.mia.denoising import NoiseProtocol
+    from scanner.mia.evaluate import features_on, require_distinct
+    from scanner.models.loading import WorkerModels, pool_precision
+    from scanner.store import stable_id
+
+    protocol = (protocol or NoiseProtocol()).for_model(model)
+    suspect_items = [item for item in items if item.member]
+    reference_items = [item for item in items if not item.member]
+    if len(suspect_items) < 2 or len(reference_items) < 2:
+        raise ValueError(f"dataset inference splits each set in two: {len(suspect_items)} suspect and "
+                         f"{len(reference_items)} reference items, at least 2 of each are needed")
+    require_distinct(items)
+    pool = pool or LocalPool(WorkerModels(model))
+    features = features_on(pool, model, items, [FEATURES], protocol)[FEATURES]["features"]
+    in_suspect = np.array([item.member for item in items])
+    suspect_scores, reference_scores, suspect_test, reference_test = held_out(features[in_suspect],
+                                                                              features[~in_suspect], seed)
+    verdict = dataset_inference(suspect_scores, reference_scores, alpha=alpha)
+    precision = pool_precision(pool)
+    run_id = "mia-dataset-" + stable_id(model.model_hash, precision, sorted(i.item_id for i in suspect_items),
+                                        sorted(i.item_id for i in reference_items), asdict(protocol), seed, alpha, length=12)
+    store.start_run(run_id, "mia", model.model_ref, model.model_hash,
+                    {"attack": ATTACK, "features": FEATURES, "protocol": asdict(protocol), "split_seed": seed,
+                     "alpha": alpha, "suspect": len(suspect_items), "reference": len(reference_items),
+                     "precision": precision}, {})
+    score_rows = [{"run_id": run_id, "item_id": item.item_id,
+                   "attack": ATTACK, "score": float(score), "threshold": None, "predicted_member": None,
+                   "label": item.member, "settings": json.dumps({"set": name})}
+                  for name, group, positions, scores in (("suspect", suspect_items, suspect_test, suspect_scores),
+                                                         ("reference", reference_items, reference_test, reference_scores))
+                  for item, score in zip([group[i] for i in positions], scores)]
+    metric_rows = [{"run_id": run_id, "metric": "dataset_p_value", "subject": ATTACK, "value": verdict.p_value,
+                    "n_positive": verdict.suspect, "n_negative": verdict.reference,
+                    "details": json.dumps({"items_needed": verdict.items_needed, "alpha": alpha,
+                                           "suspect_median": verdict.suspect_median,
+                                           "reference_median": verdict.reference_median,
+                                           "suspect_items": len(suspect_items), "reference_items": len(reference_items)})}]
+    with store.transaction():
+        store.replace_run_rows(["mia_scores", "metrics"], run_id)
+        store.insert("mia_scores", score_rows)
+        store.insert("metrics", metric_rows)
+    store.finish_run(run_id, {})
+    return run_id, verdict

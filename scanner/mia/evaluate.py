@@ -16,16 +16,15 @@ import numpy as np
 
 from scanner.mia import clid, loss, metrics
 from scanner.mia.blackbox import blackbox_features
-from scanner.mia.classifier import LogisticRegression
+from scanner.mia.classifier import BoostedTrees, LogisticRegression
 from scanner.mia.denoising import NoiseProtocol, denoising_losses
-from scanner.mia.triage import DETECTORS, detector_scores
+from scanner.mia.attacks import DETECTORS, needs_embedder
+from scanner.mia.triage import detector_evidence, scores_from_evidence
 from scanner.distributed import LocalPool, Pool, map_in_order
 from scanner.models.base import ImageTextEmbedder, TextToImageModel
 from scanner.models.loading import WorkerModels, pool_precision
 from scanner.store import Store, stable_id
 
-ATTACKS = ("loss", "clid_th", "clid_vec", "wen", "norm_align", "seed_agreement", "wu_pixel", "wu_clip", "wu_classifier")
-BLACKBOX = ("wu_pixel", "wu_clip", "wu_classifier")  # need generations and a CLIP embedder
 
 
 @dataclass(frozen=True)
@@ -40,9 +39,11 @@ class LabelledItem:
 def attack_scores(model: TextToImageModel, items: Sequence[LabelledItem], attacks: Sequence[str],
                   protocol: NoiseProtocol, triage_seeds: Sequence[int] = (0, 1, 2, 3),
                   embedder: ImageTextEmbedder | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """Raw per-item features of each attack (before any fitting)."""
+    """Raw per-item features of each attack (before any fitting); a detector's is its evidence
+    (``finish_features`` scores it once every item's is in: seed agreement compares a prompt's
+    samples with all the others')."""
     features: dict[str, dict[str, np.ndarray]] = {}
-    if set(BLACKBOX) & set(attacks):
+    if needs_embedder(attacks):
         if embedder is None:
             raise ValueError("the Wu et al. attacks need a CLIP embedder")
         wu = blackbox_features(model, embedder, np.stack([item.image for item in items]), [item.caption for item in items])
@@ -52,11 +53,8 @@ def attack_scores(model: TextToImageModel, items: Sequence[LabelledItem], attack
         images = np.stack([item.image for item in items])
         condition_sets = [captions]
         if {"clid_th", "clid_vec"} & set(attacks):
-            def encode(texts):
-                return model.encode_text(texts).float().flatten(1).cpu().numpy()
-
             end_token = model.end_of_text
-            weakened = [clid.weakened_captions(c, clid.word_importance(c, encode), end_token) for c in captions]
+            weakened = [clid.weakened_captions(c, clid.word_importance(c, model.text_features), end_token) for c in captions]
             condition_sets += [list(w) for w in zip(*weakened)] + [[""] * len(items)]
         losses = denoising_losses(model, images, condition_sets, protocol)
         d, true_loss = clid.discrepancies(losses) if len(condition_sets) > 1 else (None, losses[0].mean(axis=(1, 2)))
@@ -65,8 +63,15 @@ def attack_scores(model: TextToImageModel, items: Sequence[LabelledItem], attack
             features["clid_th"] = {"d": d, "loss": true_loss}
             features["clid_vec"] = {"features": np.column_stack([d, true_loss])}
     for detector in set(DETECTORS) & set(attacks):
-        features[detector] = {"score": detector_scores(model, captions, detector, triage_seeds)}
+        features[detector] = {"evidence": detector_evidence(model, captions, detector, triage_seeds)}
     return features
+
+
+def finish_features(features: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
+    """Detector evidence of the whole set turned into scores, so that how the set was cut into
+    chunks (workers, batches) never changes a score."""
+    return {attack: {"score": scores_from_evidence(attack, raw["evidence"])} if "evidence" in raw else raw
+            for attack, raw in features.items()}
 
 
 @dataclass(frozen=True)
@@ -89,8 +94,8 @@ def features_on(pool: Pool | None, model: TextToImageModel, items: Sequence[Labe
     pool = pool or LocalPool(WorkerModels(model, embedder))
     chunks = [items[start:start + chunk_size] for start in range(0, len(items), chunk_size)]
     ordered = map_in_order(pool, functools.partial(score_chunk, AttackJob(tuple(attacks), protocol)), chunks)
-    return {attack: {key: np.concatenate([part[attack][key] for part in ordered]) for key in ordered[0][attack]}
-            for attack in ordered[0]}
+    return finish_features({attack: {key: np.concatenate([part[attack][key] for part in ordered]) for key in ordered[0][attack]}
+                            for attack in ordered[0]})
 
 
 def _features_and_precision(pool: Pool | None, model: TextToImageModel, items: Sequence[LabelledItem],
@@ -99,6 +104,15 @@ def _features_and_precision(pool: Pool | None, model: TextToImageModel, items: S
     """The attack features and the precision they were computed in (part of the run id)."""
     pool = pool or LocalPool(WorkerModels(model, embedder))
     return features_on(pool, model, items, attacks, protocol, embedder), pool_precision(pool)
+
+
+def require_distinct(items: Sequence[LabelledItem]) -> None:
+    """Scores are stored per item id: two items with one id would leave one row for both."""
+    ids = [item.item_id for item in items]
+    if len(set(ids)) < len(ids):
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"item ids must be distinct, and {', '.join(repeated[:3])} repeat "
+                         "(scanner.mia.labelled.distinct_ids names them by their set)")
 
 
 def split_halves(items: Sequence[LabelledItem], seed: int) -> np.ndarray:
@@ -111,15 +125,20 @@ def split_halves(items: Sequence[LabelledItem], seed: int) -> np.ndarray:
     return auxiliary
 
 
-def fitted_scores(attack: str, raw: dict[str, np.ndarray], labels: np.ndarray, auxiliary: np.ndarray) -> tuple[np.ndarray, float, dict]:
+# the classifier each vector-valued attack trains: CLiD's as in its paper (scripts/bench_clid_classifier.py)
+VECTOR_CLASSIFIERS = {"clid_vec": BoostedTrees, "wu_classifier": LogisticRegression}
+
+
+def fitted_scores(attack: str, raw: dict[str, np.ndarray], labels: np.ndarray, auxiliary: np.ndarray,
+                  classifiers: dict = VECTOR_CLASSIFIERS) -> tuple[np.ndarray, float, dict]:
     """Scores of every item (higher: member) and the threshold fitted on the auxiliary half."""
     if attack == "clid_th":
         rule = clid.ClidThreshold.fit(raw["d"][auxiliary], raw["loss"][auxiliary], labels[auxiliary])
         return rule.score(raw["d"], raw["loss"]), rule.threshold, {"alpha": rule.alpha}
-    if attack in ("wu_classifier", "clid_vec"):
-        classifier = LogisticRegression.fit(raw["features"][auxiliary], labels[auxiliary].astype(float))
+    if attack in classifiers:
+        classifier = classifiers[attack].fit(raw["features"][auxiliary], labels[auxiliary].astype(float))
         scores = classifier.score(raw["features"])
-        return scores, metrics.best_threshold(scores[auxiliary], labels[auxiliary]), {"weights": classifier.weights.tolist()}
+        return scores, metrics.best_threshold(scores[auxiliary], labels[auxiliary]), classifier.describe()
     scores = raw["score"]
     return scores, metrics.best_threshold(scores[auxiliary], labels[auxiliary]), {}
 
@@ -129,6 +148,8 @@ def run_mia_eval(store: Store, model: TextToImageModel, items: Sequence[Labelled
                  pool: Pool | None = None) -> tuple[str, dict[str, metrics.AttackMetrics], list[dict]]:
     """Score (here, or on ``pool``'s Ray workers), fit on the auxiliary half, evaluate on the
     other; store scores and metrics."""
+    require_distinct(items)
+    protocol = protocol.for_model(model)  # resolved before the run id names it
     labels = np.array([item.member for item in items])
     auxiliary = split_halves(items, seed)
     raw, precision = _features_and_precision(pool, model, items, attacks, protocol, embedder)
@@ -175,6 +196,8 @@ def run_mia_score(store: Store, model: TextToImageModel, reference: Sequence[Lab
                   embedder: ImageTextEmbedder | None = None, pool: Pool | None = None) -> tuple[str, list[dict]]:
     """Score unlabeled items with every scaler and threshold fitted on the labelled reference set."""
     items = list(reference) + list(unlabeled)
+    require_distinct(items)
+    protocol = protocol.for_model(model)
     labels = np.array([item.member for item in reference] + [False] * len(unlabeled))
     fitted_on = np.arange(len(items)) < len(reference)
     raw, precision = _features_and_precision(pool, model, items, attacks, protocol, embedder)

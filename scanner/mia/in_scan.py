@@ -1,7 +1,10 @@
 """Membership scores inside a scan: every candidate's prompt gets the Wen et al. detector's score
-and every matched training item (``extracted`` or ``similar``) gets the loss and CLiD scores, so
-a finding carries its membership evidence. Raw scores (higher: more member-like), no threshold:
-thresholds need a labelled reference (``memscan mia score``).
+(on the scan's own seeds and steps: the noise its generations started from) and every matched
+training item (``extracted`` or ``similar``) gets the loss and CLiD scores, so a finding carries
+its membership evidence. Both run on the scan's pool (its Ray workers, or this process). Raw
+scores (higher: more member-like), no threshold: thresholds need a labelled reference
+(``memscan mia score``). A model without a denoiser (black box) gets none: its evidence is the
+matches.
 
 Matched items are scored on the index's thumbnail resized to the model's resolution: exact when
 the training images are no larger than the thumbnails (the demo), an approximation otherwise.
@@ -13,32 +16,42 @@ import json
 
 import numpy as np
 
-from scanner.index import TrainingIndex, fit
+from scanner.config import SamplingConfig
+from scanner.distributed import Pool
+from scanner.features import resize
+from scanner.index import TrainingIndex
 from scanner.mia.denoising import NoiseProtocol
-from scanner.mia.evaluate import LabelledItem, attack_scores
-from scanner.mia.triage import conditional_gap
-from scanner.models.base import TextToImageModel
+from scanner.mia.evaluate import LabelledItem, features_on
+from scanner.mia.triage import scores_on_pool
+from scanner.models.base import DENOISE, TextToImageModel
 from scanner.store import Store
 
 
-def score_scan(store: Store, run_id: str, model: TextToImageModel, index: TrainingIndex | None,
-               protocol: NoiseProtocol = NoiseProtocol()) -> int:
+def score_scan(store: Store, run_id: str, model: TextToImageModel, index: TrainingIndex | None, sampling: SamplingConfig,
+               pool: Pool | None = None, precision: str | None = None, protocol: NoiseProtocol = NoiseProtocol()) -> int:
     """Store the scores of the run's candidate prompts and matched items; returns rows written."""
+    if DENOISE not in model.capabilities:
+        return 0
+    protocol = protocol.for_model(model)
     rows = []
     prompts = store.execute("SELECT DISTINCT p.prompt_id, p.text FROM candidates c JOIN prompts p USING (run_id, prompt_id) "
                             "WHERE c.run_id = ? ORDER BY p.prompt_id", [run_id])
     if prompts:
-        gaps = conditional_gap(model, [text for _, text in prompts], seeds=(0, 1, 2, 3))
+        seeds = range(sampling.seed_base, sampling.seed_base + sampling.samples_per_prompt)
+        gaps = scores_on_pool(model, [text for _, text in prompts], "wen", seeds, sampling.num_inference_steps,
+                              sampling.guidance_scale, pool, precision)
+        settings = json.dumps({"scope": "candidate prompt", "seeds": [seeds.start, seeds.stop - 1],
+                               "steps": sampling.num_inference_steps})
         rows += [{"run_id": run_id, "item_id": prompt_id, "attack": "wen", "score": float(gap), "threshold": None,
-                  "predicted_member": None, "label": None, "settings": json.dumps({"scope": "candidate prompt"})}
+                  "predicted_member": None, "label": None, "settings": settings}
                  for (prompt_id, _), gap in zip(prompts, gaps)]
     matched = [] if index is None else store.execute(
         "SELECT DISTINCT item_id, item_caption FROM matches WHERE run_id = ? AND index_name = ? "
         "AND verdict IN ('extracted', 'similar') ORDER BY item_id", [run_id, index.name])
     if matched:
-        items = [LabelledItem(item_id, caption or "", fit(index.thumbnail(item_id), model.resolution), False)
+        items = [LabelledItem(item_id, caption or "", resize(index.thumbnail(item_id), model.resolution), False)
                  for item_id, caption in matched]
-        raw = attack_scores(model, items, ["loss", "clid_th"], protocol)
+        raw = features_on(pool, model, items, ["loss", "clid_th"], protocol)
         scores = {"loss": raw["loss"]["score"], "clid_discrepancy": raw["clid_th"]["d"].mean(axis=1)}
         settings = json.dumps({"scope": "matched training item", "image": "index thumbnail"})
         rows += [{"run_id": run_id, "item_id": item.item_id, "attack": attack, "score": float(values[i]), "threshold": None,

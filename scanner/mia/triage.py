@@ -1,7 +1,11 @@
 """Memorization detectors that rank prompts before mass sampling.
 
-Both start from pure noise x_T and compare the noise prediction under the prompt with the one
-under the empty prompt, so a prompt costs a few forward passes instead of hundreds of samples:
+Both start from pure noise x_T (the denoiser's input at the sampler's first step) and compare
+the prediction under the prompt with the one under the empty prompt, so a prompt costs a few
+forward passes instead of hundreds of samples. The predictions are the denoiser's raw output in
+its family's parametrisation (epsilon for SD 1; v for a v-prediction model, where the guidance
+difference is the epsilon one scaled per timestep, so the magnitudes rank prompts alike, and
+the alignment is measured on v as the model predicts it):
 
 - Wen et al. (ICLR 2024): the magnitude ``||eps(x_T, c) - eps(x_T, empty)||`` at the first
   sampling step, large for memorized prompts;
@@ -37,51 +41,49 @@ from dataclasses import dataclass
 import numpy as np
 
 from scanner.distributed import LocalPool, Pool, map_in_order
-from scanner.models.base import TextToImageModel
+from scanner.mia.attacks import DETECTORS, check_attacks
+from scanner.models.base import Denoiser, Sampler, TextToImageModel
 from scanner.models.loading import WorkerModels
 
-DETECTORS = ("wen", "norm_align", "seed_agreement")
 
 
-def _per_prompt_mean(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int],
+def _per_prompt_mean(model: Denoiser, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int,
                      statistic: Callable, batch_size: int) -> np.ndarray:
     """``statistic(x_T, condition, empty_condition)`` per (prompt, seed), averaged over seeds."""
     scores = np.zeros(len(prompts), np.float32)
     pairs = [(p, s) for p in range(len(prompts)) for s in seeds]
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        x_t = model.initial_noise([s for _, s in chunk])
-        values = statistic(x_t, model.encode_text([prompts[p] for p, _ in chunk]), model.encode_text([""] * len(chunk)))
+        x_t = model.first_step_input([s for _, s in chunk], num_inference_steps)
+        values = statistic(x_t, model.encode_condition([prompts[p] for p, _ in chunk]),
+                           model.encode_condition([""] * len(chunk)))
         for (p, _), value in zip(chunk, values):
             scores[p] += value / len(seeds)
     return scores
 
 
-def _guidance(model: TextToImageModel, x_t, timestep: int, condition, empty):
-    """(eps(x_t, empty), eps(x_t, c) - eps(x_t, empty)) at one timestep, in float32."""
-    import torch
-
-    step = torch.full((len(x_t),), int(timestep), device=x_t.device, dtype=torch.long)
-    unconditional = model.predict_noise(x_t, step, empty).float()
-    return unconditional, model.predict_noise(x_t, step, condition).float() - unconditional
+def _guidance(model: Denoiser, x_t, timestep: float, condition, empty):
+    """(f(x_t, empty), f(x_t, c) - f(x_t, empty)) at one timestep, in float32 (f: the denoiser's output)."""
+    unconditional = model.predict(x_t, timestep, empty).float()
+    return unconditional, model.predict(x_t, timestep, condition).float() - unconditional
 
 
-def conditional_gap(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int],
+def conditional_gap(model: Denoiser, prompts: Sequence[str], seeds: Sequence[int],
                     num_inference_steps: int = 20, batch_size: int = 64) -> np.ndarray:
-    """Wen et al.: ``||eps(x_T, c) - eps(x_T, empty)||`` at the first sampling step, averaged over
+    """Wen et al.: ``||f(x_T, c) - f(x_T, empty)||`` at the first sampling step, averaged over
     seeds; one score per prompt, two forward passes per seed."""
     first = model.sampling_timesteps(num_inference_steps)[0]
 
     def magnitude(x_t, condition, empty):
         return _guidance(model, x_t, first, condition, empty)[1].flatten(1).norm(dim=1).cpu().numpy()
 
-    return _per_prompt_mean(model, prompts, seeds, magnitude, batch_size)
+    return _per_prompt_mean(model, prompts, seeds, num_inference_steps, magnitude, batch_size)
 
 
-def norm_alignment(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
+def norm_alignment(model: Denoiser, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
                    alignment_weight: float = 2.0, batch_size: int = 64) -> np.ndarray:
     """Asthana and Belagiannis: the first-step magnitude plus ``alignment_weight`` times the
-    cosine between eps(x_T, empty) and the guidance direction at the third-last sampling
+    cosine between f(x_T, empty) and the guidance direction at the third-last sampling
     timestep, both on the same pure noise; four forward passes per seed."""
     import torch
 
@@ -94,7 +96,7 @@ def norm_alignment(model: TextToImageModel, prompts: Sequence[str], seeds: Seque
         alignment = torch.nn.functional.cosine_similarity(unconditional, direction, dim=1).flatten(1).mean(dim=1)
         return (magnitude + alignment_weight * alignment).cpu().numpy()
 
-    return _per_prompt_mean(model, prompts, seeds, norm_plus_alignment, batch_size)
+    return _per_prompt_mean(model, prompts, seeds, num_inference_steps, norm_plus_alignment, batch_size)
 
 
 def anchor_distances(images: np.ndarray, neighbours: int = 10, reference: int = 2048, block: int = 1024) -> np.ndarray:
@@ -137,7 +139,7 @@ def anchored_agreement(images: np.ndarray, block: int = 4096) -> np.ndarray:
     return scores
 
 
-def few_step_samples(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
+def few_step_samples(model: Sampler, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
                      guidance_scale: float = 2.5, batch_size: int = 64, thumbnail_size: int = 64) -> np.ndarray:
     """uint8 thumbnails [prompts, seeds, h, w, 3] sampled with the few-step solver and a quarter of the steps."""
     from scanner.mia.blackbox import generate_per_caption
@@ -148,7 +150,7 @@ def few_step_samples(model: TextToImageModel, prompts: Sequence[str], seeds: Seq
                                 few_step=True, thumbnail_size=thumbnail_size)
 
 
-def seed_agreement(model: TextToImageModel, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
+def seed_agreement(model: Sampler, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
                    guidance_scale: float = 2.5) -> np.ndarray:
     """``anchored_agreement`` of each prompt's few-step samples (``detector_scores`` passes half the scan's guidance)."""
     return anchored_agreement(few_step_samples(model, prompts, seeds, num_inference_steps, guidance_scale))
@@ -209,16 +211,24 @@ def top_fraction(prompts: Sequence, scores: np.ndarray, fraction: float) -> list
     return [p for i, p in enumerate(prompts) if i in keep]
 
 
-def triage(model: TextToImageModel, prompts: Sequence, fraction: float, seeds: Sequence[int] = (0, 1, 2, 3),
-           num_inference_steps: int = 20, detector: str = "seed_agreement", guidance_scale: float = 5.0,
-           pool: Pool | None = None, precision: str | None = None, chunk_size: int = 256) -> tuple[list, np.ndarray]:
-    """The top ``fraction`` of prompts by the detector (in their original order), and every score;
-    the evidence is gathered chunk by chunk on ``pool``'s workers (Ray) or in this process, which
-    must hold ``model``'s weights in ``precision`` (the pool's; by default ``model``'s own)."""
-    check_fraction(fraction)  # before any sampling
+def scores_on_pool(model: Sampler, texts: Sequence[str], detector: str, seeds: Sequence[int], num_inference_steps: int,
+                   guidance_scale: float, pool: Pool | None = None, precision: str | None = None,
+                   chunk_size: int = 256) -> np.ndarray:
+    """The detector's score of every text, its evidence gathered chunk by chunk on ``pool``'s
+    workers (Ray) or in this process, which must hold ``model``'s weights in ``precision`` (the
+    pool's; by default ``model``'s own); scored once all evidence is in."""
+    check_attacks(model, [detector])  # before any sampling
     pool = pool or LocalPool(WorkerModels(model))
-    texts = [p.text for p in prompts]
     chunks = [texts[start:start + chunk_size] for start in range(0, len(texts), chunk_size)]
     job = TriageJob(model.model_hash, precision or model.precision, detector, tuple(seeds), num_inference_steps, guidance_scale)
-    scores = scores_from_evidence(detector, np.concatenate(map_in_order(pool, functools.partial(evidence_chunk, job), chunks)))
+    return scores_from_evidence(detector, np.concatenate(map_in_order(pool, functools.partial(evidence_chunk, job), chunks)))
+
+
+def triage(model: Sampler, prompts: Sequence, fraction: float, seeds: Sequence[int] = (0, 1, 2, 3),
+           num_inference_steps: int = 20, detector: str = "seed_agreement", guidance_scale: float = 5.0,
+           pool: Pool | None = None, precision: str | None = None, chunk_size: int = 256) -> tuple[list, np.ndarray]:
+    """The top ``fraction`` of prompts by the detector (in their original order), and every score."""
+    check_fraction(fraction)  # before any sampling
+    scores = scores_on_pool(model, [p.text for p in prompts], detector, seeds, num_inference_steps, guidance_scale, pool,
+                            precision, chunk_size)
     return top_fraction(prompts, scores, fraction), scores

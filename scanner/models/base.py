@@ -1,20 +1,54 @@
-"""The interfaces every model adapter implements (see docs/ARCHITECTURE.md)."""
+"""The interfaces every model adapter implements, split by capability (see docs/ARCHITECTURE.md).
+
+A *sampler* is the black box: images for prompts and seeds. Extraction, seed-agreement triage
+and the Wu et al. attacks need nothing more, so a model behind an HTTP API can be audited with
+them. A *denoiser* is the gray box: the family's own training loss and raw predictions, in its
+own parametrisation (epsilon, v, flow velocity), so that losses, CLiD and the Wen and Asthana
+detectors never assume one. An adapter declares what it offers in ``capabilities``; commands
+ask ``require`` before any work starts.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from scanner.errors import MemscanError
 
-class TextToImageModel(Protocol):
-    """A text-to-image diffusion model, black box (``generate``) and gray box (the rest)."""
+SAMPLE = "sample"    # generate(prompts, seeds, steps, guidance)
+DENOISE = "denoise"  # training_loss and predict: gray-box access to the denoiser
 
+CAPABILITY_NAMES = {SAMPLE: "sampling (black box)", DENOISE: "the denoiser's losses and predictions (gray box)"}
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """Settings chosen per family and resolution, with where they come from: measured here (on
+    which model) or carried from a paper or the family's pipeline (docs/CALIBRATION.md). A scan or
+    attack that leaves them unset takes these, so the 32-pixel demo's choices never silently
+    reach a 512-pixel model."""
+
+    num_inference_steps: int
+    guidance_scale: float
+    loss_timesteps: tuple[int, ...]   # the noise levels of the loss and CLiD (training scale, 0-1000)
+    source: str
+
+
+SMALL_DEMO_PIXELS = 64  # at or below this size a model is of the demo world's kind: memscan's own measurements apply
+
+
+class Sampler(Protocol):
+    """A text-to-image model as a black box."""
+
+    kind: str           # the registry's name for the model kind (a diffusers pipeline class, ...)
     model_ref: str
     model_hash: str
-    precision: str  # device type and dtype, e.g. "cuda-float16": fp16 draws visibly other images than fp32 from one seed
+    precision: str      # device type and dtype, e.g. "cuda-float16": fp16 draws visibly other images than fp32 from one seed
     resolution: int
-    end_of_text: str  # the tokenizer's end-of-text token, as text (CLiD masks words with it)
+    capabilities: frozenset[str]
+    defaults: FamilyDefaults
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int,
                  guidance_scale: float, few_step: bool = False) -> np.ndarray:
@@ -23,23 +57,50 @@ class TextToImageModel(Protocol):
         the caller can record a failed generation instead of crashing. ``few_step`` asks for a
         solver built for a handful of steps (cheap previews for triage, never stored)."""
 
-    def encode_text(self, prompts: Sequence[str]) -> Any:
-        """Condition tensors for ``predict_noise``; the empty string gives the null condition."""
+
+class Denoiser(Protocol):
+    """A diffusion model's denoiser with its conditioning, in the family's own parametrisation.
+
+    Timesteps are on the training scale of the family's scheduler (0 to 1000 for DDPM-style and
+    flow-matching schedulers alike: diffusers' flow schedulers use sigma x 1000)."""
+
+    end_of_text: str    # the tokenizer's end-of-text token, as text (CLiD masks words with it)
 
     def encode_image(self, images: np.ndarray) -> Any:
         """Latents x0 (scaled as the denoiser sees them) of uint8 [N, H, W, 3] images."""
 
-    def add_noise(self, x0: Any, noise: Any, timesteps: Any) -> Any:
-        """x_t from the training forward process at integer timesteps."""
+    def encode_condition(self, prompts: Sequence[str]) -> Any:
+        """The family's condition for these prompts (opaque to callers); the empty string gives
+        the condition the sampler guides against."""
 
-    def predict_noise(self, x_t: Any, timesteps: Any, condition: Any) -> Any:
-        """The denoiser's epsilon prediction."""
+    def text_features(self, prompts: Sequence[str]) -> np.ndarray:
+        """float32 [N, F]: the condition as one vector per prompt (CLiD ranks words by how far it moves)."""
 
-    def initial_noise(self, seeds: Sequence[int]) -> Any:
-        """The starting latents x_T of ``generate`` for these seeds."""
+    def training_loss(self, x0: Any, condition: Any, timesteps: Any, noise: Any) -> Any:
+        """Per-item mean squared error [N] of the denoiser's prediction against the family's
+        training target, x_t made by the family's training scheduler from (x0, noise, timesteps)."""
 
-    def sampling_timesteps(self, num_inference_steps: int) -> list[int]:
+    def sampling_timesteps(self, num_inference_steps: int) -> list[float]:
         """The sampler's timesteps, first (noisiest) first."""
+
+    def first_step_input(self, seeds: Sequence[int], num_inference_steps: int) -> Any:
+        """The denoiser's input at the sampler's first step for these seeds (x_T, scaled as the
+        sampling scheduler scales model inputs)."""
+
+    def predict(self, model_input: Any, timestep: float, condition: Any) -> Any:
+        """The denoiser's raw output (its own parametrisation) at one timestep."""
+
+
+class TextToImageModel(Sampler, Denoiser, Protocol):
+    """A model with both capabilities: what the diffusers adapters are."""
+
+
+def require(model: Sampler, capability: str, purpose: str) -> None:
+    """One line, before any work, when ``purpose`` needs a capability the model lacks."""
+    if capability not in model.capabilities:
+        raise MemscanError(f"{purpose} needs {CAPABILITY_NAMES[capability]}, which a {model.kind} model "
+                           f"({model.model_ref}) does not offer; it offers: "
+                           f"{', '.join(CAPABILITY_NAMES[c] for c in sorted(model.capabilities)) or 'nothing'}")
 
 
 class ImageTextEmbedder(Protocol):

@@ -1,9 +1,15 @@
-"""Adapter for diffusers text-to-image pipelines (the reference: ``StableDiffusionPipeline``).
+"""What the diffusers adapters share: loading, hashing, sampling, and the denoiser's training loss.
 
 Loads a local pipeline folder (``model_index.json`` + component folders) with
 ``from_pretrained(path, local_files_only=True, use_safetensors=True)``, or a single
 ``.safetensors`` checkpoint with ``from_single_file(path, config=LOCAL_FOLDER)``. Never the
 network, and never a pickle unless the user passes ``allow_pickle`` (``--allow-pickle``).
+
+A family adapter (``stable_diffusion.py``, ``stable_diffusion_xl.py``) subclasses
+``DiffusersT2I`` once and says what differs: its pipeline class, how a prompt becomes a
+condition, and how the denoiser is called with it. The schedulers own the forward process:
+the training loss noises with a ``DDPMScheduler`` built from the pipeline's own scheduler config
+and takes its target from ``prediction_type`` (epsilon, or v via ``get_velocity``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import numpy as np
 
 from scanner.errors import MemscanError, input_error
 from scanner.models import force_offline, load_failure, refuse_pickles
+from scanner.models.base import DENOISE, SAMPLE, FamilyDefaults
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".txt")
 
@@ -49,7 +56,13 @@ def pick_device(device: str | None) -> str:
 
 
 class DiffusersT2I:
-    """A diffusers text-to-image pipeline behind memscan's ``TextToImageModel`` interface."""
+    """A diffusers pipeline of a UNet family behind memscan's sampler and denoiser interfaces.
+    Subclasses set ``kind`` (the pipeline class name) and implement ``encode_condition``,
+    ``text_features`` and ``predict``."""
+
+    kind = ""
+    capabilities = frozenset({SAMPLE, DENOISE})
+    upcast_vae = False  # encode in float32 when the VAE asks for it in fp16 (SDXL's force_upcast)
 
     def __init__(self, pipeline, model_ref: str, model_hash: str):
         self.pipeline = pipeline
@@ -60,9 +73,20 @@ class DiffusersT2I:
         self.precision = f"{self.device.type}-{str(self.dtype).removeprefix('torch.')}"
         self.resolution = int(pipeline.unet.config.sample_size * pipeline.vae_scale_factor)
         self.scheduler_name = type(pipeline.scheduler).__name__
+        self.prediction_type = pipeline.scheduler.config.get("prediction_type", "epsilon")
         self.end_of_text = pipeline.tokenizer.eos_token
         pipeline.set_progress_bar_config(disable=True)
         self._few_step_pipeline = None
+        self.defaults = self.defaults_for(self.resolution)
+        self.check_shape()
+
+    @staticmethod
+    def defaults_for(resolution: int) -> FamilyDefaults:
+        """The family's steps, guidance and loss timesteps at this resolution (each adapter's own)."""
+        raise NotImplementedError
+
+    def check_shape(self) -> None:
+        """A family adapter refuses weights of another family (SDXL weights under an SD 1 config)."""
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, single_file_config: str | Path | None = None,
@@ -74,14 +98,16 @@ class DiffusersT2I:
         if not path.exists():
             raise input_error(path, "no such file or folder; expected a diffusers pipeline folder "
                                     "(with model_index.json) or a single .safetensors checkpoint")
+        import diffusers
         import torch
-        from diffusers import StableDiffusionPipeline
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
         for library in (diffusers_logging, transformers_logging):
             library.set_verbosity_error()
             library.disable_progress_bar()
+        pipeline_class = getattr(diffusers, cls.kind)
+        extra = {"safety_checker": None, "requires_safety_checker": False} if cls.kind == "StableDiffusionPipeline" else {}
         device = pick_device(device)
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
         if path.is_dir():
@@ -89,9 +115,8 @@ class DiffusersT2I:
                 raise input_error(path, "not a diffusers pipeline folder: model_index.json is missing")
             refuse_pickles((p for p in path.rglob("*") if p.is_file()), allow_pickle)
             files = [p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
-            loader = lambda: StableDiffusionPipeline.from_pretrained(  # noqa: E731
-                path, torch_dtype=dtype, local_files_only=True, use_safetensors=None if allow_pickle else True,
-                safety_checker=None, requires_safety_checker=False)
+            loader = lambda: pipeline_class.from_pretrained(  # noqa: E731
+                path, torch_dtype=dtype, local_files_only=True, use_safetensors=None if allow_pickle else True, **extra)
             root = path
         else:
             if path.suffix != ".safetensors":
@@ -101,9 +126,8 @@ class DiffusersT2I:
                                         "folder with model_index.json that describes its architecture")
             refuse_pickles((p for p in Path(single_file_config).rglob("*") if p.is_file()), allow_pickle)
             files = [path]
-            loader = lambda: StableDiffusionPipeline.from_single_file(  # noqa: E731
-                str(path), config=str(single_file_config), torch_dtype=dtype, local_files_only=True,
-                safety_checker=None, requires_safety_checker=False)
+            loader = lambda: pipeline_class.from_single_file(  # noqa: E731
+                str(path), config=str(single_file_config), torch_dtype=dtype, local_files_only=True, **extra)
             root = path.parent
         try:
             with warnings.catch_warnings():
@@ -111,9 +135,11 @@ class DiffusersT2I:
                 warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
                 pipeline = loader()
         except Exception as error:  # diffusers raises many kinds; the user needs the first line
-            raise input_error(path, f"cannot load as a StableDiffusionPipeline: {load_failure(error)}") from None
+            raise input_error(path, f"cannot load as a {cls.kind}: {load_failure(error)}") from None
         pipeline = pipeline.to(device)
         return cls(pipeline, model_ref=str(path.resolve()), model_hash=hash_files(files, root))
+
+    # --- sampler -------------------------------------------------------------------------
 
     def _generators(self, seeds: Sequence[int]):
         import torch
@@ -130,22 +156,16 @@ class DiffusersT2I:
         noise = torch.stack([torch.randn(shape, generator=g) for g in self._generators(seeds)])
         return noise.to(self.device, self.dtype) * self.pipeline.scheduler.init_noise_sigma
 
-    def sampling_timesteps(self, num_inference_steps: int) -> list[int]:
-        scheduler = self.pipeline.scheduler
-        scheduler.set_timesteps(num_inference_steps)
-        return [int(t) for t in scheduler.timesteps]
-
     def few_step_pipeline(self):
         """The same modules with DPM-Solver++ (2M, trailing timesteps): at a handful of steps it
         lands much nearer the image the default sampler draws from a seed than DDIM does (on the
         demo, tiled l2 0.033 from the 20-step DDIM image at 5 steps, against 0.053 for 5-step DDIM)."""
         if self._few_step_pipeline is None:
-            from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+            from diffusers import DPMSolverMultistepScheduler
 
             solver = DPMSolverMultistepScheduler.from_config(self.pipeline.scheduler.config, algorithm_type="dpmsolver++",
                                                              solver_order=2, timestep_spacing="trailing")
-            self._few_step_pipeline = StableDiffusionPipeline(**{**self.pipeline.components, "scheduler": solver},
-                                                               requires_safety_checker=False)
+            self._few_step_pipeline = type(self.pipeline).from_pipe(self.pipeline, scheduler=solver)
             self._few_step_pipeline.set_progress_bar_config(disable=True)
         return self._few_step_pipeline
 
@@ -162,28 +182,64 @@ class DiffusersT2I:
                 guidance_scale=guidance_scale, height=self.resolution, width=self.resolution, output_type="np")
         return np.asarray(output.images, dtype=np.float32)
 
-    def encode_text(self, prompts: Sequence[str]):
-        import torch
-
-        tokenizer = self.pipeline.tokenizer
-        ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids.to(self.device)
-        with torch.inference_mode():
-            return self.pipeline.text_encoder(ids)[0]
+    # --- denoiser ------------------------------------------------------------------------
 
     def encode_image(self, images: np.ndarray):
         import torch
 
-        pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device, self.dtype) / 127.5 - 1.0
         vae = self.pipeline.vae
-        with torch.inference_mode():
-            return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+        upcast = self.upcast_vae and vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
+        dtype = torch.float32 if upcast else vae.dtype
+        pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device, dtype) / 127.5 - 1.0
+        if upcast:  # as the SDXL pipeline decodes: its fp16 VAE overflows, so it runs in float32 and goes back
+            vae.to(torch.float32)
+        try:
+            with torch.inference_mode():
+                latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+        return latents.to(self.dtype)
 
-    def add_noise(self, x0, noise, timesteps):
-        return self.pipeline.scheduler.add_noise(x0, noise, timesteps)
+    def training_scheduler(self):
+        """The forward process the family was trained with: DDPM on the pipeline scheduler's betas
+        and prediction type (what diffusers' training scripts load from the same folder)."""
+        from diffusers import DDPMScheduler
 
-    def predict_noise(self, x_t, timesteps, condition):
+        return DDPMScheduler.from_config(self.pipeline.scheduler.config)
+
+    def training_loss(self, x0, condition, timesteps, noise):
+        scheduler = self.training_scheduler()
+        x_t = scheduler.add_noise(x0, noise, timesteps)
+        if self.prediction_type == "epsilon":
+            target = noise
+        elif self.prediction_type == "v_prediction":
+            target = scheduler.get_velocity(x0, noise, timesteps)
+        elif self.prediction_type == "sample":
+            target = x0
+        else:
+            raise MemscanError(f"{self.model_ref}: the scheduler's prediction_type {self.prediction_type!r} is not one "
+                               "memscan knows (epsilon, v_prediction, sample)")
+        prediction = self.predict(x_t, timesteps, condition)
+        return ((prediction.float() - target.float()) ** 2).mean(dim=tuple(range(1, x0.dim())))
+
+    def _sampling_scheduler(self, num_inference_steps: int):
+        """A fresh copy of the pipeline's scheduler, set to this many steps (schedulers keep a
+        step index: a shared one would drift between calls)."""
+        scheduler = type(self.pipeline.scheduler).from_config(self.pipeline.scheduler.config)
+        scheduler.set_timesteps(num_inference_steps)
+        return scheduler
+
+    def sampling_timesteps(self, num_inference_steps: int) -> list[float]:
+        return [float(t) for t in self._sampling_scheduler(num_inference_steps).timesteps]
+
+    def first_step_input(self, seeds: Sequence[int], num_inference_steps: int):
+        scheduler = self._sampling_scheduler(num_inference_steps)
+        return scheduler.scale_model_input(self.initial_noise(seeds), scheduler.timesteps[0])
+
+    def _timesteps(self, timestep, n: int):
+        """A scalar or [n] timesteps as the [n] tensor the UNet takes."""
         import torch
 
-        with torch.inference_mode():
-            return self.pipeline.unet(x_t, timesteps, encoder_hidden_states=condition).sample
+        timestep = torch.as_tensor(timestep, device=self.device)
+        return timestep.expand(n) if timestep.dim() == 0 else timestep

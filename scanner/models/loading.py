@@ -19,18 +19,19 @@ class ModelSpec:
     device: str | None = None
     single_file_config: str | None = None
     allow_pickle: bool = False
+    kind: str | None = None  # --model-kind; None: the kind model_index.json declares
 
     @classmethod
     def of(cls, path: str | Path, device: str | None = None, single_file_config: str | Path | None = None,
-           allow_pickle: bool = False) -> "ModelSpec":
+           allow_pickle: bool = False, kind: str | None = None) -> "ModelSpec":
         config = str(Path(single_file_config).resolve()) if single_file_config else None
-        return cls(str(Path(path).resolve()), device, config, allow_pickle)
+        return cls(str(Path(path).resolve()), device, config, allow_pickle, kind or None)
 
     def load(self):
-        from scanner.models.diffusers_t2i import DiffusersT2I
+        from scanner.models.registry import load_model
 
-        return DiffusersT2I.load(self.path, device=self.device, single_file_config=self.single_file_config,
-                                 allow_pickle=self.allow_pickle)
+        return load_model(self.path, self.kind, device=self.device, single_file_config=self.single_file_config,
+                          allow_pickle=self.allow_pickle)
 
 
 def load_embedder(features: FeatureConfig):

@@ -1,0 +1,111 @@
+"""Benchmark: memscan's adapters against the bare diffusers calls they wrap, per model family.
+
+    python scripts/bench_families.py [--families sd,sd2-v,sdxl] [--batch 32] [--steps 20] [--repeats 3]
+
+For each family model of the demo world (``scanner.demo.FAMILY_MODELS``), measured side by
+side in one process, alternating, best of ``--repeats``:
+
+- sampling: ``model.generate`` against the pipeline called directly with the same prompts,
+  one CPU generator per seed, steps, guidance, size and dtype;
+- the membership loss: ``denoising_losses`` (the loss attack's measurement: encode, condition,
+  noise, one denoiser pass per timestep and repeat) against the same passes written out with the
+  pipeline's own encoders, UNet and training scheduler.
+
+Prints images/s (items/s for the loss) and the ratio memscan / bare; the goal is at least 0.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def seconds(call) -> float:
+    began = time.perf_counter()
+    call()
+    return time.perf_counter() - began
+
+
+def bare_sampling(pipeline, prompts, seeds, steps, guidance, side):
+    import torch
+
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    with torch.inference_mode():
+        return pipeline(prompt=prompts, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
+                        height=side, width=side, output_type="np").images
+
+
+def bare_losses(pipeline, images, captions, timesteps, repeats):
+    """The loss attack's passes with nothing but the pipeline's parts."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    with torch.inference_mode():
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        x0 = pipeline.vae.encode(pixels).latent_dist.mean * pipeline.vae.config.scaling_factor
+        keywords = {}
+        if hasattr(pipeline, "text_encoder_2"):
+            embeds, _, pooled, _ = pipeline.encode_prompt(captions, device="cpu", do_classifier_free_guidance=False)
+            side = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+            ids = torch.tensor([[side, side, 0, 0, side, side]] * len(captions), dtype=embeds.dtype)
+            keywords = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids}}
+        else:
+            embeds = pipeline.encode_prompt(captions, "cpu", 1, False)[0]
+        losses = []
+        for r in range(repeats):
+            for t in timesteps:
+                noise = torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(r * 1009 + t)).expand_as(x0)
+                step = torch.full((len(x0),), t)
+                x_t = scheduler.add_noise(x0, noise, step)
+                target = scheduler.get_velocity(x0, noise, step) if scheduler.config.prediction_type == "v_prediction" else noise
+                prediction = pipeline.unet(x_t, step, encoder_hidden_states=embeds, **keywords).sample
+                losses.append(((prediction - target) ** 2).mean(dim=(1, 2, 3)))
+    return losses
+
+
+def main() -> None:
+    from scanner import demo as demo_world
+    from scanner.mia.denoising import NoiseProtocol, denoising_losses
+    from scanner.models.registry import load_model
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", default=",".join(demo_world.FAMILY_MODELS))
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--loss-items", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    rows = [r for r in demo_world.load_world(["caption", "image_png", "kind"]) if r["kind"] == "object"]
+    prompts = [r["caption"] for r in rows][: args.batch]
+    seeds = list(range(args.batch))
+    items = rows[: args.loss_items]
+    images = np.stack([demo_world.decode_png(r["image_png"]) for r in items])
+    captions = [r["caption"] for r in items]
+    print(f"{'family':8} {'what':9} {'memscan/s':>10} {'bare/s':>10} {'ratio':>6}")
+    for family in args.families.split(","):
+        model = load_model(demo_world.FAMILY_MODELS[family], device="cpu")
+        pipeline = model.pipeline
+        protocol = NoiseProtocol(batch_size=args.loss_items).for_model(model)
+        model.generate(prompts[:2], seeds[:2], 2, args.guidance)  # warm up: first calls allocate and pick kernels
+        bare_sampling(pipeline, prompts[:2], seeds[:2], 2, args.guidance, model.resolution)
+        memscan_sampling, bare = [], []
+        for _ in range(args.repeats):  # alternating, so drift in the machine's speed hits both alike
+            bare.append(seconds(lambda: bare_sampling(pipeline, prompts, seeds, args.steps, args.guidance, model.resolution)))
+            memscan_sampling.append(seconds(lambda: model.generate(prompts, seeds, args.steps, args.guidance)))
+        rate_memscan, rate_bare = args.batch / min(memscan_sampling), args.batch / min(bare)
+        print(f"{family:8} {'sampling':9} {rate_memscan:10.1f} {rate_bare:10.1f} {rate_memscan / rate_bare:6.2f}")
+        memscan_loss, bare = [], []
+        for _ in range(args.repeats):
+            bare.append(seconds(lambda: bare_losses(pipeline, images, captions, protocol.timesteps, protocol.repeats)))
+            memscan_loss.append(seconds(lambda: denoising_losses(model, images, [captions], protocol)))
+        rate_memscan, rate_bare = len(items) / min(memscan_loss), len(items) / min(bare)
+        print(f"{family:8} {'loss':9} {rate_memscan:10.1f} {rate_bare:10.1f} {rate_memscan / rate_bare:6.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

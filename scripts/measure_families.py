@@ -1,0 +1,94 @@
+"""Measure every attack and detector on each family model of the demo world (docs/MEASUREMENTS.md).
+
+    python scripts/calibrate_criterion.py scan --model sdxl --per-bucket 40 --nulls 64   # first: the extraction scan
+    python scripts/measure_families.py --family sdxl [--paper-timesteps]
+
+For one family model (``scanner.demo.FAMILY_MODELS``):
+
+- membership inference, ``memscan mia eval`` on the demo's labelled sets with every registered
+  attack: AUC and TPR at 1% FPR overall and AUC per duplication bucket (members of the bucket
+  against all evaluation non-members), stored in ``runs/families-<family>.duckdb``;
+- with ``--paper-timesteps`` also loss and CLiD at the CLiD paper's timesteps for Stable
+  Diffusion (440, 450, 460) against memscan's (100, 200, 300);
+- triage: each detector's AUC at separating the prompts the family's extraction scan flagged
+  (``runs/criterion-<family>-g5.duckdb``, written by ``calibrate_criterion.py scan``) from the
+  other audit prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+RUNS = Path("runs")
+
+
+def membership(family: str, model, embedder, paper_timesteps: bool) -> None:
+    from scanner import demo as demo_world
+    from scanner.mia.attacks import ATTACKS
+    from scanner.mia.denoising import NoiseProtocol
+    from scanner.mia.evaluate import LabelledItem, run_mia_eval
+    from scanner.store import Store
+
+    items = [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0,
+                          demo_world.bucket_of(r["dup_count"])) for r in demo_world.membership_items()]
+    protocols = {"memscan's (100, 200, 300)": NoiseProtocol(timesteps=(100, 200, 300))}
+    if paper_timesteps:
+        protocols["the CLiD paper's (440, 450, 460)"] = NoiseProtocol(timesteps=(440, 450, 460))
+    with Store(RUNS / f"families-{family}.duckdb") as store:
+        for label, protocol in protocols.items():
+            attacks = list(ATTACKS) if label.startswith("memscan") else ["loss", "clid_th", "clid_vec"]
+            _, results, per_bucket = run_mia_eval(store, model, items, attacks, protocol, embedder=embedder)
+            print(f"\n{family}, timesteps {label}: attack | AUC | TPR@1%FPR | " + " | ".join(
+                f"AUC {b}" for b in demo_world.BUCKETS[:-1]))
+            for attack, result in results.items():
+                buckets = {b["bucket"]: b["auc"] for b in per_bucket if b["attack"] == attack}
+                print(f"| {attack} | {result.auc:.3f} | {result.tpr_at_1_fpr:.2f} | "
+                      + " | ".join(f"{buckets.get(b, float('nan')):.3f}" for b in demo_world.BUCKETS[:-1]) + " |", flush=True)
+
+
+def triage(family: str, model) -> None:
+    from scanner.calibration import NULL_SOURCE
+    from scanner.mia import metrics
+    from scanner.mia.attacks import DETECTORS
+    from scanner.mia.triage import scores_on_pool
+    from scanner.store import Store
+
+    db = RUNS / f"criterion-{family}-g5.duckdb"
+    if not db.exists():
+        print(f"\n{family}: no extraction scan at {db}; run calibrate_criterion.py scan --model {family} first")
+        return
+    with Store(db, read_only=True) as store:
+        run_id = store.execute("SELECT run_id FROM runs WHERE kind = 'calibration' ORDER BY started_at DESC LIMIT 1")[0][0]
+        rows = store.execute("SELECT p.text, EXISTS (SELECT 1 FROM candidates c WHERE c.run_id = p.run_id AND "
+                             "c.prompt_id = p.prompt_id) FROM prompts p WHERE p.run_id = ? AND p.source IS DISTINCT FROM ? "
+                             "ORDER BY p.prompt_id", [run_id, NULL_SOURCE])
+    texts, flagged = [r[0] for r in rows], np.array([bool(r[1]) for r in rows])
+    print(f"\n{family}: triage AUC at separating the {flagged.sum()} flagged of {len(texts)} audit prompts")
+    for detector in DETECTORS:
+        scores = scores_on_pool(model, texts, detector, seeds=(0, 1, 2, 3), num_inference_steps=20, guidance_scale=5.0)
+        print(f"| {detector} | {metrics.roc_auc(scores, flagged):.3f} |", flush=True)
+
+
+def main() -> None:
+    from scanner import demo as demo_world
+    from scanner.config import FeatureConfig
+    from scanner.models.loading import load_embedder
+    from scanner.models.registry import load_model
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=sorted(demo_world.FAMILY_MODELS), required=True)
+    parser.add_argument("--paper-timesteps", action="store_true")
+    parser.add_argument("--skip", choices=["membership", "triage"], action="append", default=[])
+    args = parser.parse_args()
+    model = load_model(demo_world.FAMILY_MODELS[args.family])
+    if "membership" not in args.skip:
+        membership(args.family, model, load_embedder(FeatureConfig()), args.paper_timesteps)
+    if "triage" not in args.skip:
+        triage(args.family, model)
+
+
+if __name__ == "__main__":
+    main()
