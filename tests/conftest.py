@@ -28,6 +28,20 @@ def demo_clip():
     return OpenClip.load(CLIP_MODEL, device="cpu")
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """``memscan demo`` at its defaults, run once for the slow tests that read its database (its
+    findings, its report): (database, the command's stdout)."""
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("demo")
+    db = folder / "demo.duckdb"
+    result = subprocess.run([sys.executable, "-m", "scanner", "demo", "--db", str(db), "--no-progress",
+                             "--index-root", str(folder / "indexes")], capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stderr
+    return db, result.stdout
+
+
 @pytest.fixture
 def foreign_db(tmp_path):
     """A DuckDB file that some other program made: not a memscan database."""

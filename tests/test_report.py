@@ -2,7 +2,6 @@
 
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -61,11 +60,8 @@ def test_not_a_memscan_database(tmp_path, foreign_db):
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
-def test_demo_report_in_a_real_browser(tmp_path):
-    db = tmp_path / "demo.duckdb"
-    subprocess.run([sys.executable, "-m", "scanner", "demo", "--db", str(db), "--no-progress", "--per-bucket", "3",
-                    "--samples-per-prompt", "8", "--index-root", str(tmp_path / "indexes")],
-                   check=True, capture_output=True, timeout=1200)
+def test_demo_report_in_a_real_browser(tmp_path, demo_run):
+    db, _ = demo_run
     out = tmp_path / "demo.html"
     counts = render_report(db, out)
     html = out.read_text()

@@ -55,14 +55,11 @@ def test_a_killed_scan_resumes_without_losing_or_duplicating_rows(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_reproduces_duplicated_items_and_not_non_members(tmp_path):
+def test_demo_reproduces_duplicated_items_and_not_non_members(demo_run):
     from scanner.demo.evaluate import score_criterion, score_demo_run
 
-    db = tmp_path / "demo.duckdb"
-    result = subprocess.run([sys.executable, "-m", "scanner", "demo", "--db", str(db), "--no-progress"],
-                            capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr
-    assert "Database:" in result.stdout and "duckdb" in result.stdout
+    db, stdout = demo_run
+    assert "Database:" in stdout and "duckdb" in stdout
     with Store(db, read_only=True) as store:
         run_id = store.execute("SELECT run_id FROM runs WHERE kind = 'demo'")[0][0]
         scores = {s.bucket: s for s in score_demo_run(store, run_id)}
