@@ -1,4 +1,4 @@
-"""Scans on the demo model: resumable after kill -9, and scored against the ground truth."""
+"""Scans on the demo models: resumable after kill -9 (SD and SDXL), and scored against the ground truth."""
 
 import os
 import signal
@@ -8,14 +8,14 @@ import time
 
 import pytest
 
-from scanner.demo import SD_MODEL, demo_items
+from scanner.demo import FAMILY_MODELS, SD_MODEL, demo_items
 from scanner.store import Store
 
 GENERATION_COLUMNS = "generation_id, prompt_id, seed, status, image_path, image_sha256, phash, dhash, degenerate"
 
 
-def scan_command(prompts, db) -> list[str]:
-    return [sys.executable, "-m", "scanner", "scan", "--model", str(SD_MODEL), "--prompts", str(prompts), "--db", str(db),
+def scan_command(prompts, db, model=SD_MODEL) -> list[str]:
+    return [sys.executable, "-m", "scanner", "scan", "--model", str(model), "--prompts", str(prompts), "--db", str(db),
             "--samples-per-prompt", "8", "--batch-size", "4", "--steps", "4", "--null-prompts", "4", "--no-progress"]
 
 
@@ -29,16 +29,18 @@ def stored_images(db) -> int:
     return sum(1 for _ in folder.rglob("*.png")) if folder.exists() else 0
 
 
-def test_a_killed_scan_resumes_without_losing_or_duplicating_rows(tmp_path):
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_a_killed_scan_resumes_without_losing_or_duplicating_rows(tmp_path, family):
+    model = FAMILY_MODELS[family]
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(r["caption"] for r in demo_items()[::15][:4]))
     reference = tmp_path / "reference.duckdb"
-    subprocess.run(scan_command(prompts, reference), check=True, capture_output=True, timeout=600)
+    subprocess.run(scan_command(prompts, reference, model), check=True, capture_output=True, timeout=600)
     expected = generation_rows(reference)
     assert len(expected) == 64 and len({r[0] for r in expected}) == 64  # 4 prompts and 4 null prompts, 8 seeds each
 
     killed = tmp_path / "killed.duckdb"
-    process = subprocess.Popen(scan_command(prompts, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(scan_command(prompts, killed, model), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while stored_images(killed) < 8 and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -47,7 +49,7 @@ def test_a_killed_scan_resumes_without_losing_or_duplicating_rows(tmp_path):
     partial = stored_images(killed)
     assert 0 < partial < 64, "the scan should have been killed part-way"
 
-    resumed = subprocess.run(scan_command(prompts, killed), check=True, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(scan_command(prompts, killed, model), check=True, capture_output=True, text=True, timeout=600)
     assert "Resumed run" in resumed.stdout
     assert generation_rows(killed) == expected  # same ids, seeds, files and hashes; nothing lost or doubled
     with Store(killed, read_only=True) as store:

@@ -147,14 +147,15 @@ class DiffusersT2I:
         # CPU generators: the initial noise of a seed is the same on every device and in every batch
         return [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
 
-    def initial_noise(self, seeds: Sequence[int]):
-        """x_T for each seed, exactly as ``generate`` starts from it."""
+    def initial_noise(self, seeds: Sequence[int], num_inference_steps: int):
+        """x_T for each seed, exactly as ``generate`` starts from it at this many steps (a scheduler's
+        starting scale can depend on the steps: Euler's on "leading" timesteps does)."""
         import torch
 
         config = self.pipeline.unet.config
         shape = (config.in_channels, config.sample_size, config.sample_size)
         noise = torch.stack([torch.randn(shape, generator=g) for g in self._generators(seeds)])
-        return noise.to(self.device, self.dtype) * self.pipeline.scheduler.init_noise_sigma
+        return noise.to(self.device, self.dtype) * self._sampling_scheduler(num_inference_steps).init_noise_sigma
 
     def few_step_pipeline(self):
         """The same modules with DPM-Solver++ (2M, trailing timesteps): at a handful of steps it
@@ -235,7 +236,7 @@ class DiffusersT2I:
 
     def first_step_input(self, seeds: Sequence[int], num_inference_steps: int):
         scheduler = self._sampling_scheduler(num_inference_steps)
-        return scheduler.scale_model_input(self.initial_noise(seeds), scheduler.timesteps[0])
+        return scheduler.scale_model_input(self.initial_noise(seeds, num_inference_steps), scheduler.timesteps[0])
 
     def _timesteps(self, timestep, n: int):
         """A scalar or [n] timesteps as the [n] tensor the UNet takes."""

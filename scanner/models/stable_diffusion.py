@@ -28,8 +28,8 @@ class StableDiffusion(DiffusersT2I):
         if self.pipeline.unet.config.get("addition_embed_type") is not None:
             raise input_error(self.model_ref, "the UNet takes added conditioning "
                                               f"({self.pipeline.unet.config.addition_embed_type}): SDXL-shaped weights "
-                                              "under a StableDiffusionPipeline config; use --model-kind StableDiffusionXLPipeline "
-                                              "with an SDXL config")
+                                              "loaded as a StableDiffusionPipeline (by model_index.json or --model-kind); use "
+                                              "--model-kind StableDiffusionXLPipeline with an SDXL config")
 
     def encode_condition(self, prompts: Sequence[str]):
         import torch

@@ -39,8 +39,8 @@ class StableDiffusionXL(DiffusersT2I):
     def check_shape(self) -> None:
         if self.pipeline.unet.config.get("addition_embed_type") != "text_time":
             raise input_error(self.model_ref, "the UNet takes no pooled text and size ids: SD 1/2-shaped weights "
-                                              "under a StableDiffusionXLPipeline config; use --model-kind "
-                                              "StableDiffusionPipeline with an SD config")
+                                              "loaded as a StableDiffusionXLPipeline (by model_index.json or --model-kind); "
+                                              "use --model-kind StableDiffusionPipeline with an SD config")
 
     def encode_condition(self, prompts: Sequence[str]) -> XLCondition:
         import torch

@@ -1,0 +1,193 @@
+"""Every model family behind the capability-split seam (issue 19), on the demo world's models of
+each family: the loss the adapter reports is the family's own training loss, sampling is seeded
+and batch-independent, every attack runs where the model has what it needs, and the wrong
+family or a missing capability is refused with one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from scanner.demo import FAMILY_MODELS, decode_png, load_world
+from scanner.errors import MemscanError
+from scanner.models.base import SAMPLE
+
+FAMILIES = sorted(FAMILY_MODELS)
+
+
+@pytest.fixture(scope="module")
+def family_models():
+    from scanner.models.registry import load_model
+
+    return {name: load_model(path, device="cpu") for name, path in FAMILY_MODELS.items()}
+
+
+def _members(n: int = 4):
+    rows = [r for r in load_world(["caption", "image_png", "dup_count", "kind"]) if r["dup_count"] >= 50][:n]
+    return np.stack([decode_png(r["image_png"]) for r in rows]), [r["caption"] for r in rows]
+
+
+def _independent_condition(pipeline, captions):
+    """The condition and UNet keywords as the family's pipeline builds them, without memscan."""
+    import torch
+
+    if hasattr(pipeline, "text_encoder_2"):
+        embeds, _, pooled, _ = pipeline.encode_prompt(captions, device="cpu", do_classifier_free_guidance=False)
+        side = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+        time_ids = pipeline._get_add_time_ids((side, side), (0, 0), (side, side), dtype=embeds.dtype,
+                                              text_encoder_projection_dim=pipeline.text_encoder_2.config.projection_dim)
+        return embeds, {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids.repeat(len(captions), 1)}}
+    ids = pipeline.tokenizer(captions, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return pipeline.text_encoder(ids)[0], {}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_loss_is_the_familys_own_training_loss(family, family_models):
+    import torch
+    from diffusers import DDPMScheduler
+
+    model = family_models[family]
+    images, captions = _members()
+    x0 = model.encode_image(images)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
+    timesteps = torch.tensor([50, 250, 500, 900])
+    reported = model.training_loss(x0, model.encode_condition(captions), timesteps, noise).numpy()
+
+    # independently: the training scheduler from the folder, the target its prediction_type names
+    scheduler = DDPMScheduler.from_pretrained(FAMILY_MODELS[family] / "scheduler")
+    x_t = scheduler.add_noise(x0, noise, timesteps)
+    v_target = scheduler.get_velocity(x0, noise, timesteps)
+    target = v_target if scheduler.config.prediction_type == "v_prediction" else noise
+    condition, keywords = _independent_condition(model.pipeline, captions)
+    with torch.no_grad():
+        prediction = model.pipeline.unet(x_t, timesteps, encoder_hidden_states=condition, **keywords).sample
+    expected = ((prediction - target) ** 2).mean(dim=(1, 2, 3)).numpy()
+    np.testing.assert_allclose(reported, expected, rtol=1e-4, atol=1e-6)
+    assert (reported < 1.0).all()  # a trained denoiser beats predicting zeros on its own members
+    if family == "sd2-v":  # the epsilon target would be silently wrong here: a different number
+        assert model.prediction_type == "v_prediction"
+        epsilon_loss = ((prediction - noise) ** 2).mean(dim=(1, 2, 3)).numpy()
+        assert np.abs(epsilon_loss - reported).max() > 0.05
+
+
+@pytest.mark.parametrize("family", ["sd2-v", "sdxl"])
+def test_sampling_is_seeded_and_independent_of_the_batch(family, family_models):
+    model = family_models[family]
+    prompts = ["one red circle at the left on a gray background", "two blue squares at the top on a pink background"]
+    together = model.generate(prompts, [7, 8], num_inference_steps=6, guidance_scale=5.0)
+    alone = model.generate(prompts[1:], [8], num_inference_steps=6, guidance_scale=5.0)
+    other_seed = model.generate(prompts[1:], [9], num_inference_steps=6, guidance_scale=5.0)
+    assert together.shape == (2, model.resolution, model.resolution, 3) and np.isfinite(together).all()
+    np.testing.assert_allclose(together[1], alone[0], atol=2e-3)
+    assert np.abs(other_seed[0] - alone[0]).mean() > 1e-3
+
+
+def test_the_first_step_input_is_what_the_sampler_feeds_the_denoiser(family_models):
+    """SDXL's Euler scheduler starts from noise scaled by its largest sigma at the chosen steps
+    (on "leading" timesteps that scale depends on the steps) and scales the model's input back;
+    DDIM does neither. x_T is compared with the latents the pipeline itself prepares."""
+    import torch
+
+    for family, model in family_models.items():
+        pipeline = model.pipeline
+        pipeline.scheduler.set_timesteps(20)  # as the pipeline does before it prepares its latents
+        side = model.resolution
+        expected = pipeline.prepare_latents(1, pipeline.unet.config.in_channels, side, side, model.dtype, model.device,
+                                            [torch.Generator().manual_seed(1)])
+        torch.testing.assert_close(model.initial_noise([1], 20), expected)
+        x = model.first_step_input([1], 20)
+        torch.testing.assert_close(x, pipeline.scheduler.scale_model_input(expected, pipeline.scheduler.timesteps[0]))
+        assert 0.9 < float(x.std()) < 1.1, family  # the denoiser's input is unit-scale noise in every family
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_attack_runs_on_every_family(family, family_models, demo_clip):
+    from scanner.mia.attacks import ATTACKS
+    from scanner.mia.denoising import NoiseProtocol
+    from scanner.mia.evaluate import LabelledItem, features_on
+
+    images, captions = _members(3)
+    items = [LabelledItem(f"i{i}", c, image, True) for i, (c, image) in enumerate(zip(captions, images))]
+    model = family_models[family]
+    features = features_on(None, model, items, list(ATTACKS), NoiseProtocol(timesteps=(200,), repeats=1), embedder=demo_clip)
+    assert set(features) == set(ATTACKS)
+    for attack, raw in features.items():
+        for values in raw.values():
+            assert len(values) == 3 and np.isfinite(values).all(), (family, attack)
+
+
+class BlackBoxOnly:
+    """A model that can only sample (the shape of an HTTP-only model): wraps a real one."""
+
+    kind = "black-box test model"
+    capabilities = frozenset({SAMPLE})
+
+    def __init__(self, model):
+        self.model_ref, self.model_hash, self.precision = model.model_ref, model.model_hash, model.precision
+        self.resolution, self.generate, self.defaults = model.resolution, model.generate, model.defaults
+
+
+def test_an_attack_the_model_cannot_run_is_refused_before_any_work(demo_sd, tmp_path):
+    from scanner.config import SamplingConfig, ScanConfig
+    from scanner.generate import Prompt
+    from scanner.mia.attacks import check_attacks
+    from scanner.scan import run_scan
+    from scanner.store import Store
+
+    black_box = BlackBoxOnly(demo_sd)
+    check_attacks(black_box, ["seed_agreement", "wu_pixel"])  # sampling is enough for these
+    with pytest.raises(MemscanError, match="the loss attack needs the denoiser's losses") as refused:
+        check_attacks(black_box, ["seed_agreement", "loss"])
+    assert "\n" not in str(refused.value) and "offers: sampling" in str(refused.value)
+    config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=8, triage=0.5, triage_detector="wen"))
+    with Store(tmp_path / "scan.duckdb") as store:
+        with pytest.raises(MemscanError, match="the wen attack needs"):
+            run_scan(store, black_box, [Prompt.from_text("a red circle")], config, show_progress=False)
+        assert store.execute("SELECT count(*) FROM runs")[0][0] == 0  # refused before the run began
+
+
+def test_the_kind_comes_from_model_index_and_the_wrong_one_is_one_line(tmp_path, family_models):
+    from scanner.models.registry import load_model, resolve_kind
+    from scanner.models.stable_diffusion import StableDiffusion
+    from scanner.models.stable_diffusion_xl import StableDiffusionXL
+
+    assert isinstance(family_models["sdxl"], StableDiffusionXL) and isinstance(family_models["sd2-v"], StableDiffusion)
+    assert resolve_kind(FAMILY_MODELS["sdxl"]).name == "StableDiffusionXLPipeline"
+    foreign = tmp_path / "flux"
+    foreign.mkdir()
+    (foreign / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(MemscanError, match="FluxPipeline is not a kind memscan can audit; supported: "
+                                           "StableDiffusionPipeline, StableDiffusionXLPipeline"):
+        load_model(foreign)
+    with pytest.raises(MemscanError, match="--model-kind Kandinsky: not a kind"):
+        load_model(FAMILY_MODELS["sd"], kind="Kandinsky")
+    with pytest.raises(MemscanError, match="SD 1/2-shaped weights loaded as a StableDiffusionXLPipeline") as wrong:
+        load_model(FAMILY_MODELS["sd"], kind="StableDiffusionXLPipeline", device="cpu")
+    assert "\n" not in str(wrong.value)
+    # SDXL weights under an SD 1 config: the folder loads, its UNet does not fit the family
+    relabelled = tmp_path / "sdxl-as-sd"
+    shutil.copytree(FAMILY_MODELS["sdxl"], relabelled)
+    index = json.loads((relabelled / "model_index.json").read_text())
+    (relabelled / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(MemscanError, match="SDXL-shaped weights loaded as a StableDiffusionPipeline"):
+        load_model(relabelled, device="cpu")
+
+
+@pytest.mark.parametrize("family", ["sd2-v", "sdxl"])
+def test_a_single_file_checkpoint_loads_the_same_model(family, family_models, tmp_path):
+    """SDXL's file holds its second text encoder in open_clip's layout: converted back exactly."""
+    from ldm_checkpoint import write_single_file
+    from scanner.models.registry import load_model
+
+    model = family_models[family]
+    path = write_single_file(model.pipeline, tmp_path / f"{family}.safetensors")
+    single = load_model(path, device="cpu", single_file_config=FAMILY_MODELS[family])
+    assert type(single) is type(model) and single.prediction_type == model.prediction_type
+    prompt = ["three green stars at the top on a navy background"]
+    np.testing.assert_allclose(single.generate(prompt, [5], num_inference_steps=6),
+                               model.generate(prompt, [5], num_inference_steps=6), atol=1e-5)
