@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from rich.table import Table
 from scanner.calibration import criterion_statement
 from scanner.config import require_int, require_number
 from scanner.errors import MemscanError, input_error
-from scanner.models.loading import ModelSpec, load_embedder
+from scanner.models.loading import ModelSpec, load_embedder, portable, worker_pool
 from scanner.progress import progress_bar
 from scanner.sources import SourceFormat
 
@@ -82,14 +81,6 @@ def _ray_settings(address: Optional[str], workers: Optional[int], cpus_per_worke
         return override(RayConfig(), address=address, workers=workers, cpus_per_worker=cpus_per_worker)
     except ValueError as error:
         raise _flag_error(error) from None
-
-
-def _portable(features):
-    """Feature settings with absolute paths: Ray workers may start in another folder."""
-    if not (features.clip_model and Path(features.clip_model).exists()):
-        return features
-    return dataclasses.replace(features, clip_model=str(Path(features.clip_model).resolve()),
-                               clip_pretrained=str(Path(features.clip_pretrained).resolve()) if features.clip_pretrained else "")
 
 
 @app.command()
@@ -232,7 +223,7 @@ def scan(
                 raise MemscanError("--index needs CLIP embeddings of the generations; drop --no-embeddings")
             training_index = TrainingIndex.open(settings.index, index_root)
             training_index.check_embedder(embedder)
-        pool = sampling_pool(model_spec, settings) if settings.ray.address else None
+        pool = worker_pool(model_spec, settings.features, settings.ray)
         result = run_scan(store, loaded, prompt_list, settings, show_progress=not no_progress, embedder=embedder,
                           index=training_index, pool=pool)
         if result.resumed:
@@ -246,16 +237,6 @@ def scan(
             console.print(f"Stopped early: {drawn} of {result.counts['planned']} planned generations drawn.")
         _print_findings(store, result.run_id)
         _print_where(Path(settings.db), result.run_id)
-
-
-def sampling_pool(model_spec, settings):
-    """Ray workers that each load the scan's model and CLIP once."""
-    import functools
-
-    from scanner.distributed import RayPool
-    from scanner.models.loading import load_worker_models
-
-    return RayPool(functools.partial(load_worker_models, model_spec, _portable(settings.features)), settings.ray)
 
 
 index_app = typer.Typer(no_args_is_help=True, help="Build, inspect and query training-set indexes.")
@@ -302,7 +283,7 @@ def index_build(
     features = FeatureConfig(clip_model=clip_model or "", clip_pretrained=clip_pretrained or "", allow_pickle=allow_pickle)
     embedder = load_embedder(features)
     ray_settings = _ray_settings(ray, ray_workers, ray_cpus_per_worker)
-    pool = RayPool(functools.partial(load_embedder, _portable(features)), ray_settings) if ray_settings.address else None
+    pool = RayPool(functools.partial(load_embedder, portable(features)), ray_settings) if ray_settings.address else None
     with progress_bar("indexing", total=None, enabled=not no_progress, unit="items") as advance:
         manifest = build_index(source, name, embedder, index_config, root=root,
                                append=append, overwrite=overwrite, on_progress=advance, pool=pool,
@@ -485,25 +466,13 @@ def _attack_list(attacks: str) -> list[str]:
 
 def _mia_models(model: Optional[Path], kind: Optional[str], attacks: list[str], clip: tuple[Optional[str], Optional[str]],
                 ray: Optional[str], workers: Optional[int], cpus_per_worker: Optional[int], allow_pickle: bool):
-    """The model (refused when it cannot run an attack), the CLIP a Wu et al. attack embeds with
-    (--clip-model, else the demo CLIP), and with --ray a pool of workers holding both."""
-    import functools
-
     from scanner import demo as demo_world
     from scanner.config import FeatureConfig
-    from scanner.distributed import RayPool
-    from scanner.mia.attacks import check_attacks, needs_embedder
-    from scanner.models.loading import load_worker_models
+    from scanner.models.loading import attack_models
 
-    model_spec = ModelSpec.of(model or demo_world.SD_MODEL, allow_pickle=allow_pickle, kind=kind)
-    features = FeatureConfig(clip_model=clip[0] or "", clip_pretrained=clip[1] or "", allow_pickle=allow_pickle) \
-        if needs_embedder(attacks) else None
-    loaded = model_spec.load()
-    check_attacks(loaded, attacks)
-    settings = _ray_settings(ray, workers, cpus_per_worker)
-    portable = _portable(features) if features else None
-    pool = RayPool(functools.partial(load_worker_models, model_spec, portable), settings) if settings.address else None
-    return loaded, load_embedder(features) if features else None, pool
+    return attack_models(ModelSpec.of(model or demo_world.SD_MODEL, allow_pickle=allow_pickle, kind=kind), attacks,
+                         FeatureConfig(clip_model=clip[0] or "", clip_pretrained=clip[1] or "", allow_pickle=allow_pickle),
+                         _ray_settings(ray, workers, cpus_per_worker))
 
 
 @mia_app.command("dataset")

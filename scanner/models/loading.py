@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scanner.config import FeatureConfig
+from scanner.config import FeatureConfig, RayConfig
 
 
 @dataclass(frozen=True)
@@ -69,3 +72,33 @@ def pool_precision(pool) -> str:
     """The precision a pool's workers compute in (a GPU worker: fp16, whatever the driver has);
     part of every run id whose rows depend on it."""
     return next(iter(pool.imap_unordered(_model_precision, [None])))[1]
+
+
+def portable(features: FeatureConfig) -> FeatureConfig:
+    """Feature settings with absolute paths: Ray workers may start in another folder."""
+    if not (features.clip_model and Path(features.clip_model).exists()):
+        return features
+    return dataclasses.replace(features, clip_model=str(Path(features.clip_model).resolve()),
+                               clip_pretrained=str(Path(features.clip_pretrained).resolve()) if features.clip_pretrained else "")
+
+
+def worker_pool(model: ModelSpec, features: FeatureConfig | None, ray: RayConfig):
+    """Ray workers that each load the model (and the CLIP, unless ``features`` is None) once;
+    None when ``ray`` names no cluster (the work then runs in this process)."""
+    if not ray.address:
+        return None
+    from scanner.distributed import RayPool
+
+    return RayPool(functools.partial(load_worker_models, model, portable(features) if features else None), ray)
+
+
+def attack_models(model: ModelSpec, attacks: Sequence[str], clip: FeatureConfig, ray: RayConfig):
+    """What the membership commands run on: the model (refused, before any work, when it cannot
+    run one of ``attacks``), the CLIP the Wu et al. attacks embed with (``clip``) when one of them
+    is asked for, and a pool of Ray workers holding both when ``ray`` names a cluster."""
+    from scanner.mia.attacks import check_attacks, needs_embedder
+
+    loaded = model.load()
+    check_attacks(loaded, attacks)
+    features = clip if needs_embedder(attacks) else None
+    return loaded, load_embedder(features) if features else None, worker_pool(model, features, ray)
