@@ -11,6 +11,8 @@ from scanner.errors import input_error
 from scanner.models.base import SMALL_DEMO_PIXELS, FamilyDefaults
 from scanner.models.diffusers_t2i import DiffusersT2I
 
+# the demo model's own choice: CLiD's timesteps (440, 450, 460) are 0.01 of AUC worse on it, 0.045 better on the
+# v-prediction model of the demo world (docs/MEASUREMENTS.md, model families)
 DEMO_SIZED = FamilyDefaults(20, 5.0, (100, 200, 300), "measured here on the demo model (32 px; docs/MEASUREMENTS.md)")
 RELEASED = FamilyDefaults(50, 7.5, (440, 450, 460),
                           "steps and guidance: StableDiffusionPipeline's own defaults; loss timesteps: CLiD's for SD v1-4 "
