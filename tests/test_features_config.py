@@ -45,8 +45,6 @@ def test_toml_configuration_and_overrides(tmp_path):
 
 
 def test_ray_and_triage_settings_come_from_toml_and_are_checked(tmp_path):
-    import pytest
-
     from scanner.errors import MemscanError
 
     path = tmp_path / "scan.toml"

@@ -9,7 +9,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from scanner.demo import decode_png, load_world
 from scanner.errors import MemscanError

@@ -8,7 +8,7 @@ import pytest
 from scanner import demo as demo_world
 from scanner.errors import MemscanError
 from scanner.report import render_report
-from scanner.store import Store, now
+from scanner.store import Store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

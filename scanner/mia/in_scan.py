@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 from scanner.config import SamplingConfig
 from scanner.distributed import Pool
 from scanner.features import resize
