@@ -14,6 +14,7 @@ and takes its target from ``prediction_type`` (epsilon, or v via ``get_velocity`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import warnings
 from pathlib import Path
@@ -202,15 +203,17 @@ class DiffusersT2I:
                 vae.to(torch.float16)
         return latents.to(self.dtype)
 
+    @functools.cached_property
     def training_scheduler(self):
         """The forward process the family was trained with: DDPM on the pipeline scheduler's betas
-        and prediction type (what diffusers' training scripts load from the same folder)."""
+        and prediction type (what diffusers' training scripts load from the same folder). Built
+        once: ``add_noise`` and ``get_velocity`` keep no state between calls."""
         from diffusers import DDPMScheduler
 
         return DDPMScheduler.from_config(self.pipeline.scheduler.config)
 
     def training_loss(self, x0, condition, timesteps, noise):
-        scheduler = self.training_scheduler()
+        scheduler = self.training_scheduler
         x_t = scheduler.add_noise(x0, noise, timesteps)
         if self.prediction_type == "epsilon":
             target = noise
