@@ -668,7 +668,7 @@ def env() -> None:
 
     console.print("model kinds (--model-kind; by default model_index.json's _class_name):")
     for kind in KINDS.values():
-        offers = ", ".join(CAPABILITY_NAMES[c] for c in sorted(kind.capabilities))
+        offers = ", ".join(CAPABILITY_NAMES[c] for c in sorted(kind.adapter_class().capabilities))
         console.print(f"  {kind.name:28} {kind.summary}; offers {offers}")
 
 

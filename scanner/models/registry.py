@@ -9,14 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scanner.errors import input_error
-from scanner.models.base import DENOISE, SAMPLE
 
 
 @dataclass(frozen=True)
 class ModelKind:
     name: str                     # the diffusers pipeline class that ``_class_name`` names
-    adapter: str                  # "module:Class"
-    capabilities: frozenset[str]
+    adapter: str                  # "module:Class"; the class says what it offers (``capabilities``)
     summary: str
 
     def adapter_class(self):
@@ -25,10 +23,10 @@ class ModelKind:
 
 
 KINDS = {kind.name: kind for kind in (
-    ModelKind("StableDiffusionPipeline", "scanner.models.stable_diffusion:StableDiffusion", frozenset({SAMPLE, DENOISE}),
+    ModelKind("StableDiffusionPipeline", "scanner.models.stable_diffusion:StableDiffusion",
               "Stable Diffusion 1.x and 2.x: one CLIP text encoder, epsilon or v-prediction"),
     ModelKind("StableDiffusionXLPipeline", "scanner.models.stable_diffusion_xl:StableDiffusionXL",
-              frozenset({SAMPLE, DENOISE}), "SDXL: two CLIP text encoders, pooled embedding and size ids"),
+              "SDXL: two CLIP text encoders, pooled embedding and size ids"),
 )}
 
 
