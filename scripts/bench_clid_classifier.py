@@ -20,7 +20,8 @@ def main() -> None:
     from scanner.mia import metrics
     from scanner.mia.classifier import BoostedTrees, LogisticRegression
     from scanner.mia.denoising import NoiseProtocol
-    from scanner.mia.evaluate import LabelledItem, features_on, fitted_scores, split_halves
+    from scanner.mia.attack import fit_classifier
+    from scanner.mia.evaluate import LabelledItem, features_on, split_halves
     from scanner.models.registry import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,7 +37,7 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         auxiliary = split_halves(items, seed)
         for name, classifier in (("gradient-boosted trees", BoostedTrees), ("logistic regression", LogisticRegression)):
-            scores, threshold, _ = fitted_scores("clid_vec", raw, labels, auxiliary, {"clid_vec": classifier})
+            scores, threshold, _ = fit_classifier(classifier, raw, labels, auxiliary)
             result = metrics.evaluate(scores[~auxiliary], labels[~auxiliary], threshold)
             results[name].append((result.auc, result.tpr_at_1_fpr))
             print(f"split {seed}: {name:24} AUC {result.auc:.3f}  TPR@1%FPR {result.tpr_at_1_fpr:.2f}", flush=True)

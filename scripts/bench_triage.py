@@ -34,7 +34,9 @@ def main() -> None:
     from scanner.config import ClusterConfig, SamplingConfig, ScanConfig
     from scanner.generate import Prompt
     from scanner.mia import metrics
-    from scanner.mia.triage import DETECTORS, detector_scores, seed_agreement
+    from scanner.mia.attacks import DETECTORS
+    from scanner.mia.detectors import seed_agreement
+    from scanner.mia.triage import detector_scores
     from scanner.models.registry import load_model
     from scanner.scan import run_scan
     from scanner.store import Store

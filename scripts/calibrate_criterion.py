@@ -36,7 +36,7 @@ from scanner.demo import CALIBRATION_MODELS, bucket_of, decode_png, demo_items, 
 from scanner.demo.evaluate import DUPLICATED_BUCKETS, REPRODUCED_SHARE, reproduced_share
 from scanner.generate import Prompt
 from scanner.models.loading import load_embedder
-from scanner.mia.triage import anchor_distances
+from scanner.mia.detectors import anchor_distances
 from scanner.calibration import NULL_SOURCE, criterion_statement, null_prompts, null_threshold
 from scanner.store import Store
 

@@ -56,6 +56,28 @@ def test_attacks_on_the_demo_world(demo_sd, tmp_path):
     assert results["clid_th"].auc > 0.5 and results["loss"].auc > 0.5
 
 
+def test_a_new_attack_is_its_entry_alone(demo_sd, tmp_path, monkeypatch):
+    """An attack written outside memscan runs through ``mia eval`` from its registry entry alone,
+    reading the losses the loss attack measured (measured once for both)."""
+    from scanner.mia import attacks
+    from scanner.mia.attack import Attack
+    from scanner.models.base import DENOISE
+
+    worst_step = Attack("worst_step", DENOISE, "threshold", "minus the largest per-timestep loss",
+                        measure=lambda measured: {"score": -measured.losses[0].mean(axis=1).max(axis=1)})
+    monkeypatch.setitem(attacks.ATTACKS, "worst_step", worst_step)
+    assert attacks.parse_attacks(["loss", "worst_step"]) == ["loss", "worst_step"]
+    rows = demo_world.membership_items(per_bucket=3, x1=0, nonmembers=6)
+    items = [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0) for r in rows]
+    with Store(tmp_path / "mia.duckdb") as store:
+        run_id, results, _ = run_mia_eval(store, demo_sd, items, ["loss", "worst_step"], NoiseProtocol(timesteps=(200,), repeats=1))
+        scores = dict(store.execute("SELECT attack, list(score ORDER BY item_id) FROM mia_scores WHERE run_id = ? "
+                                    "GROUP BY attack", [run_id]))
+    # one timestep, one repeat: the largest loss is the mean loss, so both attacks score alike
+    np.testing.assert_allclose(scores["worst_step"], scores["loss"], rtol=1e-6)
+    assert results["worst_step"].auc == results["loss"].auc
+
+
 def test_dataset_inference_statistics():
     from scanner.mia.dataset import dataset_inference
 
@@ -183,7 +205,7 @@ def test_anchored_agreement_discounts_samples_that_are_close_to_everything():
     """Dark, flat prompts' samples are close to each other in plain l2 but no closer than to
     other dark prompts' samples; a prompt two of whose four seeds agree on a detailed image wins."""
     from scanner.distances import tiled_l2
-    from scanner.mia.triage import anchor_distances, anchored_agreement
+    from scanner.mia.detectors import anchor_distances, anchored_agreement
 
     rng = np.random.default_rng(0)
     dark = 0.05 + 0.01 * rng.standard_normal((5, 4, 32, 32, 3))
@@ -197,7 +219,7 @@ def test_anchored_agreement_discounts_samples_that_are_close_to_everything():
 
 
 def test_norm_alignment_adds_a_bounded_alignment_to_wens_magnitude(demo_sd):
-    from scanner.mia.triage import conditional_gap, norm_alignment
+    from scanner.mia.detectors import conditional_gap, norm_alignment
 
     rows = demo_world.membership_items(per_bucket=4, x1=0, nonmembers=8)
     captions = [r["caption"] for r in rows]

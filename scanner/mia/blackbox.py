@@ -15,8 +15,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from scanner.distances import normalized_l2
+from scanner.mia.attack import Attack, classifier_fit
+from scanner.mia.classifier import LogisticRegression
 from scanner.features import thumbnail, to_uint8
-from scanner.models.base import ImageTextEmbedder, TextToImageModel
+from scanner.models.base import SAMPLE, ImageTextEmbedder, TextToImageModel
 
 
 def generate_per_caption(model: TextToImageModel, captions: Sequence[str], seeds: Sequence[int], num_inference_steps: int,
@@ -47,3 +49,14 @@ def blackbox_features(model: TextToImageModel, embedder: ImageTextEmbedder, imag
     produced = embedder.embed_images(generations.reshape(-1, *images.shape[1:])).reshape(len(captions), len(seeds), -1)
     semantic = (1.0 - np.einsum("id,isd->is", query, produced)).min(axis=1)
     return np.stack([pixel, semantic], axis=1)
+
+
+WU_PIXEL = Attack("wu_pixel", SAMPLE, "threshold",
+                  "minus the smallest pixel distance from the image to generations of its caption (Wu et al. 2022)",
+                  measure=lambda measured: {"score": -measured.wu_distances[:, 0]}, embedder=True)
+WU_CLIP = Attack("wu_clip", SAMPLE, "threshold",
+                 "minus the smallest CLIP distance from the image to generations of its caption (Wu et al. 2022)",
+                 measure=lambda measured: {"score": -measured.wu_distances[:, 1]}, embedder=True)
+WU_CLASSIFIER = Attack("wu_classifier", SAMPLE, "classifier and threshold", "both Wu et al. distances to a classifier (Wu et al. 2022)",
+                       measure=lambda measured: {"features": measured.wu_distances}, fit=classifier_fit(LogisticRegression),
+                       embedder=True)

@@ -8,8 +8,8 @@ tokenized and padded) ``D_i = mean_t [L(x, c*_i, t) - L(x, c, t)]`` under shared
 ``CLiD_th`` = alpha * S(mean_i D_i) + (1 - alpha) * S(-L) with a robust scaler S (median and
 interquartile range); S, alpha and the decision threshold are fitted on an auxiliary split and
 applied unchanged to the evaluated one. ``CLiD_vec`` feeds the vector ``[D_1..D_k, L]`` to a small
-classifier trained on the auxiliary half (here a logistic regression, ``scanner.mia.classifier``,
-where the paper uses gradient boosting). (DESIGN.md writes the same rule with both signs flipped,
+classifier trained on the auxiliary half (gradient-boosted trees, ``scanner.mia.classifier``, as the
+paper's XGBoost). (DESIGN.md writes the same rule with both signs flipped,
 lower = member; memscan's scores are all "higher = member".)
 """
 
@@ -20,7 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scanner.mia.attack import Attack, Features, Fitted, classifier_fit
+from scanner.mia.classifier import BoostedTrees
 from scanner.mia.metrics import best_threshold, roc_auc
+from scanner.models.base import DENOISE
 
 WEAKENING_SHARES = (0.3, 0.5, 0.7)
 
@@ -88,3 +91,18 @@ class ClidThreshold:
             a * d_scaler(d.mean(axis=1)) + (1 - a) * l_scaler(-loss), labels))
         fitted = cls(float(best), d_scaler, l_scaler, 0.0)
         return cls(fitted.alpha, d_scaler, l_scaler, best_threshold(fitted.score(d, loss), labels))
+
+
+def fit_clid_threshold(raw: Features, labels: np.ndarray, fitted_on: np.ndarray) -> Fitted:
+    rule = ClidThreshold.fit(raw["d"][fitted_on], raw["loss"][fitted_on], labels[fitted_on])
+    return rule.score(raw["d"], raw["loss"]), rule.threshold, {"alpha": rule.alpha}
+
+
+CLID_TH = Attack("clid_th", DENOISE, "robust scalers, mixing weight and threshold",
+                 "CLiD: loss drop from weakened captions to the true one, mixed with the loss (Zhai et al. 2024, Eq. 9)",
+                 measure=lambda measured: dict(zip(("d", "loss"), discrepancies(measured.losses))),
+                 fit=fit_clid_threshold, weakened=True)
+# trees, as the paper's XGBoost (against a logistic regression: scripts/bench_clid_classifier.py)
+CLID_VEC = Attack("clid_vec", DENOISE, "classifier and threshold", "CLiD's vector [D_1..D_k, L] to a classifier (Zhai et al. 2024)",
+                  measure=lambda measured: {"features": np.column_stack(discrepancies(measured.losses))},
+                  fit=classifier_fit(BoostedTrees), weakened=True)

@@ -14,12 +14,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from scanner.mia import clid, loss, metrics
-from scanner.mia.blackbox import blackbox_features
-from scanner.mia.classifier import BoostedTrees, LogisticRegression
-from scanner.mia.denoising import NoiseProtocol, denoising_losses
-from scanner.mia.attacks import DETECTORS, needs_embedder
-from scanner.mia.triage import detector_evidence, scores_from_evidence
+from scanner.mia import metrics
+from scanner.mia.attack import Features
+from scanner.mia.attacks import ATTACKS
+from scanner.mia.denoising import NoiseProtocol
+from scanner.mia.measurements import Measurements
 from scanner.distributed import LocalPool, Pool, map_in_order
 from scanner.models.base import ImageTextEmbedder, TextToImageModel
 from scanner.models.loading import WorkerModels, pool_precision
@@ -38,40 +37,20 @@ class LabelledItem:
 
 def attack_scores(model: TextToImageModel, items: Sequence[LabelledItem], attacks: Sequence[str],
                   protocol: NoiseProtocol, triage_seeds: Sequence[int] = (0, 1, 2, 3),
-                  embedder: ImageTextEmbedder | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """Raw per-item features of each attack (before any fitting); a detector's is its evidence
-    (``finish_features`` scores it once every item's is in: seed agreement compares a prompt's
-    samples with all the others')."""
-    features: dict[str, dict[str, np.ndarray]] = {}
-    if needs_embedder(attacks):
-        if embedder is None:
-            raise ValueError("the Wu et al. attacks need a CLIP embedder")
-        wu = blackbox_features(model, embedder, np.stack([item.image for item in items]), [item.caption for item in items])
-        features.update({"wu_pixel": {"score": -wu[:, 0]}, "wu_clip": {"score": -wu[:, 1]}, "wu_classifier": {"features": wu}})
-    captions = [item.caption for item in items]
-    if {"loss", "clid_th", "clid_vec"} & set(attacks):
-        images = np.stack([item.image for item in items])
-        condition_sets = [captions]
-        if {"clid_th", "clid_vec"} & set(attacks):
-            end_token = model.end_of_text
-            weakened = [clid.weakened_captions(c, clid.word_importance(c, model.text_features), end_token) for c in captions]
-            condition_sets += [list(w) for w in zip(*weakened)] + [[""] * len(items)]
-        losses = denoising_losses(model, images, condition_sets, protocol)
-        d, true_loss = clid.discrepancies(losses) if len(condition_sets) > 1 else (None, losses[0].mean(axis=(1, 2)))
-        features["loss"] = {"score": loss.loss_scores(losses[0])}
-        if d is not None:
-            features["clid_th"] = {"d": d, "loss": true_loss}
-            features["clid_vec"] = {"features": np.column_stack([d, true_loss])}
-    for detector in set(DETECTORS) & set(attacks):
-        features[detector] = {"evidence": detector_evidence(model, captions, detector, triage_seeds)}
-    return features
+                  embedder: ImageTextEmbedder | None = None) -> dict[str, Features]:
+    """Raw per-item features of each attack (before any fitting), every shared measurement made
+    once; a detector's is its evidence (``finish_features`` scores it once every item's is in:
+    seed agreement compares a prompt's samples with all the others')."""
+    chosen = [ATTACKS[name] for name in attacks]
+    measured = Measurements(model, np.stack([item.image for item in items]), [item.caption for item in items], chosen,
+                            protocol, embedder, triage_seeds)
+    return {attack.name: attack.features(measured) for attack in chosen}
 
 
-def finish_features(features: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
-    """Detector evidence of the whole set turned into scores, so that how the set was cut into
-    chunks (workers, batches) never changes a score."""
-    return {attack: {"score": scores_from_evidence(attack, raw["evidence"])} if "evidence" in raw else raw
-            for attack, raw in features.items()}
+def finish_features(features: dict[str, Features]) -> dict[str, Features]:
+    """The whole set's features: detector evidence turned into scores, so that how the set was cut
+    into chunks (workers, batches) never changes a score."""
+    return {name: ATTACKS[name].whole_set(raw) for name, raw in features.items()}
 
 
 @dataclass(frozen=True)
@@ -80,14 +59,14 @@ class AttackJob:
     protocol: NoiseProtocol
 
 
-def score_chunk(job: AttackJob, models: WorkerModels, chunk: Sequence[LabelledItem]) -> dict[str, dict[str, np.ndarray]]:
+def score_chunk(job: AttackJob, models: WorkerModels, chunk: Sequence[LabelledItem]) -> dict[str, Features]:
     """A Ray worker's task: the raw attack features of a chunk of items."""
     return attack_scores(models.model, chunk, job.attacks, job.protocol, embedder=models.embedder)
 
 
 def features_on(pool: Pool | None, model: TextToImageModel, items: Sequence[LabelledItem], attacks: Sequence[str],
                 protocol: NoiseProtocol, embedder: ImageTextEmbedder | None = None,
-                chunk_size: int = 64) -> dict[str, dict[str, np.ndarray]]:
+                chunk_size: int = 64) -> dict[str, Features]:
     """``attack_scores`` chunk by chunk, on ``pool``'s Ray workers or in this process. Every feature
     belongs to one item (the shared noise depends on the repeat and timestep, not on the batch),
     so the joined result does not depend on where the chunks ran."""
@@ -100,7 +79,7 @@ def features_on(pool: Pool | None, model: TextToImageModel, items: Sequence[Labe
 
 def _features_and_precision(pool: Pool | None, model: TextToImageModel, items: Sequence[LabelledItem],
                             attacks: Sequence[str], protocol: NoiseProtocol,
-                            embedder: ImageTextEmbedder | None) -> tuple[dict[str, dict[str, np.ndarray]], str]:
+                            embedder: ImageTextEmbedder | None) -> tuple[dict[str, Features], str]:
     """The attack features and the precision they were computed in (part of the run id)."""
     pool = pool or LocalPool(WorkerModels(model, embedder))
     return features_on(pool, model, items, attacks, protocol, embedder), pool_precision(pool)
@@ -125,24 +104,6 @@ def split_halves(items: Sequence[LabelledItem], seed: int) -> np.ndarray:
     return auxiliary
 
 
-# the classifier each vector-valued attack trains: CLiD's as in its paper (scripts/bench_clid_classifier.py)
-VECTOR_CLASSIFIERS = {"clid_vec": BoostedTrees, "wu_classifier": LogisticRegression}
-
-
-def fitted_scores(attack: str, raw: dict[str, np.ndarray], labels: np.ndarray, auxiliary: np.ndarray,
-                  classifiers: dict = VECTOR_CLASSIFIERS) -> tuple[np.ndarray, float, dict]:
-    """Scores of every item (higher: member) and the threshold fitted on the auxiliary half."""
-    if attack == "clid_th":
-        rule = clid.ClidThreshold.fit(raw["d"][auxiliary], raw["loss"][auxiliary], labels[auxiliary])
-        return rule.score(raw["d"], raw["loss"]), rule.threshold, {"alpha": rule.alpha}
-    if attack in classifiers:
-        classifier = classifiers[attack].fit(raw["features"][auxiliary], labels[auxiliary].astype(float))
-        scores = classifier.score(raw["features"])
-        return scores, metrics.best_threshold(scores[auxiliary], labels[auxiliary]), classifier.describe()
-    scores = raw["score"]
-    return scores, metrics.best_threshold(scores[auxiliary], labels[auxiliary]), {}
-
-
 def run_mia_eval(store: Store, model: TextToImageModel, items: Sequence[LabelledItem], attacks: Sequence[str] = ("loss", "clid_th", "wen"),
                  protocol: NoiseProtocol = NoiseProtocol(), seed: int = 0, embedder: ImageTextEmbedder | None = None,
                  pool: Pool | None = None) -> tuple[str, dict[str, metrics.AttackMetrics], list[dict]]:
@@ -160,7 +121,7 @@ def run_mia_eval(store: Store, model: TextToImageModel, items: Sequence[Labelled
     results, per_bucket, score_rows, metric_rows = {}, [], [], []
     evaluation = ~auxiliary
     for attack in attacks:
-        scores, threshold, extra = fitted_scores(attack, raw[attack], labels, auxiliary)
+        scores, threshold, extra = ATTACKS[attack].fit(raw[attack], labels, auxiliary)
         result = metrics.evaluate(scores[evaluation], labels[evaluation], threshold)
         results[attack] = result
         for item, score, aux in zip(items, scores, auxiliary):
@@ -208,7 +169,7 @@ def run_mia_score(store: Store, model: TextToImageModel, reference: Sequence[Lab
                      "precision": precision}, {})
     rows = []
     for attack in attacks:
-        scores, threshold, extra = fitted_scores(attack, raw[attack], labels, fitted_on)
+        scores, threshold, extra = ATTACKS[attack].fit(raw[attack], labels, fitted_on)
         rows += [{"run_id": run_id, "item_id": item.item_id, "attack": attack, "score": float(score), "threshold": threshold,
                   "predicted_member": bool(score >= threshold), "label": None,
                   "settings": json.dumps({"calibrated_on": f"{int(labels.sum())} members, {int((~labels[fitted_on]).sum())} non-members", **extra})}

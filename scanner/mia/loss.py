@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from scanner.mia.attack import Attack
+from scanner.models.base import DENOISE
+
 
 def loss_scores(losses: np.ndarray) -> np.ndarray:
     """``losses``: [items, repeats, timesteps] under the true caption."""
     return -losses.mean(axis=(1, 2))
+
+
+LOSS = Attack("loss", DENOISE, "threshold",
+              "minus the family's training loss under the true caption, shared noise (Matsumoto et al. 2023)",
+              measure=lambda measured: {"score": loss_scores(measured.losses[0])})

@@ -1,184 +1,27 @@
-"""Memorization detectors that rank prompts before mass sampling.
-
-Both start from pure noise x_T (the denoiser's input at the sampler's first step) and compare
-the prediction under the prompt with the one under the empty prompt, so a prompt costs a few
-forward passes instead of hundreds of samples. The predictions are the denoiser's raw output in
-its family's parametrisation (epsilon for SD 1; v for a v-prediction model, where the guidance
-difference is the epsilon one scaled per timestep, so the magnitudes rank prompts alike, and
-the alignment is measured on v as the model predicts it):
-
-- Wen et al. (ICLR 2024): the magnitude ``||eps(x_T, c) - eps(x_T, empty)||`` at the first
-  sampling step, large for memorized prompts;
-- Asthana and Belagiannis (ICLR 2026): that magnitude plus the angular alignment between the
-  unconditional prediction and the guidance direction ``eps(x_T, c) - eps(x_T, empty)``, taken
-  at a low-noise timestep (the third-last sampling step) where the log-probability is
-  anisotropic and the magnitude alone misleads. The cosine is over latent channels, per
-  position, then averaged; the two terms are added with weights 1 and 2 (the paper's
-  weights for Stable Diffusion 1.x).
-
-A third, black-box one asks the symptom the scan looks for, cheaply:
-- seed agreement: a few seeds (four by default) sampled with a quarter of the steps, half the
-  guidance and a solver made for few steps (DPM-Solver++); the score is minus the smallest tiled
-  l2 between two of a prompt's samples, relative to how far those samples are from other
-  prompts' samples (their anchor distance, as in Carlini's anchored l2). A memorized prompt
-  pulls seeds to the same image early in sampling (the observation behind Webster's few-step
-  extraction, 2023), an ordinary prompt does not. Why each choice (docs/MEASUREMENTS.md has the
-  numbers): guidance narrows every prompt's samples towards one mode, so the scan's full
-  guidance makes ordinary prompts agree too; DDIM at five steps stops far from the image its
-  seed reaches at twenty, DPM-Solver++ much nearer; a prompt that collapses on only half of
-  its seeds shows two agreeing samples among four far more often than among two; and samples
-  of dark, flat prompts are close to everything, which the anchor distance discounts. Costs
-  four images at a quarter of the steps: 6% of sampling 16 seeds in model passes, 8% measured on CPU.
-"""
+"""Triage: rank prompts by a memorization detector (``scanner.mia.detectors``) before mass
+sampling, and keep the top fraction (``--triage``, ``--triage-detector``). The detector's evidence
+is gathered chunk by chunk on the scan's pool and scored once all of it is in."""
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from scanner.distributed import LocalPool, Pool, map_in_order
-from scanner.mia.attacks import DETECTORS, check_attacks
-from scanner.models.base import Denoiser, Sampler, TextToImageModel
+from scanner.mia.attacks import ATTACKS, check_attacks
+from scanner.models.base import Sampler, TextToImageModel
 from scanner.models.loading import WorkerModels
-
-
-
-def _per_prompt_mean(model: Denoiser, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int,
-                     statistic: Callable, batch_size: int) -> np.ndarray:
-    """``statistic(x_T, condition, empty_condition)`` per (prompt, seed), averaged over seeds."""
-    scores = np.zeros(len(prompts), np.float32)
-    pairs = [(p, s) for p in range(len(prompts)) for s in seeds]
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        x_t = model.first_step_input([s for _, s in chunk], num_inference_steps)
-        values = statistic(x_t, model.encode_condition([prompts[p] for p, _ in chunk]),
-                           model.encode_condition([""] * len(chunk)))
-        for (p, _), value in zip(chunk, values):
-            scores[p] += value / len(seeds)
-    return scores
-
-
-def _guidance(model: Denoiser, x_t, timestep: float, condition, empty):
-    """(f(x_t, empty), f(x_t, c) - f(x_t, empty)) at one timestep, in float32 (f: the denoiser's output)."""
-    unconditional = model.predict(x_t, timestep, empty).float()
-    return unconditional, model.predict(x_t, timestep, condition).float() - unconditional
-
-
-def conditional_gap(model: Denoiser, prompts: Sequence[str], seeds: Sequence[int],
-                    num_inference_steps: int = 20, batch_size: int = 64) -> np.ndarray:
-    """Wen et al.: ``||f(x_T, c) - f(x_T, empty)||`` at the first sampling step, averaged over
-    seeds; one score per prompt, two forward passes per seed."""
-    first = model.sampling_timesteps(num_inference_steps)[0]
-
-    def magnitude(x_t, condition, empty):
-        return _guidance(model, x_t, first, condition, empty)[1].flatten(1).norm(dim=1).cpu().numpy()
-
-    return _per_prompt_mean(model, prompts, seeds, num_inference_steps, magnitude, batch_size)
-
-
-def norm_alignment(model: Denoiser, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
-                   alignment_weight: float = 2.0, batch_size: int = 64) -> np.ndarray:
-    """Asthana and Belagiannis: the first-step magnitude plus ``alignment_weight`` times the
-    cosine between f(x_T, empty) and the guidance direction at the third-last sampling
-    timestep, both on the same pure noise; four forward passes per seed."""
-    import torch
-
-    timesteps = model.sampling_timesteps(num_inference_steps)
-    first, low_noise = timesteps[0], timesteps[max(0, len(timesteps) - 3)]
-
-    def norm_plus_alignment(x_t, condition, empty):
-        magnitude = _guidance(model, x_t, first, condition, empty)[1].flatten(1).norm(dim=1)
-        unconditional, direction = _guidance(model, x_t, low_noise, condition, empty)
-        alignment = torch.nn.functional.cosine_similarity(unconditional, direction, dim=1).flatten(1).mean(dim=1)
-        return (magnitude + alignment_weight * alignment).cpu().numpy()
-
-    return _per_prompt_mean(model, prompts, seeds, num_inference_steps, norm_plus_alignment, batch_size)
-
-
-def anchor_distances(images: np.ndarray, neighbours: int = 10, reference: int = 2048, block: int = 1024) -> np.ndarray:
-    """[prompts, seeds] mean root-mean-square distance of each image to its ``neighbours`` nearest
-    images of other prompts, among a fixed random ``reference`` sample of all of them. Images are
-    turned into floats a block at a time: a large triage holds only its uint8 thumbnails."""
-    from scanner.distances import as_unit
-
-    prompts, seeds = images.shape[:2]
-    flat = images.reshape(prompts * seeds, -1)
-    owner = np.repeat(np.arange(prompts), seeds)
-    chosen = np.sort(np.random.default_rng(0).choice(len(flat), size=min(reference, len(flat)), replace=False))
-    others = as_unit(flat[chosen])
-    others_squared = np.square(others).sum(axis=1)
-    anchors = np.ones(len(flat), np.float32)  # a lone prompt has nothing to be relative to
-    for start in range(0, len(flat), block):
-        queries = as_unit(flat[start:start + block])
-        squared = np.square(queries).sum(axis=1)[:, None] + others_squared[None] - 2 * queries @ others.T
-        distance = np.sqrt(np.maximum(squared, 0) / flat.shape[1])
-        distance[owner[start:start + block, None] == owner[chosen][None]] = np.nan
-        nearest = np.sort(distance, axis=1)[:, :neighbours]  # NaNs sort last
-        found = ~np.isnan(nearest).all(axis=1)
-        anchors[start:start + block][found] = np.nanmean(nearest[found], axis=1)
-    return anchors.reshape(prompts, seeds)
-
-
-def anchored_agreement(images: np.ndarray, block: int = 4096) -> np.ndarray:
-    """Per prompt, minus the smallest tiled l2 between two of its [prompts, seeds, H, W, 3]
-    images divided by the pair's mean anchor distance."""
-    from scanner.distances import tiled_l2
-
-    anchors = anchor_distances(images)
-    prompts, seeds = images.shape[:2]
-    scores = np.empty(prompts, np.float32)
-    for start in range(0, prompts, block):
-        part, anchor = images[start:start + block], anchors[start:start + block]
-        ratios = [tiled_l2(part[:, a], part[:, b]) / np.maximum(0.5 * (anchor[:, a] + anchor[:, b]), 1e-6)
-                  for a in range(seeds) for b in range(a + 1, seeds)]
-        scores[start:start + block] = -np.min(ratios, axis=0)
-    return scores
-
-
-def few_step_samples(model: Sampler, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
-                     guidance_scale: float = 2.5, batch_size: int = 64, thumbnail_size: int = 64) -> np.ndarray:
-    """uint8 thumbnails [prompts, seeds, h, w, 3] sampled with the few-step solver and a quarter of the steps."""
-    from scanner.mia.blackbox import generate_per_caption
-
-    if len(seeds) < 2:
-        raise ValueError("seed agreement needs at least two seeds")
-    return generate_per_caption(model, prompts, seeds, max(2, num_inference_steps // 4), guidance_scale, batch_size,
-                                few_step=True, thumbnail_size=thumbnail_size)
-
-
-def seed_agreement(model: Sampler, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
-                   guidance_scale: float = 2.5) -> np.ndarray:
-    """``anchored_agreement`` of each prompt's few-step samples (``detector_scores`` passes half the scan's guidance)."""
-    return anchored_agreement(few_step_samples(model, prompts, seeds, num_inference_steps, guidance_scale))
-
-
-def detector_evidence(model: TextToImageModel, prompts: Sequence[str], detector: str, seeds: Sequence[int] = (0, 1, 2, 3),
-                      num_inference_steps: int = 20, guidance_scale: float = 5.0) -> np.ndarray:
-    """What the detector measures, prompt by prompt, so that any chunk of prompts can be measured on
-    its own worker: seed agreement's few-step thumbnails, or the noise detectors' scores."""
-    if detector == "seed_agreement":
-        return few_step_samples(model, prompts, seeds, num_inference_steps, max(1.0, guidance_scale / 2))
-    if detector == "wen":
-        return conditional_gap(model, prompts, seeds, num_inference_steps)
-    if detector == "norm_align":
-        return norm_alignment(model, prompts, seeds, num_inference_steps)
-    raise ValueError(f"unknown detector {detector!r}; known: {', '.join(DETECTORS)}")
-
-
-def scores_from_evidence(detector: str, evidence: np.ndarray) -> np.ndarray:
-    """One score per prompt, higher for prompts more likely memorized. Seed agreement's anchors
-    compare a prompt's samples with every other prompt's, so it is scored once all are in."""
-    return anchored_agreement(evidence) if detector == "seed_agreement" else evidence
 
 
 def detector_scores(model: TextToImageModel, prompts: Sequence[str], detector: str, seeds: Sequence[int] = (0, 1, 2, 3),
                     num_inference_steps: int = 20, guidance_scale: float = 5.0) -> np.ndarray:
     """One score per prompt, higher for prompts more likely memorized; ``guidance_scale`` is the scan's."""
-    return scores_from_evidence(detector, detector_evidence(model, prompts, detector, seeds, num_inference_steps, guidance_scale))
+    chosen = ATTACKS[detector]
+    return chosen.from_evidence(chosen.evidence(model, prompts, seeds, num_inference_steps, guidance_scale))
 
 
 @dataclass(frozen=True)
@@ -196,7 +39,7 @@ def evidence_chunk(job: TriageJob, models: WorkerModels, prompts: Sequence[str])
     from scanner.generate import check_worker_model
 
     check_worker_model(models.model, job.model_hash, job.precision)
-    return detector_evidence(models.model, prompts, job.detector, job.seeds, job.num_inference_steps, job.guidance_scale)
+    return ATTACKS[job.detector].evidence(models.model, prompts, job.seeds, job.num_inference_steps, job.guidance_scale)
 
 
 def check_fraction(fraction: float) -> None:
@@ -221,7 +64,7 @@ def scores_on_pool(model: Sampler, texts: Sequence[str], detector: str, seeds: S
     pool = pool or LocalPool(WorkerModels(model))
     chunks = [texts[start:start + chunk_size] for start in range(0, len(texts), chunk_size)]
     job = TriageJob(model.model_hash, precision or model.precision, detector, tuple(seeds), num_inference_steps, guidance_scale)
-    return scores_from_evidence(detector, np.concatenate(map_in_order(pool, functools.partial(evidence_chunk, job), chunks)))
+    return ATTACKS[detector].from_evidence(np.concatenate(map_in_order(pool, functools.partial(evidence_chunk, job), chunks)))
 
 
 def triage(model: Sampler, prompts: Sequence, fraction: float, seeds: Sequence[int] = (0, 1, 2, 3),
