@@ -60,6 +60,9 @@ ENCODING = typer.Option(None, help="Text encoding of prompt, caption and name fi
 ALLOW_PICKLE = typer.Option(False, "--allow-pickle", help="Load pickled weights (.bin, .pt, .ckpt...) in model folders. Unpickling can run code: only for files you trust.")
 IMAGE_ROOT = typer.Option(None, help="Every image path of a table must resolve under this folder (for a table someone else wrote).")
 MODEL_KIND = typer.Option(None, "--model-kind", help="The model's kind, when model_index.json's _class_name should not decide (memscan env lists them).")
+REFERENCE_MODEL = typer.Option(None, help="A reference model of the same family, known not to have trained on the data in question (a fine-tune's base): for the reference attacks (loss_ref, clid_ref) and --reference-guidance (default: none).")
+REFERENCE_LORA = typer.Option(None, "--reference-lora", help="A LoRA on the reference model, as --lora (default: none).")
+LORA = typer.Option(None, "--lora", help="A LoRA on the model: FILE or FILE:SCALE (.safetensors in diffusers' or kohya's format); repeat for several (default: none).")
 
 # settings whose flag is not "--" and the setting's name with dashes
 FLAG_OF_SETTING = {"num_inference_steps": "--steps", "guidance_scale": "--guidance", "address": "--ray",
@@ -147,6 +150,9 @@ def scan(
     model: Path = typer.Option(None, help="Diffusers pipeline folder or single .safetensors file (default: the demo model)."),
     single_file_config: Optional[Path] = typer.Option(None, help="For a single-file --model: a local pipeline folder with its model_index.json."),
     model_kind: Optional[str] = MODEL_KIND,
+    lora: Optional[list[str]] = LORA,
+    reference_model: Optional[Path] = REFERENCE_MODEL,
+    reference_lora: Optional[list[str]] = REFERENCE_LORA,
     prompts: Path = typer.Option(None, help="Prompts: .txt (one per line), .csv or .parquet (default: the demo captions)."),
     caption_column: str = typer.Option("caption", help="Column holding the prompts in a CSV or Parquet file."),
     encoding: Optional[str] = ENCODING,
@@ -165,6 +171,7 @@ def scan(
     triage_fraction: Optional[float] = typer.Option(None, "--triage", help="Mass-sample only this top fraction of prompts by the memorization detector (default: 1, all)."),
     triage_detector: Optional[str] = typer.Option(None, help="Detector that ranks prompts for --triage: seed_agreement, wen or norm_align (default: seed_agreement)."),
     triage_seeds: Optional[int] = typer.Option(None, help="Seeds the triage detector draws per prompt (default: 4)."),
+    reference_guidance: Optional[float] = typer.Option(None, help="With --reference-model: FineXtract's model guidance, each prediction f_ref + W (f_model - f_ref), drawing samples towards what a fine-tune learned (default: 0, plain sampling)."),
     stop_early: Optional[bool] = typer.Option(None, "--stop-early/--every-seed", help="Stop drawing seeds for a prompt once they cannot change whether it is flagged: the same flagged prompts, fewer generations each (default: every seed)."),
     threshold: Optional[float] = typer.Option(None, help="A fixed clique edge threshold, tiled l2, instead of the one calibrated on null prompts (default: calibrated)."),
     null_factor: Optional[float] = typer.Option(None, help="The calibrated threshold as a fraction of the null prompts' median collapse distance (default: 0.3, tuned on the demo model)."),
@@ -182,7 +189,6 @@ def scan(
     no_progress: bool = typer.Option(False, "--no-progress", help="Do not draw progress bars."),
 ) -> None:
     """Sample a model on many prompts and seeds, and find prompts whose generations collapse."""
-    from scanner import demo as demo_world
     from scanner.config import ScanConfig, load_scan_config, override
     from scanner.generate import check_plan_fits
     from scanner.index import TrainingIndex
@@ -194,14 +200,17 @@ def scan(
     try:
         settings = override(settings, model=str(model) if model else None,
                             single_file_config=str(single_file_config) if single_file_config else None, model_kind=model_kind,
-                            prompts=str(prompts) if prompts else None,
+                            loras=tuple(lora) if lora else None,
+                            reference_model=str(reference_model) if reference_model else None,
+                            reference_loras=tuple(reference_lora) if reference_lora else None, prompts=str(prompts) if prompts else None,
                             db=str(db) if db else None, images_dir=str(images_dir) if images_dir else None, device=device,
                             index=index,
                             sampling=override(settings.sampling, samples_per_prompt=samples_per_prompt,
                                               batch_size=batch_size, num_inference_steps=num_inference_steps,
                                               guidance_scale=guidance_scale, seed_base=seed_base,
                                               triage=triage_fraction, triage_detector=triage_detector,
-                                              triage_seeds=triage_seeds, stop_early=stop_early),
+                                              triage_seeds=triage_seeds, stop_early=stop_early,
+                                              reference_guidance=reference_guidance),
                             features=override(settings.features, clip_model=clip_model, clip_pretrained=clip_pretrained,
                                               embeddings=False if no_embeddings else None, allow_pickle=allow_pickle or None),
                             cluster=override(settings.cluster, threshold=threshold, null_factor=null_factor, null_prompts=null_prompts,
@@ -210,8 +219,7 @@ def scan(
     except ValueError as error:
         raise _flag_error(error) from None
     prompt_list = scan_prompts(settings.prompts, caption_column, encoding, prompts_from_index, top, index_root)
-    model_spec = ModelSpec.of(settings.model or demo_world.SD_MODEL, settings.device, settings.single_file_config or None,
-                              allow_pickle, settings.model_kind)
+    model_spec = ModelSpec.for_scan(settings, allow_pickle)
     # the database opens before the models load: a bad --db or --images-dir fails at once
     with Store(settings.db, files_dir=settings.images_dir or None) as store:
         loaded = model_spec.load()
@@ -384,6 +392,9 @@ def mia_eval(
     encoding: Optional[str] = ENCODING,
     allow_pickle: bool = ALLOW_PICKLE,
     model_kind: Optional[str] = MODEL_KIND,
+    lora: Optional[list[str]] = LORA,
+    reference_model: Optional[Path] = REFERENCE_MODEL,
+    reference_lora: Optional[list[str]] = REFERENCE_LORA,
     clip_model: Optional[str] = MIA_CLIP,
     clip_pretrained: Optional[str] = MIA_CLIP_PRETRAINED,
     attacks: str = typer.Option("loss,clid_th,wen", help="Comma-separated: loss, clid_th, clid_vec, wen, norm_align, seed_agreement, wu_pixel, wu_clip, wu_classifier (the Wu et al. black-box attacks sample each caption 4 times)."),
@@ -404,10 +415,11 @@ def mia_eval(
     require_int("--seed", seed, 0)
     items = labelled_sets(members, nonmembers, ("--members", "--nonmembers"), demo_world.membership_items,
                           SourceFormat(image_column, caption_column, encoding, image_root), halves=True)
-    loaded, embedder, pool = _mia_models(model, model_kind, chosen, (clip_model, clip_pretrained), ray, ray_workers,
-                                         ray_cpus_per_worker, allow_pickle)
+    models, pool = _mia_models(model, model_kind, lora, (reference_model, reference_lora), chosen, (clip_model, clip_pretrained),
+                               ray, ray_workers, ray_cpus_per_worker, allow_pickle)
     with Store(db) as store:
-        run_id, results, per_bucket = run_mia_eval(store, loaded, items, chosen, NoiseProtocol(seed=seed), seed, embedder, pool)
+        run_id, results, per_bucket = run_mia_eval(store, models.model, items, chosen, NoiseProtocol(seed=seed), seed,
+                                                   models.embedder, pool, models.reference)
     _print_mia(results)
     if per_bucket:
         _print_table("Per duplication bucket (members of the bucket vs all evaluation non-members)",
@@ -428,6 +440,9 @@ def mia_score(
     encoding: Optional[str] = ENCODING,
     allow_pickle: bool = ALLOW_PICKLE,
     model_kind: Optional[str] = MODEL_KIND,
+    lora: Optional[list[str]] = LORA,
+    reference_model: Optional[Path] = REFERENCE_MODEL,
+    reference_lora: Optional[list[str]] = REFERENCE_LORA,
     clip_model: Optional[str] = MIA_CLIP,
     clip_pretrained: Optional[str] = MIA_CLIP_PRETRAINED,
     attacks: str = typer.Option("loss,clid_th", help="Comma-separated: loss, clid_th, clid_vec, wen, norm_align, seed_agreement, wu_pixel, wu_clip, wu_classifier."),
@@ -448,10 +463,11 @@ def mia_score(
                               source_format)
     unlabeled = demo_labelled(demo_world.unlabeled_items()) if items is None else \
         distinct_ids([("reference", reference), ("items", labelled_items(items, False, source_format))])[1]
-    loaded, embedder, pool = _mia_models(model, model_kind, chosen, (clip_model, clip_pretrained), ray, ray_workers,
-                                         ray_cpus_per_worker, allow_pickle)
+    models, pool = _mia_models(model, model_kind, lora, (reference_model, reference_lora), chosen, (clip_model, clip_pretrained),
+                               ray, ray_workers, ray_cpus_per_worker, allow_pickle)
     with Store(db) as store:
-        run_id, rows = run_mia_score(store, loaded, reference, unlabeled, chosen, embedder=embedder, pool=pool)
+        run_id, rows = run_mia_score(store, models.model, reference, unlabeled, chosen, embedder=models.embedder, pool=pool,
+                                     reference_model=models.reference)
     _print_table(f"Membership scores (thresholds from {len(reference)} labelled reference items)",
                  ["item", "attack", "score", "threshold", "predicted member"],
                  [[r["item_id"], r["attack"], r["score"], r["threshold"], r["predicted_member"]] for r in rows])
@@ -464,15 +480,21 @@ def _attack_list(attacks: str) -> list[str]:
     return parse_attacks(attacks.split(","))
 
 
-def _mia_models(model: Optional[Path], kind: Optional[str], attacks: list[str], clip: tuple[Optional[str], Optional[str]],
-                ray: Optional[str], workers: Optional[int], cpus_per_worker: Optional[int], allow_pickle: bool):
+def _mia_models(model: Optional[Path], kind: Optional[str], loras: Optional[list[str]],
+                reference: tuple[Optional[Path], Optional[list[str]]], attacks: list[str],
+                clip: tuple[Optional[str], Optional[str]], ray: Optional[str], workers: Optional[int],
+                cpus_per_worker: Optional[int], allow_pickle: bool):
     from scanner import demo as demo_world
     from scanner.config import FeatureConfig
     from scanner.models.loading import attack_models
 
-    return attack_models(ModelSpec.of(model or demo_world.SD_MODEL, allow_pickle=allow_pickle, kind=kind), attacks,
-                         FeatureConfig(clip_model=clip[0] or "", clip_pretrained=clip[1] or "", allow_pickle=allow_pickle),
-                         _ray_settings(ray, workers, cpus_per_worker))
+    spec = ModelSpec.of(model or demo_world.SD_MODEL, allow_pickle=allow_pickle, kind=kind, loras=loras or ())
+    reference_spec = spec.reference(reference[0], reference[1] or ()) if reference[0] else None
+    if reference[1] and not reference[0]:
+        raise MemscanError("--reference-lora needs --reference-model (the model the LoRA goes on)")
+    return attack_models(spec, attacks, FeatureConfig(clip_model=clip[0] or "", clip_pretrained=clip[1] or "",
+                                                      allow_pickle=allow_pickle),
+                         _ray_settings(ray, workers, cpus_per_worker), reference_spec)
 
 
 @mia_app.command("dataset")
@@ -486,6 +508,9 @@ def mia_dataset(
     encoding: Optional[str] = ENCODING,
     allow_pickle: bool = ALLOW_PICKLE,
     model_kind: Optional[str] = MODEL_KIND,
+    lora: Optional[list[str]] = LORA,
+    reference_model: Optional[Path] = REFERENCE_MODEL,
+    reference_lora: Optional[list[str]] = REFERENCE_LORA,
     alpha: float = typer.Option(0.05, help="Significance level."),
     db: Path = MIA_DB,
     ray: Optional[str] = RAY_ADDRESS,
@@ -494,7 +519,7 @@ def mia_dataset(
 ) -> None:
     """Was this set of images trained on? A one-sided test of held-out CLiD classifier scores against a reference set."""
     from scanner import demo as demo_world
-    from scanner.mia.dataset import ATTACK, FEATURES, run_dataset_inference
+    from scanner.mia.dataset import ATTACK, FEATURES, REFERENCE_FEATURES, run_dataset_inference
     from scanner.mia.labelled import labelled_sets
     from scanner.store import Store
 
@@ -502,10 +527,11 @@ def mia_dataset(
     items = labelled_sets(suspect, reference, ("--suspect", "--reference"),
                           lambda: demo_world.membership_items(per_bucket=0, x1=40, nonmembers=60),
                           SourceFormat(image_column, caption_column, encoding, image_root), halves=True)
-    loaded, _, pool = _mia_models(model, model_kind, [FEATURES], (None, None), ray, ray_workers, ray_cpus_per_worker,
-                                  allow_pickle)
+    features = REFERENCE_FEATURES if reference_model else FEATURES
+    models, pool = _mia_models(model, model_kind, lora, (reference_model, reference_lora), [features], (None, None), ray,
+                               ray_workers, ray_cpus_per_worker, allow_pickle)
     with Store(db) as store:
-        run_id, verdict = run_dataset_inference(store, loaded, items, alpha, pool)
+        run_id, verdict = run_dataset_inference(store, models.model, items, alpha, pool, reference_model=models.reference)
     in_suspect = sum(item.member for item in items)
     needed = f"{verdict.items_needed} held-out suspect items were enough" if verdict.items_needed else "not significant"
     console.print(f"Suspect set ({in_suspect} items) vs reference ({len(items) - in_suspect}); the classifier fitted on "

@@ -80,6 +80,9 @@ class SamplingConfig:
     # draw no more seeds for a prompt once they cannot change whether it is flagged (same flagged
     # prompts as the full plan, fewer generations to show for each; see scanner/scan.py)
     stop_early: bool = False
+    # FineXtract's model guidance from the reference model (ScanConfig.reference_model): each
+    # prediction f_ref + w (f_model - f_ref); 0 = plain sampling (scanner/models/reference.py)
+    reference_guidance: float = 0.0
 
     def __post_init__(self) -> None:
         require_int("samples_per_prompt", self.samples_per_prompt, 1)  # zero seeds would report "no candidates" on no evidence
@@ -93,6 +96,7 @@ class SamplingConfig:
         if self.triage_detector not in DETECTORS:
             raise SettingError("triage_detector", f"must be one of {', '.join(DETECTORS)}, not {self.triage_detector!r}")
         require_int("triage_seeds", self.triage_seeds, 2)  # seed agreement compares two samples
+        require_number("reference_guidance", self.reference_guidance, 0)
 
     def for_model(self, model: Any) -> "SamplingConfig":
         """Steps and guidance left unset take the model family's defaults for its resolution."""
@@ -226,6 +230,9 @@ class ScanConfig:
     model: str = ""
     single_file_config: str = ""  # a local pipeline folder describing a single-file checkpoint
     model_kind: str = ""  # a registered model kind (scanner/models/registry.py); "" = what model_index.json declares
+    loras: tuple[str, ...] = ()  # LoRA files on the model, each "FILE" or "FILE:SCALE" (scanner/models/lora.py)
+    reference_model: str = ""  # the base of a fine-tune, for model guidance (sampling.reference_guidance)
+    reference_loras: tuple[str, ...] = ()  # LoRAs on the reference model, as loras
     prompts: str = ""
     db: str = "runs/scan.duckdb"
     images_dir: str = ""  # "" = beside the database, in <db>.files/
@@ -242,6 +249,13 @@ class ScanConfig:
 
         if self.model_kind and self.model_kind not in KINDS:
             raise SettingError("model_kind", f"must be one of {', '.join(KINDS)}, not {self.model_kind!r}")
+        for name in ("loras", "reference_loras"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(lora, str) for lora in value):
+                raise SettingError(name, f'must be a list of "FILE" or "FILE:SCALE" strings, not {value!r}')
+            object.__setattr__(self, name, tuple(value))  # TOML gives a list
+        if self.sampling.reference_guidance and not self.reference_model:
+            raise SettingError("reference_guidance", "needs a reference model (--reference-model) to guide from")
         if self.sampling.samples_per_prompt < self.cluster.min_clique:  # an all-clear on no evidence
             raise SettingError("min_clique", f"must be at most samples_per_prompt ({self.sampling.samples_per_prompt}), "
                                              f"not {self.cluster.min_clique}: no prompt could ever be flagged")

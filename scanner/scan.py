@@ -108,6 +108,7 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
     provenance["sampling"]["precision"] = precision
     provenance["model_kind"] = model.kind  # as resolved: model_index.json's class, or --model-kind
     provenance["family_defaults"] = model.defaults.source  # where unset steps and guidance came from
+    provenance["loras"] = [{"file": lora.path, "scale": lora.scale} for lora in model.loras]  # the hash covers their bytes
     if index is not None:
         provenance["match"].update(index=index.name, index_folder=str(index.folder.resolve()),
                                    index_embedder_hash=index.manifest["embedder_hash"])

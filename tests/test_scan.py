@@ -1,5 +1,6 @@
-"""Scans on the demo models: resumable after kill -9 (SD and SDXL), and scored against the ground truth."""
+"""Scans on the demo models: resumable after kill -9 (SD, SDXL, SD with a LoRA), and scored against the ground truth."""
 
+import functools
 import os
 import signal
 import subprocess
@@ -8,15 +9,15 @@ import time
 
 import pytest
 
-from scanner.demo import FAMILY_MODELS, SD_MODEL, demo_items
+from scanner.demo import FAMILY_MODELS, FINETUNE_LORA, SD_MODEL, demo_items
 from scanner.store import Store
 
 GENERATION_COLUMNS = "generation_id, prompt_id, seed, status, image_path, image_sha256, phash, dhash, degenerate"
 
 
-def scan_command(prompts, db, model=SD_MODEL) -> list[str]:
+def scan_command(prompts, db, model=SD_MODEL, extra=()) -> list[str]:
     return [sys.executable, "-m", "scanner", "scan", "--model", str(model), "--prompts", str(prompts), "--db", str(db),
-            "--samples-per-prompt", "8", "--batch-size", "4", "--steps", "4", "--null-prompts", "4", "--no-progress"]
+            "--samples-per-prompt", "8", "--batch-size", "4", "--steps", "4", "--null-prompts", "4", "--no-progress", *extra]
 
 
 def generation_rows(db) -> list[tuple]:
@@ -29,18 +30,20 @@ def stored_images(db) -> int:
     return sum(1 for _ in folder.rglob("*.png")) if folder.exists() else 0
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
-def test_a_killed_scan_resumes_without_losing_or_duplicating_rows(tmp_path, family):
+@pytest.mark.parametrize("family, extra", [("sd", ()), ("sdxl", ()), ("sd", ("--lora", f"{FINETUNE_LORA}:0.8"))],
+                         ids=["sd", "sdxl", "sd-lora"])
+def test_a_killed_scan_resumes_without_losing_or_duplicating_rows(tmp_path, family, extra):
     model = FAMILY_MODELS[family]
+    scan_command_here = functools.partial(scan_command, model=model, extra=extra)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(r["caption"] for r in demo_items()[::15][:4]))
     reference = tmp_path / "reference.duckdb"
-    subprocess.run(scan_command(prompts, reference, model), check=True, capture_output=True, timeout=600)
+    subprocess.run(scan_command_here(prompts, reference), check=True, capture_output=True, timeout=600)
     expected = generation_rows(reference)
     assert len(expected) == 64 and len({r[0] for r in expected}) == 64  # 4 prompts and 4 null prompts, 8 seeds each
 
     killed = tmp_path / "killed.duckdb"
-    process = subprocess.Popen(scan_command(prompts, killed, model), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(scan_command_here(prompts, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while stored_images(killed) < 8 and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -49,7 +52,7 @@ def test_a_killed_scan_resumes_without_losing_or_duplicating_rows(tmp_path, fami
     partial = stored_images(killed)
     assert 0 < partial < 64, "the scan should have been killed part-way"
 
-    resumed = subprocess.run(scan_command(prompts, killed, model), check=True, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(scan_command_here(prompts, killed), check=True, capture_output=True, text=True, timeout=600)
     assert "Resumed run" in resumed.stdout
     assert generation_rows(killed) == expected  # same ids, seeds, files and hashes; nothing lost or doubled
     with Store(killed, read_only=True) as store:

@@ -32,6 +32,13 @@ FAMILY_MODELS = {
     "sdxl": FAMILIES_DIR / "sdxl",        # StableDiffusionXLPipeline, epsilon, Euler
 }
 
+# A fine-tune of the demo model (issue 20): a LoRA trained by scripts/train_demo_lora.py on
+# "private" items the demo model never saw (split "private" in items.parquet, with how often each
+# was trained on), beside "control" items of the same kind that were never trained on.
+FINETUNE_DIR = DEMO_DIR / "finetune"
+FINETUNE_LORA = FINETUNE_DIR / "lora" / "pytorch_lora_weights.safetensors"
+FINETUNE_ITEMS = FINETUNE_DIR / "items.parquet"
+
 # Models of the demo world that memscan's defaults were not tuned on (docs/CALIBRATION.md): each
 # with the world it was trained on (the same items; sd-64's drawn at 64 pixels).
 CALIBRATION_MODELS = {

@@ -16,11 +16,12 @@ from scanner.mia.blackbox import WU_CLASSIFIER, WU_CLIP, WU_PIXEL
 from scanner.mia.clid import CLID_TH, CLID_VEC
 from scanner.mia.detectors import NORM_ALIGN, SEED_AGREEMENT, WEN
 from scanner.mia.loss import LOSS
+from scanner.mia.reference_attacks import CLID_REF, LOSS_REF
 from scanner.models.base import Sampler, require
 
 
 ATTACKS = {attack.name: attack for attack in (LOSS, CLID_TH, CLID_VEC, WEN, NORM_ALIGN, SEED_AGREEMENT,
-                                               WU_PIXEL, WU_CLIP, WU_CLASSIFIER)}
+                                               WU_PIXEL, WU_CLIP, WU_CLASSIFIER, LOSS_REF, CLID_REF)}
 
 DETECTORS = tuple(name for name, attack in ATTACKS.items() if attack.detector)
 
@@ -34,10 +35,13 @@ def parse_attacks(names: Sequence[str], flag: str = "--attacks") -> list[str]:
     return chosen
 
 
-def check_attacks(model: Sampler, names: Sequence[str]) -> None:
+def check_attacks(model: Sampler, names: Sequence[str], has_reference: bool = False) -> None:
     """Refuse, with one line naming what is missing, attacks the model cannot run."""
     for name in names:
         require(model, ATTACKS[name].needs, f"the {name} attack")
+        if ATTACKS[name].reference and not has_reference:
+            raise MemscanError(f"the {name} attack compares the model with a reference model: give --reference-model "
+                               "(the fine-tune's base, or a model of its family known not to have trained on the items)")
 
 
 def needs_embedder(names: Sequence[str]) -> bool:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the statistics alone load no model code
 
 ATTACK = "dataset_inference"   # its rows in mia_scores and metrics
 FEATURES = "clid_vec"          # the per-item features the classifier is fitted on
+REFERENCE_FEATURES = "clid_ref"  # the same, minus a reference model's (with --reference-model)
 
 
 @dataclass(frozen=True)
@@ -89,16 +90,17 @@ def held_out(suspect: np.ndarray, reference: np.ndarray,
 
 def run_dataset_inference(store: Store, model: TextToImageModel, items: Sequence[LabelledItem], alpha: float = 0.05,
                           pool: Pool | None = None, protocol: NoiseProtocol | None = None,
-                          seed: int = 0) -> tuple[str, DatasetVerdict]:
+                          seed: int = 0, reference_model: TextToImageModel | None = None) -> tuple[str, DatasetVerdict]:
     """``memscan mia dataset``: is the suspect set (the ``items`` marked member) trained on, judged
     against the reference set (the others)? CLiD's features of every item (here, or on ``pool``'s
     Ray workers), a classifier's scores of the halves it was not fitted on (split with ``seed``),
     and the one-sided test at ``alpha``. Stores a run of kind ``mia``: each held-out item's score
     in ``mia_scores`` (attack ``dataset_inference``, ``label`` true for a suspect item) and the
-    p-value in ``metrics`` (``dataset_p_value``). Item ids must be distinct (``labelled.distinct_ids``)."""
+    p-value in ``metrics`` (``dataset_p_value``). Item ids must be distinct (``labelled.distinct_ids``).
+    With ``reference_model`` the features are CLiD's minus the reference model's (``clid_ref``)."""
     from scanner.distributed import LocalPool
     from scanner.mia.denoising import NoiseProtocol
-    from scanner.mia.evaluate import features_on, require_distinct
+    from scanner.mia.evaluate import features_on, reference_identity, require_distinct
     from scanner.models.loading import WorkerModels, pool_precision
     from scanner.store import stable_id
 
@@ -109,17 +111,20 @@ def run_dataset_inference(store: Store, model: TextToImageModel, items: Sequence
         raise ValueError(f"dataset inference splits each set in two: {len(suspect_items)} suspect and "
                          f"{len(reference_items)} reference items, at least 2 of each are needed")
     require_distinct(items)
-    pool = pool or LocalPool(WorkerModels(model))
-    features = features_on(pool, model, items, [FEATURES], protocol)[FEATURES]["features"]
+    pool = pool or LocalPool(WorkerModels(model, reference=reference_model))
+    chosen = FEATURES if reference_model is None else REFERENCE_FEATURES
+    features = features_on(pool, model, items, [chosen], protocol, reference_model=reference_model)[chosen]["features"]
     in_suspect = np.array([item.member for item in items])
     suspect_scores, reference_scores, suspect_test, reference_test = held_out(features[in_suspect],
                                                                               features[~in_suspect], seed)
     verdict = dataset_inference(suspect_scores, reference_scores, alpha=alpha)
     precision = pool_precision(pool)
     run_id = "mia-dataset-" + stable_id(model.model_hash, precision, sorted(i.item_id for i in suspect_items),
-                                        sorted(i.item_id for i in reference_items), asdict(protocol), seed, alpha, length=12)
+                                        sorted(i.item_id for i in reference_items), asdict(protocol), seed, alpha,
+                                        reference_identity(reference_model), length=12)
     store.start_run(run_id, "mia", model.model_ref, model.model_hash,
-                    {"attack": ATTACK, "features": FEATURES, "protocol": asdict(protocol), "split_seed": seed,
+                    {"attack": ATTACK, "features": chosen, "protocol": asdict(protocol), "split_seed": seed,
+                     **reference_identity(reference_model),
                      "alpha": alpha, "suspect": len(suspect_items), "reference": len(reference_items),
                      "precision": precision}, {})
     score_rows = [{"run_id": run_id, "item_id": item.item_id,

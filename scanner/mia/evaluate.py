@@ -37,13 +37,14 @@ class LabelledItem:
 
 def attack_scores(model: TextToImageModel, items: Sequence[LabelledItem], attacks: Sequence[str],
                   protocol: NoiseProtocol, triage_seeds: Sequence[int] = (0, 1, 2, 3),
-                  embedder: ImageTextEmbedder | None = None) -> dict[str, Features]:
+                  embedder: ImageTextEmbedder | None = None,
+                  reference_model: TextToImageModel | None = None) -> dict[str, Features]:
     """Raw per-item features of each attack (before any fitting), every shared measurement made
     once; a detector's is its evidence (``finish_features`` scores it once every item's is in:
     seed agreement compares a prompt's samples with all the others')."""
     chosen = [ATTACKS[name] for name in attacks]
     measured = Measurements(model, np.stack([item.image for item in items]), [item.caption for item in items], chosen,
-                            protocol, embedder, triage_seeds)
+                            protocol, embedder, triage_seeds, reference_model)
     return {attack.name: attack.features(measured) for attack in chosen}
 
 
@@ -61,16 +62,17 @@ class AttackJob:
 
 def score_chunk(job: AttackJob, models: WorkerModels, chunk: Sequence[LabelledItem]) -> dict[str, Features]:
     """A Ray worker's task: the raw attack features of a chunk of items."""
-    return attack_scores(models.model, chunk, job.attacks, job.protocol, embedder=models.embedder)
+    return attack_scores(models.model, chunk, job.attacks, job.protocol, embedder=models.embedder,
+                         reference_model=models.reference)
 
 
 def features_on(pool: Pool | None, model: TextToImageModel, items: Sequence[LabelledItem], attacks: Sequence[str],
-                protocol: NoiseProtocol, embedder: ImageTextEmbedder | None = None,
-                chunk_size: int = 64) -> dict[str, Features]:
+                protocol: NoiseProtocol, embedder: ImageTextEmbedder | None = None, chunk_size: int = 64,
+                reference_model: TextToImageModel | None = None) -> dict[str, Features]:
     """``attack_scores`` chunk by chunk, on ``pool``'s Ray workers or in this process. Every feature
     belongs to one item (the shared noise depends on the repeat and timestep, not on the batch),
     so the joined result does not depend on where the chunks ran."""
-    pool = pool or LocalPool(WorkerModels(model, embedder))
+    pool = pool or LocalPool(WorkerModels(model, embedder, reference_model))
     chunks = [items[start:start + chunk_size] for start in range(0, len(items), chunk_size)]
     ordered = map_in_order(pool, functools.partial(score_chunk, AttackJob(tuple(attacks), protocol)), chunks)
     return finish_features({attack: {key: np.concatenate([part[attack][key] for part in ordered]) for key in ordered[0][attack]}
@@ -79,10 +81,18 @@ def features_on(pool: Pool | None, model: TextToImageModel, items: Sequence[Labe
 
 def _features_and_precision(pool: Pool | None, model: TextToImageModel, items: Sequence[LabelledItem],
                             attacks: Sequence[str], protocol: NoiseProtocol,
-                            embedder: ImageTextEmbedder | None) -> tuple[dict[str, Features], str]:
+                            embedder: ImageTextEmbedder | None,
+                            reference_model: TextToImageModel | None) -> tuple[dict[str, Features], str]:
     """The attack features and the precision they were computed in (part of the run id)."""
-    pool = pool or LocalPool(WorkerModels(model, embedder))
-    return features_on(pool, model, items, attacks, protocol, embedder), pool_precision(pool)
+    pool = pool or LocalPool(WorkerModels(model, embedder, reference_model))
+    return (features_on(pool, model, items, attacks, protocol, embedder, reference_model=reference_model),
+            pool_precision(pool))
+
+
+def reference_identity(reference_model: TextToImageModel | None) -> dict:
+    """What a run records of its reference model, and what its id depends on."""
+    return {} if reference_model is None else {"reference_model": reference_model.model_ref,
+                                                "reference_model_hash": reference_model.model_hash}
 
 
 def require_distinct(items: Sequence[LabelledItem]) -> None:
@@ -106,18 +116,21 @@ def split_halves(items: Sequence[LabelledItem], seed: int) -> np.ndarray:
 
 def run_mia_eval(store: Store, model: TextToImageModel, items: Sequence[LabelledItem], attacks: Sequence[str] = ("loss", "clid_th", "wen"),
                  protocol: NoiseProtocol = NoiseProtocol(), seed: int = 0, embedder: ImageTextEmbedder | None = None,
-                 pool: Pool | None = None) -> tuple[str, dict[str, metrics.AttackMetrics], list[dict]]:
+                 pool: Pool | None = None,
+                 reference_model: TextToImageModel | None = None) -> tuple[str, dict[str, metrics.AttackMetrics], list[dict]]:
     """Score (here, or on ``pool``'s Ray workers), fit on the auxiliary half, evaluate on the
-    other; store scores and metrics."""
+    other; store scores and metrics. ``reference_model`` is what the reference attacks compare with."""
     require_distinct(items)
     protocol = protocol.for_model(model)  # resolved before the run id names it
     labels = np.array([item.member for item in items])
     auxiliary = split_halves(items, seed)
-    raw, precision = _features_and_precision(pool, model, items, attacks, protocol, embedder)
+    raw, precision = _features_and_precision(pool, model, items, attacks, protocol, embedder, reference_model)
+    compared_with = reference_identity(reference_model)
     run_id = "mia-" + stable_id(model.model_hash, precision, sorted(i.item_id for i in items), sorted(attacks), asdict(protocol),
-                                seed, length=12)
+                                seed, compared_with, length=12)
     store.start_run(run_id, "mia", model.model_ref, model.model_hash,
-                    {"attacks": list(attacks), "protocol": asdict(protocol), "split_seed": seed, "precision": precision}, {})
+                    {"attacks": list(attacks), "protocol": asdict(protocol), "split_seed": seed, "precision": precision,
+                     **compared_with}, {})
     results, per_bucket, score_rows, metric_rows = {}, [], [], []
     evaluation = ~auxiliary
     for attack in attacks:
@@ -154,19 +167,21 @@ def run_mia_eval(store: Store, model: TextToImageModel, items: Sequence[Labelled
 
 def run_mia_score(store: Store, model: TextToImageModel, reference: Sequence[LabelledItem], unlabeled: Sequence[LabelledItem],
                   attacks: Sequence[str] = ("loss", "clid_th"), protocol: NoiseProtocol = NoiseProtocol(),
-                  embedder: ImageTextEmbedder | None = None, pool: Pool | None = None) -> tuple[str, list[dict]]:
+                  embedder: ImageTextEmbedder | None = None, pool: Pool | None = None,
+                  reference_model: TextToImageModel | None = None) -> tuple[str, list[dict]]:
     """Score unlabeled items with every scaler and threshold fitted on the labelled reference set."""
     items = list(reference) + list(unlabeled)
     require_distinct(items)
     protocol = protocol.for_model(model)
     labels = np.array([item.member for item in reference] + [False] * len(unlabeled))
     fitted_on = np.arange(len(items)) < len(reference)
-    raw, precision = _features_and_precision(pool, model, items, attacks, protocol, embedder)
+    raw, precision = _features_and_precision(pool, model, items, attacks, protocol, embedder, reference_model)
+    compared_with = reference_identity(reference_model)
     run_id = "mia-score-" + stable_id(model.model_hash, precision, sorted(i.item_id for i in items), sorted(attacks),
-                                      asdict(protocol), length=12)
+                                      asdict(protocol), compared_with, length=12)
     store.start_run(run_id, "mia", model.model_ref, model.model_hash,
                     {"attacks": list(attacks), "protocol": asdict(protocol), "reference": len(reference),
-                     "precision": precision}, {})
+                     "precision": precision, **compared_with}, {})
     rows = []
     for attack in attacks:
         scores, threshold, extra = ATTACKS[attack].fit(raw[attack], labels, fitted_on)

@@ -3,7 +3,8 @@
 The loss, CLiD's two attacks and dataset inference all read the same denoising losses; Wu et
 al.'s three attacks the same distances to generations. An attack's ``measure`` asks for what it
 reads, and the first to ask pays for it: the losses include CLiD's weakened captions when any
-chosen attack needs them, so asking for the true caption's loss never measures it twice.
+chosen attack needs them, so asking for the true caption's loss never measures it twice; the
+reference model's losses are measured under the same conditions and noise.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from scanner.models.base import ImageTextEmbedder, TextToImageModel
 class Measurements:
     def __init__(self, model: TextToImageModel, images: np.ndarray, captions: Sequence[str], attacks: Sequence[Attack],
                  protocol: NoiseProtocol, embedder: ImageTextEmbedder | None = None,
-                 triage_seeds: Sequence[int] = (0, 1, 2, 3)):
+                 triage_seeds: Sequence[int] = (0, 1, 2, 3), reference: TextToImageModel | None = None):
         self.model, self.images, self.captions = model, images, list(captions)
         self.attacks, self.protocol, self.embedder, self.triage_seeds = attacks, protocol, embedder, triage_seeds
+        self.reference = reference
 
     @cached_property
     def condition_sets(self) -> list[list[str]]:
@@ -42,6 +44,13 @@ class Measurements:
     def losses(self) -> np.ndarray:
         """[conditions, items, repeats, timesteps] under the protocol's shared noise."""
         return denoising_losses(self.model, self.images, self.condition_sets, self.protocol)
+
+    @cached_property
+    def reference_losses(self) -> np.ndarray:
+        """The reference model's losses on the same images, conditions and noise (``losses``' shape)."""
+        if self.reference is None:
+            raise ValueError("the reference attacks need a reference model")
+        return denoising_losses(self.reference, self.images, self.condition_sets, self.protocol)
 
     @cached_property
     def wu_distances(self) -> np.ndarray:

@@ -44,7 +44,8 @@ class Sampler(Protocol):
 
     kind: str           # the registry's name for the model kind (a diffusers pipeline class, ...)
     model_ref: str
-    model_hash: str
+    model_hash: str     # covers the weights and any LoRA files with their scales
+    loras: tuple        # the LoRAs on it (``scanner.models.lora.Lora``), in the order applied
     precision: str      # device type and dtype, e.g. "cuda-float16": fp16 draws visibly other images than fp32 from one seed
     resolution: int
     capabilities: frozenset[str]

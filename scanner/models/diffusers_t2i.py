@@ -14,6 +14,7 @@ and takes its target from ``prediction_type`` (epsilon, or v via ``get_velocity`
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import warnings
@@ -25,6 +26,8 @@ import numpy as np
 from scanner.errors import MemscanError, input_error
 from scanner.models import force_offline, load_failure, refuse_pickles
 from scanner.models.base import DENOISE, SAMPLE, FamilyDefaults
+from scanner.models.lora import Lora, apply_loras, check_lora_files, with_loras
+from scanner.models.reference import check_reference, check_same_text_encoders, guided_denoiser, guided_identity
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".txt")
 
@@ -65,10 +68,12 @@ class DiffusersT2I:
     capabilities = frozenset({SAMPLE, DENOISE})
     upcast_vae = False  # encode in float32 when the VAE asks for it in fp16 (SDXL's force_upcast)
 
-    def __init__(self, pipeline, model_ref: str, model_hash: str):
+    def __init__(self, pipeline, model_ref: str, model_hash: str, loras: tuple[Lora, ...] = ()):
         self.pipeline = pipeline
-        self.model_ref = model_ref
-        self.model_hash = model_hash
+        self.sampling_pipeline = pipeline  # what generate runs; model guidance swaps its denoiser (guided_by)
+        self.loras = loras
+        self.model_ref = model_ref + "".join(f" + LoRA {lora.describe()}" for lora in loras)
+        self.model_hash = with_loras(model_hash, loras)
         self.device = pipeline.device
         self.dtype = pipeline.unet.dtype
         self.precision = f"{self.device.type}-{str(self.dtype).removeprefix('torch.')}"
@@ -91,14 +96,15 @@ class DiffusersT2I:
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, single_file_config: str | Path | None = None,
-             allow_pickle: bool = False) -> "DiffusersT2I":
-        """Load a pipeline folder, or a single ``.safetensors`` file with a local config folder;
-        pickled weight files in either are refused unless ``allow_pickle``."""
+             allow_pickle: bool = False, loras: tuple[Lora, ...] = ()) -> "DiffusersT2I":
+        """Load a pipeline folder, or a single ``.safetensors`` file with a local config folder, and
+        the LoRAs on it; pickled weight files are refused unless ``allow_pickle``."""
         force_offline()
         path = Path(path)
         if not path.exists():
             raise input_error(path, "no such file or folder; expected a diffusers pipeline folder "
                                     "(with model_index.json) or a single .safetensors checkpoint")
+        check_lora_files(loras, allow_pickle)
         import diffusers
         import torch
         from diffusers.utils import logging as diffusers_logging
@@ -137,8 +143,23 @@ class DiffusersT2I:
                 pipeline = loader()
         except Exception as error:  # diffusers raises many kinds; the user needs the first line
             raise input_error(path, f"cannot load as a {cls.kind}: {load_failure(error)}") from None
+        apply_loras(pipeline, loras, cls.kind)
         pipeline = pipeline.to(device)
-        return cls(pipeline, model_ref=str(path.resolve()), model_hash=hash_files(files, root))
+        return cls(pipeline, model_ref=str(path.resolve()), model_hash=hash_files(files, root), loras=loras)
+
+    def guided_by(self, reference: "DiffusersT2I", weight: float) -> "DiffusersT2I":
+        """This model sampled with FineXtract's model guidance from ``reference``
+        (``scanner.models.reference``); its denoiser, losses and predictions stay this model's own."""
+        check_reference(self, reference)
+        check_same_text_encoders(self, reference)
+        guided = copy.copy(self)
+        guided.sampling_pipeline = type(self.pipeline).from_pipe(
+            self.pipeline, unet=guided_denoiser(self.pipeline.unet, reference.pipeline.unet, weight))
+        guided.sampling_pipeline.set_progress_bar_config(disable=True)
+        guided._few_step_pipeline = None
+        guided.model_ref = f"{self.model_ref}, guided from {reference.model_ref} (w={weight:g})"
+        guided.model_hash = guided_identity(self.model_hash, reference.model_hash, weight)
+        return guided
 
     # --- sampler -------------------------------------------------------------------------
 
@@ -167,7 +188,7 @@ class DiffusersT2I:
 
             solver = DPMSolverMultistepScheduler.from_config(self.pipeline.scheduler.config, algorithm_type="dpmsolver++",
                                                              solver_order=2, timestep_spacing="trailing")
-            self._few_step_pipeline = type(self.pipeline).from_pipe(self.pipeline, scheduler=solver)
+            self._few_step_pipeline = type(self.pipeline).from_pipe(self.sampling_pipeline, scheduler=solver)
             self._few_step_pipeline.set_progress_bar_config(disable=True)
         return self._few_step_pipeline
 
@@ -177,7 +198,7 @@ class DiffusersT2I:
 
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
-        pipeline = self.few_step_pipeline() if few_step else self.pipeline
+        pipeline = self.few_step_pipeline() if few_step else self.sampling_pipeline
         with torch.inference_mode():
             output = pipeline(
                 prompt=list(prompts), generator=self._generators(seeds), num_inference_steps=num_inference_steps,

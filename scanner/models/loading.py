@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scanner.config import FeatureConfig, RayConfig
+from scanner.config import FeatureConfig, RayConfig, ScanConfig
+from scanner.models.lora import Lora
 
 
 @dataclass(frozen=True)
@@ -23,18 +24,40 @@ class ModelSpec:
     single_file_config: str | None = None
     allow_pickle: bool = False
     kind: str | None = None  # --model-kind; None: the kind model_index.json declares
+    loras: tuple[Lora, ...] = ()  # --lora FILE[:SCALE], in the order given
+    # sample with model guidance from this reference model (--reference-model, --reference-guidance W)
+    guided_from: "ModelSpec | None" = None
+    guidance: float = 0.0
 
     @classmethod
     def of(cls, path: str | Path, device: str | None = None, single_file_config: str | Path | None = None,
-           allow_pickle: bool = False, kind: str | None = None) -> "ModelSpec":
+           allow_pickle: bool = False, kind: str | None = None, loras: Sequence[str] = ()) -> "ModelSpec":
         config = str(Path(single_file_config).resolve()) if single_file_config else None
-        return cls(str(Path(path).resolve()), device, config, allow_pickle, kind or None)
+        return cls(str(Path(path).resolve()), device, config, allow_pickle, kind or None,
+                   tuple(Lora.parse(text) for text in loras))
+
+    @classmethod
+    def for_scan(cls, settings: ScanConfig, allow_pickle: bool = False) -> "ModelSpec":
+        """The model a scan samples: its LoRAs, and model guidance from the reference when asked for."""
+        from scanner import demo as demo_world
+
+        spec = cls.of(settings.model or demo_world.SD_MODEL, settings.device, settings.single_file_config or None,
+                      allow_pickle, settings.model_kind, settings.loras)
+        if not settings.sampling.reference_guidance:
+            return spec
+        return dataclasses.replace(spec, guided_from=spec.reference(settings.reference_model, settings.reference_loras),
+                                   guidance=settings.sampling.reference_guidance)
+
+    def reference(self, path: str | Path, loras: Sequence[str] = ()) -> "ModelSpec":
+        """A reference model loaded as this one is (device, pickles), with its own LoRAs."""
+        return ModelSpec.of(path, self.device, allow_pickle=self.allow_pickle, loras=loras)
 
     def load(self):
         from scanner.models.registry import load_model
 
-        return load_model(self.path, self.kind, device=self.device, single_file_config=self.single_file_config,
-                          allow_pickle=self.allow_pickle)
+        model = load_model(self.path, self.kind, device=self.device, single_file_config=self.single_file_config,
+                           allow_pickle=self.allow_pickle, loras=self.loras)
+        return model.guided_by(self.guided_from.load(), self.guidance) if self.guided_from and self.guidance else model
 
 
 def load_embedder(features: FeatureConfig):
@@ -53,15 +76,18 @@ def load_embedder(features: FeatureConfig):
 
 @dataclass(frozen=True)
 class WorkerModels:
-    """What a worker (Ray actor, or this process) holds: the model, and the CLIP that embeds images."""
+    """What a worker (Ray actor, or this process) holds: the model, the CLIP that embeds images,
+    and the reference model the reference attacks compare it with."""
 
     model: Any
     embedder: Any = None
+    reference: Any = None
 
 
-def load_worker_models(model: ModelSpec, features: FeatureConfig | None) -> WorkerModels:
+def load_worker_models(model: ModelSpec, features: FeatureConfig | None, reference: ModelSpec | None = None) -> WorkerModels:
     """A Ray worker's setup: load the models once; no embedder when ``features`` is None."""
-    return WorkerModels(model.load(), load_embedder(features) if features is not None else None)
+    return WorkerModels(model.load(), load_embedder(features) if features is not None else None,
+                        reference.load() if reference is not None else None)
 
 
 def _model_precision(models: WorkerModels, _unit) -> str:
@@ -82,23 +108,31 @@ def portable(features: FeatureConfig) -> FeatureConfig:
                                clip_pretrained=str(Path(features.clip_pretrained).resolve()) if features.clip_pretrained else "")
 
 
-def worker_pool(model: ModelSpec, features: FeatureConfig | None, ray: RayConfig):
-    """Ray workers that each load the model (and the CLIP, unless ``features`` is None) once;
-    None when ``ray`` names no cluster (the work then runs in this process)."""
+def worker_pool(model: ModelSpec, features: FeatureConfig | None, ray: RayConfig, reference: ModelSpec | None = None):
+    """Ray workers that each load the model (and the CLIP, unless ``features`` is None, and the
+    reference model, when there is one) once; None when ``ray`` names no cluster (the work then
+    runs in this process)."""
     if not ray.address:
         return None
     from scanner.distributed import RayPool
 
-    return RayPool(functools.partial(load_worker_models, model, portable(features) if features else None), ray)
+    return RayPool(functools.partial(load_worker_models, model, portable(features) if features else None, reference), ray)
 
 
-def attack_models(model: ModelSpec, attacks: Sequence[str], clip: FeatureConfig, ray: RayConfig):
+def attack_models(model: ModelSpec, attacks: Sequence[str], clip: FeatureConfig, ray: RayConfig,
+                  reference: ModelSpec | None = None) -> tuple[WorkerModels, Any]:
     """What the membership commands run on: the model (refused, before any work, when it cannot
     run one of ``attacks``), the CLIP the Wu et al. attacks embed with (``clip``) when one of them
-    is asked for, and a pool of Ray workers holding both when ``ray`` names a cluster."""
+    is asked for, the reference model (of the same family) when one is given, and a pool of Ray
+    workers holding them when ``ray`` names a cluster."""
     from scanner.mia.attacks import check_attacks, needs_embedder
+    from scanner.models.reference import check_reference
 
     loaded = model.load()
-    check_attacks(loaded, attacks)
+    check_attacks(loaded, attacks, has_reference=reference is not None)
+    reference_loaded = reference.load() if reference is not None else None
+    if reference_loaded is not None:
+        check_reference(loaded, reference_loaded)
     features = clip if needs_embedder(attacks) else None
-    return loaded, load_embedder(features) if features else None, worker_pool(model, features, ray)
+    models = WorkerModels(loaded, load_embedder(features) if features else None, reference_loaded)
+    return models, worker_pool(model, features, ray, reference)

@@ -64,7 +64,8 @@ def resolve_kind(path: str | Path, single_file_config: str | Path | None = None,
 
 
 def load_model(path: str | Path, kind: str | None = None, device: str | None = None,
-               single_file_config: str | Path | None = None, allow_pickle: bool = False):
-    """Load a model with the adapter of its kind."""
+               single_file_config: str | Path | None = None, allow_pickle: bool = False, loras: tuple = ()):
+    """Load a model with the adapter of its kind, with its LoRAs (``scanner.models.lora.Lora``)."""
     adapter = resolve_kind(path, single_file_config, kind).adapter_class()
-    return adapter.load(path, device=device, single_file_config=single_file_config, allow_pickle=allow_pickle)
+    return adapter.load(path, device=device, single_file_config=single_file_config, allow_pickle=allow_pickle,
+                        loras=tuple(loras))

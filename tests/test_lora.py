@@ -1,0 +1,110 @@
+"""LoRA fine-tunes (issue 20): loaded through memscan exactly as diffusers loads them, part of the
+model's identity, and refused in one line when they cannot apply."""
+
+import numpy as np
+import pytest
+
+from scanner.demo import FAMILY_MODELS, FINETUNE_LORA, SD_MODEL
+from scanner.errors import MemscanError
+from scanner.models.loading import ModelSpec
+
+PROMPTS = ["two red circles at the left on a teal background", "one blue star at the top on a grey background"]
+
+
+@pytest.fixture(scope="module")
+def fine_tune():
+    return ModelSpec.of(SD_MODEL, device="cpu", loras=[f"{FINETUNE_LORA}:0.8"]).load()
+
+
+def test_a_lora_gives_the_images_diffusers_gives(fine_tune):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(SD_MODEL, torch_dtype=torch.float32, safety_checker=None,
+                                                       requires_safety_checker=False, local_files_only=True)
+    pipeline.load_lora_weights(str(FINETUNE_LORA.parent), weight_name=FINETUNE_LORA.name, adapter_name="ours")
+    pipeline.set_adapters(["ours"], adapter_weights=[0.8])
+    pipeline.set_progress_bar_config(disable=True)
+    theirs = pipeline(PROMPTS, generator=[torch.Generator().manual_seed(seed) for seed in (3, 4)], num_inference_steps=6,
+                      guidance_scale=5.0, output_type="np").images
+    ours = fine_tune.generate(PROMPTS, [3, 4], num_inference_steps=6, guidance_scale=5.0)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_scale_zero_is_the_base_model_and_the_scale_is_part_of_the_identity(fine_tune, demo_sd):
+    at_zero = ModelSpec.of(SD_MODEL, device="cpu", loras=[f"{FINETUNE_LORA}:0"]).load()
+    base = demo_sd.generate(PROMPTS, [0, 1], num_inference_steps=6, guidance_scale=5.0)
+    np.testing.assert_array_equal(at_zero.generate(PROMPTS, [0, 1], num_inference_steps=6, guidance_scale=5.0), base)
+    assert not np.allclose(fine_tune.generate(PROMPTS, [0, 1], num_inference_steps=6, guidance_scale=5.0), base, atol=1e-3)
+    assert len({demo_sd.model_hash, at_zero.model_hash, fine_tune.model_hash}) == 3
+    assert "LoRA pytorch_lora_weights.safetensors@0.8" in fine_tune.model_ref
+
+
+def test_a_lora_that_cannot_apply_is_one_line(tmp_path):
+    with pytest.raises(MemscanError, match="no such LoRA file"):
+        ModelSpec.of(SD_MODEL, loras=[str(tmp_path / "missing.safetensors")]).load()
+    pickled = tmp_path / "lora.bin"
+    pickled.write_bytes(b"not loaded")
+    with pytest.raises(MemscanError, match="pickled weights are never loaded"):
+        ModelSpec.of(SD_MODEL, loras=[str(pickled)]).load()
+    # the demo model's LoRA on the SDXL-shaped model: another family's modules
+    with pytest.raises(MemscanError, match="shapes do not fit") as refused:
+        ModelSpec.of(FAMILY_MODELS["sdxl"], loras=[str(FINETUNE_LORA)]).load()
+    assert "\n" not in str(refused.value)
+
+
+def reference_items(count: int = 4):
+    from scanner import demo as demo_world
+    from scanner.mia.evaluate import LabelledItem
+
+    rows = demo_world.membership_items(per_bucket=1, x1=1, nonmembers=count - 4)
+    return [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0) for r in rows]
+
+
+def test_the_reference_attacks_share_the_noise_so_identical_models_differ_by_exactly_zero(demo_sd, fine_tune):
+    from scanner.mia.denoising import NoiseProtocol
+    from scanner.mia.evaluate import attack_scores
+
+    items, protocol = reference_items(), NoiseProtocol(timesteps=(200, 400), repeats=2)
+    same = attack_scores(demo_sd, items, ["loss_ref", "clid_ref"], protocol, reference_model=demo_sd)
+    assert np.all(same["loss_ref"]["score"] == 0) and np.all(same["clid_ref"]["features"] == 0)
+    # against the base, the fine-tune's difference is its own loss minus the base's, item by item
+    differs = attack_scores(fine_tune, items, ["loss", "loss_ref"], protocol, reference_model=demo_sd)
+    base = attack_scores(demo_sd, items, ["loss"], protocol)
+    np.testing.assert_allclose(differs["loss_ref"]["score"], differs["loss"]["score"] - base["loss"]["score"], atol=1e-6)
+    assert np.any(differs["loss_ref"]["score"] != 0)
+
+
+def test_a_reference_attack_without_a_reference_or_of_another_family_is_one_line(demo_sd):
+    from scanner.config import FeatureConfig, RayConfig
+    from scanner.models.loading import attack_models
+
+    with pytest.raises(MemscanError, match="give --reference-model"):
+        attack_models(ModelSpec.of(SD_MODEL), ["loss", "loss_ref"], FeatureConfig(), RayConfig())
+    with pytest.raises(MemscanError, match="must be of the audited model's family") as refused:
+        attack_models(ModelSpec.of(SD_MODEL), ["loss_ref"], FeatureConfig(), RayConfig(),
+                      reference=ModelSpec.of(FAMILY_MODELS["sdxl"]))
+    assert "StableDiffusionXLPipeline" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_model_guidance_runs_from_the_reference_at_zero_to_the_fine_tune_at_one(demo_sd, fine_tune):
+    from scanner.mia.denoising import NoiseProtocol
+    from scanner.mia.evaluate import attack_scores
+
+    guided = {w: fine_tune.guided_by(demo_sd, w) for w in (0.0, 1.0, 3.0)}
+    draw = lambda model: model.generate(PROMPTS, [5, 6], num_inference_steps=6, guidance_scale=5.0)  # noqa: E731
+    np.testing.assert_allclose(draw(guided[0.0]), draw(demo_sd), atol=1e-4)
+    np.testing.assert_allclose(draw(guided[1.0]), draw(fine_tune), atol=1e-4)
+    assert not np.allclose(draw(guided[3.0]), draw(fine_tune), atol=1e-3)
+    assert len({model.model_hash for model in (*guided.values(), fine_tune)}) == 4
+    # the denoiser stays the fine-tune's own: guidance changes sampling only
+    protocol = NoiseProtocol(timesteps=(300,), repeats=1)
+    np.testing.assert_array_equal(attack_scores(guided[3.0], reference_items(), ["loss"], protocol)["loss"]["score"],
+                                  attack_scores(fine_tune, reference_items(), ["loss"], protocol)["loss"]["score"])
+
+
+def test_a_scan_guided_from_nothing_is_one_line():
+    from scanner.config import SamplingConfig, ScanConfig
+
+    with pytest.raises(MemscanError, match="reference_guidance needs a reference model"):
+        ScanConfig(sampling=SamplingConfig(reference_guidance=3.0))
