@@ -66,7 +66,8 @@ LORA = typer.Option(None, "--lora", help="A LoRA on the model: FILE or FILE:SCAL
 
 # settings whose flag is not "--" and the setting's name with dashes
 FLAG_OF_SETTING = {"num_inference_steps": "--steps", "guidance_scale": "--guidance", "address": "--ray",
-                   "workers": "--ray-workers", "cpus_per_worker": "--ray-cpus-per-worker"}
+                   "workers": "--ray-workers", "cpus_per_worker": "--ray-cpus-per-worker", "in_flight": "--requests-in-flight",
+                   "loras": "--lora", "reference_loras": "--reference-lora"}
 
 
 def _flag_error(error: ValueError) -> MemscanError:
@@ -96,8 +97,13 @@ def demo(
     per_bucket: int = typer.Option(15, help="Prompts from each of the x10, x1 and non-member buckets."),
     index_root: Path = typer.Option(Path("indexes"), help="Where the demo training-set index is built (once) and read."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Do not draw progress bars."),
+    finetune: bool = typer.Option(False, "--finetune", help="Audit the demo fine-tune instead: the demo model with a LoRA trained on private items it never saw, against its base."),
 ) -> None:
     """Scan the bundled demo model on demo prompts and score the findings against the ground truth."""
+    if finetune:  # its own database by default, so its report is the fine-tune audit's alone
+        _finetune_demo(DEFAULT_DEMO_DB.with_name("demo-finetune.duckdb") if db == DEFAULT_DEMO_DB else db,
+                       samples_per_prompt, index_root, no_progress)
+        return
     from scanner import demo as demo_world
     from scanner.config import SamplingConfig, ScanConfig
     from scanner.demo.evaluate import score_criterion, score_demo_run
@@ -135,7 +141,7 @@ def demo(
                       f"duplicated items flagged (recall {criterion.recall:.2f}); {criterion.unmemorized_flagged} of "
                       f"{criterion.unmemorized} x1 and non-member prompts whose item is not memorized flagged "
                       f"({100 * criterion.false_flag_rate:.0f}%)")
-        console.print("Timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+        console.print("Timings: " + ", ".join(f"{k} {v:.1f}{'s' if k.endswith('_s') else ''}" for k, v in result.timings.items()))
         results, names, labels, curve = demo_identities(store, embedder, db.parent)
         _print_idia(results, names, labels, curve, tau=1, per_person=False)
         _print_mia(demo_membership(store, model))
@@ -147,7 +153,11 @@ def demo(
 
 @app.command()
 def scan(
-    model: Path = typer.Option(None, help="Diffusers pipeline folder or single .safetensors file (default: the demo model)."),
+    model: Optional[str] = typer.Option(None, help="Diffusers pipeline folder, single .safetensors file, or the URL of a model behind an HTTP API (http://HOST:PORT, with --api) (default: the demo model)."),
+    api: Optional[str] = typer.Option(None, help="With an http(s):// --model: a1111 (AUTOMATIC1111 / Forge web UI, seeded) or openai (OpenAI-compatible images API, unseeded); the key comes from MEMSCAN_API_KEY (default: a1111)."),
+    resolution: Optional[int] = typer.Option(None, help="With an http(s):// --model: the image size asked for (default: 512)."),
+    requests_in_flight: Optional[int] = typer.Option(None, help="With an http(s):// --model: requests at once (default: 4)."),
+    requests_per_minute: Optional[float] = typer.Option(None, help="With an http(s):// --model: at most this many requests a minute (default: 0, no limit)."),
     single_file_config: Optional[Path] = typer.Option(None, help="For a single-file --model: a local pipeline folder with its model_index.json."),
     model_kind: Optional[str] = MODEL_KIND,
     lora: Optional[list[str]] = LORA,
@@ -198,7 +208,7 @@ def scan(
 
     settings = load_scan_config(config) if config else ScanConfig(db="runs/scan.duckdb")
     try:
-        settings = override(settings, model=str(model) if model else None,
+        settings = override(settings, model=model or None,
                             single_file_config=str(single_file_config) if single_file_config else None, model_kind=model_kind,
                             loras=tuple(lora) if lora else None,
                             reference_model=str(reference_model) if reference_model else None,
@@ -215,7 +225,9 @@ def scan(
                                               embeddings=False if no_embeddings else None, allow_pickle=allow_pickle or None),
                             cluster=override(settings.cluster, threshold=threshold, null_factor=null_factor, null_prompts=null_prompts,
                                              min_clique=min_clique, criterion=criterion),
-                            ray=override(settings.ray, address=ray, workers=ray_workers, cpus_per_worker=ray_cpus_per_worker))
+                            ray=override(settings.ray, address=ray, workers=ray_workers, cpus_per_worker=ray_cpus_per_worker),
+                            http=override(settings.http, api=api, resolution=resolution, in_flight=requests_in_flight,
+                                          requests_per_minute=requests_per_minute))
     except ValueError as error:
         raise _flag_error(error) from None
     prompt_list = scan_prompts(settings.prompts, caption_column, encoding, prompts_from_index, top, index_root)
@@ -370,7 +382,7 @@ def index_query(
     _print_table(f"Nearest images to {image}", ["rank", "cosine", "l2", "tiled_l2", "item", "caption"], rows)
 
 
-MIA_MODEL = typer.Option(None, help="Diffusers pipeline folder (default: the demo model).")
+MIA_MODEL = typer.Option(None, help="Diffusers pipeline folder, or the URL of an AUTOMATIC1111 API for the black-box attacks (default: the demo model).")
 MIA_CLIP = typer.Option(None, "--clip-model", help="open_clip folder or architecture name the Wu et al. attacks embed with (default: the demo CLIP).")
 MIA_CLIP_PRETRAINED = typer.Option(None, help="Weights file when --clip-model is an architecture name.")
 IMAGE_COLUMN = typer.Option("image_path", help="Image path column of a table (absolute, or relative to the table).")
@@ -383,7 +395,7 @@ app.add_typer(mia_app, name="mia")
 
 @mia_app.command("eval")
 def mia_eval(
-    model: Optional[Path] = MIA_MODEL,
+    model: Optional[str] = MIA_MODEL,
     members: Optional[Path] = typer.Option(None, help="Known members: image folder with .txt captions, .parquet/.csv or tar shards (default: demo members)."),
     nonmembers: Optional[Path] = typer.Option(None, help="Known non-members, same distribution, same formats (default: demo non-members)."),
     image_column: str = IMAGE_COLUMN,
@@ -433,7 +445,7 @@ def mia_score(
     items: Optional[Path] = typer.Option(None, help="Images to score: folder with .txt captions, .parquet/.csv or tar shards (default: 20 demo items)."),
     members: Optional[Path] = typer.Option(None, help="Labelled reference members, same formats (default: demo members)."),
     nonmembers: Optional[Path] = typer.Option(None, help="Labelled reference non-members (default: demo non-members)."),
-    model: Optional[Path] = MIA_MODEL,
+    model: Optional[str] = MIA_MODEL,
     image_column: str = IMAGE_COLUMN,
     caption_column: str = CAPTION_COLUMN,
     image_root: Optional[Path] = IMAGE_ROOT,
@@ -480,7 +492,7 @@ def _attack_list(attacks: str) -> list[str]:
     return parse_attacks(attacks.split(","))
 
 
-def _mia_models(model: Optional[Path], kind: Optional[str], loras: Optional[list[str]],
+def _mia_models(model: Optional[str], kind: Optional[str], loras: Optional[list[str]],
                 reference: tuple[Optional[Path], Optional[list[str]]], attacks: list[str],
                 clip: tuple[Optional[str], Optional[str]], ray: Optional[str], workers: Optional[int],
                 cpus_per_worker: Optional[int], allow_pickle: bool):
@@ -501,7 +513,7 @@ def _mia_models(model: Optional[Path], kind: Optional[str], loras: Optional[list
 def mia_dataset(
     suspect: Optional[Path] = typer.Option(None, help="The owner's images: folder with .txt captions, .parquet/.csv or tar shards (default: 40 demo x1 members)."),
     reference: Optional[Path] = typer.Option(None, help="Same-distribution images known not to be trained on (default: 60 demo non-members)."),
-    model: Optional[Path] = MIA_MODEL,
+    model: Optional[str] = MIA_MODEL,
     image_column: str = IMAGE_COLUMN,
     caption_column: str = CAPTION_COLUMN,
     image_root: Optional[Path] = IMAGE_ROOT,
@@ -595,6 +607,29 @@ def _print_idia(results, candidates, label_of, curve, tau, per_person: bool = Tr
         point = next(p for p in curve if p["tau"] == tau)
         console.print(f"Identity inference, {len(results)} people among {len(candidates)} names, at tau={tau}: TPR {point['tpr']:.2f}, FPR {point['fpr']:.2f}, accuracy {point['accuracy']:.2f} "
                       f"({point['members']} members, {point['non_members']} non-members)")
+
+
+def _finetune_demo(db: Path, samples_per_prompt: int, index_root: Path, no_progress: bool) -> None:
+    from scanner import demo as demo_world
+    from scanner.config import FeatureConfig
+    from scanner.demo.finetune import run_finetune_demo
+    from scanner.report import render_report
+    from scanner.store import Store
+
+    console.print(f"Fine-tune demo: {demo_world.FINETUNE_LORA.name} on {demo_world.SD_MODEL.name}, private and control "
+                  f"captions x {samples_per_prompt} seeds; the base model scanned alike for contrast")
+    with Store(db) as store:
+        audit = run_finetune_demo(store, load_embedder(FeatureConfig()), index_root, db.parent, samples_per_prompt,
+                                  show_progress=not no_progress)
+        for title, scores in (("Fine-tune, model guidance from the base", audit.fine_tune), ("Base model, plain", audit.reference)):
+            _print_table(f"{title}: against the ground truth (per group of the fine-tuning set)",
+                         ["group", "prompts", "flagged", "extracted"],
+                         [[s.group, s.prompts, s.flagged, s.extracted] for s in scores])
+        _print_mia(audit.membership)
+        _print_where(db, audit.fine_tune_run)
+    report_path = Path("reports") / f"{db.stem}.html"
+    render_report(db, report_path)
+    console.print(f"Report:    {report_path}")
 
 
 def _print_mia(results) -> None:

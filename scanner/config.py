@@ -225,6 +225,32 @@ class RayConfig:
         require_number("flush_seconds", self.flush_seconds, 0, low_open=True)
 
 
+HTTP_APIS = ("a1111", "openai")  # scanner/models/http_api.py
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """How memscan talks to a model behind an HTTP API (``--model http://...``; scanner/models/http_api.py)."""
+
+    api: str = "a1111"               # a1111 (AUTOMATIC1111 / Forge, seeded) or openai (unseeded)
+    resolution: int = 512            # the size asked for: the web UIs' usual 512
+    in_flight: int = 4               # requests at once
+    requests_per_minute: float = 0   # 0: no limit
+    timeout_s: float = 300.0
+    retries: int = 5                 # on 429, 5xx, timeouts and dropped connections
+    backoff_s: float = 1.0           # the first retry's base wait; doubled each retry, with jitter, capped at 60 s
+
+    def __post_init__(self) -> None:
+        if self.api not in HTTP_APIS:
+            raise SettingError("api", f"must be one of {', '.join(HTTP_APIS)}, not {self.api!r}")
+        require_int("resolution", self.resolution, 8)
+        require_int("in_flight", self.in_flight, 1)
+        require_number("requests_per_minute", self.requests_per_minute, 0)
+        require_number("timeout_s", self.timeout_s, 0, low_open=True)
+        require_int("retries", self.retries, 0)
+        require_number("backoff_s", self.backoff_s, 0)
+
+
 @dataclass(frozen=True)
 class ScanConfig:
     model: str = ""
@@ -243,6 +269,7 @@ class ScanConfig:
     match: MatchConfig = field(default_factory=MatchConfig)
     index: str = ""  # a training-set index (name under indexes/ or folder) to match candidates against
     ray: RayConfig = field(default_factory=RayConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def __post_init__(self) -> None:
         from scanner.models.registry import KINDS
@@ -275,7 +302,7 @@ def _build(cls: type, values: dict[str, Any], source: Path, section: str) -> Any
     kwargs = {}
     for name, value in values.items():
         nested = {"sampling": SamplingConfig, "features": FeatureConfig, "cluster": ClusterConfig,
-                  "match": MatchConfig, "ray": RayConfig}.get(name) if cls is ScanConfig else None
+                  "match": MatchConfig, "ray": RayConfig, "http": HttpConfig}.get(name) if cls is ScanConfig else None
         if nested is not None:
             if not isinstance(value, dict):
                 raise input_error(source, f"[{name}] must be a table")

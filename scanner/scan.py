@@ -24,7 +24,7 @@ from scanner.mia.attacks import check_attacks
 from scanner.mia.in_scan import score_scan
 from scanner.mia.triage import top_fraction, triage
 from scanner.generate import Prompt
-from scanner.models.loading import WorkerModels, pool_precision
+from scanner.models.loading import ModelSpec, WorkerModels, pool_precision
 from scanner.index import TrainingIndex
 from scanner.models.base import SAMPLE, ImageTextEmbedder, TextToImageModel, require
 from scanner.progress import progress_bar
@@ -109,6 +109,11 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
     provenance["model_kind"] = model.kind  # as resolved: model_index.json's class, or --model-kind
     provenance["family_defaults"] = model.defaults.source  # where unset steps and guidance came from
     provenance["loras"] = [{"file": lora.path, "scale": lora.scale} for lora in model.loras]  # the hash covers their bytes
+    if not getattr(model, "seeded", True):  # an unseeded API: a generation is (prompt, draw index), never reproducible
+        provenance["seeded"] = False
+    if config.reference_model:  # a fine-tune audit: the report sets the reference model's scans beside its findings
+        reference = ModelSpec.of(config.reference_model, loras=config.reference_loras)
+        provenance["reference"] = {"model_ref": reference.model_ref, "guidance": config.sampling.reference_guidance}
     if index is not None:
         provenance["match"].update(index=index.name, index_folder=str(index.folder.resolve()),
                                    index_embedder_hash=index.manifest["embedder_hash"])
@@ -149,6 +154,8 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
         timings = {"triage_s": triage_seconds, "sampling_s": stats["sampling_s"], "features_s": stats["features_s"],
                    "clustering_s": matched - clustered, "matching_s": scored - matched,
                    "membership_s": time.perf_counter() - scored, "total_s": time.perf_counter() - began}
+        if hasattr(model, "request_accounting"):  # a model behind an HTTP API: what this driver asked of it
+            timings.update({f"requests_{name}": value for name, value in model.request_accounting().items()})
     except BaseException:
         store.finish_run(run_id, {"total_s": time.perf_counter() - began}, status="failed")
         raise

@@ -405,6 +405,15 @@ class Store:
         except duckdb.Error as error:
             raise input_error(self.path, f"query failed: {str(error).splitlines()[0]}") from None
 
+    def prompt_thumbnails(self, run_ids: Sequence[str], text: str) -> list[str]:
+        """The stored thumbnails of every good generation of a prompt (by its text) in these runs."""
+        if not run_ids:
+            return []
+        return [path for (path,) in self.execute(
+            "SELECT g.thumbnail_path FROM generations g JOIN prompts p USING (run_id, prompt_id) "
+            "WHERE g.run_id IN (SELECT unnest(?)) AND p.text = ? AND g.status = 'ok' AND g.thumbnail_path IS NOT NULL "
+            "ORDER BY g.run_id, g.generation_id", [list(run_ids), text])]
+
     def schema_version(self) -> int:
         """The stored schema version; 0 when none is stored (a database older than versioning)."""
         rows = self.execute("SELECT value FROM schema_info WHERE key = 'schema_version'")

@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one torch thread per worker, and per scan it starts: no oversubscription
+    os.environ["OMP_NUM_THREADS"] = "1"
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers (ldm_checkpoint)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_per_worker():
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -31,15 +41,26 @@ def demo_clip():
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """``memscan demo`` at its defaults, run once for the slow tests that read its database (its
-    findings, its report): (database, the command's stdout)."""
+    findings, its report): (database, the command's stdout). Under xdist the workers share one
+    run: the first to need it runs it, the others wait on the lock and read it."""
     import subprocess
 
-    folder = tmp_path_factory.mktemp("demo")
-    db = folder / "demo.duckdb"
-    result = subprocess.run([sys.executable, "-m", "scanner", "demo", "--db", str(db), "--no-progress",
-                             "--index-root", str(folder / "indexes")], capture_output=True, text=True, timeout=1500)
-    assert result.returncode == 0, result.stderr
-    return db, result.stdout
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the session's folder, above each worker's own
+    folder, stdout = shared / "demo-run", shared / "demo-run" / "stdout.txt"
+    with FileLock(str(shared / "demo-run.lock")):
+        if not stdout.exists():
+            folder.mkdir(exist_ok=True)
+            environment = {name: value for name, value in os.environ.items() if name != "OMP_NUM_THREADS"}
+            result = subprocess.run([sys.executable, "-m", "scanner", "demo", "--db", str(folder / "demo.duckdb"),
+                                     "--no-progress", "--index-root", str(folder / "indexes")],
+                                    capture_output=True, text=True, timeout=1500, env=environment)  # the longest test: both cores
+            assert result.returncode == 0, result.stderr
+            stdout.write_text(result.stdout)
+    return folder / "demo.duckdb", stdout.read_text()
 
 
 @pytest.fixture

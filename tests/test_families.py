@@ -114,8 +114,11 @@ def test_every_attack_runs_on_every_family(family, family_models, demo_clip):
     images, captions = _members(3)
     items = [LabelledItem(f"i{i}", c, image, True) for i, (c, image) in enumerate(zip(captions, images))]
     model = family_models[family]
-    features = features_on(None, model, items, list(ATTACKS), NoiseProtocol(timesteps=(200,), repeats=1), embedder=demo_clip)
+    # the model as its own reference: the reference attacks run, and measure exactly no difference
+    features = features_on(None, model, items, list(ATTACKS), NoiseProtocol(timesteps=(200,), repeats=1), embedder=demo_clip,
+                           reference_model=model)
     assert set(features) == set(ATTACKS)
+    assert np.all(features["loss_ref"]["score"] == 0)
     for attack, raw in features.items():
         for values in raw.values():
             assert len(values) == 3 and np.isfinite(values).all(), (family, attack)
@@ -128,7 +131,7 @@ class BlackBoxOnly:
     capabilities = frozenset({SAMPLE})
 
     def __init__(self, model):
-        self.model_ref, self.model_hash, self.precision = model.model_ref, model.model_hash, model.precision
+        self.model_ref, self.model_hash, self.precision, self.loras = model.model_ref, model.model_hash, model.precision, ()
         self.resolution, self.generate, self.defaults = model.resolution, model.generate, model.defaults
 
 

@@ -47,10 +47,20 @@ def test_a_lora_that_cannot_apply_is_one_line(tmp_path):
     pickled.write_bytes(b"not loaded")
     with pytest.raises(MemscanError, match="pickled weights are never loaded"):
         ModelSpec.of(SD_MODEL, loras=[str(pickled)]).load()
-    # the demo model's LoRA on the SDXL-shaped model: another family's modules
-    with pytest.raises(MemscanError, match="shapes do not fit") as refused:
+    with pytest.raises(MemscanError, match="the scale nan is not a finite number"):
+        ModelSpec.of(SD_MODEL, loras=[f"{FINETUNE_LORA}:nan"])
+    # the demo model's LoRA on the SDXL-shaped model: another architecture's modules, the first named
+    with pytest.raises(MemscanError, match="shapes do not fit this model's modules, first [a-z_]+[.]") as refused:
         ModelSpec.of(FAMILY_MODELS["sdxl"], loras=[str(FINETUNE_LORA)]).load()
     assert "\n" not in str(refused.value)
+    # a file whose keys match no module at all: diffusers would only warn, and the audit be of the base model
+    import torch
+    from safetensors.torch import save_file
+
+    unmatched = tmp_path / "unmatched.safetensors"
+    save_file({"text_model.no_such_module.lora_A.weight": torch.zeros(2, 2)}, str(unmatched))
+    with pytest.raises(MemscanError, match="match this StableDiffusionPipeline's modules, first text_model.no_such_module"):
+        ModelSpec.of(SD_MODEL, loras=[str(unmatched)]).load()
 
 
 def reference_items(count: int = 4):

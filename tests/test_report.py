@@ -3,6 +3,7 @@
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 from scanner import demo as demo_world
@@ -60,6 +61,7 @@ def test_not_a_memscan_database(tmp_path, foreign_db):
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
+@pytest.mark.xdist_group("demo_run")  # one demo scan for both
 def test_demo_report_in_a_real_browser(tmp_path, demo_run):
     db, _ = demo_run
     out = tmp_path / "demo.html"
@@ -76,3 +78,60 @@ def test_demo_report_in_a_real_browser(tmp_path, demo_run):
     # the gallery's pixelated images and the plot make the page far from blank
     colours = len(image.resize((300, 600)).getcolors(maxcolors=1 << 24))
     assert colours > 500
+
+
+def test_a_fine_tune_finding_shows_the_reference_models_nearest_generation(tmp_path, demo_clip):
+    """A fine-tune audit's finding gets, beside it, the reference model's generation of the same
+    prompt nearest the training item, from a scan of the reference in the same database."""
+    from scanner.features import png_bytes
+    from scanner.index import IndexConfig, TrainingIndex, build_index
+    from scanner.store import now
+
+    rows = demo_world.load_world(["item_id", "caption", "image_png"])[:3]
+    source = tmp_path / "training"
+    source.mkdir()
+    for row in rows:
+        (source / f"{row['item_id']}.png").write_bytes(row["image_png"])
+        (source / f"{row['item_id']}.txt").write_text(row["caption"])
+    build_index(source, "ft", demo_clip, IndexConfig(thumbnail_size=32), root=tmp_path / "indexes")
+    index = TrainingIndex.open("ft", tmp_path / "indexes")
+    item, prompt = rows[0]["item_id"], rows[0]["caption"]
+    training = demo_world.decode_png(rows[0]["image_png"])
+    db = tmp_path / "audit.duckdb"
+    with Store(db) as store:
+        files = store.files_dir
+        (files / "images").mkdir(parents=True, exist_ok=True)
+        images = {"copy": training, "near": np.clip(training.astype(int) + 40, 0, 255).astype(np.uint8),
+                  "far": np.full_like(training, 200)}
+        for name, image in images.items():
+            (files / "images" / f"{name}.png").write_bytes(png_bytes(image))
+
+        def generation(run, name):
+            return {"run_id": run, "generation_id": name, "prompt_id": "p1", "seed": 0, "num_inference_steps": 4,
+                    "guidance_scale": 5.0, "scheduler": "DDIMScheduler", "height": 32, "width": 32, "batch_size": 4,
+                    "status": "ok", "image_path": f"images/{name}.png", "thumbnail_path": f"images/{name}.png",
+                    "created_at": now()}
+
+        for run, model_ref, config in (
+                ("base", "/models/base", {}),
+                ("tuned", "/models/base + LoRA l.safetensors@1", {"reference": {"model_ref": "/models/base", "guidance": 3.0},
+                                                                  "match": {"index": "ft", "index_folder": str(index.folder)}})):
+            store.start_run(run, "scan", model_ref, run, config, {})
+            store.insert("prompts", [{"run_id": run, "prompt_id": "p1", "text": prompt, "source": None, "source_item_id": None}])
+        store.insert("generations", [generation("base", "near"), generation("base", "far"), generation("tuned", "copy")])
+        store.insert("clusters", [{"run_id": "tuned", "cluster_id": "c1", "scope": "prompt", "prompt_id": "p1", "size": 4,
+                                   "n_generations": 4, "medoid_generation_id": "copy", "mean_distance": 0.01,
+                                   "max_distance": 0.02, "distance": "tiled_l2", "threshold": 0.02, "criterion": "clique>=4"}])
+        store.insert("candidates", [{"run_id": "tuned", "candidate_id": "c1", "cluster_id": "c1", "prompt_id": "p1",
+                                     "score": 1.0, "rank": 1, "reason": "test"}])
+        store.insert("matches", [{"run_id": "tuned", "candidate_id": "c1", "index_name": "ft", "item_id": item,
+                                  "item_caption": prompt, "l2": 0.0, "tiled_l2": 0.0, "verdict": "extracted"}])
+        for run in ("base", "tuned"):
+            store.finish_run(run, {})
+    render_report(db, tmp_path / "report.html")
+    html = (tmp_path / "report.html").read_text()
+    from scanner.distances import tiled_l2
+
+    nearest = float(tiled_l2(images["near"], training))
+    assert "Fine-tune audit" in html and "from run base" in html
+    assert f"reference model, nearest (tiled l2 {nearest:.4f})" in html

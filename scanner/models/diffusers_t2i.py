@@ -26,7 +26,7 @@ import numpy as np
 from scanner.errors import MemscanError, input_error
 from scanner.models import force_offline, load_failure, refuse_pickles
 from scanner.models.base import DENOISE, SAMPLE, FamilyDefaults
-from scanner.models.lora import Lora, apply_loras, check_lora_files, with_loras
+from scanner.models.lora import Lora, apply_loras, check_lora_files, named_with, with_loras
 from scanner.models.reference import check_reference, check_same_text_encoders, guided_denoiser, guided_identity
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".txt")
@@ -72,7 +72,7 @@ class DiffusersT2I:
         self.pipeline = pipeline
         self.sampling_pipeline = pipeline  # what generate runs; model guidance swaps its denoiser (guided_by)
         self.loras = loras
-        self.model_ref = model_ref + "".join(f" + LoRA {lora.describe()}" for lora in loras)
+        self.model_ref = named_with(model_ref, loras)
         self.model_hash = with_loras(model_hash, loras)
         self.device = pipeline.device
         self.dtype = pipeline.unet.dtype

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scanner.config import FeatureConfig, RayConfig, ScanConfig
-from scanner.models.lora import Lora
+from scanner.config import FeatureConfig, HttpConfig, RayConfig, ScanConfig
+from scanner.errors import MemscanError
+from scanner.models.lora import Lora, named_with
+from scanner.models.http_api import is_url
 
 
 @dataclass(frozen=True)
@@ -29,12 +31,16 @@ class ModelSpec:
     guided_from: "ModelSpec | None" = None
     guidance: float = 0.0
 
+    http: HttpConfig = HttpConfig()  # for a model behind an HTTP API (a URL as its path)
+
     @classmethod
     def of(cls, path: str | Path, device: str | None = None, single_file_config: str | Path | None = None,
-           allow_pickle: bool = False, kind: str | None = None, loras: Sequence[str] = ()) -> "ModelSpec":
+           allow_pickle: bool = False, kind: str | None = None, loras: Sequence[str] = (),
+           http: HttpConfig | None = None) -> "ModelSpec":
         config = str(Path(single_file_config).resolve()) if single_file_config else None
-        return cls(str(Path(path).resolve()), device, config, allow_pickle, kind or None,
-                   tuple(Lora.parse(text) for text in loras))
+        where = str(path) if is_url(path) else str(Path(path).resolve())  # a URL is not a local path
+        return cls(where, device, config, allow_pickle, kind or None, tuple(Lora.parse(text) for text in loras),
+                   http=http or HttpConfig())
 
     @classmethod
     def for_scan(cls, settings: ScanConfig, allow_pickle: bool = False) -> "ModelSpec":
@@ -42,11 +48,16 @@ class ModelSpec:
         from scanner import demo as demo_world
 
         spec = cls.of(settings.model or demo_world.SD_MODEL, settings.device, settings.single_file_config or None,
-                      allow_pickle, settings.model_kind, settings.loras)
+                      allow_pickle, settings.model_kind, settings.loras, settings.http)
         if not settings.sampling.reference_guidance:
             return spec
         return dataclasses.replace(spec, guided_from=spec.reference(settings.reference_model, settings.reference_loras),
                                    guidance=settings.sampling.reference_guidance)
+
+    @property
+    def model_ref(self) -> str:
+        """The ``model_ref`` the loaded model will carry (runs of it are found by it)."""
+        return named_with(self.path, self.loras)
 
     def reference(self, path: str | Path, loras: Sequence[str] = ()) -> "ModelSpec":
         """A reference model loaded as this one is (device, pickles), with its own LoRAs."""
@@ -55,6 +66,13 @@ class ModelSpec:
     def load(self):
         from scanner.models.registry import load_model
 
+        if is_url(self.path):
+            from scanner.models.http_api import HttpModel
+
+            if self.loras or self.guided_from:
+                raise MemscanError("--lora and --reference-guidance need the model's weights; a model behind an HTTP "
+                                   "API can only be sampled as it is served")
+            return HttpModel(self.path, self.http)
         model = load_model(self.path, self.kind, device=self.device, single_file_config=self.single_file_config,
                            allow_pickle=self.allow_pickle, loras=self.loras)
         return model.guided_by(self.guided_from.load(), self.guidance) if self.guided_from and self.guidance else model

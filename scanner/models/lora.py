@@ -11,6 +11,8 @@ generations and its scores can never mix a fine-tune with its base.
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +30,22 @@ class Lora:
         """``FILE`` or ``FILE:SCALE`` (the last colon counts only when a number follows it)."""
         path, _, scale = text.rpartition(":")
         try:
-            return cls(str(Path(path).resolve()), float(scale)) if path else cls(str(Path(text).resolve()))
+            value = float(scale)
         except ValueError:
             return cls(str(Path(text).resolve()))
+        if not path:
+            return cls(str(Path(text).resolve()))
+        if not math.isfinite(value):
+            raise MemscanError(f"--lora {text}: the scale {scale} is not a finite number")
+        return cls(str(Path(path).resolve()), value)
 
     def describe(self) -> str:
         return f"{Path(self.path).name}@{self.scale:g}"
+
+
+def named_with(model_ref: str, loras: tuple[Lora, ...]) -> str:
+    """A model's name with its LoRAs, as runs record it (and the report finds a reference's runs by)."""
+    return model_ref + "".join(f" + LoRA {lora.describe()}" for lora in loras)
 
 
 def file_sha256(path: Path) -> str:
@@ -67,13 +79,22 @@ def apply_loras(pipeline, loras: tuple[Lora, ...], kind: str) -> None:
         try:
             pipeline.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
         except Exception as error:  # diffusers and peft raise many kinds; the user needs the first line
-            problem = ("its weights' shapes do not fit this model's modules (a LoRA of another model?)"
-                       if "size mismatch" in str(error) else load_failure(error))
+            mismatch = re.search(r"size mismatch for ([\w.]+)", str(error))
+            problem = (f"its weights' shapes do not fit this model's modules, first {mismatch.group(1)} (a LoRA of "
+                       "another architecture?)" if mismatch else load_failure(error))
             raise input_error(path, f"cannot load as a LoRA of a {kind}: {problem}") from None
         if not any(name in adapters for adapters in pipeline.get_list_adapters().values()):
-            raise input_error(path, f"none of its weights match this {kind}'s modules: a LoRA of another model family?")
+            raise input_error(path, f"none of its weights match this {kind}'s modules, first {first_key(path)} "
+                                    "(a LoRA of another architecture?)")
         names.append(name)
     pipeline.set_adapters(names, adapter_weights=[lora.scale for lora in loras])
+
+
+def first_key(path: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return next(iter(handle.keys()), "(none: the file holds no tensors)")
 
 
 def with_loras(model_hash: str, loras: tuple[Lora, ...]) -> str:

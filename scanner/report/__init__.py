@@ -113,7 +113,27 @@ def _roc_plot(mia_rows: list[dict]) -> str | None:
     return uri
 
 
-def _gallery(store: Store, run_id: str, index) -> list[dict]:
+def _nearest_reference_generation(store: Store, reference_runs: list[str], prompt: str, training: np.ndarray) -> dict:
+    """The reference model's generation of the same prompt nearest the training item: the contrast a
+    fine-tune audit needs (a finding the base reproduces as well is not the fine-tune's doing)."""
+    from scanner.distances import tiled_l2
+    from scanner.features import load_image, resize
+
+    best = None
+    for path in store.prompt_thumbnails(reference_runs, prompt):
+        file = store.image_file(path)
+        if not file.is_file():
+            continue
+        image = resize(load_image(file), training.shape[0])
+        distance = float(tiled_l2(image, training))
+        if best is None or distance < best[0]:
+            best = (distance, file)
+    if best is None:
+        return {"reference_uri": None, "reference_tiled_l2": None}
+    return {"reference_uri": data_uri(best[1].read_bytes()), "reference_tiled_l2": best[0]}
+
+
+def _gallery(store: Store, run_id: str, index, reference_runs: list[str] = ()) -> list[dict]:
     rows = store.query(f"SELECT * FROM findings WHERE run_id = ? ORDER BY {VERDICT_ORDER}, rank LIMIT {GALLERY_LIMIT}",
                        [run_id]).to_pylist()
     mia = {}
@@ -123,8 +143,12 @@ def _gallery(store: Store, run_id: str, index) -> list[dict]:
         png = stored_png(store, row["medoid_image"])
         row["generation_uri"] = data_uri(png) if png else None
         row["training_uri"] = None
+        row["reference_uri"] = row["reference_tiled_l2"] = None
         if index is not None and row["matched_item"] and index.has_item(row["matched_item"]):
-            row["training_uri"] = data_uri(png_bytes(index.thumbnail(row["matched_item"])))
+            training = index.thumbnail(row["matched_item"])
+            row["training_uri"] = data_uri(png_bytes(training))
+            if reference_runs:
+                row.update(_nearest_reference_generation(store, list(reference_runs), row["prompt"], training))
         row["mia"] = ", ".join(mia.get(row["matched_item"], []))
     return rows
 
@@ -146,7 +170,7 @@ def render_report(db: Path, out: Path) -> dict:
     environment.filters["fmt"] = lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
     with Store(db, read_only=True) as store:
         runs = store.query("SELECT * FROM runs WHERE kind IN ('scan', 'demo') ORDER BY started_at").to_pylist()
-        findings, duplication_plot, methods, summaries = [], None, {}, []
+        findings, duplication_plot, methods, summaries, fine_tune_audits = [], None, {}, [], []
         for run in runs:
             config = json.loads(run["config"])
             index = _open_index(config)
@@ -157,12 +181,17 @@ def render_report(db: Path, out: Path) -> dict:
                 "(SELECT count(*) FROM generations WHERE run_id = $1 AND degenerate), "
                 "(SELECT count(*) FROM candidates WHERE run_id = $1), "
                 "(SELECT count(*) FROM findings WHERE run_id = $1 AND verdict = 'extracted')", [run["run_id"]])[0]
-            summaries.append({**run, "prompts": counts[0], "generations": counts[1], "failed": counts[2],
+            summaries.append({**run, "unseeded": config.get("seeded") is False, "prompts": counts[0], "generations": counts[1], "failed": counts[2],
                               "degenerate": counts[3], "candidates": counts[4], "extracted": counts[5],
                               "criterion": criterion_statement(store, run["run_id"]).lines(found_nothing=not counts[4]),
                               "timings": json.loads(run["timings"] or "{}"),
                               "config": json.dumps(config, indent=1), "versions": json.dumps(json.loads(run["versions"]), indent=1)})
-            findings += _gallery(store, run["run_id"], index)
+            reference = config.get("reference")  # a fine-tune audit: scans of its reference model give the contrast
+            reference_runs = [r["run_id"] for r in runs if reference and r["model_ref"] == reference["model_ref"]]
+            if reference:
+                fine_tune_audits.append({"run_id": run["run_id"], "model": run["model_ref"], "reference": reference["model_ref"],
+                                         "reference_runs": reference_runs})
+            findings += _gallery(store, run["run_id"], index, reference_runs)
             duplication_plot = duplication_plot or _duplication_plot(store, run["run_id"], index)
             sampling, clustering, matching = config.get("sampling", {}), config.get("cluster", {}), config.get("match", {})
             statement = criterion_statement(store, run["run_id"])
@@ -178,6 +207,7 @@ def render_report(db: Path, out: Path) -> dict:
             title=db.name, database=str(db), generated_at=dt.datetime.now().isoformat(timespec="seconds"),
             version=__version__, schema_version=store.schema_version(), runs=summaries, findings=findings,
             any_candidates=any(s["candidates"] for s in summaries), duplication_plot=duplication_plot,
+            fine_tune_audits=fine_tune_audits,
             mia_rows=[r for r in mia_rows if r["metric"] != "mia_bucket_auc"], roc_plot=_roc_plot(mia_rows), idia_rows=idia_rows, methods=methods)
     make_folder(out.parent, "report folder")
     try:

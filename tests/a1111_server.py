@@ -1,0 +1,119 @@
+"""A local server (127.0.0.1 only) that speaks the AUTOMATIC1111 web UI API in front of a memscan
+model, with faults injected on request: what the HTTP model kind is tested against."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import threading
+import time
+from collections import Counter, deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+from scanner.features import png_bytes, to_uint8
+
+
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):  # a client that timed out and left: expected here
+        pass
+
+
+class A1111Server:
+    """``faults``: consumed in order by txt2img requests, one each (then every request is served):
+    ``("slow", seconds)``, ``("429", retry_after)``, ``("500",)``, ``("truncated",)``,
+    ``("wrong_size",)``, ``("html",)``, ``("401",)``, ``("switch_model",)`` (from then on the
+    server reports another checkpoint)."""
+
+    def __init__(self, model, faults=(), model_name: str = "demo-sd-tiny.safetensors [abc123]", key: str | None = None):
+        self.model, self.faults, self.model_name, self.key = model, deque(faults), model_name, key
+        self.requests: Counter = Counter()
+        self.generated: list[tuple[str, int]] = []
+        self.lock = threading.Lock()
+        self.sampling = threading.Lock()  # a diffusers pipeline is not thread-safe: one image at a time
+        self.server = QuietServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def _next_fault(self):
+        with self.lock:
+            return self.faults.popleft() if self.faults else None
+
+    def _handler(self):
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, status: int, body: bytes, content_type: str = "application/json", headers=()):
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _authorized(self) -> bool:
+                if owner.key and self.headers.get("Authorization") != f"Bearer {owner.key}":
+                    self._send(401, b'{"detail": "Unauthorized"}')
+                    return False
+                return True
+
+            def do_GET(self):
+                owner.requests["GET " + self.path] += 1
+                if not self._authorized():
+                    return
+                if self.path == "/sdapi/v1/options":
+                    self._send(200, json.dumps({"sd_model_checkpoint": owner.model_name}).encode())
+                else:
+                    self._send(404, b'{"detail": "Not Found"}')
+
+            def do_POST(self):
+                owner.requests["POST " + self.path] += 1
+                if not self._authorized():
+                    return
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fault = owner._next_fault()
+                kind = fault[0] if fault else None
+                if kind == "slow":
+                    time.sleep(fault[1])
+                elif kind == "429":
+                    return self._send(429, b'{"detail": "busy"}', headers=[("Retry-After", str(fault[1]))])
+                elif kind == "500":
+                    return self._send(500, b'{"detail": "CUDA out of memory"}')
+                elif kind == "html":
+                    return self._send(200, b"<html><body>Bad gateway</body></html>", "text/html")
+                elif kind == "401":
+                    return self._send(401, b'{"detail": "Unauthorized"}')
+                elif kind == "switch_model":
+                    owner.model_name = "another-model.safetensors [def456]"
+                size = int(body["width"])
+                with owner.sampling:
+                    image = owner.model.generate([body["prompt"]], [int(body["seed"])], num_inference_steps=int(body["steps"]),
+                                                 guidance_scale=float(body["cfg_scale"]))[0]
+                pixels = to_uint8(image)
+                if kind == "wrong_size":
+                    pixels = np.ascontiguousarray(pixels[: size // 2, : size // 2])
+                data = png_bytes(pixels)
+                if kind == "truncated":
+                    data = data[: len(data) // 2]
+                with owner.lock:
+                    owner.generated.append((body["prompt"], int(body["seed"])))
+                info = {"seed": int(body["seed"]), "sd_model_name": owner.model_name.split(" [")[0]}
+                self._send(200, json.dumps({"images": [base64.b64encode(data).decode()], "parameters": body,
+                                            "info": json.dumps(info)}).encode())
+
+        return Handler
+
+    @contextlib.contextmanager
+    def running(self):
+        thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.server.shutdown()
+            self.server.server_close()

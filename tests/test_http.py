@@ -1,0 +1,103 @@
+"""Models behind an HTTP API (issue 21), against a local AUTOMATIC1111-speaking server in front of
+the demo model, with injected faults."""
+
+import json
+
+import numpy as np
+import pytest
+
+from a1111_server import A1111Server
+from scanner.config import ClusterConfig, FeatureConfig, HttpConfig, SamplingConfig, ScanConfig
+from scanner.demo import demo_items
+from scanner.errors import MemscanError
+from scanner.generate import Prompt
+from scanner.models.http_api import API_KEY_VARIABLE, HttpModel
+from scanner.scan import run_scan
+from scanner.store import Store
+
+FAST = HttpConfig(resolution=32, in_flight=3, retries=3, backoff_s=0.01, timeout_s=2.5)
+
+
+def prompts(count: int) -> list[Prompt]:
+    return [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"]) for r in demo_items(per_bucket=1)[:count]]
+
+
+def scan_config(samples: int = 4, steps: int = 4) -> ScanConfig:
+    return ScanConfig(sampling=SamplingConfig(samples_per_prompt=samples, batch_size=6, num_inference_steps=steps,
+                                              guidance_scale=5.0), cluster=ClusterConfig(null_prompts=2, min_clique=3),
+                      features=FeatureConfig(embeddings=False))
+
+
+def test_a_scan_over_http_survives_the_faults_of_a_real_service(demo_sd, tmp_path, monkeypatch):
+    monkeypatch.setenv(API_KEY_VARIABLE, "sk-secret-123")
+    faults = [("429", 1), ("500",), ("slow", 4), ("truncated",), ("wrong_size",)]
+    with A1111Server(demo_sd, faults, key="sk-secret-123").running() as server:
+        model = HttpModel(server.url, FAST)
+        with Store(tmp_path / "http.duckdb") as store:
+            result = run_scan(store, model, prompts(3), scan_config(), show_progress=False)
+            rows = store.execute("SELECT status, error FROM generations WHERE run_id = ?", [result.run_id])
+            stored = json.dumps([store.execute("SELECT * FROM runs")], default=str)
+    assert len(rows) == (3 + 2) * 4  # exactly the planned rows: 3 prompts and 2 null prompts, 4 seeds each
+    failed = [error for status, error in rows if status == "failed"]
+    assert len(failed) == 2  # the truncated PNG and the image of the wrong size
+    timings = result.timings
+    assert timings["requests_retried"] == 3  # the 429, the 500 and the timeout, each retried once
+    assert server.requests["POST /sdapi/v1/txt2img"] == 20 + 3
+    assert timings["requests_sent"] == sum(server.requests.values())  # and the one GET that asked for the model
+    assert timings["requests_failed"] == 0
+    assert "sk-secret-123" not in stored  # the key never reaches the database
+
+
+def test_a_seeded_scan_over_http_finds_what_the_same_scan_finds_in_process(demo_sd, demo_clip, tmp_path):
+    import dataclasses
+
+    chosen = prompts(4)  # heavily duplicated items first: x200
+    # a fixed threshold (the demo model's collapse is 0.006 to 0.016): the comparison, not the calibration, is tested here
+    config = dataclasses.replace(scan_config(samples=6, steps=20), features=FeatureConfig(),
+                                 cluster=ClusterConfig(threshold=0.03, min_clique=4))
+    with A1111Server(demo_sd).running() as server, Store(tmp_path / "both.duckdb") as store:
+        remote = run_scan(store, HttpModel(server.url, FAST), chosen, config, show_progress=False, embedder=demo_clip)
+        local = run_scan(store, demo_sd, chosen, config, show_progress=False, embedder=demo_clip)
+        flagged = [sorted(p for (p,) in store.execute("SELECT DISTINCT prompt_id FROM candidates WHERE run_id = ?", [run]))
+                   for run in (remote.run_id, local.run_id)]
+        pixels = store.execute(
+            "SELECT a.seed, a.image_path, b.image_path FROM generations a JOIN generations b USING (prompt_id, seed) "
+            "WHERE a.run_id = ? AND b.run_id = ?", [remote.run_id, local.run_id])
+        from scanner.features import load_image
+
+        differences = [np.abs(load_image(store.image_file(a)).astype(int) - load_image(store.image_file(b)).astype(int)).max()
+                       for _, a, b in pixels]
+    assert flagged[0] == flagged[1] and flagged[0]  # the memorized prompts, flagged alike
+    assert len(differences) == 4 * 6 and max(differences) <= 1  # the same seeds draw the same images (batching: 1/255)
+
+
+def test_a_resumed_scan_asks_the_service_for_nothing_it_has(demo_sd, tmp_path):
+    with A1111Server(demo_sd).running() as server, Store(tmp_path / "http.duckdb") as store:
+        run_scan(store, HttpModel(server.url, FAST), prompts(2), scan_config(), show_progress=False)
+        asked = server.requests["POST /sdapi/v1/txt2img"]
+        again = run_scan(store, HttpModel(server.url, FAST), prompts(2), scan_config(), show_progress=False)
+    assert asked == (2 + 2) * 4 and server.requests["POST /sdapi/v1/txt2img"] == asked
+    assert again.resumed and again.counts["generated"] == 0
+
+
+def test_what_a_service_gets_wrong_is_one_line(demo_sd, tmp_path, monkeypatch):
+    from scanner.mia.attacks import check_attacks
+
+    with A1111Server(demo_sd).running() as server:
+        closed = server.url
+    with pytest.raises(MemscanError, match="does not answer"):
+        HttpModel(closed, FAST)
+    with A1111Server(demo_sd, key="sk-right").running() as server:
+        monkeypatch.setenv(API_KEY_VARIABLE, "sk-wrong-456")
+        with pytest.raises(MemscanError, match=f"HTTP 401.*set {API_KEY_VARIABLE}") as refused:
+            HttpModel(server.url, FAST)
+        assert "sk-wrong-456" not in str(refused.value)
+        monkeypatch.setenv(API_KEY_VARIABLE, "sk-right")
+        model = HttpModel(server.url, FAST)
+        with pytest.raises(MemscanError, match="the loss attack needs the denoiser's losses"):
+            check_attacks(model, ["loss"])
+    with A1111Server(demo_sd, [("switch_model",)]).running() as server, Store(tmp_path / "mixed.duckdb") as store:
+        with pytest.raises(MemscanError, match="changed its model mid-run"):
+            run_scan(store, HttpModel(server.url, FAST), prompts(1), scan_config(), show_progress=False)
+    with pytest.raises(MemscanError, match="credentials"):
+        HttpModel("http://user:password@127.0.0.1:9", FAST)
