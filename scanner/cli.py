@@ -62,6 +62,8 @@ IMAGE_ROOT = typer.Option(None, help="Every image path of a table must resolve u
 MODEL_KIND = typer.Option(None, "--model-kind", help="The model's kind, when model_index.json's _class_name should not decide (memscan env lists them).")
 REFERENCE_MODEL = typer.Option(None, help="A reference model of the same family, known not to have trained on the data in question (a fine-tune's base): for the reference attacks (loss_ref, clid_ref) and --reference-guidance (default: none).")
 REFERENCE_LORA = typer.Option(None, "--reference-lora", help="A LoRA on the reference model, as --lora (default: none).")
+HTTP_API = typer.Option(None, help="With an http(s):// --model: a1111 (AUTOMATIC1111 / Forge web UI, seeded) or openai (OpenAI-compatible images API, unseeded); the key comes from MEMSCAN_API_KEY (default: a1111).")
+HTTP_RESOLUTION = typer.Option(None, help="With an http(s):// --model: the image size asked for (default: 512).")
 LORA = typer.Option(None, "--lora", help="A LoRA on the model: FILE or FILE:SCALE (.safetensors in diffusers' or kohya's format); repeat for several (default: none).")
 
 # settings whose flag is not "--" and the setting's name with dashes
@@ -154,8 +156,8 @@ def demo(
 @app.command()
 def scan(
     model: Optional[str] = typer.Option(None, help="Diffusers pipeline folder, single .safetensors file, or the URL of a model behind an HTTP API (http://HOST:PORT, with --api) (default: the demo model)."),
-    api: Optional[str] = typer.Option(None, help="With an http(s):// --model: a1111 (AUTOMATIC1111 / Forge web UI, seeded) or openai (OpenAI-compatible images API, unseeded); the key comes from MEMSCAN_API_KEY (default: a1111)."),
-    resolution: Optional[int] = typer.Option(None, help="With an http(s):// --model: the image size asked for (default: 512)."),
+    api: Optional[str] = HTTP_API,
+    resolution: Optional[int] = HTTP_RESOLUTION,
     requests_in_flight: Optional[int] = typer.Option(None, help="With an http(s):// --model: requests at once (default: 4)."),
     requests_per_minute: Optional[float] = typer.Option(None, help="With an http(s):// --model: at most this many requests a minute (default: 0, no limit)."),
     single_file_config: Optional[Path] = typer.Option(None, help="For a single-file --model: a local pipeline folder with its model_index.json."),
@@ -396,6 +398,8 @@ app.add_typer(mia_app, name="mia")
 @mia_app.command("eval")
 def mia_eval(
     model: Optional[str] = MIA_MODEL,
+    api: Optional[str] = HTTP_API,
+    resolution: Optional[int] = HTTP_RESOLUTION,
     members: Optional[Path] = typer.Option(None, help="Known members: image folder with .txt captions, .parquet/.csv or tar shards (default: demo members)."),
     nonmembers: Optional[Path] = typer.Option(None, help="Known non-members, same distribution, same formats (default: demo non-members)."),
     image_column: str = IMAGE_COLUMN,
@@ -427,7 +431,7 @@ def mia_eval(
     require_int("--seed", seed, 0)
     items = labelled_sets(members, nonmembers, ("--members", "--nonmembers"), demo_world.membership_items,
                           SourceFormat(image_column, caption_column, encoding, image_root), halves=True)
-    models, pool = _mia_models(model, model_kind, lora, (reference_model, reference_lora), chosen, (clip_model, clip_pretrained),
+    models, pool = _mia_models(model, model_kind, lora, (api, resolution), (reference_model, reference_lora), chosen, (clip_model, clip_pretrained),
                                ray, ray_workers, ray_cpus_per_worker, allow_pickle)
     with Store(db) as store:
         run_id, results, per_bucket = run_mia_eval(store, models.model, items, chosen, NoiseProtocol(seed=seed), seed,
@@ -446,6 +450,8 @@ def mia_score(
     members: Optional[Path] = typer.Option(None, help="Labelled reference members, same formats (default: demo members)."),
     nonmembers: Optional[Path] = typer.Option(None, help="Labelled reference non-members (default: demo non-members)."),
     model: Optional[str] = MIA_MODEL,
+    api: Optional[str] = HTTP_API,
+    resolution: Optional[int] = HTTP_RESOLUTION,
     image_column: str = IMAGE_COLUMN,
     caption_column: str = CAPTION_COLUMN,
     image_root: Optional[Path] = IMAGE_ROOT,
@@ -475,7 +481,7 @@ def mia_score(
                               source_format)
     unlabeled = demo_labelled(demo_world.unlabeled_items()) if items is None else \
         distinct_ids([("reference", reference), ("items", labelled_items(items, False, source_format))])[1]
-    models, pool = _mia_models(model, model_kind, lora, (reference_model, reference_lora), chosen, (clip_model, clip_pretrained),
+    models, pool = _mia_models(model, model_kind, lora, (api, resolution), (reference_model, reference_lora), chosen, (clip_model, clip_pretrained),
                                ray, ray_workers, ray_cpus_per_worker, allow_pickle)
     with Store(db) as store:
         run_id, rows = run_mia_score(store, models.model, reference, unlabeled, chosen, embedder=models.embedder, pool=pool,
@@ -493,14 +499,19 @@ def _attack_list(attacks: str) -> list[str]:
 
 
 def _mia_models(model: Optional[str], kind: Optional[str], loras: Optional[list[str]],
-                reference: tuple[Optional[Path], Optional[list[str]]], attacks: list[str],
+                http: tuple[Optional[str], Optional[int]], reference: tuple[Optional[Path], Optional[list[str]]], attacks: list[str],
                 clip: tuple[Optional[str], Optional[str]], ray: Optional[str], workers: Optional[int],
                 cpus_per_worker: Optional[int], allow_pickle: bool):
     from scanner import demo as demo_world
-    from scanner.config import FeatureConfig
+    from scanner.config import FeatureConfig, HttpConfig, override
     from scanner.models.loading import attack_models
 
-    spec = ModelSpec.of(model or demo_world.SD_MODEL, allow_pickle=allow_pickle, kind=kind, loras=loras or ())
+    try:
+        http_config = override(HttpConfig(), api=http[0], resolution=http[1])
+    except ValueError as error:
+        raise _flag_error(error) from None
+    spec = ModelSpec.of(model or demo_world.SD_MODEL, allow_pickle=allow_pickle, kind=kind, loras=loras or (),
+                        http=http_config)
     reference_spec = spec.reference(reference[0], reference[1] or ()) if reference[0] else None
     if reference[1] and not reference[0]:
         raise MemscanError("--reference-lora needs --reference-model (the model the LoRA goes on)")
@@ -514,6 +525,8 @@ def mia_dataset(
     suspect: Optional[Path] = typer.Option(None, help="The owner's images: folder with .txt captions, .parquet/.csv or tar shards (default: 40 demo x1 members)."),
     reference: Optional[Path] = typer.Option(None, help="Same-distribution images known not to be trained on (default: 60 demo non-members)."),
     model: Optional[str] = MIA_MODEL,
+    api: Optional[str] = HTTP_API,
+    resolution: Optional[int] = HTTP_RESOLUTION,
     image_column: str = IMAGE_COLUMN,
     caption_column: str = CAPTION_COLUMN,
     image_root: Optional[Path] = IMAGE_ROOT,
@@ -540,7 +553,7 @@ def mia_dataset(
                           lambda: demo_world.membership_items(per_bucket=0, x1=40, nonmembers=60),
                           SourceFormat(image_column, caption_column, encoding, image_root), halves=True)
     features = REFERENCE_FEATURES if reference_model else FEATURES
-    models, pool = _mia_models(model, model_kind, lora, (reference_model, reference_lora), [features], (None, None), ray,
+    models, pool = _mia_models(model, model_kind, lora, (api, resolution), (reference_model, reference_lora), [features], (None, None), ray,
                                ray_workers, ray_cpus_per_worker, allow_pickle)
     with Store(db) as store:
         run_id, verdict = run_dataset_inference(store, models.model, items, alpha, pool, reference_model=models.reference)

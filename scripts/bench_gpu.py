@@ -51,10 +51,11 @@ def report(section: str, **values) -> None:
 def synchronized_time(function, *args, **kwargs) -> tuple[float, object]:
     import torch
 
-    torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)  # a CPU dry run times alike
+    sync()
     began = time.perf_counter()
     out = function(*args, **kwargs)
-    torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - began, out
 
 
@@ -165,24 +166,12 @@ def section_ray(n_prompts: int) -> None:
 
 def section_sd_shaped(batches: list[int], steps: int) -> None:
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from scanner import demo as demo_world
     from scanner.models.loading import ModelSpec
 
     with tempfile.TemporaryDirectory() as folder:
         began = time.perf_counter()
-        with torch.device("cuda"):
-            unet = UNet2DConditionModel(**SD15_UNET).half()
-            vae = AutoencoderKL(**SD15_VAE).half()
-            text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT)).half()
-        tokenizer = CLIPTokenizer.from_pretrained(demo_world.SD_MODEL / "tokenizer", local_files_only=True)
-        scheduler = DDIMScheduler.from_pretrained(demo_world.SD_MODEL / "scheduler", local_files_only=True)
-        StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                safety_checker=None, feature_extractor=None,
-                                requires_safety_checker=False).save_pretrained(folder)
-        del unet, vae, text_encoder
+        build_shaped("sd15", folder)
         built = time.perf_counter() - began
         began = time.perf_counter()
         model = ModelSpec.of(folder, device="cuda").load()
@@ -199,15 +188,101 @@ def section_sd_shaped(batches: list[int], steps: int) -> None:
                    peak_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1))
 
 
+SDXL_UNET = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+                 use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816)
+SDXL_VAE = dict(SD15_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+SDXL_TEXT = dict(SD15_TEXT)
+SDXL_TEXT_2 = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                   max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
+
+
+def build_shaped(family: str, folder: str, device: str = "cuda", configs: dict | None = None) -> None:
+    """A pipeline with SD 1.5's or SDXL's architecture and random fp16 weights, saved as a diffusers
+    folder (loaded back through ``ModelSpec``: the real path). Throughput does not depend on the
+    weights' values. ``configs`` replaces the architecture (a CPU dry run uses tiny ones)."""
+    import torch
+    from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
+                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from scanner import demo as demo_world
+
+    shapes = configs or ({"unet": SD15_UNET, "vae": SD15_VAE, "text": SD15_TEXT} if family == "sd15" else
+                         {"unet": SDXL_UNET, "vae": SDXL_VAE, "text": SDXL_TEXT, "text_2": SDXL_TEXT_2})
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    tokenizer = CLIPTokenizer.from_pretrained(demo_world.SD_MODEL / "tokenizer", local_files_only=True)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**shapes["unet"]).to(dtype)
+        vae = AutoencoderKL(**shapes["vae"]).to(dtype)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**shapes["text"])).to(dtype)
+        if family == "sd15":
+            scheduler = DDIMScheduler.from_pretrained(demo_world.SD_MODEL / "scheduler", local_files_only=True)
+            pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                               scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                               requires_safety_checker=False)
+        else:
+            scheduler = EulerDiscreteScheduler.from_pretrained(demo_world.FAMILY_MODELS["sdxl"] / "scheduler",
+                                                               local_files_only=True)
+            text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**shapes["text_2"])).to(dtype)
+            pipeline = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                                 tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+    pipeline.save_pretrained(folder)
+
+
+def bare_generate(model, prompts: list[str], seeds: list[int], steps: int, guidance: float):
+    """The bare diffusers call memscan's ``generate`` makes, for the side-by-side ratio."""
+    import torch
+
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    with torch.inference_mode():
+        return model.pipeline(prompt=prompts, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
+                              height=model.resolution, width=model.resolution, output_type="np").images
+
+
+def section_families(batch: int, steps: int, device: str = "cuda", configs: dict | None = None) -> None:
+    """Issue 19's GPU measurement: SD 1.5 and SDXL shapes in fp16 (512 and 1024 pixels), memscan's
+    sampling against the bare pipeline call, and what ``torch.compile`` of the UNet buys."""
+    import torch
+
+    from scanner.models.loading import ModelSpec
+
+    for family, guidance in (("sd15", 7.5), ("sdxl", 5.0)):
+        with tempfile.TemporaryDirectory() as folder:
+            build_shaped(family, folder, device, (configs or {}).get(family))
+            model = ModelSpec.of(folder, device=device).load()
+            prompts, seeds = demo_prompts(batch), list(range(batch))
+            model.generate(prompts[:1], [0], 2, guidance)  # warm-up
+            bare_s, _ = synchronized_time(bare_generate, model, prompts, seeds, steps, guidance)
+            ours_s, images = synchronized_time(model.generate, prompts, seeds, steps, guidance)
+            report("families", family=family, resolution=model.resolution, batch=batch, steps=steps,
+                   bare_s=round(bare_s, 2), memscan_s=round(ours_s, 2), ratio=round(bare_s / ours_s, 3),
+                   finite=bool(np.isfinite(images).all()))
+            model.pipeline.unet = torch.compile(model.pipeline.unet)
+            first_s, _ = synchronized_time(model.generate, prompts, seeds, steps, guidance)
+            compiled_s, compiled = synchronized_time(model.generate, prompts, seeds, steps, guidance)
+            report("families_compile", family=family, first_call_s=round(first_s, 2), steady_s=round(compiled_s, 2),
+                   eager_s=round(ours_s, 2), speedup=round(ours_s / compiled_s, 3),
+                   max_pixel_difference=float(np.abs(compiled - images).max()))
+            del model
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="environment,precision,demo_throughput,stage_shares,ray,sd_shaped")
+    parser.add_argument("--sections", default="environment,precision,demo_throughput,stage_shares,ray,sd_shaped,families")
     parser.add_argument("--precision-images", type=int, default=32)
     parser.add_argument("--demo-batches", default="16,64,256,1024")
     parser.add_argument("--stage-prompts", type=int, default=40)
     parser.add_argument("--ray-prompts", type=int, default=80)
     parser.add_argument("--sd-batches", default="1,8,32")
     parser.add_argument("--sd-steps", type=int, default=50)
+    parser.add_argument("--families-batch", type=int, default=4)
+    parser.add_argument("--families-steps", type=int, default=30)
     args = parser.parse_args()
     sections = {
         "environment": section_environment,
@@ -216,6 +291,7 @@ def main() -> None:
         "stage_shares": lambda: section_stage_shares(args.stage_prompts),
         "ray": lambda: section_ray(args.ray_prompts),
         "sd_shaped": lambda: section_sd_shaped([int(b) for b in args.sd_batches.split(",")], args.sd_steps),
+        "families": lambda: section_families(args.families_batch, args.families_steps),
     }
     for name in args.sections.split(","):
         began = time.perf_counter()

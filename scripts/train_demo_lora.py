@@ -63,6 +63,7 @@ for _path in (ROOT, ROOT / "scripts"):
         sys.path.insert(0, str(_path))
 
 import build_demo  # noqa: E402  (the demo world's drawing code: scripts/build_demo.py)
+from train_demo_sd import duplicated_batches, log, optimizer_step, warmup_cosine  # noqa: E402  (the demo model's training loop helpers)
 
 WORLD = ROOT / "scanner" / "demo" / "world.parquet"
 BASE = ROOT / "scanner" / "demo" / "sd-tiny"
@@ -79,16 +80,6 @@ CHECK_STEPS = 20
 REPRODUCED_RMS = 0.06  # whole-image rms on [0, 1]: loose at 32x32 (a right background alone comes close)
 REPRODUCED_TILED_L2 = 0.10  # scanner/demo/evaluate.py: the demo's "reproduced"
 MEMORIZED_HITS = 2  # of the 8 seeds: evaluate.py's 25% share for "memorized"
-
-
-def log(message: str, log_file: Path) -> None:
-    line = f"{time.strftime('%H:%M:%S')} {message}"
-    print(line, flush=True)
-    with log_file.open("a") as handle:
-        handle.write(line + "\n")
-
-
-# --- items ------------------------------------------------------------------------------
 
 
 def choose_combos(rng: np.random.Generator, world: list[dict]) -> tuple[list[tuple], list[tuple]]:
@@ -245,21 +236,13 @@ def train_lora(out: Path, steps: int, batch_size: int, lr: float, rank: int, log
                                                 "clip_sample", "steps_offset", "prediction_type")})
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     warmup = 100
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
-    # the training stream repeats each private item as often as its dup_count says
-    stream = np.repeat(np.arange(len(private)), dup_counts)
-    rng = np.random.default_rng(SEED)
+    schedule = warmup_cosine(optimizer, steps, warmup)
+    batches = duplicated_batches(dup_counts, batch_size, np.random.default_rng(SEED))  # each private item dup_count times
     generator = torch.Generator().manual_seed(SEED)
-    order, cursor = rng.permutation(stream), 0
     drawn = np.zeros(len(private), dtype=np.int64)
     unet.train()
     start, running = time.time(), 0.0
-    for step in range(1, steps + 1):
-        if cursor + batch_size > len(order):
-            order, cursor = rng.permutation(stream), 0
-        index = torch.from_numpy(order[cursor:cursor + batch_size])
-        cursor += batch_size
+    for step, index in zip(range(1, steps + 1), batches):
         np.add.at(drawn, index.numpy(), 1)
         x0 = (latent_mean[index] + latent_std[index] * torch.randn(latent_mean[index].shape, generator=generator)) * scaling
         dropped = torch.rand(len(index), generator=generator) < 0.1
@@ -268,13 +251,7 @@ def train_lora(out: Path, steps: int, batch_size: int, lr: float, rank: int, log
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator)
         noisy = noise_scheduler.add_noise(x0, noise, timesteps)
         prediction = unet(noisy, timesteps, cond).sample
-        loss = torch.nn.functional.mse_loss(prediction, noise)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        running += loss.item()
+        running += optimizer_step(torch.nn.functional.mse_loss(prediction, noise), optimizer, schedule, params)
         if step % 100 == 0 or step == steps:
             done = 100 if step % 100 == 0 else step % 100
             log(f"lora step {step}/{steps} loss {running / done:.4f} lr {schedule.get_last_lr()[0]:.2e} "

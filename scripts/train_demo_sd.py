@@ -113,6 +113,34 @@ def log(message: str, log_file: Path) -> None:
         handle.write(line + "\n")
 
 
+def warmup_cosine(optimizer, steps: int, warmup: int):
+    """The learning rate of the training loops here: linear warmup, then cosine down to 0.1x."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+
+
+def duplicated_batches(counts: np.ndarray, batch_size: int, rng: np.random.Generator):
+    """Batches of item indices from a training stream that repeats each item ``counts`` times,
+    reshuffled on every pass (the duplication plan, as a scraped training set would hold it)."""
+    stream = np.repeat(np.arange(len(counts)), counts)
+    order, cursor = rng.permutation(stream), 0
+    while True:
+        if cursor + batch_size > len(order):
+            order, cursor = rng.permutation(stream), 0
+        yield torch.from_numpy(order[cursor:cursor + batch_size])
+        cursor += batch_size
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, schedule, params) -> float:
+    """One step of the training loops here: gradients clipped to norm 1, then the schedule; the loss's value."""
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
+    return loss.item()
+
+
 def build_tokenizer(out_dir: Path) -> None:
     """Write vocab.json and merges.txt for transformers' CLIPTokenizer from open_clip's BPE file."""
     import open_clip.tokenizer as oct
@@ -201,20 +229,11 @@ def train_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path
     noise_scheduler = DDPMScheduler(**scheduler_config)
     params = list(unet.parameters()) + [p for encoder in encoders for p in encoder.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    warmup = 200
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
-    # the training stream repeats each member as often as its duplication count says
-    stream = np.repeat(np.arange(len(images)), dup_counts)
-    rng = np.random.default_rng(variant["seed"])
+    schedule = warmup_cosine(optimizer, steps, warmup=200)
+    batches = duplicated_batches(dup_counts, batch_size, np.random.default_rng(variant["seed"]))
     generator = torch.Generator().manual_seed(variant["seed"])
-    order, cursor = rng.permutation(stream), 0
     start, running = time.time(), 0.0
-    for step in range(1, steps + 1):
-        if cursor + batch_size > len(order):
-            order, cursor = rng.permutation(stream), 0
-        index = torch.from_numpy(order[cursor:cursor + batch_size])
-        cursor += batch_size
+    for step, index in zip(range(1, steps + 1), batches):
         x0 = (latent_mean[index] + latent_std[index] * torch.randn(latent_mean[index].shape, generator=generator)) * scaling
         token_ids = ids[index].clone()
         dropped = torch.rand(len(index), generator=generator) < 0.1
@@ -233,13 +252,7 @@ def train_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path
             token_ids[dropped] = empty_ids[0]
             prediction = unet(noisy, timesteps, encoders[0](token_ids).last_hidden_state).sample
         target = noise_scheduler.get_velocity(x0, noise, timesteps) if family == "sd2-v" else noise
-        loss = torch.nn.functional.mse_loss(prediction, target)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        running += loss.item()
+        running += optimizer_step(torch.nn.functional.mse_loss(prediction, target), optimizer, schedule, params)
         if step % 100 == 0 or step == steps:
             log(f"unet step {step}/{steps} loss {running / 100:.4f} lr {schedule.get_last_lr()[0]:.2e} "
                 f"({time.time() - start:.0f}s)", log_file)

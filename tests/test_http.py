@@ -101,3 +101,50 @@ def test_what_a_service_gets_wrong_is_one_line(demo_sd, tmp_path, monkeypatch):
             run_scan(store, HttpModel(server.url, FAST), prompts(1), scan_config(), show_progress=False)
     with pytest.raises(MemscanError, match="credentials"):
         HttpModel("http://user:password@127.0.0.1:9", FAST)
+
+
+@pytest.mark.parametrize("answer, complaint", [(b"<html><body>Welcome to nginx</body></html>", "the answer is not JSON"),
+                                               (b'{"status": "ok"}', "not an AUTOMATIC1111 API answer")])
+def test_a_server_that_speaks_something_else_is_one_line(answer, complaint):
+    import threading
+    from http.server import BaseHTTPRequestHandler
+
+    from a1111_server import QuietServer
+
+    class Other(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+    server = QuietServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with pytest.raises(MemscanError, match=complaint) as refused:
+        try:
+            HttpModel(f"http://127.0.0.1:{server.server_address[1]}", FAST)
+        finally:
+            server.shutdown()
+            server.server_close()
+    assert "\n" not in str(refused.value)
+
+
+def test_the_black_box_attacks_run_over_http_as_in_process(demo_sd, demo_clip):
+    from scanner import demo as demo_world
+    from scanner.mia.blackbox import blackbox_features
+    from scanner.mia.denoising import NoiseProtocol
+    from scanner.mia.evaluate import LabelledItem, attack_scores
+
+    rows = demo_world.membership_items(per_bucket=1, x1=0, nonmembers=1)
+    items = [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0) for r in rows]
+    with A1111Server(demo_sd).running() as server:
+        model = HttpModel(server.url, FAST)
+        remote = attack_scores(model, items, ["wu_pixel", "wu_clip"], NoiseProtocol(), embedder=demo_clip)
+    # the service's defaults (20 steps, CFG 7), the same seeds, in process
+    local = blackbox_features(demo_sd, demo_clip, np.stack([i.image for i in items]), [i.caption for i in items],
+                              num_inference_steps=20, guidance_scale=7.0)
+    np.testing.assert_allclose(-remote["wu_pixel"]["score"], local[:, 0], atol=2e-3)
+    np.testing.assert_allclose(-remote["wu_clip"]["score"], local[:, 1], atol=2e-3)

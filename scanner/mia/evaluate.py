@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from scanner.features import resize
 from scanner.mia import metrics
 from scanner.mia.attack import Features
 from scanner.mia.attacks import ATTACKS
@@ -43,7 +44,9 @@ def attack_scores(model: TextToImageModel, items: Sequence[LabelledItem], attack
     once; a detector's is its evidence (``finish_features`` scores it once every item's is in:
     seed agreement compares a prompt's samples with all the others')."""
     chosen = [ATTACKS[name] for name in attacks]
-    measured = Measurements(model, np.stack([item.image for item in items]), [item.caption for item in items], chosen,
+    # at the model's resolution: a user's labelled images come in any size (and mixed sizes)
+    images = np.stack([resize(item.image, model.resolution) for item in items])
+    measured = Measurements(model, images, [item.caption for item in items], chosen,
                             protocol, embedder, triage_seeds, reference_model)
     return {attack.name: attack.features(measured) for attack in chosen}
 

@@ -16,7 +16,6 @@ import json
 
 from scanner.config import SamplingConfig
 from scanner.distributed import Pool
-from scanner.features import resize
 from scanner.index import TrainingIndex
 from scanner.mia.denoising import NoiseProtocol
 from scanner.mia.evaluate import LabelledItem, features_on
@@ -47,7 +46,7 @@ def score_scan(store: Store, run_id: str, model: TextToImageModel, index: Traini
         "SELECT DISTINCT item_id, item_caption FROM matches WHERE run_id = ? AND index_name = ? "
         "AND verdict IN ('extracted', 'similar') ORDER BY item_id", [run_id, index.name])
     if matched:
-        items = [LabelledItem(item_id, caption or "", resize(index.thumbnail(item_id), model.resolution), False)
+        items = [LabelledItem(item_id, caption or "", index.thumbnail(item_id), False)  # resized to the model's by the attacks
                  for item_id, caption in matched]
         raw = features_on(pool, model, items, ["loss", "clid_th"], protocol)
         scores = {"loss": raw["loss"]["score"], "clid_discrepancy": raw["clid_th"]["d"].mean(axis=1)}
