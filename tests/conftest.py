@@ -38,29 +38,52 @@ def demo_clip():
     return OpenClip.load(CLIP_MODEL, device="cpu")
 
 
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory):
-    """``memscan demo`` at its defaults, run once for the slow tests that read its database (its
-    findings, its report): (database, the command's stdout). Under xdist the workers share one
-    run: the first to need it runs it, the others wait on the lock and read it."""
+def pytest_collection_modifyitems(config, items):
+    config.demo_run_needed = any("demo_run" in getattr(item, "fixturenames", ()) for item in items)
+
+
+def _demo_run_folder(tmp_path_factory) -> Path:
+    """One folder for the whole session: under xdist, the folder above each worker's own."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "demo-run"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demo_run_started(request, tmp_path_factory):
+    """``memscan demo`` is the longest test by far: when a collected test reads it, it starts in the
+    background with the session (once, whichever worker comes first), so it is not the session's tail."""
+    if not getattr(request.config, "demo_run_needed", False):
+        return
     import subprocess
 
     from filelock import FileLock
 
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent  # the session's folder, above each worker's own
-    folder, stdout = shared / "demo-run", shared / "demo-run" / "stdout.txt"
-    with FileLock(str(shared / "demo-run.lock")):
-        if not stdout.exists():
-            folder.mkdir(exist_ok=True)
-            environment = {name: value for name, value in os.environ.items() if name != "OMP_NUM_THREADS"}
-            result = subprocess.run([sys.executable, "-m", "scanner", "demo", "--db", str(folder / "demo.duckdb"),
-                                     "--no-progress", "--index-root", str(folder / "indexes")],
-                                    capture_output=True, text=True, timeout=1500, env=environment)  # the longest test: both cores
-            assert result.returncode == 0, result.stderr
-            stdout.write_text(result.stdout)
-    return folder / "demo.duckdb", stdout.read_text()
+    folder = _demo_run_folder(tmp_path_factory)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if folder.exists():
+            return
+        folder.mkdir()
+        environment = {name: value for name, value in os.environ.items() if name != "OMP_NUM_THREADS"}  # both cores
+        command = [sys.executable, "-m", "scanner", "demo", "--db", str(folder / "demo.duckdb"), "--no-progress",
+                   "--index-root", str(folder / "indexes")]
+        subprocess.Popen(["bash", "-c", '"$@" > stdout.txt 2> stderr.txt; echo $? > returncode.txt', "demo", *command],
+                         cwd=folder, env=environment, start_new_session=True)
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_run_started, tmp_path_factory):
+    """``memscan demo`` at its defaults, run once for the slow tests that read its database (its
+    findings, its report): (database, the command's stdout)."""
+    import time
+
+    folder = _demo_run_folder(tmp_path_factory)
+    deadline = time.time() + 1500
+    while not (folder / "returncode.txt").exists() and time.time() < deadline:
+        time.sleep(1)
+    code = (folder / "returncode.txt").read_text().strip()
+    assert code == "0", (folder / "stderr.txt").read_text()
+    return folder / "demo.duckdb", (folder / "stdout.txt").read_text()
 
 
 @pytest.fixture

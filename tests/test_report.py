@@ -61,7 +61,6 @@ def test_not_a_memscan_database(tmp_path, foreign_db):
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
-@pytest.mark.xdist_group("demo_run")  # one demo scan for both
 def test_demo_report_in_a_real_browser(tmp_path, demo_run):
     db, _ = demo_run
     out = tmp_path / "demo.html"

@@ -60,7 +60,6 @@ def test_a_killed_scan_resumes_without_losing_or_duplicating_rows(tmp_path, fami
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("demo_run")  # one demo scan for both
 def test_demo_reproduces_duplicated_items_and_not_non_members(demo_run):
     from scanner.demo.evaluate import score_criterion, score_demo_run
 
