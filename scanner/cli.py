@@ -635,9 +635,9 @@ def _finetune_demo(db: Path, samples_per_prompt: int, index_root: Path, no_progr
         audit = run_finetune_demo(store, load_embedder(FeatureConfig()), index_root, db.parent, samples_per_prompt,
                                   show_progress=not no_progress)
         for title, scores in (("Fine-tune, model guidance from the base", audit.fine_tune), ("Base model, plain", audit.reference)):
-            _print_table(f"{title}: against the ground truth (per group of the fine-tuning set)",
-                         ["group", "prompts", "flagged", "extracted"],
-                         [[s.group, s.prompts, s.flagged, s.extracted] for s in scores])
+            _print_table(f"{title}: against the ground truth (per group of the fine-tuning set; control flags are false flags)",
+                         ["group", "prompts", "memorized by the fine-tune", "flagged", "extracted", "recall"],
+                         [[s.group, s.prompts, s.memorized, s.flagged, s.extracted, s.recall] for s in scores])
         _print_mia(audit.membership)
         _print_where(db, audit.fine_tune_run)
     report_path = Path("reports") / f"{db.stem}.html"

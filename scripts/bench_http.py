@@ -3,7 +3,8 @@
     python scripts/bench_http.py [--images 64] [--steps 20]
 
 1. Overhead per image: the demo model sampled in this process against the same model behind a
-   local AUTOMATIC1111-speaking server (tests/a1111_server.py) on this machine, same seeds.
+   local AUTOMATIC1111-speaking server (tests/a1111_server.py, in its own process) on this
+   machine, same seeds.
 2. The request rate one driver sustains against a fast server (one that answers a fixed image at
    once), by requests in flight.
 """
@@ -11,24 +12,28 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the local test server
+SERVER = Path(__file__).resolve().parents[1] / "tests" / "a1111_server.py"
 
 
-class FixedImage:
-    """A "model" that answers at once: what the driver's own cost is measured against."""
-
-    def generate(self, prompts, seeds, num_inference_steps, guidance_scale):
-        return np.full((len(prompts), 32, 32, 3), 0.5, np.float32)
+@contextlib.contextmanager
+def server_process(*flags: str):
+    """The local test server in its own process (a server in this one would share its interpreter lock)."""
+    process = subprocess.Popen([sys.executable, str(SERVER), *flags], stdout=subprocess.PIPE, text=True)
+    try:
+        yield process.stdout.readline().strip()
+    finally:
+        process.kill()
+        process.wait()
 
 
 def main() -> None:
-    from a1111_server import A1111Server
     from scanner import demo as demo_world
     from scanner.config import HttpConfig
     from scanner.models.http_api import HttpModel
@@ -50,8 +55,8 @@ def main() -> None:
         return (time.perf_counter() - began) / len(pairs)
 
     batched, in_process = per_image(8), per_image(1)
-    with A1111Server(model).running() as server:
-        remote = HttpModel(server.url, HttpConfig(resolution=model.resolution, in_flight=4))
+    with server_process() as url:
+        remote = HttpModel(url, HttpConfig(resolution=model.resolution, in_flight=4))
         began = time.perf_counter()
         remote.generate(texts, seeds, args.steps, 5.0)
         over_http = (time.perf_counter() - began) / len(pairs)
@@ -59,9 +64,9 @@ def main() -> None:
           f"{1000 * in_process:.1f} ms/image one at a time; over HTTP {1000 * over_http:.1f} ms/image "
           f"({over_http / in_process:.2f}x one at a time, as the server samples)")
 
-    with A1111Server(FixedImage()).running() as server:
+    with server_process("--fixed") as url:
         for in_flight in (1, 4, 16):
-            remote = HttpModel(server.url, HttpConfig(resolution=32, in_flight=in_flight))
+            remote = HttpModel(url, HttpConfig(resolution=32, in_flight=in_flight))
             count = 400
             began = time.perf_counter()
             remote.generate(["a prompt"] * count, list(range(count)), 1, 1.0)

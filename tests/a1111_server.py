@@ -1,11 +1,13 @@
-"""A local server (127.0.0.1 only) that speaks the AUTOMATIC1111 web UI API in front of a memscan
-model, with faults injected on request: what the HTTP model kind is tested against."""
+"""A local server (127.0.0.1 only) that speaks the AUTOMATIC1111 web UI API, and the
+OpenAI-compatible images API, in front of a memscan model, with faults injected on request: what
+the HTTP model kind is tested against."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
 import json
+import queue
 import threading
 import time
 from collections import Counter, deque
@@ -17,6 +19,7 @@ from scanner.features import png_bytes, to_uint8
 
 
 class QuietServer(ThreadingHTTPServer):
+    block_on_close = False  # a handler still sleeping out an injected slow answer is not waited for
     def handle_error(self, request, client_address):  # a client that timed out and left: expected here
         pass
 
@@ -31,6 +34,7 @@ class A1111Server:
         self.model, self.faults, self.model_name, self.key = model, deque(faults), model_name, key
         self.requests: Counter = Counter()
         self.generated: list[tuple[str, int]] = []
+        self.draws = 1000  # the seeds an unseeded (OpenAI-compatible) request gets, in arrival order
         self.lock = threading.Lock()
         self.sampling = threading.Lock()  # a diffusers pipeline is not thread-safe: one image at a time
         self.server = QuietServer(("127.0.0.1", 0), self._handler())
@@ -68,6 +72,8 @@ class A1111Server:
                     return
                 if self.path == "/sdapi/v1/options":
                     self._send(200, json.dumps({"sd_model_checkpoint": owner.model_name}).encode())
+                elif self.path == "/v1/models":  # the OpenAI-compatible face
+                    self._send(200, json.dumps({"object": "list", "data": [{"id": "demo-sd-tiny"}]}).encode())
                 else:
                     self._send(404, b'{"detail": "Not Found"}')
 
@@ -90,10 +96,13 @@ class A1111Server:
                     return self._send(401, b'{"detail": "Unauthorized"}')
                 elif kind == "switch_model":
                     owner.model_name = "another-model.safetensors [def456]"
-                size = int(body["width"])
+                if self.path == "/v1/images/generations":  # unseeded: the server draws its own seed
+                    size, seed, steps, guidance = int(body["size"].split("x")[0]), owner.draws, 20, 5.0
+                    owner.draws += 1
+                else:
+                    size, seed, steps, guidance = int(body["width"]), int(body["seed"]), int(body["steps"]), float(body["cfg_scale"])
                 with owner.sampling:
-                    image = owner.model.generate([body["prompt"]], [int(body["seed"])], num_inference_steps=int(body["steps"]),
-                                                 guidance_scale=float(body["cfg_scale"]))[0]
+                    image = owner.model.generate([body["prompt"]], [seed], num_inference_steps=steps, guidance_scale=guidance)[0]
                 pixels = to_uint8(image)
                 if kind == "wrong_size":
                     pixels = np.ascontiguousarray(pixels[: size // 2, : size // 2])
@@ -101,8 +110,10 @@ class A1111Server:
                 if kind == "truncated":
                     data = data[: len(data) // 2]
                 with owner.lock:
-                    owner.generated.append((body["prompt"], int(body["seed"])))
-                info = {"seed": int(body["seed"]), "sd_model_name": owner.model_name.split(" [")[0]}
+                    owner.generated.append((body["prompt"], seed))
+                if self.path == "/v1/images/generations":
+                    return self._send(200, json.dumps({"created": 0, "data": [{"b64_json": base64.b64encode(data).decode()}]}).encode())
+                info = {"seed": seed, "sd_model_name": owner.model_name.split(" [")[0]}
                 self._send(200, json.dumps({"images": [base64.b64encode(data).decode()], "parameters": body,
                                             "info": json.dumps(info)}).encode())
 
@@ -117,3 +128,44 @@ class A1111Server:
         finally:
             self.server.shutdown()
             self.server.server_close()
+
+
+class FixedImage:
+    """A "model" that answers at once: what a client's own cost is measured against."""
+
+    def generate(self, prompts, seeds, num_inference_steps, guidance_scale):
+        return np.full((len(prompts), 32, 32, 3), 0.5, np.float32)
+
+
+class MainThreadSampler:
+    """Samples on the thread that calls ``serve``: torch on CPU runs several times slower on other
+    threads of a process whose main thread has used it (measured here: 1.4 s against 0.3 s an image)."""
+
+    def __init__(self, model):
+        self.model, self.jobs = model, queue.Queue()
+
+    def generate(self, prompts, seeds, num_inference_steps, guidance_scale):
+        done = queue.Queue(maxsize=1)
+        self.jobs.put((prompts, seeds, num_inference_steps, guidance_scale, done))
+        return done.get()
+
+    def serve(self):
+        while True:
+            prompts, seeds, steps, guidance, done = self.jobs.get()
+            done.put(self.model.generate(prompts, seeds, num_inference_steps=steps, guidance_scale=guidance))
+
+
+if __name__ == "__main__":  # a server in its own process (scripts/bench_http.py): prints its URL, serves until killed
+    import sys
+
+    if "--fixed" in sys.argv:
+        sampler = MainThreadSampler(FixedImage())
+    else:
+        from scanner.demo import SD_MODEL
+        from scanner.models.registry import load_model
+
+        sampler = MainThreadSampler(load_model(SD_MODEL))
+    server = A1111Server(sampler)
+    threading.Thread(target=server.server.serve_forever, daemon=True).start()
+    print(server.url, flush=True)
+    sampler.serve()

@@ -64,7 +64,8 @@ def demo_run_started(request, tmp_path_factory):
         if folder.exists():
             return
         folder.mkdir()
-        environment = {name: value for name, value in os.environ.items() if name != "OMP_NUM_THREADS"}  # both cores
+        # one thread, as every worker: beside two busy workers a second thread would only spin
+        environment = {**os.environ, "OMP_NUM_THREADS": "1"}
         command = [sys.executable, "-m", "scanner", "demo", "--db", str(folder / "demo.duckdb"), "--no-progress",
                    "--index-root", str(folder / "indexes")]
         subprocess.Popen(["bash", "-c", '"$@" > stdout.txt 2> stderr.txt; echo $? > returncode.txt', "demo", *command],

@@ -7,6 +7,7 @@ controls (a flagged control prompt is a false flag).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,8 +64,22 @@ def finetune_prompts():
 class GroupScore:
     group: str
     prompts: int
+    memorized: int   # items the fine-tune reproduces (the ground truth: ``memorized_items``)
     flagged: int     # the prompt has a candidate (for a control: a false flag)
     extracted: int   # a candidate judged ``extracted`` against that very item
+    extracted_memorized: int
+
+    @property
+    def recall(self) -> float | None:
+        """Memorized items extracted, of those memorized; None for a group with none (the controls)."""
+        return self.extracted_memorized / self.memorized if self.memorized else None
+
+
+def memorized_items(hits: int = 2, within: float = 0.10) -> set[str]:
+    """The items the fine-tune reproduces: at least ``hits`` of 8 seeds within tiled l2 ``within``
+    of the item (scripts/train_demo_lora.py's check, recorded in check.json; the demo's own rule)."""
+    check = json.loads((demo_world.FINETUNE_DIR / "check.json").read_text())
+    return {item for item, row in check["items"].items() if sum(d <= within for d in row["lora_tiled_l2"]) >= hits}
 
 
 def score_finetune_run(store: Store, run_id: str) -> list[GroupScore]:
@@ -73,14 +88,17 @@ def score_finetune_run(store: Store, run_id: str) -> list[GroupScore]:
     extracted = set(store.execute(
         "SELECT c.prompt_id, m.item_id FROM candidates c JOIN matches m USING (run_id, candidate_id) "
         "WHERE c.run_id = ? AND m.verdict = 'extracted'", [run_id]))
+    memorized = memorized_items()
     counts: dict[str, list[int]] = {}
     for prompt_id, item_id in store.execute("SELECT prompt_id, source_item_id FROM prompts WHERE run_id = ?", [run_id]):
         if item_id not in rows:
             continue  # a null prompt
-        group = counts.setdefault(group_of(rows[item_id]), [0, 0, 0])
+        group = counts.setdefault(group_of(rows[item_id]), [0, 0, 0, 0, 0])
         group[0] += 1
-        group[1] += prompt_id in flagged
-        group[2] += (prompt_id, item_id) in extracted
+        group[1] += item_id in memorized
+        group[2] += prompt_id in flagged
+        group[3] += (prompt_id, item_id) in extracted
+        group[4] += (prompt_id, item_id) in extracted and item_id in memorized
     order = sorted(counts, key=lambda g: (g == "control", -int(g.split("x")[-1]) if g != "control" else 0))
     return [GroupScore(group, *counts[group]) for group in order]
 
