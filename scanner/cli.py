@@ -744,6 +744,11 @@ def env() -> None:
     for kind in KINDS.values():
         offers = ", ".join(CAPABILITY_NAMES[c] for c in sorted(kind.adapter_class().capabilities))
         console.print(f"  {kind.name:28} {kind.summary}; offers {offers}")
+    from scanner.config import HTTP_APIS
+    from scanner.models.http_api import HttpModel
+
+    offers = ", ".join(CAPABILITY_NAMES[c] for c in sorted(HttpModel.capabilities))
+    console.print(f"  {'http(s)://HOST:PORT':28} a model behind an HTTP API (--api {' or '.join(HTTP_APIS)}); offers {offers}")
 
 
 def main() -> None:
