@@ -239,6 +239,7 @@ class HttpConfig:
     timeout_s: float = 300.0
     retries: int = 5                 # on 429, 5xx, timeouts and dropped connections
     backoff_s: float = 1.0           # the first retry's base wait; doubled each retry, with jitter, capped at 60 s
+    api_key_file: str = ""           # a file whose first line is the key ("" = MEMSCAN_API_KEY); the key is never stored
 
     def __post_init__(self) -> None:
         if self.api not in HTTP_APIS:

@@ -167,3 +167,18 @@ def test_an_unseeded_api_is_sampled_by_draw_and_says_so(demo_sd, tmp_path):
     assert server.requests["POST /v1/images/generations"] == (2 + 2) * 4
     render_report(tmp_path / "openai.duckdb", tmp_path / "report.html")
     assert "no draw can be reproduced" in (tmp_path / "report.html").read_text()
+
+
+def test_the_key_can_come_from_a_file_and_is_never_stored(demo_sd, tmp_path, monkeypatch):
+    monkeypatch.delenv(API_KEY_VARIABLE, raising=False)
+    key_file = tmp_path / "key.txt"
+    key_file.write_text("sk-from-a-file\n")
+    with A1111Server(demo_sd, key="sk-from-a-file").running() as server:
+        model = HttpModel(server.url, dataclasses.replace(FAST, api_key_file=str(key_file)))
+        with Store(tmp_path / "keyed.duckdb") as store:
+            run_scan(store, model, prompts(1), scan_config(), show_progress=False)
+            stored = json.dumps(store.execute("SELECT * FROM runs"), default=str)
+        assert server.requests["POST /sdapi/v1/txt2img"] == (1 + 2) * 4  # every request carried the key
+        assert "sk-from-a-file" not in stored
+        with pytest.raises(MemscanError, match="missing.txt: cannot read an API key"):
+            HttpModel(server.url, dataclasses.replace(FAST, api_key_file=str(tmp_path / "missing.txt")))

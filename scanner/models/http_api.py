@@ -10,7 +10,7 @@ backoff and jitter on 429 (honouring ``Retry-After``), 5xx, timeouts and dropped
 optional rate limit per minute; per-run accounting of requests, retries, failures and seconds. A
 response that is not a valid image of the asked size becomes a failed generation (non-finite
 pixels, which the generate stage stores as a failed row), never a crash. The key comes from
-``MEMSCAN_API_KEY`` and is sent only to the URL given; it never reaches the database, a log or
+``MEMSCAN_API_KEY`` (or the file ``[http] api_key_file`` names) and is sent only to the URL given; it never reaches the database, a log or
 the report. TLS certificates are verified. A server that changes its model mid-run is refused:
 the run would otherwise mix two models under one identity.
 """
@@ -30,6 +30,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
@@ -57,7 +58,7 @@ class HttpClient:
     def __init__(self, url: str, settings: HttpConfig):
         self.base = url.rstrip("/")
         self.settings = settings
-        self.key = os.environ.get(API_KEY_VARIABLE)
+        self.key = read_key(settings.api_key_file) if settings.api_key_file else os.environ.get(API_KEY_VARIABLE)
         self.tls = ssl.create_default_context()  # verified, always
         self.accounting: Counter = Counter()
         self._lock = threading.Lock()
@@ -121,6 +122,19 @@ class HttpClient:
     def answered(self) -> None:
         """The service has answered once: from now on a dropped connection is retried, not fatal."""
         self._count(answered=1)
+
+
+def read_key(path: str) -> str:
+    """The key on the first line of ``path`` (``[http] api_key_file``): one line naming the file when it cannot."""
+    from scanner.errors import input_error
+
+    try:
+        key = Path(path).read_text(encoding="utf-8").splitlines()[0].strip()
+    except (OSError, UnicodeDecodeError, IndexError):
+        raise input_error(Path(path), "cannot read an API key from its first line") from None
+    if not key:
+        raise input_error(Path(path), "the first line, where the API key belongs, is empty")
+    return key
 
 
 def retry_after(value: str | None) -> float | None:
