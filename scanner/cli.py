@@ -510,11 +510,11 @@ def _mia_models(model: Optional[str], kind: Optional[str], loras: Optional[list[
         http_config = override(HttpConfig(), api=http[0], resolution=http[1])
     except ValueError as error:
         raise _flag_error(error) from None
+    if reference[1] and not reference[0]:
+        raise MemscanError("--reference-lora needs --reference-model (the model the LoRA goes on)")
     spec = ModelSpec.of(model or demo_world.SD_MODEL, allow_pickle=allow_pickle, kind=kind, loras=loras or (),
                         http=http_config)
     reference_spec = spec.reference(reference[0], reference[1] or ()) if reference[0] else None
-    if reference[1] and not reference[0]:
-        raise MemscanError("--reference-lora needs --reference-model (the model the LoRA goes on)")
     return attack_models(spec, attacks, FeatureConfig(clip_model=clip[0] or "", clip_pretrained=clip[1] or "",
                                                       allow_pickle=allow_pickle),
                          _ray_settings(ray, workers, cpus_per_worker), reference_spec)
