@@ -138,7 +138,7 @@ def generation_rows(job: SamplingJob, model: TextToImageModel, batch: Sequence[W
     """Rows, image files and features for one generated batch; non-finite images become failed rows."""
     sampling, files_dir = job.sampling, Path(job.files_dir)
     rows, finite_pixels, finite_rows = [], [], []
-    for item, image in zip(batch, images):
+    for index, (item, image) in enumerate(zip(batch, images)):
         row = {
             "run_id": job.run_id,
             "generation_id": stable_id(model.model_hash, model.precision, item.prompt.text, item.seed, sampling.num_inference_steps,
@@ -151,7 +151,7 @@ def generation_rows(job: SamplingJob, model: TextToImageModel, batch: Sequence[W
         }
         rows.append(row)
         if not np.isfinite(image).all():
-            row.update(status="failed", error="non-finite pixels in the generated image")
+            row.update(status="failed", error=model.failure_reasons.get(index, "non-finite pixels in the generated image"))
             continue
         pixels = features.to_uint8(image)
         row["image_path"], row["image_sha256"] = features.write_content_addressed(features.png_bytes(pixels), files_dir)

@@ -15,6 +15,7 @@ class ScriptedModel:
     """Stands in for a diffusion model: each (prompt, seed) maps to a fixed image."""
 
     model_ref, model_hash, resolution, scheduler_name, precision = "scripted", "f" * 64, 32, "scripted", "cpu-float32"
+    failure_reasons = {}
 
     def __init__(self):
         self.calls = 0

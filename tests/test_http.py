@@ -40,8 +40,10 @@ def test_a_scan_over_http_survives_the_faults_of_a_real_service(demo_sd, tmp_pat
             rows = store.execute("SELECT status, error FROM generations WHERE run_id = ?", [result.run_id])
             stored = json.dumps([store.execute("SELECT * FROM runs")], default=str)
     assert len(rows) == (3 + 2) * 4  # exactly the planned rows: 3 prompts and 2 null prompts, 4 seeds each
-    failed = [error for status, error in rows if status == "failed"]
-    assert len(failed) == 2  # the truncated PNG and the image of the wrong size
+    failed = sorted(error for status, error in rows if status == "failed")
+    assert len(failed) == 2  # the truncated PNG and the image of the wrong size, each with the API's reason
+    assert failed[0].startswith("the API's answer: an image of ") and "not the 32x32 asked for" in failed[0]
+    assert failed[1].startswith("the API's answer: not a readable image")
     timings = result.timings
     assert timings["requests_retried"] == 3  # the 429, the 500 and the timeout, each retried once
     assert server.requests["POST /sdapi/v1/txt2img"] == 20 + 3

@@ -11,7 +11,7 @@ ask ``require`` before any work starts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -50,6 +50,7 @@ class Sampler(Protocol):
     resolution: int
     capabilities: frozenset[str]
     defaults: FamilyDefaults
+    failure_reasons: Mapping[int, str]  # why the image at an index of the last generate call failed, when known
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int,
                  guidance_scale: float, few_step: bool = False) -> np.ndarray:

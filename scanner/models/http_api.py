@@ -172,6 +172,7 @@ class HttpModel:
     capabilities = frozenset({SAMPLE})
     loras = ()
     scheduler_name = ""
+    failure_reasons: dict[int, str] = {}  # replaced by each generate call
 
     def __init__(self, url: str, settings: HttpConfig):
         parts = urlsplit(url)
@@ -194,18 +195,23 @@ class HttpModel:
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 20,
                  guidance_scale: float = 7.0, few_step: bool = False) -> np.ndarray:
         """One request per image, ``in_flight`` at a time; a request that fails for good gives a
-        NaN image (a failed generation row)."""
+        NaN image (a failed generation row) and its reason in ``failure_reasons``."""
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
 
-        def one(pair: tuple[str, int]) -> np.ndarray:
+        reasons: dict[int, str] = {}
+
+        def one(index: int) -> np.ndarray:
             try:
-                return self.api.generate(pair[0], pair[1], num_inference_steps, guidance_scale, few_step)
-            except RequestFailed:
+                return self.api.generate(prompts[index], seeds[index], num_inference_steps, guidance_scale, few_step)
+            except RequestFailed as failure:
+                reasons[index] = f"the API's answer: {failure}"
                 return np.full((self.resolution, self.resolution, 3), np.nan, np.float32)
 
         with ThreadPoolExecutor(max_workers=self.settings.in_flight) as pool:
-            return np.stack(list(pool.map(one, zip(prompts, seeds))))
+            images = np.stack(list(pool.map(one, range(len(prompts)))))
+        self.failure_reasons = reasons
+        return images
 
     def request_accounting(self) -> dict[str, float]:
         """Requests sent (retries included), retries, requests failed for good, and seconds spent waiting
