@@ -5,11 +5,14 @@ Loads a local pipeline folder (``model_index.json`` + component folders) with
 ``.safetensors`` checkpoint with ``from_single_file(path, config=LOCAL_FOLDER)``. Never the
 network, and never a pickle unless the user passes ``allow_pickle`` (``--allow-pickle``).
 
-A family adapter (``stable_diffusion.py``, ``stable_diffusion_xl.py``) subclasses
-``DiffusersT2I`` once and says what differs: its pipeline class, how a prompt becomes a
-condition, and how the denoiser is called with it. The schedulers own the forward process:
-the training loss noises with a ``DDPMScheduler`` built from the pipeline's own scheduler config
-and takes its target from ``prediction_type`` (epsilon, or v via ``get_velocity``).
+A family adapter (``stable_diffusion.py``, ``stable_diffusion_xl.py``, ``stable_diffusion_3.py``)
+subclasses ``DiffusersT2I`` once and says what differs: its pipeline class, its denoiser (a UNet
+or a transformer), how a prompt becomes a condition, and how the denoiser is called with it.
+The schedulers own the forward process. For a DDPM-style family the training loss noises with a
+``DDPMScheduler`` built from the pipeline's own scheduler config and takes its target from
+``prediction_type`` (epsilon, or v via ``get_velocity``). For a flow-matching family (a
+``FlowMatch*`` sampling scheduler) it noises with the flow scheduler's ``scale_noise``,
+``x_t = (1 - sigma) x0 + sigma n``, and the target is the velocity ``n - x0``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import functools
 import hashlib
 import warnings
 from pathlib import Path
+from types import MappingProxyType
 from typing import Sequence
 
 import numpy as np
@@ -59,14 +63,19 @@ def pick_device(device: str | None) -> str:
     return device
 
 
+FLOW = "flow"  # prediction_type of a flow-matching family: the velocity n - x0
+
+
 class DiffusersT2I:
-    """A diffusers pipeline of a UNet family behind memscan's sampler and denoiser interfaces.
-    Subclasses set ``kind`` (the pipeline class name) and implement ``encode_condition``,
-    ``text_features`` and ``predict``."""
+    """A diffusers pipeline of a latent diffusion family behind memscan's sampler and denoiser
+    interfaces. Subclasses set ``kind`` (the pipeline class name) and ``denoiser_name`` and
+    implement ``encode_condition``, ``text_features`` and ``predict``."""
 
     kind = ""
+    denoiser_name = "unet"  # the pipeline component that denoises ("transformer" for a DiT family)
     capabilities = frozenset({SAMPLE, DENOISE})
     upcast_vae = False  # encode in float32 when the VAE asks for it in fp16 (SDXL's force_upcast)
+    failure_reasons = MappingProxyType({})  # a local model's failed image is non-finite pixels, nothing more to say
 
     def __init__(self, pipeline, model_ref: str, model_hash: str, loras: tuple[Lora, ...] = ()):
         self.pipeline = pipeline
@@ -75,16 +84,28 @@ class DiffusersT2I:
         self.model_ref = named_with(model_ref, loras)
         self.model_hash = with_loras(model_hash, loras)
         self.device = pipeline.device
-        self.dtype = pipeline.unet.dtype
+        self.dtype = self.denoiser.dtype
         self.precision = f"{self.device.type}-{str(self.dtype).removeprefix('torch.')}"
-        self.resolution = int(pipeline.unet.config.sample_size * pipeline.vae_scale_factor)
+        self.resolution = int(self.denoiser.config.sample_size * pipeline.vae_scale_factor)
         self.scheduler_name = type(pipeline.scheduler).__name__
-        self.prediction_type = pipeline.scheduler.config.get("prediction_type", "epsilon")
+        self.prediction_type = FLOW if self.scheduler_name.startswith("FlowMatch") else \
+            pipeline.scheduler.config.get("prediction_type", "epsilon")
         self.end_of_text = pipeline.tokenizer.eos_token
         pipeline.set_progress_bar_config(disable=True)
         self._few_step_pipeline = None
         self.defaults = self.defaults_for(self.resolution)
         self.check_shape()
+
+    @property
+    def denoiser(self):
+        """The pipeline's denoising network (its UNet or transformer)."""
+        return getattr(self.pipeline, self.denoiser_name)
+
+    @classmethod
+    def pipeline_keywords(cls, folder: Path | None) -> dict:
+        """Components the family's pipeline must be told about when loading (``folder``: the
+        pipeline folder, or a single file's config folder)."""
+        return {}
 
     @staticmethod
     def defaults_for(resolution: int) -> FamilyDefaults:
@@ -114,7 +135,7 @@ class DiffusersT2I:
             library.set_verbosity_error()
             library.disable_progress_bar()
         pipeline_class = getattr(diffusers, cls.kind)
-        extra = {"safety_checker": None, "requires_safety_checker": False} if cls.kind == "StableDiffusionPipeline" else {}
+        extra = cls.pipeline_keywords(path if path.is_dir() else Path(single_file_config) if single_file_config else None)
         device = pick_device(device)
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
         if path.is_dir():
@@ -154,7 +175,7 @@ class DiffusersT2I:
         check_same_text_encoders(self, reference)
         guided = copy.copy(self)
         guided.sampling_pipeline = type(self.pipeline).from_pipe(
-            self.pipeline, unet=guided_denoiser(self.pipeline.unet, reference.pipeline.unet, weight))
+            self.pipeline, **{self.denoiser_name: guided_denoiser(self.denoiser, reference.denoiser, weight)})
         guided.sampling_pipeline.set_progress_bar_config(disable=True)
         guided._few_step_pipeline = None
         guided.model_ref = f"{self.model_ref}, guided from {reference.model_ref} (w={weight:g})"
@@ -174,20 +195,25 @@ class DiffusersT2I:
         starting scale can depend on the steps: Euler's on "leading" timesteps does)."""
         import torch
 
-        config = self.pipeline.unet.config
+        config = self.denoiser.config
         shape = (config.in_channels, config.sample_size, config.sample_size)
         noise = torch.stack([torch.randn(shape, generator=g) for g in self._generators(seeds)])
-        return noise.to(self.device, self.dtype) * self._sampling_scheduler(num_inference_steps).init_noise_sigma
+        # flow-matching schedulers start from unit noise and have no init_noise_sigma
+        return noise.to(self.device, self.dtype) * getattr(self._sampling_scheduler(num_inference_steps), "init_noise_sigma", 1.0)
+
+    def few_step_scheduler(self):
+        """DPM-Solver++ (2M, trailing timesteps): at a handful of steps it lands much nearer the
+        image the default sampler draws from a seed than DDIM does (on the demo, tiled l2 0.033
+        from the 20-step DDIM image at 5 steps, against 0.053 for 5-step DDIM)."""
+        from diffusers import DPMSolverMultistepScheduler
+
+        return DPMSolverMultistepScheduler.from_config(self.pipeline.scheduler.config, algorithm_type="dpmsolver++",
+                                                       solver_order=2, timestep_spacing="trailing")
 
     def few_step_pipeline(self):
-        """The same modules with DPM-Solver++ (2M, trailing timesteps): at a handful of steps it
-        lands much nearer the image the default sampler draws from a seed than DDIM does (on the
-        demo, tiled l2 0.033 from the 20-step DDIM image at 5 steps, against 0.053 for 5-step DDIM)."""
+        """The same modules with the family's few-step solver (``few_step_scheduler``)."""
         if self._few_step_pipeline is None:
-            from diffusers import DPMSolverMultistepScheduler
-
-            solver = DPMSolverMultistepScheduler.from_config(self.pipeline.scheduler.config, algorithm_type="dpmsolver++",
-                                                             solver_order=2, timestep_spacing="trailing")
+            solver = self.few_step_scheduler()
             self._few_step_pipeline = type(self.pipeline).from_pipe(self.sampling_pipeline, scheduler=solver)
             self._few_step_pipeline.set_progress_bar_config(disable=True)
         return self._few_step_pipeline
@@ -217,8 +243,8 @@ class DiffusersT2I:
         if upcast:  # as the SDXL pipeline decodes: its fp16 VAE overflows, so it runs in float32 and goes back
             vae.to(torch.float32)
         try:
-            with torch.inference_mode():
-                latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+            with torch.inference_mode():  # as the pipeline decodes, inverted: SD3 and Flux shift latents too
+                latents = (vae.encode(pixels).latent_dist.mean - (vae.config.get("shift_factor") or 0.0)) * vae.config.scaling_factor
         finally:
             if upcast:
                 vae.to(torch.float16)
@@ -226,15 +252,27 @@ class DiffusersT2I:
 
     @functools.cached_property
     def training_scheduler(self):
-        """The forward process the family was trained with: DDPM on the pipeline scheduler's betas
-        and prediction type (what diffusers' training scripts load from the same folder). Built
-        once: ``add_noise`` and ``get_velocity`` keep no state between calls."""
+        """The forward process the family was trained with, built once (its noising keeps no
+        state between calls). DDPM on the pipeline scheduler's betas and prediction type (what
+        diffusers' training scripts load from the same folder); for a flow-matching family its
+        flow scheduler unshifted, so that timestep t is sigma = t / 1000 exactly: the shift only
+        says which noise levels training draws, not how a level noises."""
+        if self.prediction_type == FLOW:
+            from diffusers import FlowMatchEulerDiscreteScheduler
+
+            return FlowMatchEulerDiscreteScheduler.from_config(self.pipeline.scheduler.config, shift=1.0,
+                                                               use_dynamic_shifting=False)
         from diffusers import DDPMScheduler
 
         return DDPMScheduler.from_config(self.pipeline.scheduler.config)
 
     def training_loss(self, x0, condition, timesteps, noise):
         scheduler = self.training_scheduler
+        if self.prediction_type == FLOW:
+            timesteps = timesteps.float().clamp(min=1.0)  # the flow schedule's levels are 1..1000 (sigma 0 is the data)
+            x_t = scheduler.scale_noise(x0, timesteps, noise)
+            prediction = self.predict(x_t, timesteps, condition)
+            return ((prediction.float() - (noise - x0).float()) ** 2).mean(dim=tuple(range(1, x0.dim())))
         x_t = scheduler.add_noise(x0, noise, timesteps)
         if self.prediction_type == "epsilon":
             target = noise
@@ -260,7 +298,10 @@ class DiffusersT2I:
 
     def first_step_input(self, seeds: Sequence[int], num_inference_steps: int):
         scheduler = self._sampling_scheduler(num_inference_steps)
-        return scheduler.scale_model_input(self.initial_noise(seeds, num_inference_steps), scheduler.timesteps[0])
+        x_t = self.initial_noise(seeds, num_inference_steps)
+        if not hasattr(scheduler, "scale_model_input"):  # flow-matching schedulers feed x_t as it is
+            return x_t
+        return scheduler.scale_model_input(x_t, scheduler.timesteps[0])
 
     def _timesteps(self, timestep, n: int):
         """A scalar or [n] timesteps as the [n] tensor the UNet takes."""

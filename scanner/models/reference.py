@@ -36,7 +36,7 @@ def check_same_text_encoders(audited, reference) -> None:
     """Guidance feeds both denoisers the audited model's text embeddings: refuse when they differ."""
     import torch
 
-    for name in ("text_encoder", "text_encoder_2"):
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         ours, theirs = getattr(audited.pipeline, name, None), getattr(reference.pipeline, name, None)
         if ours is None and theirs is None:
             continue
@@ -54,7 +54,7 @@ def guided_identity(audited_hash: str, reference_hash: str, weight: float) -> st
 
 
 def guided_denoiser(audited, reference, weight: float):
-    """A torch module computing ``f_ref + w (f_audited - f_ref)`` from two denoisers (UNets), with
+    """A torch module computing ``f_ref + w (f_audited - f_ref)`` from two denoisers (UNets or transformers), with
     the audited one's config, so a diffusers pipeline runs it as its own (torch is imported lazily)."""
     import torch
 

@@ -26,6 +26,10 @@ class StableDiffusion(DiffusersT2I):
     def defaults_for(resolution: int) -> FamilyDefaults:
         return DEMO_SIZED if resolution <= SMALL_DEMO_PIXELS else RELEASED
 
+    @classmethod
+    def pipeline_keywords(cls, folder):
+        return {"safety_checker": None, "requires_safety_checker": False}  # an audit needs the model's own images
+
     def check_shape(self) -> None:
         if self.pipeline.unet.config.get("addition_embed_type") is not None:
             raise input_error(self.model_ref, "the UNet takes added conditioning "
