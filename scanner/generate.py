@@ -107,6 +107,16 @@ class UnitResult:
     rows: list[dict]
     sampling_s: float
     features_s: float
+    requests: dict[str, float]  # what the unit asked of a model behind an HTTP API (``request_counts``); else empty
+
+
+def request_counts(model) -> dict[str, float]:
+    """A model behind an HTTP API counts its requests (sent, retried, failed, seconds waited); a local model has none."""
+    return model.request_accounting() if hasattr(model, "request_accounting") else {}
+
+
+def counted_since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: value - before.get(name, 0.0) for name, value in after.items()}
 
 
 def check_worker_model(model: TextToImageModel, model_hash: str, precision: str) -> None:
@@ -124,13 +134,13 @@ def sample_unit(job: SamplingJob, models: WorkerModels, unit: WorkUnit) -> UnitR
     (content-addressed, so two workers writing the same image is harmless)."""
     model = models.model
     check_worker_model(model, job.model_hash, job.precision)
-    began = time.perf_counter()
+    began, asked = time.perf_counter(), request_counts(model)
     images = model.generate([w.prompt.text for w in unit.items], [w.seed for w in unit.items],
                             num_inference_steps=job.sampling.num_inference_steps,
                             guidance_scale=job.sampling.guidance_scale)
     sampled = time.perf_counter()
     rows = generation_rows(job, model, unit.items, images, models.embedder)
-    return UnitResult(rows, sampled - began, time.perf_counter() - sampled)
+    return UnitResult(rows, sampled - began, time.perf_counter() - sampled, counted_since(asked, request_counts(model)))
 
 
 def generation_rows(job: SamplingJob, model: TextToImageModel, batch: Sequence[WorkItem], images: np.ndarray,
@@ -177,7 +187,9 @@ def run_generation(store: Store, job: SamplingJob, prompts: Sequence[Prompt], po
                    on_batch: Callable[[int], None] | None = None, flush_rows: int = 4096,
                    flush_seconds: float = 2.0) -> dict[str, float]:
     """Sample every missing (prompt, seed) of the run on ``pool`` and ingest the rows here, the
-    store's only writer: in one transaction per ``flush_rows`` rows or ``flush_seconds``."""
+    store's only writer: in one transaction per ``flush_rows`` rows or ``flush_seconds``. The
+    totals: seconds sampling and making features, rows generated and skipped, and the requests
+    the units asked of a model behind an HTTP API, wherever they ran."""
     units = plan_units(prompts, job.sampling, stored_work(store, job.run_id))
     writer = BatchWriter(store, "generations", flush_rows, flush_seconds)
     totals = {"sampling_s": 0.0, "features_s": 0.0}
@@ -187,6 +199,8 @@ def run_generation(store: Store, job: SamplingJob, prompts: Sequence[Prompt], po
         writer.add(result.rows)
         totals["sampling_s"] += result.sampling_s
         totals["features_s"] += result.features_s
+        for name, value in result.requests.items():  # summed here: Ray workers count their own requests
+            totals[f"requests_{name}"] = totals.get(f"requests_{name}", 0.0) + value
         if on_batch:
             on_batch(len(result.rows))
     writer.flush()

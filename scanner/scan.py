@@ -71,14 +71,14 @@ def sample_until_settled(store: Store, job: generate.SamplingJob, prompts: Seque
     still open. Which prompts are open after a round depends only on the stored rows of the seeds
     before it, so a killed scan replays the same rounds and batches, and resumes where it stopped."""
     sampling, planned = config.sampling, config.sampling.samples_per_prompt
-    totals = {"sampling_s": 0.0, "features_s": 0.0, "generated": 0, "skipped_existing": 0}
+    totals: dict[str, float] = {}
     still_open, drawn = list(prompts), 0
     for checkpoint in cluster.verdict_checkpoints(planned, config.cluster.min_clique):
         round_job = dataclasses.replace(job, sampling=dataclasses.replace(
             sampling, seed_base=sampling.seed_base + drawn, samples_per_prompt=checkpoint - drawn))
         stats = generate.run_generation(store, round_job, still_open, pool, on_batch=advance,
                                         flush_rows=config.ray.flush_rows, flush_seconds=config.ray.flush_seconds)
-        totals = {key: value + stats[key] for key, value in totals.items()}
+        totals = {key: totals.get(key, 0) + value for key, value in stats.items()}
         drawn = checkpoint
         open_ids = cluster.open_prompts(store, job.run_id, [p.prompt_id for p in still_open], sampling.seed_base, drawn,
                                         planned, config.cluster)
@@ -129,6 +129,7 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
             prompts = triage_prompts(store, run_id, model, prompts, config.sampling, pool, precision)
         triage_seconds = time.perf_counter() - triaged
         total = (len(prompts) + len(nulls)) * config.sampling.samples_per_prompt
+        asked_before_sampling = generate.request_counts(model)
         with progress_bar("sampling", total, enabled=show_progress) as advance:
             already = len(generate.stored_work(store, run_id))
             advance(already, skip=True)
@@ -140,10 +141,11 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
                                                 flush_seconds=config.ray.flush_seconds)
                 settled = dataclasses.replace(config, cluster=cluster.calibrated_settings(store, run_id, config.cluster))
                 rounds = sample_until_settled(store, job, prompts, pool, settled, advance)
-                stats = {key: stats[key] + rounds[key] for key in rounds}
+                stats = {key: stats.get(key, 0) + value for key, value in rounds.items()}
             else:
                 stats = generate.run_generation(store, job, [*prompts, *nulls], pool, on_batch=advance,
                                                 flush_rows=config.ray.flush_rows, flush_seconds=config.ray.flush_seconds)
+        asked_while_sampling = generate.counted_since(asked_before_sampling, generate.request_counts(model))
         clustered = time.perf_counter()
         cluster_counts = cluster.cluster_run(store, run_id, config.cluster)
         matched = time.perf_counter()
@@ -154,8 +156,10 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
         timings = {"triage_s": triage_seconds, "sampling_s": stats["sampling_s"], "features_s": stats["features_s"],
                    "clustering_s": matched - clustered, "matching_s": scored - matched,
                    "membership_s": time.perf_counter() - scored, "total_s": time.perf_counter() - began}
-        if hasattr(model, "request_accounting"):  # a model behind an HTTP API: what this driver asked of it
-            timings.update({f"requests_{name}": value for name, value in model.request_accounting().items()})
+        # a model behind an HTTP API: what this driver asked of it outside sampling, and what the sampling units asked,
+        # here or on Ray workers (with a local pool the units' requests are the driver's own, counted once)
+        for name, value in generate.request_counts(model).items():
+            timings[f"requests_{name}"] = value - asked_while_sampling[name] + stats.get(f"requests_{name}", 0.0)
     except BaseException:
         store.finish_run(run_id, {"total_s": time.perf_counter() - began}, status="failed")
         raise

@@ -12,10 +12,12 @@ import pytest
 
 pytest.importorskip("ray")
 
-from scanner.config import ClusterConfig, FeatureConfig, RayConfig, SamplingConfig, ScanConfig  # noqa: E402
+from a1111_server import A1111Server  # noqa: E402
+from scanner.config import ClusterConfig, FeatureConfig, HttpConfig, RayConfig, SamplingConfig, ScanConfig  # noqa: E402
 from scanner.demo import SD_MODEL, demo_items  # noqa: E402
 from scanner.distributed import RayPool, connect  # noqa: E402
 from scanner.generate import Prompt, SamplingJob, record_prompts, run_generation  # noqa: E402
+from scanner.models.http_api import HttpModel  # noqa: E402
 from scanner.models.loading import ModelSpec, load_worker_models  # noqa: E402
 from scanner.scan import run_id_for, run_scan  # noqa: E402
 from scanner.store import Store  # noqa: E402
@@ -75,6 +77,26 @@ def test_a_scan_on_ray_stores_the_rows_of_a_single_process_scan(tmp_path, cluste
         pool.close()
     assert len(rows) == 16
     assert rows == single_process_rows  # same ids, seeds, image bytes, hashes and embeddings
+
+
+def test_a_scan_over_http_on_ray_sums_every_workers_requests(tmp_path, cluster, demo_sd, captions):
+    """Workers load only a client; the run's request accounting is the driver's plus every unit's."""
+    http = HttpConfig(resolution=32, in_flight=2, retries=3, backoff_s=0.01, timeout_s=120)
+    with A1111Server(demo_sd, faults=[("500",)]).running() as server:
+        setup = functools.partial(load_worker_models, ModelSpec.of(server.url, http=http), FeatureConfig(embeddings=False))
+        pool = RayPool(setup, RayConfig(address="local", workers=2))
+        try:
+            with Store(tmp_path / "ray-http.duckdb") as store:
+                config = ScanConfig(sampling=SAMPLING, cluster=FIXED, features=FeatureConfig(embeddings=False))
+                result = run_scan(store, HttpModel(server.url, http), [Prompt.from_text(c) for c in captions[:2]], config,
+                                  show_progress=False, pool=pool)
+                statuses = store.execute("SELECT status, count(*) FROM generations GROUP BY status")
+        finally:
+            pool.close()
+        served = server.requests["POST /sdapi/v1/txt2img"]
+    assert statuses == [("ok", 8)] and served == 8 + 1  # every image asked once, the 500 retried once
+    assert result.timings["requests_sent"] == served + 1  # and the driver's check of the served model
+    assert result.timings["requests_retried"] == 1 and result.timings["requests_failed"] == 0
 
 
 def test_a_worker_killed_mid_unit_is_retried_without_losing_or_duplicating_rows(tmp_path, cluster, demo_sd, captions,
