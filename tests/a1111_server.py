@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import queue
+import ssl
 import threading
 import time
 from collections import Counter, deque
@@ -30,7 +31,8 @@ class A1111Server:
     ``("wrong_size",)``, ``("html",)``, ``("401",)``, ``("switch_model",)`` (from then on the
     server reports another checkpoint)."""
 
-    def __init__(self, model, faults=(), model_name: str = "demo-sd-tiny.safetensors [abc123]", key: str | None = None):
+    def __init__(self, model, faults=(), model_name: str = "demo-sd-tiny.safetensors [abc123]", key: str | None = None,
+                 tls: tuple[str, str] | None = None):
         self.model, self.faults, self.model_name, self.key = model, deque(faults), model_name, key
         self.requests: Counter = Counter()
         self.generated: list[tuple[str, int]] = []
@@ -38,7 +40,11 @@ class A1111Server:
         self.lock = threading.Lock()
         self.sampling = threading.Lock()  # a diffusers pipeline is not thread-safe: one image at a time
         self.server = QuietServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if tls:  # (certificate file, key file): HTTPS
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.server.server_address[1]}"
 
     def _next_fault(self):
         with self.lock:

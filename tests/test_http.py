@@ -3,6 +3,8 @@ the demo model, with injected faults."""
 
 import dataclasses
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -184,3 +186,19 @@ def test_the_key_can_come_from_a_file_and_is_never_stored(demo_sd, tmp_path, mon
         assert "sk-from-a-file" not in stored
         with pytest.raises(MemscanError, match="missing.txt: cannot read an API key"):
             HttpModel(server.url, dataclasses.replace(FAST, api_key_file=str(tmp_path / "missing.txt")))
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_tls_is_verified_an_untrusted_certificate_is_one_line_and_a_trusted_one_works(demo_sd, tmp_path, monkeypatch):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    with A1111Server(demo_sd, tls=(str(cert), str(key))).running() as server:
+        assert server.url.startswith("https://")
+        with pytest.raises(MemscanError, match="TLS certificate is not trusted.*SSL_CERT_FILE") as refused:
+            HttpModel(server.url, FAST)
+        assert "\n" not in str(refused.value) and server.requests == {}  # refused before anything was asked
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the user trusts this service's certificate
+        model = HttpModel(server.url, FAST)
+        assert model.generate(["a red circle"], [1], 2, 5.0).shape == (1, 32, 32, 3)

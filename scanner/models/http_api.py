@@ -111,6 +111,10 @@ class HttpClient:
                 wait = retry_after(error.headers.get("Retry-After"))
             except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
                 self._count(seconds=time.monotonic() - began)
+                if isinstance(getattr(error, "reason", None), ssl.SSLCertVerificationError):
+                    raise MemscanError(f"{self.base}: its TLS certificate is not trusted ({error.reason.verify_message}); "
+                                       "memscan always verifies TLS: add the service's CA to the system's trust store "
+                                       "or name it in SSL_CERT_FILE") from None
                 if attempt == 0 and not self.accounting.get("answered"):
                     raise MemscanError(f"{self.base}: does not answer ({getattr(error, 'reason', error)})") from None
                 last = f"no answer ({getattr(error, 'reason', error)})"
