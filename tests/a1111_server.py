@@ -36,6 +36,7 @@ class A1111Server:
         self.model, self.faults, self.model_name, self.key = model, deque(faults), model_name, key
         self.requests: Counter = Counter()
         self.generated: list[tuple[str, int]] = []
+        self.few_step_requests = 0
         self.draws = 1000  # the seeds an unseeded (OpenAI-compatible) request gets, in arrival order
         self.lock = threading.Lock()
         self.sampling = threading.Lock()  # a diffusers pipeline is not thread-safe: one image at a time
@@ -107,8 +108,12 @@ class A1111Server:
                     owner.draws += 1
                 else:
                     size, seed, steps, guidance = int(body["width"]), int(body["seed"]), int(body["steps"]), float(body["cfg_scale"])
+                few_step = body.get("sampler_name") == "DPM++ 2M"  # the demo model's few-step solver is DPM-Solver++ 2M
+                if few_step:
+                    owner.few_step_requests += 1
                 with owner.sampling:
-                    image = owner.model.generate([body["prompt"]], [seed], num_inference_steps=steps, guidance_scale=guidance)[0]
+                    image = owner.model.generate([body["prompt"]], [seed], num_inference_steps=steps, guidance_scale=guidance,
+                                                 few_step=few_step)[0]
                 pixels = to_uint8(image)
                 if kind == "wrong_size":
                     pixels = np.ascontiguousarray(pixels[: size // 2, : size // 2])
@@ -139,7 +144,7 @@ class A1111Server:
 class FixedImage:
     """A "model" that answers at once: what a client's own cost is measured against."""
 
-    def generate(self, prompts, seeds, num_inference_steps, guidance_scale):
+    def generate(self, prompts, seeds, num_inference_steps, guidance_scale, few_step=False):
         return np.full((len(prompts), 32, 32, 3), 0.5, np.float32)
 
 
@@ -150,15 +155,15 @@ class MainThreadSampler:
     def __init__(self, model):
         self.model, self.jobs = model, queue.Queue()
 
-    def generate(self, prompts, seeds, num_inference_steps, guidance_scale):
+    def generate(self, prompts, seeds, num_inference_steps, guidance_scale, few_step=False):
         done = queue.Queue(maxsize=1)
-        self.jobs.put((prompts, seeds, num_inference_steps, guidance_scale, done))
+        self.jobs.put((prompts, seeds, num_inference_steps, guidance_scale, few_step, done))
         return done.get()
 
     def serve(self):
         while True:
-            prompts, seeds, steps, guidance, done = self.jobs.get()
-            done.put(self.model.generate(prompts, seeds, num_inference_steps=steps, guidance_scale=guidance))
+            prompts, seeds, steps, guidance, few_step, done = self.jobs.get()
+            done.put(self.model.generate(prompts, seeds, num_inference_steps=steps, guidance_scale=guidance, few_step=few_step))
 
 
 if __name__ == "__main__":  # a server in its own process (scripts/bench_http.py): prints its URL, serves until killed

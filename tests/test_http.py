@@ -157,6 +157,20 @@ def test_the_black_box_attacks_run_over_http_as_in_process(demo_sd, demo_clip):
     np.testing.assert_allclose(-remote["wu_clip"]["score"], local[:, 1], atol=2e-3)
 
 
+def test_seed_agreement_triage_runs_over_http_as_in_process(demo_sd):
+    """The black-box detector asks the service for its few-step solver (A1111's DPM++ 2M) at a
+    quarter of the steps, once, and ranks prompts as the same detector in process does."""
+    from scanner.mia.detectors import seed_agreement
+
+    captions = [p.text for p in prompts(3)] + [r["caption"] for r in demo_items(per_bucket=1) if r["dup_count"] == 0][:3]
+    with A1111Server(demo_sd).running() as server:
+        remote = seed_agreement(HttpModel(server.url, FAST), captions, [0, 1, 2, 3], num_inference_steps=20, guidance_scale=2.5)
+    local = seed_agreement(demo_sd, captions, [0, 1, 2, 3], num_inference_steps=20, guidance_scale=2.5)
+    assert server.few_step_requests == len(captions) * 4 == server.requests["POST /sdapi/v1/txt2img"]
+    np.testing.assert_allclose(remote, local, atol=0.02)  # PNG rounding moves a pixel by at most 1/255
+    assert remote[:3].min() > remote[3:].max()  # the memorized prompts agree, the non-members do not
+
+
 def test_an_unseeded_api_is_sampled_by_draw_and_says_so(demo_sd, tmp_path):
 
     from scanner.report import render_report

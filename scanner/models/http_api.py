@@ -247,7 +247,7 @@ class A1111:
     def generate(self, prompt: str, seed: int, steps: int, guidance: float, few_step: bool) -> np.ndarray:
         size = self.settings.resolution
         body = {"prompt": prompt, "negative_prompt": "", "seed": int(seed), "subseed": -1, "subseed_strength": 0,
-                "steps": max(2, steps // 4) if few_step else int(steps), "cfg_scale": float(guidance),
+                "steps": int(steps), "cfg_scale": float(guidance),
                 "width": size, "height": size, "batch_size": 1, "n_iter": 1, "send_images": True, "save_images": False}
         if few_step:
             body["sampler_name"] = self.few_step_sampler
