@@ -536,27 +536,31 @@ def mia_dataset(
     lora: Optional[list[str]] = LORA,
     reference_model: Optional[Path] = REFERENCE_MODEL,
     reference_lora: Optional[list[str]] = REFERENCE_LORA,
+    clip_model: Optional[str] = MIA_CLIP,
+    clip_pretrained: Optional[str] = MIA_CLIP_PRETRAINED,
     alpha: float = typer.Option(0.05, help="Significance level."),
     db: Path = MIA_DB,
     ray: Optional[str] = RAY_ADDRESS,
     ray_workers: Optional[int] = RAY_WORKERS,
     ray_cpus_per_worker: Optional[int] = RAY_CPUS_PER_WORKER,
 ) -> None:
-    """Was this set of images trained on? A one-sided test of held-out CLiD classifier scores against a reference set."""
+    """Was this set of images trained on? A one-sided test of held-out classifier scores (CLiD's features; Wu et al.'s over HTTP) against a reference set."""
     from scanner import demo as demo_world
-    from scanner.mia.dataset import ATTACK, FEATURES, REFERENCE_FEATURES, run_dataset_inference
+    from scanner.mia.dataset import ATTACK, dataset_features, run_dataset_inference
     from scanner.mia.labelled import labelled_sets
+    from scanner.models.loading import is_url
     from scanner.store import Store
 
     require_number("--alpha", alpha, 0, 1, low_open=True)
     items = labelled_sets(suspect, reference, ("--suspect", "--reference"),
                           lambda: demo_world.membership_items(per_bucket=0, x1=40, nonmembers=60),
                           SourceFormat(image_column, caption_column, encoding, image_root), halves=True)
-    features = REFERENCE_FEATURES if reference_model else FEATURES
-    models, pool = _mia_models(model, model_kind, lora, (api, resolution), (reference_model, reference_lora), [features], (None, None), ray,
-                               ray_workers, ray_cpus_per_worker, allow_pickle)
+    features = dataset_features(not is_url(model or ""), bool(reference_model))
+    models, pool = _mia_models(model, model_kind, lora, (api, resolution), (reference_model, reference_lora), [features],
+                               (clip_model, clip_pretrained), ray, ray_workers, ray_cpus_per_worker, allow_pickle)
     with Store(db) as store:
-        run_id, verdict = run_dataset_inference(store, models.model, items, alpha, pool, reference_model=models.reference)
+        run_id, verdict = run_dataset_inference(store, models.model, items, alpha, pool, reference_model=models.reference,
+                                                embedder=models.embedder)
     in_suspect = sum(item.member for item in items)
     needed = f"{verdict.items_needed} held-out suspect items were enough" if verdict.items_needed else "not significant"
     console.print(f"Suspect set ({in_suspect} items) vs reference ({len(items) - in_suspect}); the classifier fitted on "

@@ -157,6 +157,23 @@ def test_the_black_box_attacks_run_over_http_as_in_process(demo_sd, demo_clip):
     np.testing.assert_allclose(-remote["wu_clip"]["score"], local[:, 1], atol=2e-3)
 
 
+def test_dataset_inference_over_http_uses_the_black_box_features(demo_sd, demo_clip, tmp_path):
+    """A sampled-only model is judged on Wu et al.'s distances: heavily duplicated suspects are told
+    from non-members over HTTP, and the run records which features it used."""
+    from scanner import demo as demo_world
+    from scanner.mia.dataset import BLACKBOX_FEATURES, run_dataset_inference
+    from scanner.mia.labelled import demo_labelled
+
+    items = demo_labelled(demo_world.membership_items(per_bucket=4, x1=0, nonmembers=8))
+    items = [i for i in items if i.member][:8] + [i for i in items if not i.member]
+    with A1111Server(demo_sd).running() as server, Store(tmp_path / "mia.duckdb") as store:
+        run_id, verdict = run_dataset_inference(store, HttpModel(server.url, FAST), items, embedder=demo_clip)
+        [(settings,)] = store.execute("SELECT config FROM runs WHERE run_id = ?", [run_id])
+    assert json.loads(settings)["features"] == BLACKBOX_FEATURES
+    assert server.requests["POST /sdapi/v1/txt2img"] == 16 * 4  # four seeds of each item's caption
+    assert (verdict.suspect, verdict.reference) == (4, 4) and verdict.p_value < 0.05
+
+
 def test_seed_agreement_triage_runs_over_http_as_in_process(demo_sd):
     """The black-box detector asks the service for its few-step solver (A1111's DPM++ 2M) at a
     quarter of the steps, once, and ranks prompts as the same detector in process does."""

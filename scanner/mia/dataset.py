@@ -27,12 +27,21 @@ if TYPE_CHECKING:  # the statistics alone load no model code
     from scanner.distributed import Pool
     from scanner.mia.denoising import NoiseProtocol
     from scanner.mia.evaluate import LabelledItem
-    from scanner.models.base import TextToImageModel
+    from scanner.models.base import ImageTextEmbedder, TextToImageModel
     from scanner.store import Store
 
 ATTACK = "dataset_inference"   # its rows in mia_scores and metrics
 FEATURES = "clid_vec"          # the per-item features the classifier is fitted on
 REFERENCE_FEATURES = "clid_ref"  # the same, minus a reference model's (with --reference-model)
+BLACKBOX_FEATURES = "wu_classifier"  # a model that can only be sampled: Wu et al.'s two distances (needs a CLIP)
+
+
+def dataset_features(can_denoise: bool, has_reference: bool) -> str:
+    """The features dataset inference fits its classifier on: CLiD's (minus a reference model's
+    when there is one) where the denoiser is reachable, else Wu et al.'s black-box distances."""
+    if not can_denoise:
+        return BLACKBOX_FEATURES
+    return REFERENCE_FEATURES if has_reference else FEATURES
 
 
 @dataclass(frozen=True)
@@ -90,14 +99,17 @@ def held_out(suspect: np.ndarray, reference: np.ndarray,
 
 def run_dataset_inference(store: Store, model: TextToImageModel, items: Sequence[LabelledItem], alpha: float = 0.05,
                           pool: Pool | None = None, protocol: NoiseProtocol | None = None,
-                          seed: int = 0, reference_model: TextToImageModel | None = None) -> tuple[str, DatasetVerdict]:
+                          seed: int = 0, reference_model: TextToImageModel | None = None,
+                          embedder: ImageTextEmbedder | None = None) -> tuple[str, DatasetVerdict]:
     """``memscan mia dataset``: is the suspect set (the ``items`` marked member) trained on, judged
     against the reference set (the others)? CLiD's features of every item (here, or on ``pool``'s
     Ray workers), a classifier's scores of the halves it was not fitted on (split with ``seed``),
     and the one-sided test at ``alpha``. Stores a run of kind ``mia``: each held-out item's score
     in ``mia_scores`` (attack ``dataset_inference``, ``label`` true for a suspect item) and the
     p-value in ``metrics`` (``dataset_p_value``). Item ids must be distinct (``labelled.distinct_ids``).
-    With ``reference_model`` the features are CLiD's minus the reference model's (``clid_ref``)."""
+    With ``reference_model`` the features are CLiD's minus the reference model's (``clid_ref``); for
+    a model that can only be sampled (behind an HTTP API) they are Wu et al.'s distances, which
+    need ``embedder`` (``dataset_features``)."""
     from scanner.distributed import LocalPool
     from scanner.mia.denoising import NoiseProtocol
     from scanner.mia.evaluate import features_on, reference_identity, require_distinct
@@ -111,9 +123,12 @@ def run_dataset_inference(store: Store, model: TextToImageModel, items: Sequence
         raise ValueError(f"dataset inference splits each set in two: {len(suspect_items)} suspect and "
                          f"{len(reference_items)} reference items, at least 2 of each are needed")
     require_distinct(items)
-    pool = pool or LocalPool(WorkerModels(model, reference=reference_model))
-    chosen = FEATURES if reference_model is None else REFERENCE_FEATURES
-    features = features_on(pool, model, items, [chosen], protocol, reference_model=reference_model)[chosen]["features"]
+    from scanner.models.base import DENOISE
+
+    pool = pool or LocalPool(WorkerModels(model, embedder, reference_model))
+    chosen = dataset_features(DENOISE in model.capabilities, reference_model is not None)
+    features = features_on(pool, model, items, [chosen], protocol, embedder,
+                           reference_model=reference_model)[chosen]["features"]
     in_suspect = np.array([item.member for item in items])
     suspect_scores, reference_scores, suspect_test, reference_test = held_out(features[in_suspect],
                                                                               features[~in_suspect], seed)
