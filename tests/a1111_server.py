@@ -79,6 +79,9 @@ class A1111Server:
                     return
                 if self.path == "/sdapi/v1/options":
                     self._send(200, json.dumps({"sd_model_checkpoint": owner.model_name}).encode())
+                elif self.path == "/test/generated":  # not A1111's: what a test asks of a server in another process
+                    with owner.lock:
+                        self._send(200, json.dumps(owner.generated).encode())
                 elif self.path == "/v1/models":  # the OpenAI-compatible face
                     self._send(200, json.dumps({"object": "list", "data": [{"id": "demo-sd-tiny"}]}).encode())
                 else:

@@ -233,3 +233,54 @@ def test_tls_is_verified_an_untrusted_certificate_is_one_line_and_a_trusted_one_
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the user trusts this service's certificate
         model = HttpModel(server.url, FAST)
         assert model.generate(["a red circle"], [1], 2, 5.0).shape == (1, 32, 32, 3)
+
+
+@pytest.mark.slow
+def test_a_killed_scan_over_http_resumes_without_asking_again_for_what_it_stored(tmp_path):
+    """kill -9 mid-scan, then the same command: every planned row once, and no (prompt, seed)
+    stored before the kill is requested again (the server runs in its own process)."""
+    import os
+    import signal
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    def served() -> list[tuple[str, int]]:
+        with urllib.request.urlopen(f"{url}/test/generated", timeout=30) as answer:
+            return [tuple(pair) for pair in json.loads(answer.read())]
+
+    def stored() -> set[tuple[str, int]]:
+        with Store(db, read_only=True) as store:
+            return set(store.execute("SELECT p.text, g.seed FROM generations g JOIN prompts p USING (run_id, prompt_id)"))
+
+    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("a1111_server.py"))], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = server.stdout.readline().strip()
+        prompt_file, db = tmp_path / "prompts.txt", tmp_path / "http.duckdb"
+        prompt_file.write_text("\n".join(p.text for p in prompts(3)))
+        settings = tmp_path / "memscan.toml"
+        settings.write_text("[ray]\nflush_rows = 2\n")  # each batch is stored as it comes: a kill finds rows stored
+        command = [sys.executable, "-m", "scanner", "scan", "--model", url, "--api", "a1111", "--resolution", "32",
+                   "--config", str(settings), "--prompts", str(prompt_file), "--db", str(db), "--samples-per-prompt", "4", "--batch-size", "2",
+                   "--steps", "4", "--null-prompts", "2", "--min-clique", "3", "--requests-in-flight", "1", "--no-progress"]
+        scan = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while len(served()) < 8 and time.time() < deadline and scan.poll() is None:
+            time.sleep(0.05)
+        os.kill(scan.pid, signal.SIGKILL)
+        scan.wait()
+        before, asked_before = stored(), len(served())
+        assert 0 < len(before) < 20, "the scan should have been killed part-way"
+        resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr
+        asked_again = served()[asked_before:]
+    finally:
+        server.kill()
+        server.wait()
+    assert "Resumed run" in resumed.stdout
+    after = stored()
+    assert len(after) == (3 + 2) * 4  # every planned (prompt, seed), each once
+    assert not before & set(asked_again)  # nothing already stored was asked for again
+    assert set(asked_again) == after - before
