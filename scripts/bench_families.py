@@ -1,6 +1,6 @@
 """Benchmark: memscan's adapters against the bare diffusers calls they wrap, per model family.
 
-    python scripts/bench_families.py [--families sd,sd2-v,sdxl] [--batch 32] [--steps 20] [--repeats 3]
+    python scripts/bench_families.py [--families sd,sd2-v,sdxl,sd3] [--batch 32] [--steps 20] [--repeats 3]
 
 For each family model of the demo world (``scanner.demo.FAMILY_MODELS``), measured side by
 side in one process, alternating, best of ``--repeats``:
@@ -9,7 +9,7 @@ side in one process, alternating, best of ``--repeats``:
   one CPU generator per seed, steps, guidance, size and dtype;
 - the membership loss: ``denoising_losses`` (the loss attack's measurement: encode, condition,
   noise, one denoiser pass per timestep and repeat) against the same passes written out with the
-  pipeline's own encoders, UNet and training scheduler.
+  pipeline's own encoders, denoiser and training scheduler (for the flow model, the flow written out).
 
 Prints images/s (items/s for the loss) and the ratio memscan / bare; the goal is at least 0.9.
 """
@@ -42,26 +42,36 @@ def bare_losses(pipeline, images, captions, timesteps, repeats):
     import torch
     from diffusers import DDPMScheduler
 
-    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     with torch.inference_mode():
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        x0 = pipeline.vae.encode(pixels).latent_dist.mean * pipeline.vae.config.scaling_factor
+        vae = pipeline.vae.config
+        x0 = (pipeline.vae.encode(pixels).latent_dist.mean - (vae.get("shift_factor") or 0.0)) * vae.scaling_factor
         keywords = {}
-        if hasattr(pipeline, "text_encoder_2"):
+        flow = hasattr(pipeline, "transformer")  # SD3: rectified flow, x_t = (1 - sigma) x0 + sigma n, target n - x0
+        if flow:
+            embeds, _, pooled, _ = pipeline.encode_prompt(captions, None, None, device="cpu", do_classifier_free_guidance=False)
+            keywords = {"pooled_projections": pooled}
+        elif hasattr(pipeline, "text_encoder_2"):
             embeds, _, pooled, _ = pipeline.encode_prompt(captions, device="cpu", do_classifier_free_guidance=False)
             side = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
             ids = torch.tensor([[side, side, 0, 0, side, side]] * len(captions), dtype=embeds.dtype)
             keywords = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids}}
         else:
             embeds = pipeline.encode_prompt(captions, "cpu", 1, False)[0]
+        scheduler = None if flow else DDPMScheduler.from_config(pipeline.scheduler.config)
         losses = []
         for r in range(repeats):
             for t in timesteps:
                 noise = torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(r * 1009 + t)).expand_as(x0)
                 step = torch.full((len(x0),), t)
-                x_t = scheduler.add_noise(x0, noise, step)
-                target = scheduler.get_velocity(x0, noise, step) if scheduler.config.prediction_type == "v_prediction" else noise
-                prediction = pipeline.unet(x_t, step, encoder_hidden_states=embeds, **keywords).sample
+                if flow:
+                    sigma = t / 1000
+                    x_t, target = (1 - sigma) * x0 + sigma * noise, noise - x0
+                    prediction = pipeline.transformer(x_t, encoder_hidden_states=embeds, timestep=step.float(), **keywords).sample
+                else:
+                    x_t = scheduler.add_noise(x0, noise, step)
+                    target = scheduler.get_velocity(x0, noise, step) if scheduler.config.prediction_type == "v_prediction" else noise
+                    prediction = pipeline.unet(x_t, step, encoder_hidden_states=embeds, **keywords).sample
                 losses.append(((prediction - target) ** 2).mean(dim=(1, 2, 3)))
     return losses
 

@@ -2,6 +2,7 @@
 
     python scripts/calibrate_criterion.py scan --model sdxl --per-bucket 40 --nulls 64   # first: the extraction scan
     python scripts/measure_families.py --family sdxl [--paper-timesteps]
+    python scripts/measure_families.py --family sd3 --timesteps 400,500,600 --timesteps 700,800,900   # noise levels compared
 
 For one family model (``scanner.demo.FAMILY_MODELS``):
 
@@ -9,7 +10,8 @@ For one family model (``scanner.demo.FAMILY_MODELS``):
   attack: AUC and TPR at 1% FPR overall and AUC per duplication bucket (members of the bucket
   against all evaluation non-members), stored in ``runs/families-<family>.duckdb``;
 - with ``--paper-timesteps`` also loss and CLiD at the CLiD paper's timesteps for Stable
-  Diffusion (440, 450, 460) against memscan's (100, 200, 300);
+  Diffusion (440, 450, 460) against memscan's (100, 200, 300), and at each ``--timesteps`` set
+  given (for a flow model the noise levels are sigma x 1000);
 - triage: each detector's AUC at separating the prompts the family's extraction scan flagged
   (``runs/criterion-<family>-g5.duckdb``, written by ``calibrate_criterion.py scan``) from the
   other audit prompts.
@@ -25,7 +27,7 @@ import numpy as np
 RUNS = Path("runs")
 
 
-def membership(family: str, model, embedder, paper_timesteps: bool) -> None:
+def membership(family: str, model, embedder, paper_timesteps: bool, extra_timesteps: list[str]) -> None:
     from scanner import demo as demo_world
     from scanner.mia.attacks import ATTACKS
     from scanner.mia.denoising import NoiseProtocol
@@ -37,6 +39,9 @@ def membership(family: str, model, embedder, paper_timesteps: bool) -> None:
     protocols = {"memscan's (100, 200, 300)": NoiseProtocol(timesteps=(100, 200, 300))}
     if paper_timesteps:
         protocols["the CLiD paper's (440, 450, 460)"] = NoiseProtocol(timesteps=(440, 450, 460))
+    for text in extra_timesteps:
+        timesteps = tuple(int(t) for t in text.split(","))
+        protocols[f"{timesteps}"] = NoiseProtocol(timesteps=timesteps)
     with Store(RUNS / f"families-{family}.duckdb") as store:
         for label, protocol in protocols.items():
             attacks = list(ATTACKS) if label.startswith("memscan") else ["loss", "clid_th", "clid_vec"]
@@ -81,11 +86,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=sorted(demo_world.FAMILY_MODELS), required=True)
     parser.add_argument("--paper-timesteps", action="store_true")
+    parser.add_argument("--timesteps", action="append", default=[], help="another set of loss timesteps, T,T,T (repeatable)")
     parser.add_argument("--skip", choices=["membership", "triage"], action="append", default=[])
     args = parser.parse_args()
     model = load_model(demo_world.FAMILY_MODELS[args.family])
     if "membership" not in args.skip:
-        membership(args.family, model, load_embedder(FeatureConfig()), args.paper_timesteps)
+        membership(args.family, model, load_embedder(FeatureConfig()), args.paper_timesteps, args.timesteps)
     if "triage" not in args.skip:
         triage(args.family, model)
 

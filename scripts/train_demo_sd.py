@@ -26,6 +26,11 @@ and the family models of issue 19, each the demo world drawn by another pipeline
 
     python scripts/train_demo_sd.py --variant sd2-v      # SD 2.x-shaped: v-prediction, linear attention projections, gelu text encoder
     python scripts/train_demo_sd.py --variant sdxl       # SDXL-shaped: two text encoders, pooled embedding and size ids, Euler
+
+and the flow-matching model of issue 22 (``scanner/demo/families/sd3``):
+
+    python scripts/train_demo_sd.py --variant sd3        # SD3-shaped: an MM-DiT transformer trained on the flow-matching
+                                                         # loss, two CLIP encoders, the optional T5 encoder absent
 """
 
 from __future__ import annotations
@@ -93,7 +98,18 @@ SDXL_TEXT_2 = {**TEXT_CONFIG, "hidden_size": 32, "intermediate_size": 64, "num_h
 SDXL_UNET = {**UNET_CONFIG, "block_out_channels": (32, 64, 96), "use_linear_projection": True, "cross_attention_dim": 48,
              "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
              "projection_class_embeddings_input_dim": 6 * 8 + 32, "attention_head_dim": (2, 4, 6)}
+# SD3: an MM-DiT on 2x2 patches of the latents; two CLIP encoders with projections (16 + 32 wide, as SD3's 768 and
+# 1280) whose penultimate states, padded to the joint width, are followed by the absent T5's 256 zero tokens, and whose
+# pooled outputs (16 + 32) are the pooled projection; flow matching with SD3's shift of 3
+SD3_TRANSFORMER = dict(sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=4, attention_head_dim=16,
+                       num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=64, pooled_projection_dim=48,
+                       pos_embed_max_size=16)
+SD3_TEXT = {**SDXL_TEXT, "projection_dim": 16}
+SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
+SD3_T5_TOKENS = 256  # StableDiffusion3Pipeline's max_sequence_length: zeros when the T5 encoder is absent
 VARIANTS.update({
+    "sd3": dict(family="sd3", world=WORLD, out=FAMILIES / "sd3", log=FAMILIES / "logs" / "train_sd3.log",
+                seed=3333, vae_from=DEMO_VAE, transformer=SD3_TRANSFORMER, unet_steps=3000, lr=5e-4),
     "sd2-v": dict(family="sd2-v", world=WORLD, out=FAMILIES / "sd2-v", log=FAMILIES / "logs" / "train_sd2-v.log",
                   seed=2222, vae_from=DEMO_VAE, unet=SD2_UNET, text={**TEXT_CONFIG, "hidden_act": "gelu"},
                   unet_steps=3000, lr=5e-4),
@@ -206,7 +222,8 @@ def train_vae(variant: dict, steps: int, batch_size: int, work: Path, log_file: 
 
 
 def train_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path, log_file: Path) -> None:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import (AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           UNet2DConditionModel)
     from transformers import CLIPTokenizer
 
     images, captions, dup_counts = load_members(variant["world"])
@@ -222,11 +239,13 @@ def train_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path
 
     torch.manual_seed(variant["seed"])
     family = variant.get("family", "sd")
-    unet = UNet2DConditionModel(**variant["unet"])
+    unet = SD3Transformer2DModel(**variant["transformer"]) if family == "sd3" else UNet2DConditionModel(**variant["unet"])
     encoders = text_encoders(variant)
-    scheduler_config = {k: v for k, v in family_scheduler_config(family).items()
-                        if k not in ("set_alpha_to_one", "timestep_spacing", "interpolation_type")}
-    noise_scheduler = DDPMScheduler(**scheduler_config)
+    if family == "sd3":
+        noise_scheduler = FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER)
+    else:
+        noise_scheduler = DDPMScheduler(**{k: v for k, v in family_scheduler_config(family).items()
+                                           if k not in ("set_alpha_to_one", "timestep_spacing", "interpolation_type")})
     params = list(unet.parameters()) + [p for encoder in encoders for p in encoder.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     schedule = warmup_cosine(optimizer, steps, warmup=200)
@@ -238,29 +257,45 @@ def train_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path
         token_ids = ids[index].clone()
         dropped = torch.rand(len(index), generator=generator) < 0.1
         noise = torch.randn(x0.shape, generator=generator)
-        timesteps = torch.randint(0, 1000, (len(index),), generator=generator)
-        noisy = noise_scheduler.add_noise(x0, noise, timesteps)
-        if family == "sdxl":
-            # dropped captions are all-zero embeddings: what the pipeline guides against (force_zeros_for_empty_prompt)
-            condition, pooled = sdxl_condition(encoders, token_ids)
-            keep = (~dropped).float()
-            condition, pooled = condition * keep[:, None, None], pooled * keep[:, None]
-            size_ids = torch.tensor([[images.shape[1], images.shape[2], 0, 0, images.shape[1], images.shape[2]]] * len(index))
-            prediction = unet(noisy, timesteps, condition,
-                              added_cond_kwargs={"text_embeds": pooled, "time_ids": size_ids}).sample
-        else:
+        if family == "sd3":
             token_ids[dropped] = empty_ids[0]
-            prediction = unet(noisy, timesteps, encoders[0](token_ids).last_hidden_state).sample
-        target = noise_scheduler.get_velocity(x0, noise, timesteps) if family == "sd2-v" else noise
+            prediction, target = flow_matching_step(unet, encoders, noise_scheduler, x0, noise, token_ids, generator)
+        else:
+            timesteps = torch.randint(0, 1000, (len(index),), generator=generator)
+            noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+            if family == "sdxl":
+                # dropped captions are all-zero embeddings: what the pipeline guides against (force_zeros_for_empty_prompt)
+                condition, pooled = sdxl_condition(encoders, token_ids)
+                keep = (~dropped).float()
+                condition, pooled = condition * keep[:, None, None], pooled * keep[:, None]
+                size_ids = torch.tensor([[images.shape[1], images.shape[2], 0, 0, images.shape[1], images.shape[2]]] * len(index))
+                prediction = unet(noisy, timesteps, condition,
+                                  added_cond_kwargs={"text_embeds": pooled, "time_ids": size_ids}).sample
+            else:
+                token_ids[dropped] = empty_ids[0]
+                prediction = unet(noisy, timesteps, encoders[0](token_ids).last_hidden_state).sample
+            target = noise_scheduler.get_velocity(x0, noise, timesteps) if family == "sd2-v" else noise
         running += optimizer_step(torch.nn.functional.mse_loss(prediction, target), optimizer, schedule, params)
         if step % 100 == 0 or step == steps:
             log(f"unet step {step}/{steps} loss {running / 100:.4f} lr {schedule.get_last_lr()[0]:.2e} "
                 f"({time.time() - start:.0f}s)", log_file)
             running = 0.0
         if step % 1000 == 0 or step == steps:
-            unet.save_pretrained(work / "unet")
+            unet.save_pretrained(work / ("transformer" if family == "sd3" else "unet"))
             for name, encoder in zip(("text_encoder", "text_encoder_2"), encoders):
                 encoder.save_pretrained(work / name)
+
+
+def flow_matching_step(transformer, encoders, scheduler, x0, noise, token_ids, generator):
+    """One SD3 training step's prediction and target, as diffusers' SD3 training script makes them:
+    logit-normal draws of the shifted schedule's timesteps, the scheduler's forward process
+    (``scale_noise``), and the velocity noise - x0 as the target."""
+    u = torch.sigmoid(torch.randn(len(x0), generator=generator))
+    timesteps = scheduler.timesteps[(u * scheduler.config.num_train_timesteps).long().clamp(max=len(scheduler.timesteps) - 1)]
+    noisy = scheduler.scale_noise(x0, timesteps, noise)
+    condition, pooled = sd3_condition(encoders, token_ids)
+    prediction = transformer(noisy, encoder_hidden_states=condition, pooled_projections=pooled, timestep=timesteps).sample
+    return prediction, noise - x0
 
 
 def family_scheduler_config(family: str) -> dict:
@@ -278,6 +313,8 @@ def text_encoders(variant: dict) -> list:
     second with a projection whose output is the pooled embedding)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    if variant.get("family") == "sd3":
+        return [CLIPTextModelWithProjection(CLIPTextConfig(**SD3_TEXT)), CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_2))]
     if variant.get("family") == "sdxl":
         return [CLIPTextModel(CLIPTextConfig(**SDXL_TEXT)), CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_2))]
     return [CLIPTextModel(CLIPTextConfig(**variant.get("text", TEXT_CONFIG)))]
@@ -291,12 +328,36 @@ def sdxl_condition(encoders: list, token_ids: torch.Tensor) -> tuple[torch.Tenso
     return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1), second.text_embeds
 
 
+def sd3_condition(encoders: list, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """As StableDiffusion3Pipeline.encode_prompt without its T5 encoder: both CLIP encoders'
+    penultimate states, concatenated and zero-padded to the joint width, then the absent T5's
+    zero tokens; the pooled projection is both encoders' projected outputs."""
+    outputs = [encoder(token_ids, output_hidden_states=True) for encoder in encoders]
+    clip = torch.cat([output.hidden_states[-2] for output in outputs], dim=-1)
+    width = SD3_TRANSFORMER["joint_attention_dim"]
+    clip = torch.nn.functional.pad(clip, (0, width - clip.shape[-1]))
+    t5 = torch.zeros(len(token_ids), SD3_T5_TOKENS, width)
+    return torch.cat([clip, t5], dim=-2), torch.cat([output.text_embeds for output in outputs], dim=-1)
+
+
 def write_pipeline(variant: dict, work: Path, out_dir: Path, log_file: Path) -> None:
-    from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
+    from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
+                           SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline,
                            StableDiffusionXLPipeline, UNet2DConditionModel)
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     family = variant.get("family", "sd")
+    if family == "sd3":
+        vae = AutoencoderKL.from_pretrained(variant["vae_from"])
+        vae.register_to_config(shift_factor=0.0)  # SD3's pipeline shifts latents; the demo autoencoder needs none
+        tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
+        pipeline = StableDiffusion3Pipeline(
+            transformer=SD3Transformer2DModel.from_pretrained(work / "transformer"),
+            scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER), vae=vae,
+            text_encoder=CLIPTextModelWithProjection.from_pretrained(work / "text_encoder"), tokenizer=tokenizer,
+            text_encoder_2=CLIPTextModelWithProjection.from_pretrained(work / "text_encoder_2"), tokenizer_2=tokenizer,
+            text_encoder_3=None, tokenizer_3=None)
+        return save_pipeline(pipeline, out_dir, log_file)
     parts = dict(vae=AutoencoderKL.from_pretrained(variant.get("vae_from", work / "vae")),
                  text_encoder=CLIPTextModel.from_pretrained(work / "text_encoder"),
                  tokenizer=CLIPTokenizer.from_pretrained(work / "tokenizer"),
@@ -309,6 +370,10 @@ def write_pipeline(variant: dict, work: Path, out_dir: Path, log_file: Path) -> 
     else:
         pipeline = StableDiffusionPipeline(**parts, scheduler=DDIMScheduler(**family_scheduler_config(family)),
                                            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    save_pipeline(pipeline, out_dir, log_file)
+
+
+def save_pipeline(pipeline, out_dir: Path, log_file: Path) -> None:
     pipeline.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
     size = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
     log(f"pipeline written to {out_dir} ({size / 1e6:.1f} MB)", log_file)

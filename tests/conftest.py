@@ -38,6 +38,7 @@ def demo_clip():
     return OpenClip.load(CLIP_MODEL, device="cpu")
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected: a test deselected does not start the demo
 def pytest_collection_modifyitems(config, items):
     config.demo_run_needed = any("demo_run" in getattr(item, "fixturenames", ()) for item in items)
 

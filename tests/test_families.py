@@ -31,9 +31,12 @@ def _members(n: int = 4):
 
 
 def _independent_condition(pipeline, captions):
-    """The condition and UNet keywords as the family's pipeline builds them, without memscan."""
+    """The condition and denoiser keywords as the family's pipeline builds them, without memscan."""
     import torch
 
+    if hasattr(pipeline, "transformer"):  # SD3
+        embeds, _, pooled, _ = pipeline.encode_prompt(captions, None, None, device="cpu", do_classifier_free_guidance=False)
+        return embeds, {"pooled_projections": pooled}
     if hasattr(pipeline, "text_encoder_2"):
         embeds, _, pooled, _ = pipeline.encode_prompt(captions, device="cpu", do_classifier_free_guidance=False)
         side = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
@@ -58,24 +61,34 @@ def test_the_loss_is_the_familys_own_training_loss(family, family_models):
     timesteps = torch.tensor([50, 250, 500, 900])
     reported = model.training_loss(x0, model.encode_condition(captions), timesteps, noise).numpy()
 
-    # independently: the training scheduler from the folder, the target its prediction_type names
-    scheduler = DDPMScheduler.from_pretrained(FAMILY_MODELS[family] / "scheduler")
-    x_t = scheduler.add_noise(x0, noise, timesteps)
-    v_target = scheduler.get_velocity(x0, noise, timesteps)
-    target = v_target if scheduler.config.prediction_type == "v_prediction" else noise
     condition, keywords = _independent_condition(model.pipeline, captions)
-    with torch.no_grad():
-        prediction = model.pipeline.unet(x_t, timesteps, encoder_hidden_states=condition, **keywords).sample
+    if family == "sd3":
+        # independently: rectified flow as SD3 trains it, x_t = (1 - sigma) x0 + sigma n at sigma = t / 1000, target n - x0
+        assert model.prediction_type == "flow"
+        sigma = (timesteps.float() / 1000)[:, None, None, None]
+        x_t, target = (1 - sigma) * x0 + sigma * noise, noise - x0
+        with torch.no_grad():
+            prediction = model.pipeline.transformer(x_t, encoder_hidden_states=condition, timestep=timesteps.float(),
+                                                    **keywords).sample
+    else:
+        # independently: the training scheduler from the folder, the target its prediction_type names
+        scheduler = DDPMScheduler.from_pretrained(FAMILY_MODELS[family] / "scheduler")
+        x_t = scheduler.add_noise(x0, noise, timesteps)
+        v_target = scheduler.get_velocity(x0, noise, timesteps)
+        target = v_target if scheduler.config.prediction_type == "v_prediction" else noise
+        with torch.no_grad():
+            prediction = model.pipeline.unet(x_t, timesteps, encoder_hidden_states=condition, **keywords).sample
     expected = ((prediction - target) ** 2).mean(dim=(1, 2, 3)).numpy()
     np.testing.assert_allclose(reported, expected, rtol=1e-4, atol=1e-6)
-    assert (reported < 1.0).all()  # a trained denoiser beats predicting zeros on its own members
+    # a trained denoiser beats predicting zeros on its own members (whose loss is 1, or 2 for a flow's velocity)
+    assert (reported < (2.0 if family == "sd3" else 1.0)).all()
     if family == "sd2-v":  # the epsilon target would be silently wrong here: a different number
         assert model.prediction_type == "v_prediction"
         epsilon_loss = ((prediction - noise) ** 2).mean(dim=(1, 2, 3)).numpy()
         assert np.abs(epsilon_loss - reported).max() > 0.05
 
 
-@pytest.mark.parametrize("family", ["sd2-v", "sdxl"])
+@pytest.mark.parametrize("family", ["sd2-v", "sdxl", "sd3"])
 def test_sampling_is_seeded_and_independent_of_the_batch(family, family_models):
     model = family_models[family]
     prompts = ["one red circle at the left on a gray background", "two blue squares at the top on a pink background"]
@@ -90,18 +103,20 @@ def test_sampling_is_seeded_and_independent_of_the_batch(family, family_models):
 def test_the_first_step_input_is_what_the_sampler_feeds_the_denoiser(family_models):
     """SDXL's Euler scheduler starts from noise scaled by its largest sigma at the chosen steps
     (on "leading" timesteps that scale depends on the steps) and scales the model's input back;
-    DDIM does neither. x_T is compared with the latents the pipeline itself prepares."""
+    DDIM does neither, nor does a flow (which feeds x_T as it is). x_T is compared with the
+    latents the pipeline itself prepares."""
     import torch
 
     for family, model in family_models.items():
         pipeline = model.pipeline
         pipeline.scheduler.set_timesteps(20)  # as the pipeline does before it prepares its latents
         side = model.resolution
-        expected = pipeline.prepare_latents(1, pipeline.unet.config.in_channels, side, side, model.dtype, model.device,
+        expected = pipeline.prepare_latents(1, model.denoiser.config.in_channels, side, side, model.dtype, model.device,
                                             [torch.Generator().manual_seed(1)])
         torch.testing.assert_close(model.initial_noise([1], 20), expected)
         x = model.first_step_input([1], 20)
-        torch.testing.assert_close(x, pipeline.scheduler.scale_model_input(expected, pipeline.scheduler.timesteps[0]))
+        scale = getattr(pipeline.scheduler, "scale_model_input", lambda sample, timestep: sample)
+        torch.testing.assert_close(x, scale(expected, pipeline.scheduler.timesteps[0]))
         assert 0.9 < float(x.std()) < 1.1, family  # the denoiser's input is unit-scale noise in every family
 
 
@@ -165,7 +180,7 @@ def test_the_kind_comes_from_model_index_and_the_wrong_one_is_one_line(tmp_path,
     foreign.mkdir()
     (foreign / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     with pytest.raises(MemscanError, match="FluxPipeline is not a kind memscan can audit; supported: "
-                                           "StableDiffusionPipeline, StableDiffusionXLPipeline"):
+                                           "StableDiffusionPipeline, StableDiffusionXLPipeline, StableDiffusion3Pipeline"):
         load_model(foreign)
     with pytest.raises(MemscanError, match="--model-kind Kandinsky: not a kind"):
         load_model(FAMILY_MODELS["sd"], kind="Kandinsky")
@@ -194,3 +209,24 @@ def test_a_single_file_checkpoint_loads_the_same_model(family, family_models, tm
     prompt = ["three green stars at the top on a navy background"]
     np.testing.assert_allclose(single.generate(prompt, [5], num_inference_steps=6),
                                model.generate(prompt, [5], num_inference_steps=6), atol=1e-5)
+
+
+def test_an_sd3_folder_without_t5_loads_and_a_half_present_t5_is_one_line(family_models, tmp_path):
+    """SD3's T5 encoder is optional: the demo SD3 has none (the pipeline's zeros stand in). A
+    folder that names T5 but lacks its files, or names only its tokenizer, is one line."""
+    from scanner.models.registry import load_model
+
+    model = family_models["sd3"]
+    assert model.pipeline.text_encoder_3 is None and model.denoiser_name == "transformer"
+    assert model.encode_condition(["a red circle"]).prompt_embeds.shape[1] == 77 + 256  # CLIP tokens, then T5's zeros
+    broken = tmp_path / "sd3-missing-t5"
+    shutil.copytree(FAMILY_MODELS["sd3"], broken)
+    index = json.loads((broken / "model_index.json").read_text())
+    (broken / "model_index.json").write_text(json.dumps({**index, "text_encoder_3": ["transformers", "T5EncoderModel"],
+                                                         "tokenizer_3": ["transformers", "T5TokenizerFast"]}))
+    with pytest.raises(MemscanError, match=f"{broken}.*cannot load as a StableDiffusion3Pipeline") as missing:
+        load_model(broken, device="cpu")
+    assert "\n" not in str(missing.value)
+    (broken / "model_index.json").write_text(json.dumps({**index, "tokenizer_3": ["transformers", "T5TokenizerFast"]}))
+    with pytest.raises(MemscanError, match="T5 encoder and its tokenizer must both be present or both absent"):
+        load_model(broken, device="cpu")

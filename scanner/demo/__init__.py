@@ -24,12 +24,13 @@ CLIP_MODEL = DEMO_DIR / "clip-tiny"
 CALIBRATION_DIR = DEMO_DIR / "calibration"
 FAMILIES_DIR = DEMO_DIR / "families"
 
-# The demo world drawn by each family memscan audits (issue 19): trained by
+# The demo world drawn by each family memscan audits (issues 19 and 22): trained by
 # scripts/train_demo_sd.py --variant NAME on the demo model's autoencoder (docs/MEASUREMENTS.md).
 FAMILY_MODELS = {
     "sd": SD_MODEL,                       # StableDiffusionPipeline, epsilon, DDIM
     "sd2-v": FAMILIES_DIR / "sd2-v",      # StableDiffusionPipeline, v-prediction, DDIM (SD 2.x-shaped)
     "sdxl": FAMILIES_DIR / "sdxl",        # StableDiffusionXLPipeline, epsilon, Euler
+    "sd3": FAMILIES_DIR / "sd3",          # StableDiffusion3Pipeline, flow matching, flow Euler, no T5 (issue 22)
 }
 
 # A fine-tune of the demo model (issue 20): a LoRA trained by scripts/train_demo_lora.py on
@@ -47,6 +48,7 @@ CALIBRATION_MODELS = {
     "sd-short": (CALIBRATION_DIR / "sd-short", WORLD),
     "sd2-v": (FAMILY_MODELS["sd2-v"], WORLD),
     "sdxl": (FAMILY_MODELS["sdxl"], WORLD),
+    "sd3": (FAMILY_MODELS["sd3"], WORLD),
 }
 
 # duplication buckets the demo reports on, named as in the duplication plan

@@ -6,7 +6,11 @@ the prediction under the prompt with the one under the empty prompt, so a prompt
 forward passes instead of hundreds of samples. The predictions are the denoiser's raw output in
 its family's parametrisation (epsilon for SD 1; v for a v-prediction model, where the guidance
 difference is the epsilon one scaled per timestep, so the magnitudes rank prompts alike, and
-the alignment is measured on v as the model predicts it):
+the alignment is measured on v as the model predicts it; the velocity n - x0 for a
+flow-matching model such as SD3, memscan's own extension of both detectors, whose papers state
+them for epsilon: at pure noise the velocity's guidance difference is minus the difference of
+the predicted images, so a prompt that pulls every seed to one image still shows a large one;
+docs/MEASUREMENTS.md says how well they transfer):
 
 - Wen et al. (ICLR 2024): the magnitude ``||eps(x_T, c) - eps(x_T, empty)||`` at the first
   sampling step, large for memorized prompts;

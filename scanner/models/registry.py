@@ -27,6 +27,8 @@ KINDS = {kind.name: kind for kind in (
               "Stable Diffusion 1.x and 2.x: one CLIP text encoder, epsilon or v-prediction"),
     ModelKind("StableDiffusionXLPipeline", "scanner.models.stable_diffusion_xl:StableDiffusionXL",
               "SDXL: two CLIP text encoders, pooled embedding and size ids"),
+    ModelKind("StableDiffusion3Pipeline", "scanner.models.stable_diffusion_3:StableDiffusion3",
+              "SD3: MM-DiT transformer, flow matching, two CLIP encoders and an optional T5"),
 )}
 
 
