@@ -44,7 +44,9 @@ def membership(family: str, model, embedder, paper_timesteps: bool, extra_timest
         protocols[f"{timesteps}"] = NoiseProtocol(timesteps=timesteps)
     with Store(RUNS / f"families-{family}.duckdb") as store:
         for label, protocol in protocols.items():
-            attacks = list(ATTACKS) if label.startswith("memscan") else ["loss", "clid_th", "clid_vec"]
+            # the reference attacks need a fine-tune's base: none here (scripts/measure_finetune.py measures them)
+            everything = [name for name, attack in ATTACKS.items() if not attack.reference]
+            attacks = everything if label.startswith("memscan") else ["loss", "clid_th", "clid_vec"]
             _, results, per_bucket = run_mia_eval(store, model, items, attacks, protocol, embedder=embedder)
             print(f"\n{family}, timesteps {label}: attack | AUC | TPR@1%FPR | " + " | ".join(
                 f"AUC {b}" for b in demo_world.BUCKETS[:-1]))

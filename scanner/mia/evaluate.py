@@ -17,7 +17,7 @@ import numpy as np
 from scanner.features import resize
 from scanner.mia import metrics
 from scanner.mia.attack import Features
-from scanner.mia.attacks import ATTACKS
+from scanner.mia.attacks import ATTACKS, check_attacks
 from scanner.mia.denoising import NoiseProtocol
 from scanner.mia.measurements import Measurements
 from scanner.distributed import LocalPool, Pool, map_in_order
@@ -74,7 +74,9 @@ def features_on(pool: Pool | None, model: TextToImageModel, items: Sequence[Labe
                 reference_model: TextToImageModel | None = None) -> dict[str, Features]:
     """``attack_scores`` chunk by chunk, on ``pool``'s Ray workers or in this process. Every feature
     belongs to one item (the shared noise depends on the repeat and timestep, not on the batch),
-    so the joined result does not depend on where the chunks ran."""
+    so the joined result does not depend on where the chunks ran. Attacks the model cannot run, or
+    that need a reference model not given, are refused before any work (``check_attacks``)."""
+    check_attacks(model, attacks, has_reference=reference_model is not None)
     pool = pool or LocalPool(WorkerModels(model, embedder, reference_model))
     chunks = [items[start:start + chunk_size] for start in range(0, len(items), chunk_size)]
     ordered = map_in_order(pool, functools.partial(score_chunk, AttackJob(tuple(attacks), protocol)), chunks)
