@@ -86,6 +86,8 @@ class CriterionStatement:
     nulls_flagged: int
     resolution: int = 0  # pixels of the generations (0: unknown)
 
+    nothing_found = "No prompt collapsed onto one image: no memorization candidates."
+
     def measured_settings(self) -> bool:
         return self.calibrated and {"min_clique": self.min_clique, "generations_per_prompt": self.generations_per_prompt,
                                     "null_factor": self.null_factor} == MEASURED_SETTINGS
@@ -112,10 +114,55 @@ class CriterionStatement:
         return out
 
 
-def criterion_statement(store: Store, run_id: str) -> CriterionStatement:
+# extraction from the demo world's unconditional model by matching every generation (scripts/measure_families.py
+# --family ddpm; docs/MEASUREMENTS.md): the statement says it when a scan of a model without prompts finds nothing
+MEASURED_UNCONDITIONAL = ("of the 18 duplicated training images its 256 generations reproduce, 17 judged extracted (x200 9 of 9, "
+                          "x50 8 of 9), and none of 21 extracted verdicts wrong (2 ambiguous)")
+NEAREST_ITEM = "nearest_item"  # the stored criterion of such a scan (scanner.match.match_every_generation)
+
+
+@dataclass(frozen=True)
+class MatchingStatement:
+    """What a scan of a model without prompts checked: every generation against the training set."""
+
+    generations: int
+    index: str
+    extraction_ratio: float
+    similar_ratio: float
+    anchor_alpha: float
+    anchor_n: int
+    resolution: int = 0
+
+    nothing_found = "No generation matched a training image: no memorization candidates."
+
+    def lines(self, found_nothing: bool) -> list[str]:
+        out = [f"Criterion: each of {self.generations} generations of this unconditional model matched against training index "
+               f"{self.index} (Carlini et al.'s CIFAR-10 extraction): extracted when its tiled l2 to a training image is at "
+               f"most {self.extraction_ratio:g} of that image's spacing to its nearest other training images and its l2 is "
+               f"under {self.anchor_alpha:g} x the mean to its own {self.anchor_n} nearest (anchored l2 < 1); similar within "
+               f"{self.similar_ratio:g} of the spacing, a candidate when two generations or more are. Nothing in it is "
+               "tuned on the model.",
+               f"Measured on the demo world's unconditional model: {MEASURED_UNCONDITIONAL}."]
+        if self.resolution and self.resolution not in MEASURED_RESOLUTIONS:
+            out.append(f"This model draws {self.resolution}-pixel images; that was measured at 32 pixels only.")
+        if found_nothing:
+            out.append("No generation met it. That does not show that nothing is memorized: only these seeds were drawn, "
+                       f"and an image the model draws for fewer than about 1 in {self.generations} seeds is likely missed.")
+        return out
+
+
+def criterion_statement(store: Store, run_id: str) -> CriterionStatement | MatchingStatement:
     """The criterion a stored run's candidates were computed with, from its settings and calibration."""
     stored = json.loads(store.execute("SELECT config FROM runs WHERE run_id = ?", [run_id])[0][0])
     config = stored.get("cluster", {}) if isinstance(stored, dict) else {}  # a database may be older, or crafted
+    if config.get("criterion") == NEAREST_ITEM:
+        matching = stored.get("match", {})
+        generations, resolution = store.execute(
+            "SELECT count(*), coalesce(max(greatest(height, width)), 0) FROM generations "
+            "WHERE run_id = ? AND status = 'ok' AND NOT degenerate", [run_id])[0]
+        return MatchingStatement(generations, matching.get("index", ""), matching.get("extraction_ratio", float("nan")),
+                                 matching.get("similar_ratio", float("nan")), matching.get("anchor_alpha", float("nan")),
+                                 matching.get("anchor_n", 0), int(resolution))
     prompts, most, resolution = store.execute(
         "SELECT count(DISTINCT g.prompt_id), coalesce(max(n), 0), coalesce(max(side), 0) FROM (SELECT prompt_id, count(*) AS n, "
         "max(greatest(height, width)) AS side FROM generations WHERE run_id = ? AND status = 'ok' GROUP BY prompt_id) g "

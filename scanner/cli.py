@@ -39,11 +39,12 @@ def _print_findings(store, run_id: str, limit: int = 20) -> None:
     rows = store.query(
         "SELECT rank, cluster_size AS size, n_generations AS of_n, round(mean_distance, 4) AS mean_tiled_l2, "
         "verdict, matched_item, round(match_l2, 4) AS match_l2, prompt FROM findings WHERE run_id = ? ORDER BY rank LIMIT ?", [run_id, limit]).to_pylist()
+    statement = criterion_statement(store, run_id)
     if rows:
         _print_table(f"Memorization candidates (top {len(rows)})", list(rows[0].keys()), [list(r.values()) for r in rows])
     else:
-        console.print("No prompt collapsed onto one image: no memorization candidates.")
-    for line in criterion_statement(store, run_id).lines(found_nothing=not rows):
+        console.print(statement.nothing_found)
+    for line in statement.lines(found_nothing=not rows):
         console.print(line)
 
 
@@ -175,7 +176,7 @@ def scan(
     db: Path = typer.Option(None, help="DuckDB file to write (default: runs/scan.duckdb)."),
     images_dir: Optional[Path] = typer.Option(None, help="Folder for generated images (default: <db>.files beside the database)."),
     config: Optional[Path] = typer.Option(None, help="TOML configuration; flags given here override it."),
-    samples_per_prompt: Optional[int] = typer.Option(None, help="Generations per prompt (default: 16)."),
+    samples_per_prompt: Optional[int] = typer.Option(None, help="Generations per prompt (default: the model family's: 16 for a text-to-image model; an unconditional model's whole sample, 256 on the demo's, 4096 above 64 px)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per sampling batch (default: 32)."),
     num_inference_steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model family's at its resolution, with its source in the run: 20 on the demo, the pipeline's 50 on a released SD or SDXL)."),
     guidance_scale: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default: the model family's at its resolution: 5.0 on the demo, 7.5 on a released SD 1/2, 5.0 on SDXL)."),
@@ -205,7 +206,8 @@ def scan(
     from scanner.generate import check_plan_fits
     from scanner.index import TrainingIndex
     from scanner.prompts import scan_prompts
-    from scanner.scan import run_scan
+    from scanner.models.base import TEXT
+    from scanner.scan import run_scan, unconditional_prompts
     from scanner.store import Store
 
     settings = load_scan_config(config) if config else ScanConfig(db="runs/scan.duckdb")
@@ -237,7 +239,9 @@ def scan(
     # the database opens before the models load: a bad --db or --images-dir fails at once
     with Store(settings.db, files_dir=settings.images_dir or None) as store:
         loaded = model_spec.load()
-        check_plan_fits(settings.sampling, loaded.resolution, settings.features.thumbnail_size)
+        if TEXT not in loaded.capabilities and not (settings.prompts or prompts_from_index):
+            prompt_list = unconditional_prompts()  # the demo captions are only a default: no prompt was asked for
+        check_plan_fits(settings.sampling.for_model(loaded), loaded.resolution, settings.features.thumbnail_size)
         embedder = load_embedder(settings.features)
         training_index = None
         if settings.index:
@@ -413,7 +417,7 @@ def mia_eval(
     reference_lora: Optional[list[str]] = REFERENCE_LORA,
     clip_model: Optional[str] = MIA_CLIP,
     clip_pretrained: Optional[str] = MIA_CLIP_PRETRAINED,
-    attacks: str = typer.Option("loss,clid_th,wen", help="Comma-separated: loss, clid_th, clid_vec, wen, norm_align, seed_agreement, wu_pixel, wu_clip, wu_classifier (the Wu et al. black-box attacks sample each caption 4 times)."),
+    attacks: Optional[str] = typer.Option(None, help="Comma-separated: loss, loss_vec, clid_th, clid_vec, wen, norm_align, seed_agreement, wu_pixel, wu_clip, wu_classifier (the Wu et al. black-box attacks sample each caption 4 times) (default: loss,clid_th,wen; loss,loss_vec for a model without prompts; wu_pixel,wu_clip,seed_agreement for a model behind an HTTP API)."),
     db: Path = MIA_DB,
     seed: int = typer.Option(0, help="Seed of the auxiliary/evaluation split and of the shared noise."),
     ray: Optional[str] = RAY_ADDRESS,
@@ -427,7 +431,7 @@ def mia_eval(
     from scanner.mia.labelled import labelled_sets
     from scanner.store import Store
 
-    chosen = _attack_list(attacks)
+    chosen = _attack_list(attacks, model, model_kind, "eval")
     require_int("--seed", seed, 0)
     items = labelled_sets(members, nonmembers, ("--members", "--nonmembers"), demo_world.membership_items,
                           SourceFormat(image_column, caption_column, encoding, image_root), halves=True)
@@ -463,7 +467,7 @@ def mia_score(
     reference_lora: Optional[list[str]] = REFERENCE_LORA,
     clip_model: Optional[str] = MIA_CLIP,
     clip_pretrained: Optional[str] = MIA_CLIP_PRETRAINED,
-    attacks: str = typer.Option("loss,clid_th", help="Comma-separated: loss, clid_th, clid_vec, wen, norm_align, seed_agreement, wu_pixel, wu_clip, wu_classifier."),
+    attacks: Optional[str] = typer.Option(None, help="Comma-separated: loss, loss_vec, clid_th, clid_vec, wen, norm_align, seed_agreement, wu_pixel, wu_clip, wu_classifier (default: loss,clid_th; loss,loss_vec for a model without prompts; wu_pixel,wu_clip for a model behind an HTTP API)."),
     db: Path = MIA_DB,
     ray: Optional[str] = RAY_ADDRESS,
     ray_workers: Optional[int] = RAY_WORKERS,
@@ -475,7 +479,7 @@ def mia_score(
     from scanner.mia.labelled import demo_labelled, distinct_ids, labelled_items, labelled_sets
     from scanner.store import Store
 
-    chosen = _attack_list(attacks)
+    chosen = _attack_list(attacks, model, model_kind, "score")
     source_format = SourceFormat(image_column, caption_column, encoding, image_root)
     reference = labelled_sets(members, nonmembers, ("--members", "--nonmembers"), demo_world.membership_items,
                               source_format)
@@ -492,9 +496,14 @@ def mia_score(
     console.print(f"Database: {db}  (run {run_id}); SELECT * FROM mia_scores WHERE run_id = '{run_id}'")
 
 
-def _attack_list(attacks: str) -> list[str]:
-    from scanner.mia.attacks import parse_attacks
+def _attack_list(attacks: Optional[str], model: Optional[str], kind: Optional[str], command: str) -> list[str]:
+    """The attacks asked for, else the command's defaults for what the model offers."""
+    from scanner import demo as demo_world
+    from scanner.mia.attacks import default_attacks, parse_attacks
+    from scanner.models.loading import declared_capabilities
 
+    if attacks is None:
+        return default_attacks(declared_capabilities(model or demo_world.SD_MODEL, kind), command)
     return parse_attacks(attacks.split(","))
 
 
@@ -544,18 +553,18 @@ def mia_dataset(
     ray_workers: Optional[int] = RAY_WORKERS,
     ray_cpus_per_worker: Optional[int] = RAY_CPUS_PER_WORKER,
 ) -> None:
-    """Was this set of images trained on? A one-sided test of held-out classifier scores (CLiD's features; Wu et al.'s over HTTP) against a reference set."""
+    """Was this set of images trained on? A one-sided test of held-out classifier scores (CLiD's features; Wu et al.'s over HTTP; the loss per noise level for an unconditional model) against a reference set."""
     from scanner import demo as demo_world
     from scanner.mia.dataset import ATTACK, dataset_features, run_dataset_inference
     from scanner.mia.labelled import labelled_sets
-    from scanner.models.loading import is_url
+    from scanner.models.loading import declared_capabilities
     from scanner.store import Store
 
     require_number("--alpha", alpha, 0, 1, low_open=True)
     items = labelled_sets(suspect, reference, ("--suspect", "--reference"),
                           lambda: demo_world.membership_items(per_bucket=0, x1=40, nonmembers=60),
                           SourceFormat(image_column, caption_column, encoding, image_root), halves=True)
-    features = dataset_features(not is_url(model or ""), bool(reference_model))
+    features = dataset_features(declared_capabilities(model or demo_world.SD_MODEL, model_kind), bool(reference_model))
     models, pool = _mia_models(model, model_kind, lora, (api, resolution), (reference_model, reference_lora), [features],
                                (clip_model, clip_pretrained), ray, ray_workers, ray_cpus_per_worker, allow_pickle)
     with Store(db) as store:

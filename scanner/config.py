@@ -65,7 +65,9 @@ def require_number(setting: str, value: Any, low: float | None = None, high: flo
 class SamplingConfig:
     """How each prompt is sampled. A generation is identified by (prompt, seed, these settings)."""
 
-    samples_per_prompt: int = 16
+    # None: the model family's (``FamilyDefaults.samples_per_prompt``): 16 seeds per prompt for a text-to-image family,
+    # the whole sample of an unconditional model, whose one "prompt" is the empty one
+    samples_per_prompt: int | None = None
     batch_size: int = 32
     # None: the model family's default at its resolution (the adapter's ``defaults``, which say where
     # they come from: 20 and 5.0 measured on the demo-sized models, the pipeline's own for released ones)
@@ -85,13 +87,14 @@ class SamplingConfig:
     reference_guidance: float = 0.0
 
     def __post_init__(self) -> None:
-        require_int("samples_per_prompt", self.samples_per_prompt, 1)  # zero seeds would report "no candidates" on no evidence
+        if self.samples_per_prompt is not None:  # zero seeds would report "no candidates" on no evidence
+            require_int("samples_per_prompt", self.samples_per_prompt, 1)
         require_int("batch_size", self.batch_size, 1)
         if self.num_inference_steps is not None:
             require_int("num_inference_steps", self.num_inference_steps, 1)
         if self.guidance_scale is not None:
             require_number("guidance_scale", self.guidance_scale)
-        require_int("seed_base", self.seed_base, 0, MAX_SEED + 1 - self.samples_per_prompt)
+        require_int("seed_base", self.seed_base, 0, MAX_SEED + 1 - (self.samples_per_prompt or 1))
         require_number("triage", self.triage, 0, 1, low_open=True)
         if self.triage_detector not in DETECTORS:
             raise SettingError("triage_detector", f"must be one of {', '.join(DETECTORS)}, not {self.triage_detector!r}")
@@ -99,10 +102,11 @@ class SamplingConfig:
         require_number("reference_guidance", self.reference_guidance, 0)
 
     def for_model(self, model: Any) -> "SamplingConfig":
-        """Steps and guidance left unset take the model family's defaults for its resolution."""
+        """Seeds, steps and guidance left unset take the model family's defaults for its resolution."""
         defaults = model.defaults
         return dataclasses.replace(
-            self, num_inference_steps=self.num_inference_steps or defaults.num_inference_steps,
+            self, samples_per_prompt=self.samples_per_prompt or defaults.samples_per_prompt,
+            num_inference_steps=self.num_inference_steps or defaults.num_inference_steps,
             guidance_scale=defaults.guidance_scale if self.guidance_scale is None else self.guidance_scale)
 
 
@@ -284,7 +288,7 @@ class ScanConfig:
             object.__setattr__(self, name, tuple(value))  # TOML gives a list
         if self.sampling.reference_guidance and not self.reference_model:
             raise SettingError("reference_guidance", "needs a reference model (--reference-model) to guide from")
-        if self.sampling.samples_per_prompt < self.cluster.min_clique:  # an all-clear on no evidence
+        if (self.sampling.samples_per_prompt or self.cluster.min_clique) < self.cluster.min_clique:  # an all-clear on no evidence
             raise SettingError("min_clique", f"must be at most samples_per_prompt ({self.sampling.samples_per_prompt}), "
                                              f"not {self.cluster.min_clique}: no prompt could ever be flagged")
         if self.sampling.stop_early and self.cluster.criterion != "clique":

@@ -26,9 +26,10 @@ from __future__ import annotations
 import numpy as np
 
 from scanner import distances, features
+from scanner.calibration import NEAREST_ITEM
 from scanner.config import MatchConfig
 from scanner.index import TrainingIndex
-from scanner.store import Store
+from scanner.store import Store, stable_id
 
 ANCHOR_KIND = "generation:distinct-nearest"
 
@@ -92,6 +93,12 @@ def match_image(image: np.ndarray, embedding: np.ndarray, phash: int, index: Tra
     return matches
 
 
+def _stored_matches(run_id: str, candidate_id: str, embedding: np.ndarray, found: list[dict], index: TrainingIndex) -> list[dict]:
+    """``match_image``'s matches of a candidate's medoid as ``matches`` rows."""
+    return [{"run_id": run_id, "candidate_id": candidate_id, "index_name": index.name,
+             "clip_cosine": float(embedding @ index.image_embedding(match["item_id"])), **match} for match in found]
+
+
 def match_run(store: Store, run_id: str, index: TrainingIndex, config: MatchConfig = MatchConfig()) -> dict[str, int]:
     """Match every candidate's medoid; replaces the run's matches against this index."""
     rows = store.query(
@@ -105,12 +112,73 @@ def match_run(store: Store, run_id: str, index: TrainingIndex, config: MatchConf
     for row in rows:
         image = features.load_image(store.image_file(row["image_path"]))
         embedding = np.asarray(row["embedding"], dtype=np.float32)
-        for match in match_image(image, embedding, int(row["phash"]), index, config, spacing):
-            clip_cosine = float(embedding @ index.image_embedding(match["item_id"]))
-            matches.append({"run_id": run_id, "candidate_id": row["candidate_id"], "index_name": index.name,
-                            "clip_cosine": clip_cosine, **match})
+        matches += _stored_matches(run_id, row["candidate_id"], embedding,
+                                   match_image(image, embedding, int(row["phash"]), index, config, spacing), index)
     with store.transaction():
         store.execute("DELETE FROM matches WHERE run_id = ? AND index_name = ?", [run_id, index.name])
         store.insert("matches", matches)
     return {"candidates": len(rows), "matches": len(matches),
             "extracted": len({m["candidate_id"] for m in matches if m["verdict"] == "extracted"})}
+
+
+
+
+SIMILAR_REPEATS = 2  # generations merely similar to one training item that make it a candidate of a model without prompts
+
+
+def match_every_generation(store: Store, run_id: str, index: TrainingIndex, config: MatchConfig = MatchConfig()) -> dict[str, int]:
+    """Extraction from a model without prompts, as Carlini et al. extract from unconditional
+    CIFAR-10 models: every generation is looked up in the index, and those whose nearest distinct
+    training image is a match (``extracted`` or ``similar``, judged by ``match_image`` relative to
+    the training set's own spacing: nothing is tuned on the model) are grouped by that item. One
+    cluster, one candidate and the medoid's matches per training item reproduced; the medoid is
+    the member nearest the item. An item only ``similar`` to one generation is not a candidate:
+    in a training set of few kinds of image one in many generations lands that near some image by
+    chance; ``SIMILAR_REPEATS`` generations near the same item are a pattern. Replaces the run's
+    clusters, candidates and matches."""
+    rows = store.query("SELECT generation_id, prompt_id, image_path, embedding, phash FROM generations "
+                       "WHERE run_id = ? AND status = 'ok' AND NOT degenerate ORDER BY seed", [run_id]).to_pylist()
+    if any(r["embedding"] is None for r in rows):
+        raise ValueError("matching needs CLIP embeddings of the generations; scan with embeddings on")
+    spacing: dict[int, float] = {}
+    by_item: dict[str, list[tuple[dict, np.ndarray, np.ndarray, list[dict]]]] = {}
+    for row in rows:
+        image = features.load_image(store.image_file(row["image_path"]))
+        embedding = np.asarray(row["embedding"], dtype=np.float32)
+        found = match_image(image, embedding, int(row["phash"]), index, config, spacing)
+        if found and found[0]["verdict"] != "none":
+            by_item.setdefault(found[0]["item_id"], []).append((row, image, embedding, found))
+    by_item = {item: group for item, group in by_item.items()
+               if len(group) >= SIMILAR_REPEATS or any(found[0]["verdict"] == "extracted" for *_, found in group)}
+    clusters, members, candidates, matches = [], [], [], []
+    for item_id, group in by_item.items():
+        group.sort(key=lambda member: member[3][0]["relative_tiled_l2"])
+        medoid_row, medoid_image, medoid_embedding, medoid_found = group[0]
+        to_medoid = distances.tiled_l2(medoid_image[None], np.stack([image for _, image, _, _ in group]), config.tiles)
+        others = to_medoid[1:] if len(group) > 1 else np.zeros(1)
+        cluster_id = stable_id("cluster", run_id, NEAREST_ITEM, item_id)
+        clusters.append({"run_id": run_id, "cluster_id": cluster_id, "scope": "prompt", "prompt_id": medoid_row["prompt_id"],
+                         "size": len(group), "n_generations": len(rows), "medoid_generation_id": medoid_row["generation_id"],
+                         "mean_distance": float(np.mean(others)), "max_distance": float(np.max(others)),
+                         "distance": "tiled_l2", "threshold": config.similar_ratio, "criterion": NEAREST_ITEM})
+        members += [{"run_id": run_id, "cluster_id": cluster_id, "generation_id": row["generation_id"],
+                     "distance_to_medoid": float(d)} for (row, _, _, _), d in zip(group, to_medoid)]
+        nearest = medoid_found[0]
+        candidates.append({"run_id": run_id, "candidate_id": cluster_id, "cluster_id": cluster_id,
+                           "prompt_id": medoid_row["prompt_id"], "score": len(group) / len(rows),
+                           "relative": nearest["relative_tiled_l2"],
+                           "reason": f"{len(group)} of {len(rows)} generations nearest to training item {item_id} "
+                                     f"(closest: {nearest['verdict']}, relative tiled l2 {nearest['relative_tiled_l2']:.3f})"})
+        matches += _stored_matches(run_id, cluster_id, medoid_embedding, medoid_found, index)
+    candidates.sort(key=lambda c: (c["relative"], -c["score"]))  # the nearest copies first
+    for rank, candidate in enumerate(candidates, start=1):
+        candidate["rank"] = rank
+        del candidate["relative"]
+    with store.transaction():
+        store.replace_run_rows(["matches", "candidates", "cluster_members", "clusters"], run_id)
+        store.insert("clusters", clusters)
+        store.insert("cluster_members", members)
+        store.insert("candidates", candidates)
+        store.insert("matches", matches)
+    return {"generations_matched": len(rows), "clusters": len(clusters), "candidates": len(candidates),
+            "matches": len(matches), "extracted": sum(group[0][3][0]["verdict"] == "extracted" for group in by_item.values())}

@@ -26,7 +26,8 @@ from scanner.mia.triage import top_fraction, triage
 from scanner.generate import Prompt
 from scanner.models.loading import ModelSpec, WorkerModels, pool_precision
 from scanner.index import TrainingIndex
-from scanner.models.base import SAMPLE, ImageTextEmbedder, TextToImageModel, require
+from scanner.errors import MemscanError
+from scanner.models.base import SAMPLE, TEXT, UNCONDITIONAL_PROMPT, ImageTextEmbedder, TextToImageModel, require
 from scanner.progress import progress_bar
 from scanner.store import Store, stable_id
 
@@ -37,6 +38,27 @@ class ScanResult:
     resumed: bool
     timings: dict[str, float]
     counts: dict[str, int]
+
+
+def unconditional_prompts() -> list[Prompt]:
+    """What a scan of a model without prompts samples: the one empty prompt, with many seeds."""
+    return [Prompt.from_text(UNCONDITIONAL_PROMPT, source="unconditional")]
+
+
+def check_unconditional_scan(model: TextToImageModel, prompts: Sequence[Prompt], config: ScanConfig,
+                             index: TrainingIndex | None) -> None:
+    """A model without prompts is scanned as Carlini et al. scan unconditional models: many seeds
+    of the empty prompt, every generation matched against the training set. What needs prompts
+    (null calibration of a clique threshold, stopping early on it) has nothing to work on."""
+    what = f"a {model.kind} model is unconditional"
+    if [p.text for p in prompts] != [UNCONDITIONAL_PROMPT]:
+        raise MemscanError(f"{what}: it takes no prompts (drop --prompts and --prompts-from-index); its scan draws "
+                           "--samples-per-prompt seeds and matches every generation against the training set")
+    if index is None:
+        raise MemscanError(f"{what}: with no prompt whose generations could collapse, its scan matches every generation "
+                           "against the training set (Carlini et al.'s CIFAR-10 extraction): give --index")
+    if config.sampling.stop_early:
+        raise MemscanError(f"{what}: --stop-early needs the clique criterion of a prompted model; drop it")
 
 
 def run_id_for(model: TextToImageModel, precision: str, prompts: Sequence[Prompt], config: ScanConfig, kind: str) -> str:
@@ -100,14 +122,20 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
     config = dataclasses.replace(config, sampling=config.sampling.for_model(model))
     if config.sampling.triage < 1.0:
         check_attacks(model, [config.sampling.triage_detector])
+    prompted = TEXT in model.capabilities
+    if not prompted:
+        check_unconditional_scan(model, prompts, config, index)
     pool = pool or LocalPool(WorkerModels(model, embedder))
     precision = pool_precision(pool)
-    nulls = calibration.null_prompts(prompts, config.cluster.null_prompts) if config.cluster.threshold is None else []
+    calibrated = prompted and config.cluster.threshold is None
+    nulls = calibration.null_prompts(prompts, config.cluster.null_prompts) if calibrated else []
     run_id = run_id_for(model, precision, [*prompts, *nulls], config, kind)
     provenance = config.to_dict()
     provenance["sampling"]["precision"] = precision
     provenance["model_kind"] = model.kind  # as resolved: model_index.json's class, or --model-kind
     provenance["family_defaults"] = model.defaults.source  # where unset steps and guidance came from
+    if not prompted:  # no clique, no null prompts: every generation matched (match.match_every_generation)
+        provenance["cluster"] = {"criterion": calibration.NEAREST_ITEM}
     provenance["loras"] = [{"file": lora.path, "scale": lora.scale} for lora in model.loras]  # the hash covers their bytes
     if not getattr(model, "seeded", True):  # an unseeded API: a generation is (prompt, draw index), never reproducible
         provenance["seeded"] = False
@@ -147,9 +175,12 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
                                                 flush_rows=config.ray.flush_rows, flush_seconds=config.ray.flush_seconds)
         asked_while_sampling = generate.counted_since(asked_before_sampling, generate.request_counts(model))
         clustered = time.perf_counter()
-        cluster_counts = cluster.cluster_run(store, run_id, config.cluster)
+        if prompted:
+            cluster_counts = cluster.cluster_run(store, run_id, config.cluster)
+        else:  # no prompt to collapse: the generations are grouped by the training item they match
+            cluster_counts = match.match_every_generation(store, run_id, index, config.match)
         matched = time.perf_counter()
-        if index is not None:
+        if index is not None and prompted:
             cluster_counts.update({f"matched_{k}": v for k, v in match.match_run(store, run_id, index, config.match).items()})
         scored = time.perf_counter()
         cluster_counts["membership_scores"] = score_scan(store, run_id, model, index, config.sampling, pool, precision)

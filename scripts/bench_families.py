@@ -1,6 +1,6 @@
 """Benchmark: memscan's adapters against the bare diffusers calls they wrap, per model family.
 
-    python scripts/bench_families.py [--families sd,sd2-v,sdxl,sd3] [--batch 32] [--steps 20] [--repeats 3]
+    python scripts/bench_families.py [--families sd,sd2-v,sdxl,sd3,ddpm] [--batch 32] [--steps 20] [--repeats 3]
 
 For each family model of the demo world (``scanner.demo.FAMILY_MODELS``), measured side by
 side in one process, alternating, best of ``--repeats``:
@@ -9,7 +9,8 @@ side in one process, alternating, best of ``--repeats``:
   one CPU generator per seed, steps, guidance, size and dtype;
 - the membership loss: ``denoising_losses`` (the loss attack's measurement: encode, condition,
   noise, one denoiser pass per timestep and repeat) against the same passes written out with the
-  pipeline's own encoders, denoiser and training scheduler (for the flow model, the flow written out).
+  pipeline's own encoders, denoiser and training scheduler (for the flow model, the flow written out; for the unconditional
+model, DDPM's loss on pixels).
 
 Prints images/s (items/s for the loss) and the ratio memscan / bare; the goal is at least 0.9.
 """
@@ -28,11 +29,18 @@ def seconds(call) -> float:
     return time.perf_counter() - began
 
 
+def unconditional(pipeline) -> bool:
+    return not hasattr(pipeline, "vae")  # DDIMPipeline, DDPMPipeline: pixels, no prompt
+
+
 def bare_sampling(pipeline, prompts, seeds, steps, guidance, side):
     import torch
 
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     with torch.inference_mode():
+        if unconditional(pipeline):
+            return pipeline(batch_size=len(seeds), generator=generators, num_inference_steps=steps, eta=0.0,
+                            output_type="np").images
         return pipeline(prompt=prompts, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
                         height=side, width=side, output_type="np").images
 
@@ -44,10 +52,13 @@ def bare_losses(pipeline, images, captions, timesteps, repeats):
 
     with torch.inference_mode():
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        vae = pipeline.vae.config
-        x0 = (pipeline.vae.encode(pixels).latent_dist.mean - (vae.get("shift_factor") or 0.0)) * vae.scaling_factor
-        keywords = {}
+        keywords, embeds = {}, None
         flow = hasattr(pipeline, "transformer")  # SD3: rectified flow, x_t = (1 - sigma) x0 + sigma n, target n - x0
+        if unconditional(pipeline):  # pixels as they are, and no condition
+            x0 = pixels
+        else:
+            vae = pipeline.vae.config
+            x0 = (pipeline.vae.encode(pixels).latent_dist.mean - (vae.get("shift_factor") or 0.0)) * vae.scaling_factor
         if flow:
             embeds, _, pooled, _ = pipeline.encode_prompt(captions, None, None, device="cpu", do_classifier_free_guidance=False)
             keywords = {"pooled_projections": pooled}
@@ -56,7 +67,7 @@ def bare_losses(pipeline, images, captions, timesteps, repeats):
             side = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
             ids = torch.tensor([[side, side, 0, 0, side, side]] * len(captions), dtype=embeds.dtype)
             keywords = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids}}
-        else:
+        elif not unconditional(pipeline):
             embeds = pipeline.encode_prompt(captions, "cpu", 1, False)[0]
         scheduler = None if flow else DDPMScheduler.from_config(pipeline.scheduler.config)
         losses = []
@@ -71,7 +82,8 @@ def bare_losses(pipeline, images, captions, timesteps, repeats):
                 else:
                     x_t = scheduler.add_noise(x0, noise, step)
                     target = scheduler.get_velocity(x0, noise, step) if scheduler.config.prediction_type == "v_prediction" else noise
-                    prediction = pipeline.unet(x_t, step, encoder_hidden_states=embeds, **keywords).sample
+                    prediction = (pipeline.unet(x_t, step).sample if embeds is None else
+                                  pipeline.unet(x_t, step, encoder_hidden_states=embeds, **keywords).sample)
                 losses.append(((prediction - target) ** 2).mean(dim=(1, 2, 3)))
     return losses
 
@@ -100,13 +112,14 @@ def main() -> None:
     for family in args.families.split(","):
         model = load_model(demo_world.FAMILY_MODELS[family], device="cpu")
         pipeline = model.pipeline
+        family_prompts = [""] * len(prompts) if unconditional(pipeline) else prompts
         protocol = NoiseProtocol(batch_size=args.loss_items).for_model(model)
-        model.generate(prompts[:2], seeds[:2], 2, args.guidance)  # warm up: first calls allocate and pick kernels
+        model.generate(family_prompts[:2], seeds[:2], 2, args.guidance)  # warm up: first calls allocate and pick kernels
         bare_sampling(pipeline, prompts[:2], seeds[:2], 2, args.guidance, model.resolution)
         memscan_sampling, bare = [], []
         for _ in range(args.repeats):  # alternating, so drift in the machine's speed hits both alike
             bare.append(seconds(lambda: bare_sampling(pipeline, prompts, seeds, args.steps, args.guidance, model.resolution)))
-            memscan_sampling.append(seconds(lambda: model.generate(prompts, seeds, args.steps, args.guidance)))
+            memscan_sampling.append(seconds(lambda: model.generate(family_prompts, seeds, args.steps, args.guidance)))
         rate_memscan, rate_bare = args.batch / min(memscan_sampling), args.batch / min(bare)
         print(f"{family:8} {'sampling':9} {rate_memscan:10.1f} {rate_bare:10.1f} {rate_memscan / rate_bare:6.2f}")
         memscan_loss, bare = [], []

@@ -3,6 +3,7 @@
     python scripts/calibrate_criterion.py scan --model sdxl --per-bucket 40 --nulls 64   # first: the extraction scan
     python scripts/measure_families.py --family sdxl [--paper-timesteps]
     python scripts/measure_families.py --family sd3 --timesteps 400,500,600 --timesteps 700,800,900   # noise levels compared
+    python scripts/measure_families.py --family ddpm --timesteps 50,100,200   # unconditional: membership and extraction
 
 For one family model (``scanner.demo.FAMILY_MODELS``):
 
@@ -12,6 +13,8 @@ For one family model (``scanner.demo.FAMILY_MODELS``):
 - with ``--paper-timesteps`` also loss and CLiD at the CLiD paper's timesteps for Stable
   Diffusion (440, 450, 460) against memscan's (100, 200, 300), and at each ``--timesteps`` set
   given (for a flow model the noise levels are sigma x 1000);
+- for an unconditional model (no prompt), extraction instead of triage: a scan at its defaults
+  matching every generation, scored against the world's truth (``score_unconditional``);
 - triage: each detector's AUC at separating the prompts the family's extraction scan flagged
   (``runs/criterion-<family>-g5.duckdb``, written by ``calibrate_criterion.py scan``) from the
   other audit prompts.
@@ -32,6 +35,7 @@ def membership(family: str, model, embedder, paper_timesteps: bool, extra_timest
     from scanner.mia.attacks import ATTACKS
     from scanner.mia.denoising import NoiseProtocol
     from scanner.mia.evaluate import LabelledItem, run_mia_eval
+    from scanner.models.base import TEXT
     from scanner.store import Store
 
     items = [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0,
@@ -45,8 +49,10 @@ def membership(family: str, model, embedder, paper_timesteps: bool, extra_timest
     with Store(RUNS / f"families-{family}.duckdb") as store:
         for label, protocol in protocols.items():
             # the reference attacks need a fine-tune's base: none here (scripts/measure_finetune.py measures them)
-            everything = [name for name, attack in ATTACKS.items() if not attack.reference]
-            attacks = everything if label.startswith("memscan") else ["loss", "clid_th", "clid_vec"]
+            # an unconditional model runs only the attacks that need no prompt
+            everything = [name for name, attack in ATTACKS.items() if not attack.reference
+                          and (TEXT in model.capabilities or not attack.text)]
+            attacks = everything if label.startswith("memscan") else [a for a in ("loss", "clid_th", "clid_vec") if a in everything]
             _, results, per_bucket = run_mia_eval(store, model, items, attacks, protocol, embedder=embedder)
             print(f"\n{family}, timesteps {label}: attack | AUC | TPR@1%FPR | " + " | ".join(
                 f"AUC {b}" for b in demo_world.BUCKETS[:-1]))
@@ -79,9 +85,33 @@ def triage(family: str, model) -> None:
         print(f"| {detector} | {metrics.roc_auc(scores, flagged):.3f} |", flush=True)
 
 
+def unconditional_extraction(family: str, model, embedder, seeds: int | None) -> None:
+    """A model without prompts: a scan at its defaults (every generation matched against the demo
+    index), scored against the world's truth: which training images its generations reproduce
+    (tiled l2 <= 0.10), which of them were judged extracted, and the verdict's precision."""
+    from scanner.config import SamplingConfig, ScanConfig
+    from scanner.demo.evaluate import score_extraction, score_unconditional
+    from scanner.demo.pipeline import demo_index
+    from scanner.scan import run_scan, unconditional_prompts
+    from scanner.store import Store
+
+    index = demo_index(embedder, Path("indexes"), RUNS)
+    config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=seeds, batch_size=64))
+    with Store(RUNS / f"families-{family}-extraction.duckdb") as store:
+        result = run_scan(store, model, unconditional_prompts(), config, show_progress=False, embedder=embedder, index=index)
+        truth, verdicts = score_unconditional(store, result.run_id), score_extraction(store, result.run_id)
+    print(f"\n{family}: {truth.generations} generations; training images reproduced (found extracted) per bucket: "
+          + ", ".join(f"{bucket} {found[0]} ({found[1]})" for bucket, found in truth.by_bucket().items()))
+    duplicated = sum(found[0] for bucket, found in truth.by_bucket().items() if bucket != "x1")
+    print(f"recall {truth.recall:.2f} of {duplicated} duplicated images reproduced; extracted verdicts {verdicts.judged}: "
+          f"{verdicts.correct} right, {verdicts.wrong} wrong, {verdicts.ambiguous} ambiguous (precision {verdicts.precision:.2f}); "
+          f"generations per reproduced image: {sorted(truth.reproduced.values(), reverse=True)}", flush=True)
+
+
 def main() -> None:
     from scanner import demo as demo_world
     from scanner.config import FeatureConfig
+    from scanner.models.base import TEXT
     from scanner.models.loading import load_embedder
     from scanner.models.registry import load_model
 
@@ -89,13 +119,18 @@ def main() -> None:
     parser.add_argument("--family", choices=sorted(demo_world.FAMILY_MODELS), required=True)
     parser.add_argument("--paper-timesteps", action="store_true")
     parser.add_argument("--timesteps", action="append", default=[], help="another set of loss timesteps, T,T,T (repeatable)")
-    parser.add_argument("--skip", choices=["membership", "triage"], action="append", default=[])
+    parser.add_argument("--skip", choices=["membership", "triage", "extraction"], action="append", default=[])
+    parser.add_argument("--seeds", type=int, help="an unconditional model's seeds (default: the family's)")
     args = parser.parse_args()
     model = load_model(demo_world.FAMILY_MODELS[args.family])
+    embedder = load_embedder(FeatureConfig())
     if "membership" not in args.skip:
-        membership(args.family, model, load_embedder(FeatureConfig()), args.paper_timesteps, args.timesteps)
-    if "triage" not in args.skip:
+        membership(args.family, model, embedder, args.paper_timesteps, args.timesteps)
+    prompted = TEXT in model.capabilities
+    if "triage" not in args.skip and prompted:  # the detectors work through a prompt
         triage(args.family, model)
+    if "extraction" not in args.skip and not prompted:  # a prompted family's extraction: calibrate_criterion.py
+        unconditional_extraction(args.family, model, embedder, args.seeds)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ and the flow-matching model of issue 22 (``scanner/demo/families/sd3``):
 
     python scripts/train_demo_sd.py --variant sd3        # SD3-shaped: an MM-DiT transformer trained on the flow-matching
                                                          # loss, two CLIP encoders, the optional T5 encoder absent
+
+and the unconditional model of issue 22 (``scanner/demo/families/ddpm``), Carlini et al.'s
+CIFAR-10 setting: no prompt at all, a pixel-space UNet trained on the member images alone:
+
+    python scripts/train_demo_sd.py --variant ddpm       # UNet2DModel on 32x32 pixels, DDPM's linear betas, a DDIMPipeline
 """
 
 from __future__ import annotations
@@ -107,9 +112,18 @@ SD3_TRANSFORMER = dict(sample_size=16, patch_size=2, in_channels=4, out_channels
 SD3_TEXT = {**SDXL_TEXT, "projection_dim": 16}
 SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
 SD3_T5_TOKENS = 256  # StableDiffusion3Pipeline's max_sequence_length: zeros when the T5 encoder is absent
+# unconditional: a pixel-space UNet as in DDPM's CIFAR-10 model (Ho et al.; Carlini et al. extract from such models), scaled
+# down: self-attention at 8x8 only, DDPM's linear betas 1e-4 to 0.02 over 1000 steps, epsilon prediction
+PIXEL_UNET = dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64, 96),
+                  down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                  up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=16, attention_head_dim=16)
+PIXEL_SCHEDULER = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                       prediction_type="epsilon", clip_sample=True)
 VARIANTS.update({
     "sd3": dict(family="sd3", world=WORLD, out=FAMILIES / "sd3", log=FAMILIES / "logs" / "train_sd3.log",
                 seed=3333, vae_from=DEMO_VAE, transformer=SD3_TRANSFORMER, unet_steps=3000, lr=5e-4),
+    "ddpm": dict(family="ddpm", world=WORLD, out=FAMILIES / "ddpm", log=FAMILIES / "logs" / "train_ddpm.log",
+                 seed=1010, pixel_unet=PIXEL_UNET, unet_steps=9000, batch_size=32, lr=1e-3),
     "sd2-v": dict(family="sd2-v", world=WORLD, out=FAMILIES / "sd2-v", log=FAMILIES / "logs" / "train_sd2-v.log",
                   seed=2222, vae_from=DEMO_VAE, unet=SD2_UNET, text={**TEXT_CONFIG, "hidden_act": "gelu"},
                   unet_steps=3000, lr=5e-4),
@@ -286,6 +300,34 @@ def train_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path
                 encoder.save_pretrained(work / name)
 
 
+def train_pixel_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path, log_file: Path) -> None:
+    """The unconditional model: DDPM's epsilon loss on the member images' pixels, with their
+    duplication plan, and nothing else (no captions, no autoencoder)."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    images, _, dup_counts = load_members(variant["world"])
+    data = to_tensor(images)
+    torch.manual_seed(variant["seed"])
+    unet = UNet2DModel(**variant["pixel_unet"])
+    noise_scheduler = DDPMScheduler(**PIXEL_SCHEDULER)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
+    schedule = warmup_cosine(optimizer, steps, warmup=200)
+    batches = duplicated_batches(dup_counts, batch_size, np.random.default_rng(variant["seed"]))
+    generator = torch.Generator().manual_seed(variant["seed"])
+    start, running = time.time(), 0.0
+    for step, index in zip(range(1, steps + 1), batches):
+        x0, timesteps = data[index], torch.randint(0, 1000, (len(index),), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        prediction = unet(noise_scheduler.add_noise(x0, noise, timesteps), timesteps).sample
+        running += optimizer_step(torch.nn.functional.mse_loss(prediction, noise), optimizer, schedule, list(unet.parameters()))
+        if step % 100 == 0 or step == steps:
+            log(f"unet step {step}/{steps} loss {running / 100:.4f} lr {schedule.get_last_lr()[0]:.2e} "
+                f"({time.time() - start:.0f}s)", log_file)
+            running = 0.0
+        if step % 1000 == 0 or step == steps:
+            unet.save_pretrained(work / "unet")
+
+
 def flow_matching_step(transformer, encoders, scheduler, x0, noise, token_ids, generator):
     """One SD3 training step's prediction and target, as diffusers' SD3 training script makes them:
     logit-normal draws of the shifted schedule's timesteps, the scheduler's forward process
@@ -347,6 +389,11 @@ def write_pipeline(variant: dict, work: Path, out_dir: Path, log_file: Path) -> 
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     family = variant.get("family", "sd")
+    if family == "ddpm":  # saved as a DDIMPipeline: deterministic from a seed, and 50 steps instead of 1000
+        from diffusers import DDIMPipeline, UNet2DModel
+
+        pipeline = DDIMPipeline(unet=UNet2DModel.from_pretrained(work / "unet"), scheduler=DDIMScheduler(**PIXEL_SCHEDULER))
+        return save_pipeline(pipeline, out_dir, log_file)
     if family == "sd3":
         vae = AutoencoderKL.from_pretrained(variant["vae_from"])
         vae.register_to_config(shift_factor=0.0)  # SD3's pipeline shifts latents; the demo autoencoder needs none
@@ -386,7 +433,7 @@ def main() -> None:
     parser.add_argument("--stage", choices=["all", "tokenizer", "vae", "unet", "pipeline"], default="all")
     parser.add_argument("--vae-steps", type=int, help="default: the variant's")
     parser.add_argument("--unet-steps", type=int, help="default: the variant's")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, help="default: the variant's, else 64")
     parser.add_argument("--lr", type=float, help="default: the variant's")
     parser.add_argument("--log", type=Path, help="default: the variant's")
     parser.add_argument("--out", type=Path, help="where the pipeline folder is written (default: the variant's)")
@@ -394,6 +441,7 @@ def main() -> None:
     variant = VARIANTS[args.variant]
     log_file, out = args.log or variant["log"], args.out or variant["out"]
     work = WORK if args.variant == "demo" else WORK / args.variant
+    batch_size = args.batch_size or variant.get("batch_size", 64)
     torch.set_num_threads(2)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -401,10 +449,12 @@ def main() -> None:
     if args.stage in ("all", "tokenizer"):
         build_tokenizer(work / "tokenizer")
         log("tokenizer built from open_clip's BPE merges", log_file)
-    if args.stage in ("all", "vae") and "vae_from" not in variant:
-        train_vae(variant, args.vae_steps or variant["vae_steps"], variant.get("vae_batch_size", args.batch_size), work, log_file)
-    if args.stage in ("all", "unet"):
-        train_unet(variant, args.unet_steps or variant["unet_steps"], args.batch_size, args.lr or variant["lr"], work, log_file)
+    if args.stage in ("all", "vae") and "vae_from" not in variant and variant.get("family") != "ddpm":
+        train_vae(variant, args.vae_steps or variant["vae_steps"], variant.get("vae_batch_size", batch_size), work, log_file)
+    if args.stage in ("all", "unet") and variant.get("family") == "ddpm":
+        train_pixel_unet(variant, args.unet_steps or variant["unet_steps"], batch_size, args.lr or variant["lr"], work, log_file)
+    elif args.stage in ("all", "unet"):
+        train_unet(variant, args.unet_steps or variant["unet_steps"], batch_size, args.lr or variant["lr"], work, log_file)
     if args.stage in ("all", "pipeline"):
         write_pipeline(variant, work, out, log_file)
 

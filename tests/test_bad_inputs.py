@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from cli_checks import assert_one_line_error, checksums, run_main
+from scanner.demo import FAMILY_MODELS
 from scanner.store import Store
 
 
@@ -226,6 +227,12 @@ CASES = [
     scan_case("bad choice", "unsupported pipeline class", ("--prompts", "p.txt", "--model", "flux"),
               {"flux/model_index.json": '{"_class_name": "FluxPipeline"}', **PROMPTS}, needle="StableDiffusionXLPipeline"),
     Case("bad choice", "mia model kind", ("mia", "eval", "--model-kind", "Kandinsky"), needle="--model-kind"),
+    scan_case("bad choice", "prompts for an unconditional model", ("--prompts", "p.txt", "--model", str(FAMILY_MODELS["ddpm"])),
+              PROMPTS, needle="takes no prompts"),
+    scan_case("bad choice", "an unconditional model without an index", ("--model", str(FAMILY_MODELS["ddpm"])),
+              needle="give --index"),
+    Case("bad choice", "a prompt's attack on an unconditional model",
+         ("mia", "eval", "--model", str(FAMILY_MODELS["ddpm"]), "--attacks", "loss,clid_th"), needle="clid_th attack needs"),
     # nothing to work on
     scan_case("empty input", "empty prompts", ("--prompts", "p.txt"), {"p.txt": ""}, needle="p.txt"),
     scan_case("empty input", "blank prompts", ("--prompts", "p.txt"), {"p.txt": "\n  \n"}, needle="p.txt"),

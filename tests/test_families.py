@@ -13,7 +13,7 @@ import pytest
 
 from scanner.demo import FAMILY_MODELS, decode_png, load_world
 from scanner.errors import MemscanError
-from scanner.models.base import SAMPLE
+from scanner.models.base import SAMPLE, TEXT
 
 FAMILIES = sorted(FAMILY_MODELS)
 
@@ -61,7 +61,13 @@ def test_the_loss_is_the_familys_own_training_loss(family, family_models):
     timesteps = torch.tensor([50, 250, 500, 900])
     reported = model.training_loss(x0, model.encode_condition(captions), timesteps, noise).numpy()
 
-    condition, keywords = _independent_condition(model.pipeline, captions)
+    if family == "ddpm":  # unconditional, in pixel space: x0 is the image in [-1, 1], and the captions change nothing
+        assert model.encode_condition(captions) is None
+        x0_pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        torch.testing.assert_close(x0, x0_pixels)
+        condition, keywords = None, {}
+    else:
+        condition, keywords = _independent_condition(model.pipeline, captions)
     if family == "sd3":
         # independently: rectified flow as SD3 trains it, x_t = (1 - sigma) x0 + sigma n at sigma = t / 1000, target n - x0
         assert model.prediction_type == "flow"
@@ -77,7 +83,8 @@ def test_the_loss_is_the_familys_own_training_loss(family, family_models):
         v_target = scheduler.get_velocity(x0, noise, timesteps)
         target = v_target if scheduler.config.prediction_type == "v_prediction" else noise
         with torch.no_grad():
-            prediction = model.pipeline.unet(x_t, timesteps, encoder_hidden_states=condition, **keywords).sample
+            prediction = (model.pipeline.unet(x_t, timesteps).sample if family == "ddpm" else
+                          model.pipeline.unet(x_t, timesteps, encoder_hidden_states=condition, **keywords).sample)
     expected = ((prediction - target) ** 2).mean(dim=(1, 2, 3)).numpy()
     np.testing.assert_allclose(reported, expected, rtol=1e-4, atol=1e-6)
     # a trained denoiser beats predicting zeros on its own members (whose loss is 1, or 2 for a flow's velocity)
@@ -88,10 +95,14 @@ def test_the_loss_is_the_familys_own_training_loss(family, family_models):
         assert np.abs(epsilon_loss - reported).max() > 0.05
 
 
-@pytest.mark.parametrize("family", ["sd2-v", "sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sd2-v", "sdxl", "sd3", "ddpm"])
 def test_sampling_is_seeded_and_independent_of_the_batch(family, family_models):
     model = family_models[family]
     prompts = ["one red circle at the left on a gray background", "two blue squares at the top on a pink background"]
+    if family == "ddpm":  # an unconditional model's one prompt; any other is refused
+        with pytest.raises(ValueError, match="takes no prompt"):
+            model.generate(prompts, [7, 8], num_inference_steps=6, guidance_scale=1.0)
+        prompts = ["", ""]
     together = model.generate(prompts, [7, 8], num_inference_steps=6, guidance_scale=5.0)
     alone = model.generate(prompts[1:], [8], num_inference_steps=6, guidance_scale=5.0)
     other_seed = model.generate(prompts[1:], [9], num_inference_steps=6, guidance_scale=5.0)
@@ -107,12 +118,17 @@ def test_the_first_step_input_is_what_the_sampler_feeds_the_denoiser(family_mode
     latents the pipeline itself prepares."""
     import torch
 
+    from diffusers.utils.torch_utils import randn_tensor
+
     for family, model in family_models.items():
         pipeline = model.pipeline
         pipeline.scheduler.set_timesteps(20)  # as the pipeline does before it prepares its latents
         side = model.resolution
-        expected = pipeline.prepare_latents(1, model.denoiser.config.in_channels, side, side, model.dtype, model.device,
-                                            [torch.Generator().manual_seed(1)])
+        if family == "ddpm":  # DDIMPipeline draws its noise inline, as here
+            expected = randn_tensor((1, 3, side, side), generator=[torch.Generator().manual_seed(1)], dtype=model.dtype)
+        else:
+            expected = pipeline.prepare_latents(1, model.denoiser.config.in_channels, side, side, model.dtype, model.device,
+                                                [torch.Generator().manual_seed(1)])
         torch.testing.assert_close(model.initial_noise([1], 20), expected)
         x = model.first_step_input([1], 20)
         scale = getattr(pipeline.scheduler, "scale_model_input", lambda sample, timestep: sample)
@@ -129,10 +145,17 @@ def test_every_attack_runs_on_every_family(family, family_models, demo_clip):
     images, captions = _members(3)
     items = [LabelledItem(f"i{i}", c, image, True) for i, (c, image) in enumerate(zip(captions, images))]
     model = family_models[family]
+    # an unconditional model runs the attacks that need no prompt, and refuses the others before any work
+    runnable = [name for name, attack in ATTACKS.items() if not attack.text or family != "ddpm"]
+    for name in set(ATTACKS) - set(runnable):
+        with pytest.raises(MemscanError, match=f"the {name} attack needs conditioning on a prompt's text, which a "
+                                               "DDIMPipeline model .* does not offer"):
+            features_on(None, model, items, ["loss", name], NoiseProtocol(timesteps=(200,), repeats=1), embedder=demo_clip)
+    assert family != "ddpm" or runnable == ["loss", "loss_vec", "loss_ref"]
     # the model as its own reference: the reference attacks run, and measure exactly no difference
-    features = features_on(None, model, items, list(ATTACKS), NoiseProtocol(timesteps=(200,), repeats=1), embedder=demo_clip,
+    features = features_on(None, model, items, runnable, NoiseProtocol(timesteps=(200,), repeats=1), embedder=demo_clip,
                            reference_model=model)
-    assert set(features) == set(ATTACKS)
+    assert set(features) == set(runnable)
     assert np.all(features["loss_ref"]["score"] == 0)
     for attack, raw in features.items():
         for values in raw.values():
@@ -143,7 +166,7 @@ class BlackBoxOnly:
     """A model that can only sample (the shape of an HTTP-only model): wraps a real one."""
 
     kind = "black-box test model"
-    capabilities = frozenset({SAMPLE})
+    capabilities = frozenset({SAMPLE, TEXT})
 
     def __init__(self, model):
         self.model_ref, self.model_hash, self.precision, self.loras = model.model_ref, model.model_hash, model.precision, ()
@@ -230,3 +253,77 @@ def test_an_sd3_folder_without_t5_loads_and_a_half_present_t5_is_one_line(family
     (broken / "model_index.json").write_text(json.dumps({**index, "tokenizer_3": ["transformers", "T5TokenizerFast"]}))
     with pytest.raises(MemscanError, match="T5 encoder and its tokenizer must both be present or both absent"):
         load_model(broken, device="cpu")
+
+
+@pytest.mark.slow
+def test_an_unconditional_model_is_audited_by_matching_every_generation(family_models, demo_clip, tmp_path):
+    """Carlini et al.'s CIFAR-10 extraction on the demo world's unconditional model: seeds of the
+    empty prompt, every generation matched against the training index, one finding per training
+    image reproduced, judged right against the world's ground truth; what needs a prompt is
+    refused with one line before any work."""
+    from scanner.calibration import MatchingStatement, criterion_statement
+    from scanner.config import SamplingConfig, ScanConfig
+    from scanner.demo.evaluate import score_extraction, score_unconditional
+    from scanner.demo.pipeline import demo_index
+    from scanner.generate import Prompt
+    from scanner.scan import run_scan, unconditional_prompts
+    from scanner.store import Store
+
+    model = family_models["ddpm"]
+    index = demo_index(demo_clip, tmp_path / "indexes", tmp_path)
+    config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=48, batch_size=48))
+    with Store(tmp_path / "scan.duckdb") as store:
+        for prompts, given, problem in (([Prompt.from_text("a red circle")], index, "takes no prompts"),
+                                        (unconditional_prompts(), None, "give --index")):
+            with pytest.raises(MemscanError, match=f"a DDIMPipeline model is unconditional: .*{problem}"):
+                run_scan(store, model, prompts, config, show_progress=False, embedder=demo_clip, index=given)
+        assert store.execute("SELECT count(*) FROM runs")[0][0] == 0  # refused before the run began
+        result = run_scan(store, model, unconditional_prompts(), config, show_progress=False, embedder=demo_clip, index=index)
+        truth = score_unconditional(store, result.run_id)
+        verdicts = score_extraction(store, result.run_id)
+        statement = criterion_statement(store, result.run_id)
+        scored = store.execute("SELECT DISTINCT attack FROM mia_scores WHERE run_id = ?", [result.run_id])
+        sizes = store.execute("SELECT sum(size), count(*) FROM clusters WHERE run_id = ?", [result.run_id])[0]
+    print(truth.by_bucket(), truth.recall, verdicts, statement)
+    assert result.counts["generated"] == 48 and result.counts["null_prompts"] == 0
+    assert isinstance(statement, MatchingStatement) and statement.generations == 48
+    reproduced = truth.by_bucket()
+    assert reproduced["x200"][0] >= 3  # the most duplicated images come back, each found
+    assert reproduced["x200"][1] == reproduced["x200"][0] and truth.recall >= 0.9
+    assert verdicts.judged >= 3 and verdicts.precision == 1.0
+    assert sizes[1] == result.counts["candidates"] and sizes[0] <= 48  # a generation is in one cluster at most
+    assert scored == [("loss",)]  # the matched items' loss: CLiD and Wen need a prompt
+
+
+def test_dataset_inference_on_an_unconditional_model_fits_the_loss_per_noise_level(family_models, tmp_path):
+    """CLiD's features weaken a caption; with no prompt, dataset inference fits the loss at each
+    noise level, and tells heavily duplicated suspects from non-members. A reference model, whose
+    comparison is CLiD's, is refused with one line."""
+    from scanner import demo as demo_world
+    from scanner.mia.dataset import UNCONDITIONAL_FEATURES, run_dataset_inference
+    from scanner.mia.labelled import demo_labelled
+    from scanner.store import Store
+
+    model = family_models["ddpm"]
+    items = demo_labelled(demo_world.membership_items(per_bucket=8, x1=0, nonmembers=16))
+    items = [i for i in items if i.member][:16] + [i for i in items if not i.member]
+    with Store(tmp_path / "mia.duckdb") as store:
+        run_id, verdict = run_dataset_inference(store, model, items)
+        [(settings,)] = store.execute("SELECT config FROM runs WHERE run_id = ?", [run_id])
+        with pytest.raises(MemscanError, match="an unconditional model takes none: drop --reference-model"):
+            run_dataset_inference(store, model, items, reference_model=model)
+    assert json.loads(settings)["features"] == UNCONDITIONAL_FEATURES
+    assert (verdict.suspect, verdict.reference) == (8, 8) and verdict.p_value < 0.05
+
+
+def test_the_membership_defaults_are_what_each_model_can_run(family_models, demo_sd):
+    """``mia eval`` and ``mia score`` without --attacks run what the model offers: CLiD and Wen on
+    a text-to-image denoiser, the loss alone on an unconditional one, Wu et al. on a sampler."""
+    from scanner.mia.attacks import check_attacks, default_attacks
+
+    for command in ("eval", "score"):
+        for model in (*family_models.values(), BlackBoxOnly(demo_sd)):
+            chosen = default_attacks(model.capabilities, command)
+            check_attacks(model, chosen)  # none refused
+            assert ("clid_th" in chosen) == (model.capabilities == family_models["sd"].capabilities)
+        assert default_attacks(family_models["ddpm"].capabilities, command) == ["loss", "loss_vec"]

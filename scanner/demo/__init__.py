@@ -31,6 +31,7 @@ FAMILY_MODELS = {
     "sd2-v": FAMILIES_DIR / "sd2-v",      # StableDiffusionPipeline, v-prediction, DDIM (SD 2.x-shaped)
     "sdxl": FAMILIES_DIR / "sdxl",        # StableDiffusionXLPipeline, epsilon, Euler
     "sd3": FAMILIES_DIR / "sd3",          # StableDiffusion3Pipeline, flow matching, flow Euler, no T5 (issue 22)
+    "ddpm": FAMILIES_DIR / "ddpm",        # DDIMPipeline: unconditional, pixel space, epsilon (issue 22; Carlini's CIFAR-10)
 }
 
 # A fine-tune of the demo model (issue 20): a LoRA trained by scripts/train_demo_lora.py on

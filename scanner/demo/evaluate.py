@@ -168,3 +168,48 @@ def score_extraction(store: Store, run_id: str, world: Path = WORLD) -> Extracti
     return ExtractionScore(len(extracted), sum(distance(c, i) <= REPRODUCED_TILED_L2 for c, i in extracted),
                            sum(distance(c, i) > NOT_A_COPY_TILED_L2 for c, i in extracted), len(reproducing),
                            sum(any((c, item) in extracted for item in reproduced[c]) for c in reproducing))
+
+
+@dataclass(frozen=True)
+class UnconditionalScore:
+    """Extraction from a model without prompts, item by item: which training images its
+    generations reproduce (within REPRODUCED_TILED_L2), and which of them were found. An x1 image
+    "reproduced" once is mostly chance: the demo world's images are few shapes on plain
+    backgrounds, so a new composition lands that near one of a thousand single-copy members; so
+    recall counts the duplicated items (x200, x50, x10), as the criterion's recall does."""
+
+    generations: int
+    reproduced: dict[str, int]   # item -> generations within REPRODUCED_TILED_L2 of its training image
+    buckets: dict[str, str]      # item -> its duplication bucket
+    extracted: set[str]          # items a candidate was judged ``extracted`` against
+
+    @property
+    def recall(self) -> float:
+        duplicated = [item for item in self.reproduced if self.buckets[item] in DUPLICATED_BUCKETS]
+        return sum(item in self.extracted for item in duplicated) / max(1, len(duplicated))
+
+    def by_bucket(self) -> dict[str, tuple[int, int]]:
+        """bucket -> (items reproduced, of them found extracted)."""
+        out: dict[str, list[int]] = {}
+        for item in self.reproduced:
+            counts = out.setdefault(self.buckets[item], [0, 0])
+            counts[0] += 1
+            counts[1] += item in self.extracted
+        return {bucket: (out[bucket][0], out[bucket][1]) for bucket in BUCKETS if bucket in out}
+
+
+def score_unconditional(store: Store, run_id: str, world: Path = WORLD) -> UnconditionalScore:
+    """Every generation of a scan of a model without prompts against every member's training
+    image; the items its candidates were judged extracted against (``score_extraction`` gives
+    the verdict's precision)."""
+    world_rows = [r for r in load_world(["item_id", "sd_train", "dup_count", "image_png"], world) if r["sd_train"]]
+    member_images = np.stack([decode_png(r["image_png"]) for r in world_rows])
+    paths = [p for (p,) in store.execute("SELECT thumbnail_path FROM generations WHERE run_id = ? AND status = 'ok'", [run_id])]
+    reproduced: dict[str, int] = {}
+    for path in paths:
+        image = features.load_image(store.image_file(path))
+        for i in np.flatnonzero(tiled_l2(image[None], member_images) <= REPRODUCED_TILED_L2):
+            reproduced[world_rows[i]["item_id"]] = reproduced.get(world_rows[i]["item_id"], 0) + 1
+    extracted = {world_item_of(item) for (item,) in store.execute(
+        "SELECT DISTINCT item_id FROM matches WHERE run_id = ? AND verdict = 'extracted'", [run_id])}
+    return UnconditionalScore(len(paths), reproduced, {r["item_id"]: bucket_of(r["dup_count"]) for r in world_rows}, extracted)

@@ -54,6 +54,7 @@ class Attack:
     embedder: bool = False   # also needs a CLIP-style embedder
     weakened: bool = False   # its losses include CLiD's weakened captions (measured once for every attack that does)
     reference: bool = False  # compares the model with a reference model (--reference-model)
+    text: bool = True        # works through the item's caption as a prompt (TEXT): refused on an unconditional model
     # a detector: (model, prompts, seeds, num_inference_steps, guidance_scale) -> evidence per prompt
     evidence: Callable | None = None
     from_evidence: Callable[[np.ndarray], np.ndarray] = np.asarray  # the whole set's evidence -> scores

@@ -34,13 +34,23 @@ ATTACK = "dataset_inference"   # its rows in mia_scores and metrics
 FEATURES = "clid_vec"          # the per-item features the classifier is fitted on
 REFERENCE_FEATURES = "clid_ref"  # the same, minus a reference model's (with --reference-model)
 BLACKBOX_FEATURES = "wu_classifier"  # a model that can only be sampled: Wu et al.'s two distances (needs a CLIP)
+UNCONDITIONAL_FEATURES = "loss_vec"  # a model without prompts: its loss at each noise level
 
 
-def dataset_features(can_denoise: bool, has_reference: bool) -> str:
+def dataset_features(capabilities: frozenset[str], has_reference: bool) -> str:
     """The features dataset inference fits its classifier on: CLiD's (minus a reference model's
-    when there is one) where the denoiser is reachable, else Wu et al.'s black-box distances."""
-    if not can_denoise:
+    when there is one) where the denoiser is reachable, the loss at each noise level where the
+    model takes no prompt, else Wu et al.'s black-box distances."""
+    from scanner.errors import MemscanError
+    from scanner.models.base import DENOISE, TEXT
+
+    if DENOISE not in capabilities:
         return BLACKBOX_FEATURES
+    if TEXT not in capabilities:
+        if has_reference:
+            raise MemscanError("dataset inference against a reference model compares CLiD's features, which work "
+                               "through a prompt; an unconditional model takes none: drop --reference-model")
+        return UNCONDITIONAL_FEATURES
     return REFERENCE_FEATURES if has_reference else FEATURES
 
 
@@ -109,7 +119,7 @@ def run_dataset_inference(store: Store, model: TextToImageModel, items: Sequence
     p-value in ``metrics`` (``dataset_p_value``). Item ids must be distinct (``labelled.distinct_ids``).
     With ``reference_model`` the features are CLiD's minus the reference model's (``clid_ref``); for
     a model that can only be sampled (behind an HTTP API) they are Wu et al.'s distances, which
-    need ``embedder`` (``dataset_features``)."""
+    need ``embedder``; for a model without prompts, its loss at each noise level (``dataset_features``)."""
     from scanner.distributed import LocalPool
     from scanner.mia.denoising import NoiseProtocol
     from scanner.mia.evaluate import features_on, reference_identity, require_distinct
@@ -123,10 +133,8 @@ def run_dataset_inference(store: Store, model: TextToImageModel, items: Sequence
         raise ValueError(f"dataset inference splits each set in two: {len(suspect_items)} suspect and "
                          f"{len(reference_items)} reference items, at least 2 of each are needed")
     require_distinct(items)
-    from scanner.models.base import DENOISE
-
     pool = pool or LocalPool(WorkerModels(model, embedder, reference_model))
-    chosen = dataset_features(DENOISE in model.capabilities, reference_model is not None)
+    chosen = dataset_features(model.capabilities, reference_model is not None)
     features = features_on(pool, model, items, [chosen], protocol, embedder,
                            reference_model=reference_model)[chosen]["features"]
     in_suspect = np.array([item.member for item in items])

@@ -4,7 +4,8 @@ training item (``extracted`` or ``similar``) gets the loss and CLiD scores, so a
 its membership evidence. Both run on the scan's pool (its Ray workers, or this process). Raw
 scores (higher: more member-like), no threshold: thresholds need a labelled reference
 (``memscan mia score``). A model without a denoiser (black box) gets none: its evidence is the
-matches.
+matches. A model without prompts (unconditional) gets the loss of its matched items only: the Wen
+detector and CLiD work through a prompt.
 
 Matched items are scored on the index's thumbnail resized to the model's resolution: exact when
 the training images are no larger than the thumbnails (the demo), an approximation otherwise.
@@ -20,7 +21,7 @@ from scanner.index import TrainingIndex
 from scanner.mia.denoising import NoiseProtocol
 from scanner.mia.evaluate import LabelledItem, features_on
 from scanner.mia.triage import scores_on_pool
-from scanner.models.base import DENOISE, TextToImageModel
+from scanner.models.base import DENOISE, TEXT, TextToImageModel
 from scanner.store import Store
 
 
@@ -31,8 +32,10 @@ def score_scan(store: Store, run_id: str, model: TextToImageModel, index: Traini
         return 0
     protocol = protocol.for_model(model)
     rows = []
-    prompts = store.execute("SELECT DISTINCT p.prompt_id, p.text FROM candidates c JOIN prompts p USING (run_id, prompt_id) "
-                            "WHERE c.run_id = ? ORDER BY p.prompt_id", [run_id])
+    prompted = TEXT in model.capabilities
+    prompts = [] if not prompted else store.execute(
+        "SELECT DISTINCT p.prompt_id, p.text FROM candidates c JOIN prompts p USING (run_id, prompt_id) "
+        "WHERE c.run_id = ? ORDER BY p.prompt_id", [run_id])
     if prompts:
         seeds = range(sampling.seed_base, sampling.seed_base + sampling.samples_per_prompt)
         gaps = scores_on_pool(model, [text for _, text in prompts], "wen", seeds, sampling.num_inference_steps,
@@ -48,8 +51,10 @@ def score_scan(store: Store, run_id: str, model: TextToImageModel, index: Traini
     if matched:
         items = [LabelledItem(item_id, caption or "", index.thumbnail(item_id), False)  # resized to the model's by the attacks
                  for item_id, caption in matched]
-        raw = features_on(pool, model, items, ["loss", "clid_th"], protocol)
-        scores = {"loss": raw["loss"]["score"], "clid_discrepancy": raw["clid_th"]["d"].mean(axis=1)}
+        raw = features_on(pool, model, items, ["loss", "clid_th"] if prompted else ["loss"], protocol)
+        scores = {"loss": raw["loss"]["score"]}
+        if prompted:
+            scores["clid_discrepancy"] = raw["clid_th"]["d"].mean(axis=1)
         settings = json.dumps({"scope": "matched training item", "image": "index thumbnail"})
         rows += [{"run_id": run_id, "item_id": item.item_id, "attack": attack, "score": float(values[i]), "threshold": None,
                   "predicted_member": None, "label": None, "settings": settings}

@@ -27,7 +27,7 @@ LOSS_REF = Attack("loss_ref", DENOISE, "threshold",
                   "the reference model's loss minus the model's under the same noise (offline LiRA with the base as "
                   "reference; Carlini et al. 2022)",
                   measure=lambda measured: {"score": (measured.reference_losses[0] - measured.losses[0]).mean(axis=(1, 2))},
-                  reference=True)
+                  reference=True, text=False)
 CLID_REF = Attack("clid_ref", DENOISE, "classifier and threshold",
                   "CLiD's vector [D_1..D_k, L] minus the reference model's, to a classifier (memscan: CLiD with a reference)",
                   measure=lambda measured: {"features": clid_vector(measured.losses) - clid_vector(measured.reference_losses)},

@@ -4,7 +4,9 @@ A *sampler* is the black box: images for prompts and seeds. Extraction, seed-agr
 and the Wu et al. attacks need nothing more, so a model behind an HTTP API can be audited with
 them. A *denoiser* is the gray box: the family's own training loss and raw predictions, in its
 own parametrisation (epsilon, v, flow velocity), so that losses, CLiD and the Wen and Asthana
-detectors never assume one. An adapter declares what it offers in ``capabilities``; commands
+detectors never assume one. A text-to-image model also offers *text* conditioning; an
+unconditional model (Carlini et al.'s CIFAR-10 setting) does not, so the attacks that work
+through the prompt are refused on it. An adapter declares what it offers in ``capabilities``; commands
 ask ``require`` before any work starts.
 """
 
@@ -19,8 +21,10 @@ from scanner.errors import MemscanError
 
 SAMPLE = "sample"    # generate(prompts, seeds, steps, guidance)
 DENOISE = "denoise"  # training_loss and predict: gray-box access to the denoiser
+TEXT = "text"        # a prompt's text conditions the model (not so for an unconditional model)
 
-CAPABILITY_NAMES = {SAMPLE: "sampling (black box)", DENOISE: "the denoiser's losses and predictions (gray box)"}
+CAPABILITY_NAMES = {SAMPLE: "sampling (black box)", DENOISE: "the denoiser's losses and predictions (gray box)",
+                    TEXT: "conditioning on a prompt's text"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,9 @@ class FamilyDefaults:
     guidance_scale: float
     loss_timesteps: tuple[int, ...]   # the noise levels of the loss and CLiD (training scale, 0-1000)
     source: str
+    # seeds per prompt: 16 for a text-to-image family (the demo's measurements, docs/CALIBRATION.md); an unconditional
+    # model has one "prompt", so its whole sample is these seeds
+    samples_per_prompt: int = 16
 
 
 SMALL_DEMO_PIXELS = 64  # at or below this size a model is of the demo world's kind: memscan's own measurements apply
@@ -95,6 +102,9 @@ class Denoiser(Protocol):
 
 class TextToImageModel(Sampler, Denoiser, Protocol):
     """A model with both capabilities: what the diffusers adapters are."""
+
+
+UNCONDITIONAL_PROMPT = ""  # what an unconditional model is "prompted" with: one prompt, many seeds
 
 
 def require(model: Sampler, capability: str, purpose: str) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from scanner.errors import MemscanError, input_error
 from scanner.models import force_offline, load_failure, refuse_pickles
-from scanner.models.base import DENOISE, SAMPLE, FamilyDefaults
+from scanner.models.base import DENOISE, SAMPLE, TEXT, FamilyDefaults
 from scanner.models.lora import Lora, apply_loras, check_lora_files, named_with, with_loras
 from scanner.models.reference import check_reference, check_same_text_encoders, guided_denoiser, guided_identity
 
@@ -73,7 +73,7 @@ class DiffusersT2I:
 
     kind = ""
     denoiser_name = "unet"  # the pipeline component that denoises ("transformer" for a DiT family)
-    capabilities = frozenset({SAMPLE, DENOISE})
+    capabilities = frozenset({SAMPLE, DENOISE, TEXT})
     upcast_vae = False  # encode in float32 when the VAE asks for it in fp16 (SDXL's force_upcast)
     failure_reasons = MappingProxyType({})  # a local model's failed image is non-finite pixels, nothing more to say
 
@@ -86,11 +86,12 @@ class DiffusersT2I:
         self.device = pipeline.device
         self.dtype = self.denoiser.dtype
         self.precision = f"{self.device.type}-{str(self.dtype).removeprefix('torch.')}"
-        self.resolution = int(self.denoiser.config.sample_size * pipeline.vae_scale_factor)
+        self.resolution = int(self.denoiser.config.sample_size * getattr(pipeline, "vae_scale_factor", 1))  # 1: pixel space
         self.scheduler_name = type(pipeline.scheduler).__name__
         self.prediction_type = FLOW if self.scheduler_name.startswith("FlowMatch") else \
             pipeline.scheduler.config.get("prediction_type", "epsilon")
-        self.end_of_text = pipeline.tokenizer.eos_token
+        tokenizer = getattr(pipeline, "tokenizer", None)  # none in an unconditional pipeline
+        self.end_of_text = tokenizer.eos_token if tokenizer is not None else ""
         pipeline.set_progress_bar_config(disable=True)
         self._few_step_pipeline = None
         self.defaults = self.defaults_for(self.resolution)
@@ -147,6 +148,8 @@ class DiffusersT2I:
                 path, torch_dtype=dtype, local_files_only=True, use_safetensors=None if allow_pickle else True, **extra)
             root = path
         else:
+            if not hasattr(pipeline_class, "from_single_file"):
+                raise input_error(path, f"diffusers loads a {cls.kind} from a pipeline folder only (it has no single-file loader)")
             if path.suffix != ".safetensors":
                 raise input_error(path, "single-file checkpoints must be .safetensors (pickled .ckpt files are never loaded)")
             if single_file_config is None or not (Path(single_file_config) / "model_index.json").is_file():

@@ -38,7 +38,7 @@ import numpy as np
 
 from scanner.config import HttpConfig
 from scanner.errors import MemscanError
-from scanner.models.base import SAMPLE, FamilyDefaults
+from scanner.models.base import SAMPLE, TEXT, FamilyDefaults
 
 API_KEY_VARIABLE = "MEMSCAN_API_KEY"
 RETRIED_STATUS = {429, 500, 502, 503, 504}
@@ -173,7 +173,7 @@ def decode_image(encoded: object, size: int) -> np.ndarray:
 class HttpModel:
     """A model behind an HTTP API: black box only."""
 
-    capabilities = frozenset({SAMPLE})
+    capabilities = frozenset({SAMPLE, TEXT})
     loras = ()
     scheduler_name = ""
     failure_reasons: dict[int, str] = {}  # replaced by each generate call

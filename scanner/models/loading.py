@@ -137,6 +137,18 @@ def worker_pool(model: ModelSpec, features: FeatureConfig | None, ray: RayConfig
     return RayPool(functools.partial(load_worker_models, model, portable(features) if features else None, reference), ray)
 
 
+def declared_capabilities(model: str | Path, kind: str | None = None) -> frozenset[str]:
+    """What a model offers, known before it loads: from the registry's adapter for its kind, or
+    the HTTP model's (a command choosing what to compute before loading anything asks this)."""
+    if is_url(model):
+        from scanner.models.http_api import HttpModel
+
+        return HttpModel.capabilities
+    from scanner.models.registry import resolve_kind
+
+    return resolve_kind(model, kind=kind).adapter_class().capabilities
+
+
 def attack_models(model: ModelSpec, attacks: Sequence[str], clip: FeatureConfig, ray: RayConfig,
                   reference: ModelSpec | None = None) -> tuple[WorkerModels, Any]:
     """What the membership commands run on: the model (refused, before any work, when it cannot

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from scanner import __version__
-from scanner.calibration import criterion_statement
+from scanner.calibration import MatchingStatement, criterion_statement
 from scanner.errors import MemscanError, input_error, make_folder
 from scanner.features import png_bytes
 from scanner.store import Store
@@ -196,11 +196,14 @@ def render_report(db: Path, out: Path) -> dict:
             sampling, clustering, matching = config.get("sampling", {}), config.get("cluster", {}), config.get("match", {})
             statement = criterion_statement(store, run["run_id"])
             methods = {"seeds": f"{sampling.get('seed_base', 0)} to {sampling.get('seed_base', 0) + sampling.get('samples_per_prompt', 0) - 1}",
-                       "criterion": f"{clustering.get('criterion', 'clique')} of at least {clustering.get('min_clique')}",
-                       "threshold": f"{statement.threshold:.4f}", "calibrated": statement.calibrated, "null_factor": statement.null_factor,
-                       "nulls": statement.nulls, "tiles": clustering.get("tiles"),
                        "index": matching.get("index", ""), **{k: matching.get(k) for k in
                        ("extraction_ratio", "similar_ratio", "anchor_n", "anchor_alpha")}}
+            if isinstance(statement, MatchingStatement):  # a model without prompts: every generation matched
+                methods["unconditional"] = True
+            else:
+                methods.update(criterion=f"{clustering.get('criterion', 'clique')} of at least {clustering.get('min_clique')}",
+                               threshold=f"{statement.threshold:.4f}", calibrated=statement.calibrated,
+                               null_factor=statement.null_factor, nulls=statement.nulls, tiles=clustering.get("tiles"))
         mia_rows = store.query("SELECT * FROM metrics WHERE metric LIKE 'mia_%' ORDER BY subject, metric").to_pylist()
         idia_rows = store.query("SELECT * FROM idia_results ORDER BY predicted_member DESC, person").to_pylist()
         html = environment.get_template("report.html.j2").render(
