@@ -220,7 +220,8 @@ def check_plan_fits(sampling: SamplingConfig, resolution: int, thumbnail_size: i
         return
     side = min(resolution, thumbnail_size)
     needs = {"batch_size": (sampling.batch_size * resolution**2 * 3 * 4, f"{resolution}x{resolution} float32 images"),
-             "samples_per_prompt": (sampling.samples_per_prompt * side**2 * 3, f"{side}x{side} thumbnails")}
+             # unset: the family's default, which the adapter keeps small enough
+             "samples_per_prompt": ((sampling.samples_per_prompt or 0) * side**2 * 3, f"{side}x{side} thumbnails")}
     for setting, (needed, what) in needs.items():
         if needed > memory:
             raise SettingError(setting, f"{getattr(sampling, setting)} needs at least {needed / 2**30:.1f} GiB for its "

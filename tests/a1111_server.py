@@ -95,7 +95,10 @@ class A1111Server:
                 fault = owner._next_fault()
                 kind = fault[0] if fault else None
                 if kind == "slow":
+                    # the client has timed out and left by now; sampling anyway would run the shared model on this
+                    # stale thread while the next test (not waiting for it: block_on_close) samples it too
                     time.sleep(fault[1])
+                    return self._send(503, b'{"detail": "too slow"}')
                 elif kind == "429":
                     return self._send(429, b'{"detail": "busy"}', headers=[("Retry-After", str(fault[1]))])
                 elif kind == "500":

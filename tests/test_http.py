@@ -78,9 +78,10 @@ def test_a_seeded_scan_over_http_finds_what_the_same_scan_finds_in_process(demo_
     same_seed = [np.abs(images[remote.run_id, p.prompt_id, s] - images[local.run_id, p.prompt_id, s]).max() * 255
                  for p in chosen for s in seeds]
     # the same seeds draw the same images: the server samples one image at a time on its own thread, the scan six
-    # at a time, so float32 rounding differs (about 1e-6) and moves a pixel by 1/255; in CI under full load the
-    # sampler has amplified it to up to 11/255 in a few images (cause not pinned down), so the median is held to it
-    assert len(same_seed) == 4 * 6 and np.median(same_seed) <= 1
+    # at a time, so float32 rounding differs (about 1e-6) and moves a pixel by 1/255 at most. (CI once saw whole
+    # images differ: the fault test's stale handler thread sampled the shared model while this test did; the
+    # server no longer samples for a client that has timed out.)
+    assert len(same_seed) == 4 * 6 and max(same_seed) <= 1
     for prompt in chosen[2:]:  # and every image over HTTP is its own seed's, not another's, however it was rounded
         for seed in seeds:
             drawn = tiled_l2(images[remote.run_id, prompt.prompt_id, seed][None],
