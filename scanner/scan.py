@@ -4,7 +4,9 @@ Each stage reads and writes the store only. With ``sampling.stop_early`` samplin
 clique criterion take turns: seeds are drawn in rounds, each for the prompts whose verdict is
 still open, so a prompt stops once a clique of ``min_clique`` is found or can no longer form. The run id is a hash of what determines the
 generations (model weights, the precision the workers sample in, prompts, sampler settings; not
-the batch size), so running the same scan again finds its run and resumes it.
+the batch size), so running the same scan again finds its run and resumes it. A model without
+prompts (unconditional) draws many seeds of the empty prompt, and every generation is matched
+against the training index instead of clustered (``match.match_every_generation``).
 """
 
 from __future__ import annotations
