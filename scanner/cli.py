@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from scanner.calibration import criterion_statement
-from scanner.config import require_int, require_number
+from scanner.config import SettingError, require_int, require_number
 from scanner.errors import MemscanError, input_error
 from scanner.models.loading import ModelSpec, load_embedder, portable, worker_pool
 from scanner.progress import progress_bar
@@ -250,8 +250,11 @@ def scan(
             training_index = TrainingIndex.open(settings.index, index_root)
             training_index.check_embedder(embedder)
         pool = worker_pool(model_spec, settings.features, settings.ray)
-        result = run_scan(store, loaded, prompt_list, settings, show_progress=not no_progress, embedder=embedder,
-                          index=training_index, pool=pool)
+        try:
+            result = run_scan(store, loaded, prompt_list, settings, show_progress=not no_progress, embedder=embedder,
+                              index=training_index, pool=pool)
+        except SettingError as error:  # checked once the model is known (the family's seeds): named by its flag
+            raise _flag_error(error) from None
         if result.resumed:
             console.print(f"Resumed run {result.run_id}: {result.counts['resumed_from']} generations were already stored.")
         if settings.sampling.triage < 1.0:

@@ -288,11 +288,16 @@ class ScanConfig:
             object.__setattr__(self, name, tuple(value))  # TOML gives a list
         if self.sampling.reference_guidance and not self.reference_model:
             raise SettingError("reference_guidance", "needs a reference model (--reference-model) to guide from")
-        if (self.sampling.samples_per_prompt or self.cluster.min_clique) < self.cluster.min_clique:  # an all-clear on no evidence
-            raise SettingError("min_clique", f"must be at most samples_per_prompt ({self.sampling.samples_per_prompt}), "
-                                             f"not {self.cluster.min_clique}: no prompt could ever be flagged")
         if self.sampling.stop_early and self.cluster.criterion != "clique":
             raise SettingError("stop_early", "needs the clique criterion: a component can lose its edge density as seeds are added")
+
+    def check_clique_can_form(self) -> None:
+        """A prompted scan whose seeds are fewer than ``min_clique`` could never flag a prompt: an
+        all-clear on no evidence. (Checked once the model is known: its family may set the seeds, and
+        a model without prompts forms no cliques.)"""
+        if self.sampling.samples_per_prompt is not None and self.sampling.samples_per_prompt < self.cluster.min_clique:
+            raise SettingError("min_clique", f"must be at most samples_per_prompt ({self.sampling.samples_per_prompt}), "
+                                             f"not {self.cluster.min_clique}: no prompt could ever be flagged")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -125,7 +125,9 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
     if config.sampling.triage < 1.0:
         check_attacks(model, [config.sampling.triage_detector])
     prompted = TEXT in model.capabilities
-    if not prompted:
+    if prompted:
+        config.check_clique_can_form()
+    else:
         check_unconditional_scan(model, prompts, config, index)
     pool = pool or LocalPool(WorkerModels(model, embedder))
     precision = pool_precision(pool)

@@ -278,6 +278,10 @@ def test_an_unconditional_model_is_audited_by_matching_every_generation(family_m
             with pytest.raises(MemscanError, match=f"a DDIMPipeline model is unconditional: .*{problem}"):
                 run_scan(store, model, prompts, config, show_progress=False, embedder=demo_clip, index=given)
         assert store.execute("SELECT count(*) FROM runs")[0][0] == 0  # refused before the run began
+        # fewer seeds than a clique's size: no clique is formed here, so nothing refuses it
+        few = run_scan(store, model, unconditional_prompts(), ScanConfig(sampling=SamplingConfig(samples_per_prompt=3)),
+                       show_progress=False, embedder=demo_clip, index=index)
+        assert few.counts["generated"] == 3
         result = run_scan(store, model, unconditional_prompts(), config, show_progress=False, embedder=demo_clip, index=index)
         truth = score_unconditional(store, result.run_id)
         verdicts = score_extraction(store, result.run_id)

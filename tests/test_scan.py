@@ -168,3 +168,17 @@ def test_a_scan_run_again_with_another_criterion_stores_the_settings_of_its_new_
         thresholds = store.execute("SELECT DISTINCT threshold FROM clusters WHERE run_id = ?", [result.run_id])
     assert result.resumed and result.counts["generated"] == 0
     assert stored["cluster"]["threshold"] == 0.5 and thresholds == [(0.5,)]
+
+
+def test_a_prompted_scan_with_fewer_seeds_than_a_clique_is_refused_before_any_work(tmp_path, demo_sd):
+    """3 seeds and cliques of 5: no prompt could ever be flagged, so its "no candidates" would be an
+    all-clear on no evidence; the family's own seeds are checked alike once the model is known."""
+    from scanner.config import ClusterConfig, SamplingConfig, ScanConfig, SettingError
+    from scanner.generate import Prompt
+    from scanner.scan import run_scan
+
+    config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=3), cluster=ClusterConfig(min_clique=5))
+    with Store(tmp_path / "scan.duckdb") as store:
+        with pytest.raises(SettingError, match=r"min_clique must be at most samples_per_prompt \(3\), not 5"):
+            run_scan(store, demo_sd, [Prompt.from_text("a red circle")], config, show_progress=False)
+        assert store.execute("SELECT count(*) FROM runs")[0][0] == 0
