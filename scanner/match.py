@@ -23,6 +23,8 @@ Verdicts:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from scanner import distances, features
@@ -121,9 +123,14 @@ def match_run(store: Store, run_id: str, index: TrainingIndex, config: MatchConf
             "extracted": len({m["candidate_id"] for m in matches if m["verdict"] == "extracted"})}
 
 
-
-
 SIMILAR_REPEATS = 2  # generations merely similar to one training item that make it a candidate of a model without prompts
+
+
+class MatchedGeneration(NamedTuple):
+    row: dict               # its generations row
+    image: np.ndarray
+    embedding: np.ndarray
+    matches: list[dict]     # ``match_image``'s, nearest first
 
 
 def match_every_generation(store: Store, run_id: str, index: TrainingIndex, config: MatchConfig = MatchConfig()) -> dict[str, int]:
@@ -141,35 +148,34 @@ def match_every_generation(store: Store, run_id: str, index: TrainingIndex, conf
     if any(r["embedding"] is None for r in rows):
         raise ValueError("matching needs CLIP embeddings of the generations; scan with embeddings on")
     spacing: dict[int, float] = {}
-    by_item: dict[str, list[tuple[dict, np.ndarray, np.ndarray, list[dict]]]] = {}
+    by_item: dict[str, list[MatchedGeneration]] = {}
     for row in rows:
         image = features.load_image(store.image_file(row["image_path"]))
         embedding = np.asarray(row["embedding"], dtype=np.float32)
         found = match_image(image, embedding, int(row["phash"]), index, config, spacing)
         if found and found[0]["verdict"] != "none":
-            by_item.setdefault(found[0]["item_id"], []).append((row, image, embedding, found))
+            by_item.setdefault(found[0]["item_id"], []).append(MatchedGeneration(row, image, embedding, found))
     by_item = {item: group for item, group in by_item.items()
-               if len(group) >= SIMILAR_REPEATS or any(found[0]["verdict"] == "extracted" for *_, found in group)}
+               if len(group) >= SIMILAR_REPEATS or any(g.matches[0]["verdict"] == "extracted" for g in group)}
     clusters, members, candidates, matches = [], [], [], []
     for item_id, group in by_item.items():
-        group.sort(key=lambda member: member[3][0]["relative_tiled_l2"])
-        medoid_row, medoid_image, medoid_embedding, medoid_found = group[0]
-        to_medoid = distances.tiled_l2(medoid_image[None], np.stack([image for _, image, _, _ in group]), config.tiles)
+        group.sort(key=lambda g: g.matches[0]["relative_tiled_l2"])
+        medoid, nearest = group[0], group[0].matches[0]
+        to_medoid = distances.tiled_l2(medoid.image[None], np.stack([g.image for g in group]), config.tiles)
         others = to_medoid[1:] if len(group) > 1 else np.zeros(1)
         cluster_id = stable_id("cluster", run_id, NEAREST_ITEM, item_id)
-        clusters.append({"run_id": run_id, "cluster_id": cluster_id, "scope": "prompt", "prompt_id": medoid_row["prompt_id"],
-                         "size": len(group), "n_generations": len(rows), "medoid_generation_id": medoid_row["generation_id"],
+        clusters.append({"run_id": run_id, "cluster_id": cluster_id, "scope": "prompt", "prompt_id": medoid.row["prompt_id"],
+                         "size": len(group), "n_generations": len(rows), "medoid_generation_id": medoid.row["generation_id"],
                          "mean_distance": float(np.mean(others)), "max_distance": float(np.max(others)),
                          "distance": "tiled_l2", "threshold": config.similar_ratio, "criterion": NEAREST_ITEM})
-        members += [{"run_id": run_id, "cluster_id": cluster_id, "generation_id": row["generation_id"],
-                     "distance_to_medoid": float(d)} for (row, _, _, _), d in zip(group, to_medoid)]
-        nearest = medoid_found[0]
+        members += [{"run_id": run_id, "cluster_id": cluster_id, "generation_id": g.row["generation_id"],
+                     "distance_to_medoid": float(d)} for g, d in zip(group, to_medoid)]
         candidates.append({"run_id": run_id, "candidate_id": cluster_id, "cluster_id": cluster_id,
-                           "prompt_id": medoid_row["prompt_id"], "score": len(group) / len(rows),
+                           "prompt_id": medoid.row["prompt_id"], "score": len(group) / len(rows),
                            "relative": nearest["relative_tiled_l2"],
                            "reason": f"{len(group)} of {len(rows)} generations nearest to training item {item_id} "
                                      f"(closest: {nearest['verdict']}, relative tiled l2 {nearest['relative_tiled_l2']:.3f})"})
-        matches += _stored_matches(run_id, cluster_id, medoid_embedding, medoid_found, index)
+        matches += _stored_matches(run_id, cluster_id, medoid.embedding, medoid.matches, index)
     candidates.sort(key=lambda c: (c["relative"], -c["score"]))  # the nearest copies first
     for rank, candidate in enumerate(candidates, start=1):
         candidate["rank"] = rank
@@ -181,4 +187,4 @@ def match_every_generation(store: Store, run_id: str, index: TrainingIndex, conf
         store.insert("candidates", candidates)
         store.insert("matches", matches)
     return {"generations_matched": len(rows), "clusters": len(clusters), "candidates": len(candidates),
-            "matches": len(matches), "extracted": sum(group[0][3][0]["verdict"] == "extracted" for group in by_item.values())}
+            "matches": len(matches), "extracted": sum(group[0].matches[0]["verdict"] == "extracted" for group in by_item.values())}

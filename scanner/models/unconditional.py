@@ -35,6 +35,7 @@ class UnconditionalDiffusion(DiffusersT2I):
 
     kind = "DDIMPipeline"
     capabilities = frozenset({SAMPLE, DENOISE})
+    sampler_keywords: dict = {"eta": 0.0}  # the pipeline call's own: DDIM with eta 0 draws one image per seed
 
     @staticmethod
     def defaults_for(resolution: int) -> FamilyDefaults:
@@ -51,10 +52,9 @@ class UnconditionalDiffusion(DiffusersT2I):
             raise ValueError("one seed per prompt")
         if any(prompt != UNCONDITIONAL_PROMPT for prompt in prompts):
             raise ValueError(f"a {self.kind} takes no prompt")
-        keywords = {"eta": 0.0} if self.kind == "DDIMPipeline" else {}
         with torch.inference_mode():
             output = self.sampling_pipeline(batch_size=len(seeds), generator=self._generators(seeds),
-                                            num_inference_steps=num_inference_steps, output_type="np", **keywords)
+                                            num_inference_steps=num_inference_steps, output_type="np", **self.sampler_keywords)
         return np.asarray(output.images, dtype=np.float32)
 
     def encode_image(self, images: np.ndarray):
@@ -76,3 +76,4 @@ class UnconditionalDiffusion(DiffusersT2I):
 
 class DDPMUnconditional(UnconditionalDiffusion):
     kind = "DDPMPipeline"
+    sampler_keywords: dict = {}  # ancestral: its noise per step comes from the seed's generator too
