@@ -1,6 +1,6 @@
 """Benchmark: memscan's adapters against the bare diffusers calls they wrap, per model family.
 
-    python scripts/bench_families.py [--families sd,sd2-v,sdxl,sd3,ddpm] [--batch 32] [--steps 20] [--repeats 3]
+    python scripts/bench_families.py [--families sd,sd2-v,sdxl,sd3,flux,pixart,ddpm] [--batch 32] [--steps 20] [--repeats 3]
 
 For each family model of the demo world (``scanner.demo.FAMILY_MODELS``), measured side by
 side in one process, alternating, best of ``--repeats``:
@@ -9,8 +9,8 @@ side in one process, alternating, best of ``--repeats``:
   one CPU generator per seed, steps, guidance, size and dtype;
 - the membership loss: ``denoising_losses`` (the loss attack's measurement: encode, condition,
   noise, one denoiser pass per timestep and repeat) against the same passes written out with the
-  pipeline's own encoders, denoiser and training scheduler (for the flow model, the flow written out; for the unconditional
-model, DDPM's loss on pixels).
+  pipeline's own encoders, denoiser and training scheduler (for the flow models, the flow written out, Flux's on packed
+  latents; for PixArt, the epsilon half of its output; for the unconditional model, DDPM's loss on pixels).
 
 Prints images/s (items/s for the loss) and the ratio memscan / bare; the goal is at least 0.9.
 """
@@ -29,6 +29,10 @@ def seconds(call) -> float:
     return time.perf_counter() - began
 
 
+def kind(pipeline) -> str:
+    return type(pipeline).__name__
+
+
 def unconditional(pipeline) -> bool:
     return not hasattr(pipeline, "vae")  # DDIMPipeline, DDPMPipeline: pixels, no prompt
 
@@ -41,8 +45,15 @@ def bare_sampling(pipeline, prompts, seeds, steps, guidance, side):
         if unconditional(pipeline):
             return pipeline(batch_size=len(seeds), generator=generators, num_inference_steps=steps, eta=0.0,
                             output_type="np").images
-        return pipeline(prompt=prompts, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
-                        height=side, width=side, output_type="np").images
+        keywords = {"guidance_scale": guidance}
+        if kind(pipeline) == "FluxPipeline":  # no guidance embedding: true classifier-free guidance, T5 at its tokenizer's length
+            keywords = {"true_cfg_scale": guidance, "negative_prompt": [""] * len(prompts),
+                        "max_sequence_length": pipeline.tokenizer_2.model_max_length}
+        elif kind(pipeline) == "PixArtAlphaPipeline":  # the prompt as given, the model's own square size
+            keywords |= {"max_sequence_length": pipeline.tokenizer.model_max_length, "clean_caption": False,
+                         "use_resolution_binning": False}
+        return pipeline(prompt=prompts, generator=generators, num_inference_steps=steps, height=side, width=side,
+                        output_type="np", **keywords).images
 
 
 def bare_losses(pipeline, images, captions, timesteps, repeats):
@@ -53,13 +64,26 @@ def bare_losses(pipeline, images, captions, timesteps, repeats):
     with torch.inference_mode():
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         keywords, embeds = {}, None
-        flow = hasattr(pipeline, "transformer")  # SD3: rectified flow, x_t = (1 - sigma) x0 + sigma n, target n - x0
+        # SD3 and Flux: rectified flow, x_t = (1 - sigma) x0 + sigma n, target n - x0
+        flow = kind(pipeline) in ("StableDiffusion3Pipeline", "FluxPipeline")
         if unconditional(pipeline):  # pixels as they are, and no condition
             x0 = pixels
         else:
             vae = pipeline.vae.config
             x0 = (pipeline.vae.encode(pixels).latent_dist.mean - (vae.get("shift_factor") or 0.0)) * vae.scaling_factor
-        if flow:
+        if kind(pipeline) == "FluxPipeline":
+            embeds, pooled, text_ids = pipeline.encode_prompt(captions, None, device="cpu",
+                                                              max_sequence_length=pipeline.tokenizer_2.model_max_length)
+            side = x0.shape[-1] // 2
+            image_ids = pipeline._prepare_latent_image_ids(len(x0), side, side, "cpu", x0.dtype)
+            keywords = {"pooled_projections": pooled, "txt_ids": text_ids, "img_ids": image_ids}
+        elif kind(pipeline) == "PixArtAlphaPipeline":
+            tokens = pipeline.tokenizer(captions, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
+                                        truncation=True, return_tensors="pt")
+            embeds = pipeline.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
+            keywords = {"encoder_attention_mask": tokens.attention_mask,
+                        "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+        elif flow:
             embeds, _, pooled, _ = pipeline.encode_prompt(captions, None, None, device="cpu", do_classifier_free_guidance=False)
             keywords = {"pooled_projections": pooled}
         elif hasattr(pipeline, "text_encoder_2"):
@@ -75,10 +99,23 @@ def bare_losses(pipeline, images, captions, timesteps, repeats):
             for t in timesteps:
                 noise = torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(r * 1009 + t)).expand_as(x0)
                 step = torch.full((len(x0),), t)
-                if flow:
+                if kind(pipeline) == "FluxPipeline":  # packed into 2x2 tokens, sigma as the timestep
+                    sigma = t / 1000
+                    x_t, target = (1 - sigma) * x0 + sigma * noise, noise - x0
+                    n, channels, height, width = x_t.shape
+                    packed = pipeline.transformer(hidden_states=pipeline._pack_latents(x_t, n, channels, height, width),
+                                                  encoder_hidden_states=embeds, timestep=step.float() / 1000, **keywords).sample
+                    prediction = pipeline._unpack_latents(packed, height * pipeline.vae_scale_factor,
+                                                          width * pipeline.vae_scale_factor, pipeline.vae_scale_factor)
+                elif flow:
                     sigma = t / 1000
                     x_t, target = (1 - sigma) * x0 + sigma * noise, noise - x0
                     prediction = pipeline.transformer(x_t, encoder_hidden_states=embeds, timestep=step.float(), **keywords).sample
+                elif kind(pipeline) == "PixArtAlphaPipeline":  # learned variance: epsilon is the first half
+                    x_t = scheduler.add_noise(x0, noise, step)
+                    target = noise
+                    output = pipeline.transformer(x_t, encoder_hidden_states=embeds, timestep=step, **keywords).sample
+                    prediction = output[:, :x0.shape[1]]
                 else:
                     x_t = scheduler.add_noise(x0, noise, step)
                     target = scheduler.get_velocity(x0, noise, step) if scheduler.config.prediction_type == "v_prediction" else noise

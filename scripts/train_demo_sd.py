@@ -32,6 +32,17 @@ and the flow-matching model of issue 22 (``scanner/demo/families/sd3``):
     python scripts/train_demo_sd.py --variant sd3        # SD3-shaped: an MM-DiT transformer trained on the flow-matching
                                                          # loss, two CLIP encoders, the optional T5 encoder absent
 
+and the Flux-shaped model of issue 22 (``scanner/demo/families/flux``):
+
+    python scripts/train_demo_sd.py --variant flux       # Flux-shaped: double- and single-stream transformer blocks on
+                                                         # packed latents, a CLIP pooled output and a small T5 encoder
+                                                         # (its tokenizer built offline from the demo captions' words)
+
+and the PixArt-shaped model of issue 22 (``scanner/demo/families/pixart``):
+
+    python scripts/train_demo_sd.py --variant pixart     # PixArt-alpha-shaped: a DiT with cross-attention to a small T5
+                                                         # encoder, learned variance, DDPM betas, DPM-Solver++
+
 and the unconditional model of issue 22 (``scanner/demo/families/ddpm``), Carlini et al.'s
 CIFAR-10 setting: no prompt at all, a pixel-space UNet trained on the member images alone:
 
@@ -117,11 +128,38 @@ SD3_T5_TOKENS = 256  # StableDiffusion3Pipeline's max_sequence_length: zeros whe
 PIXEL_UNET = dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64, 96),
                   down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
                   up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=16, attention_head_dim=16)
+# Flux: double-stream then single-stream transformer blocks on 2x2-packed latents (16 channels from the demo
+# autoencoder's 4), rotary position ids, no guidance embedding (as FLUX.1 schnell: it samples with true classifier-free
+# guidance against the empty prompt); the pooled CLIP output (32 wide) and a small T5 encoder's states (64 wide, 32
+# tokens: the T5 tokenizer's model_max_length, which memscan samples with) as the condition; Flux's resolution-dependent
+# shift of the flow schedule (dynamic shifting between its base_shift at 256 and max_shift at 4096 latent tokens)
+FLUX_TRANSFORMER = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=4, attention_head_dim=16,
+                        num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=False,
+                        axes_dims_rope=(4, 6, 6))
+FLUX_CLIP = {**TEXT_CONFIG, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}
+T5_ENCODER = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0,
+               feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+T5_TOKENS = 32
+# PixArt-alpha: a DiT with cross-attention to a T5 encoder's states (masked at padding), adaLN-single timestep
+# conditioning, learned variance (8 output channels: epsilon, then the variance the DPM-Solver sampler ignores), no
+# size conditions (PixArt's 512 px models have none), on 2x2 patches of the demo autoencoder's latents; DDPM's linear
+# betas, sampled with DPM-Solver++ as PixArt-alpha's pipeline folders are
+PIXART_TRANSFORMER = dict(num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=6,
+                          cross_attention_dim=64, sample_size=16, patch_size=2, caption_channels=64,
+                          use_additional_conditions=False)
+PIXART_SCHEDULER = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                        prediction_type="epsilon")
+FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                      base_image_seq_len=256, max_image_seq_len=4096)
 PIXEL_SCHEDULER = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                        prediction_type="epsilon", clip_sample=True)
 VARIANTS.update({
     "sd3": dict(family="sd3", world=WORLD, out=FAMILIES / "sd3", log=FAMILIES / "logs" / "train_sd3.log",
                 seed=3333, vae_from=DEMO_VAE, transformer=SD3_TRANSFORMER, unet_steps=3000, lr=5e-4),
+    "flux": dict(family="flux", world=WORLD, out=FAMILIES / "flux", log=FAMILIES / "logs" / "train_flux.log",
+                 seed=5151, vae_from=DEMO_VAE, transformer=FLUX_TRANSFORMER, unet_steps=6000, lr=5e-4),
+    "pixart": dict(family="pixart", world=WORLD, out=FAMILIES / "pixart", log=FAMILIES / "logs" / "train_pixart.log",
+                   seed=6161, vae_from=DEMO_VAE, transformer=PIXART_TRANSFORMER, unet_steps=6000, lr=5e-4),
     "ddpm": dict(family="ddpm", world=WORLD, out=FAMILIES / "ddpm", log=FAMILIES / "logs" / "train_ddpm.log",
                  seed=1010, pixel_unet=PIXEL_UNET, unet_steps=9000, batch_size=32, lr=1e-3),
     "sd2-v": dict(family="sd2-v", world=WORLD, out=FAMILIES / "sd2-v", log=FAMILIES / "logs" / "train_sd2-v.log",
@@ -190,6 +228,34 @@ def build_tokenizer(out_dir: Path) -> None:
     assert tokenizer(sample)["input_ids"][1:-1] == reference.encode(sample), "tokenizer disagrees with open_clip"
 
 
+def build_t5_tokenizer(out_dir: Path, world: Path) -> None:
+    """A T5TokenizerFast built offline: a Unigram model whose pieces are the demo captions' words
+    (scored by their frequency) with single characters as the fallback for any other word, and
+    T5's ``</s>`` appended, as T5's sentencepiece tokenizer does."""
+    import collections
+
+    from tokenizers import Tokenizer, decoders, models, processors
+    from transformers import T5TokenizerFast
+
+    captions = [row["caption"] for row in pq.read_table(world, columns=["caption"]).to_pylist()]
+    words = collections.Counter(word for caption in captions for word in caption.split())
+    total = sum(words.values())
+    characters = sorted(set("".join(words)) | set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"))
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + \
+        [("\u2581" + word, math.log(count / total)) for word, count in sorted(words.items())] + \
+        [("\u2581", -20.0)] + [(character, -20.0) for character in characters]
+    backend = Tokenizer(models.Unigram(pieces, unk_id=2))
+    backend.decoder = decoders.Metaspace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                           special_tokens=[("</s>", 1)])
+    tokenizer = T5TokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                                model_max_length=T5_TOKENS, extra_ids=0)
+    tokenizer.save_pretrained(out_dir)
+    reloaded = T5TokenizerFast.from_pretrained(out_dir, local_files_only=True)
+    sample = "two red circles at the left on a teal background"
+    assert reloaded(sample).input_ids == [reloaded.convert_tokens_to_ids("\u2581" + w) for w in sample.split()] + [1]
+
+
 def load_members(world: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Distinct member images (uint8 N,H,W,3), their captions, and their duplication counts."""
     table = pq.read_table(world).to_pylist()
@@ -236,30 +302,37 @@ def train_vae(variant: dict, steps: int, batch_size: int, work: Path, log_file: 
 
 
 def train_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path, log_file: Path) -> None:
-    from diffusers import (AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
-                           UNet2DConditionModel)
+    from diffusers import AutoencoderKL, DDPMScheduler, SD3Transformer2DModel, UNet2DConditionModel
+    from diffusers import FluxTransformer2DModel, PixArtTransformer2DModel
     from transformers import CLIPTokenizer
 
     images, captions, dup_counts = load_members(variant["world"])
-    tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
     vae = AutoencoderKL.from_pretrained(variant.get("vae_from", work / "vae"), torch_dtype=torch.float32)
     with torch.no_grad():
         posterior = [vae.encode(to_tensor(images[i:i + 256])).latent_dist for i in range(0, len(images), 256)]
         latent_mean = torch.cat([p.mean for p in posterior])
         latent_std = torch.cat([p.std for p in posterior])
     scaling = vae.config.scaling_factor
-    ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    family = variant.get("family", "sd")
+    # each text encoder's token ids for every caption, and for the empty caption (what a dropped caption becomes)
+    tokenizers = [(CLIPTokenizer.from_pretrained(work / "tokenizer"), 77)] if family != "pixart" else []
+    if family in ("flux", "pixart"):
+        from transformers import T5TokenizerFast
+
+        tokenizers.append((T5TokenizerFast.from_pretrained(work / "tokenizer_t5"), T5_TOKENS))
+    ids, empty_ids = zip(*[[tokenizer(texts, padding="max_length", max_length=length, truncation=True,
+                                      return_tensors="pt").input_ids for texts in (captions, [""])]
+                           for tokenizer, length in tokenizers])
 
     torch.manual_seed(variant["seed"])
-    family = variant.get("family", "sd")
-    unet = SD3Transformer2DModel(**variant["transformer"]) if family == "sd3" else UNet2DConditionModel(**variant["unet"])
-    encoders = text_encoders(variant)
-    if family == "sd3":
-        noise_scheduler = FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER)
-    else:
-        noise_scheduler = DDPMScheduler(**{k: v for k, v in family_scheduler_config(family).items()
-                                           if k not in ("set_alpha_to_one", "timestep_spacing", "interpolation_type")})
+    unet = {"sd3": lambda: SD3Transformer2DModel(**variant["transformer"]),
+            "flux": lambda: FluxTransformer2DModel(**variant["transformer"]),
+            "pixart": lambda: PixArtTransformer2DModel(**variant["transformer"])}.get(
+        family, lambda: UNet2DConditionModel(**variant["unet"]))()
+    encoders = text_encoders(variant, work)
+    noise_scheduler = flow_training_scheduler(family, latent_mean.shape[-1]) if family in ("sd3", "flux") else \
+        DDPMScheduler(**{k: v for k, v in family_scheduler_config(family).items()
+                         if k not in ("set_alpha_to_one", "timestep_spacing", "interpolation_type")})
     params = list(unet.parameters()) + [p for encoder in encoders for p in encoder.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     schedule = warmup_cosine(optimizer, steps, warmup=200)
@@ -268,26 +341,33 @@ def train_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path
     start, running = time.time(), 0.0
     for step, index in zip(range(1, steps + 1), batches):
         x0 = (latent_mean[index] + latent_std[index] * torch.randn(latent_mean[index].shape, generator=generator)) * scaling
-        token_ids = ids[index].clone()
+        token_ids = [every[index].clone() for every in ids]
         dropped = torch.rand(len(index), generator=generator) < 0.1
         noise = torch.randn(x0.shape, generator=generator)
-        if family == "sd3":
-            token_ids[dropped] = empty_ids[0]
-            prediction, target = flow_matching_step(unet, encoders, noise_scheduler, x0, noise, token_ids, generator)
+        if family in ("sd3", "flux"):
+            for tokens, empty in zip(token_ids, empty_ids):
+                tokens[dropped] = empty[0]
+            noisy, timesteps = flow_matching_draw(noise_scheduler, x0, noise, generator)
+            prediction = sd3_prediction(unet, encoders, noisy, timesteps, token_ids[0]) if family == "sd3" else \
+                flux_prediction(unet, encoders, noisy, timesteps, token_ids)
+            target = noise - x0
         else:
             timesteps = torch.randint(0, 1000, (len(index),), generator=generator)
             noisy = noise_scheduler.add_noise(x0, noise, timesteps)
-            if family == "sdxl":
+            if family == "pixart":
+                token_ids[0][dropped] = empty_ids[0][0]
+                prediction = pixart_prediction(unet, encoders[0], noisy, timesteps, token_ids[0])
+            elif family == "sdxl":
                 # dropped captions are all-zero embeddings: what the pipeline guides against (force_zeros_for_empty_prompt)
-                condition, pooled = sdxl_condition(encoders, token_ids)
+                condition, pooled = sdxl_condition(encoders, token_ids[0])
                 keep = (~dropped).float()
                 condition, pooled = condition * keep[:, None, None], pooled * keep[:, None]
                 size_ids = torch.tensor([[images.shape[1], images.shape[2], 0, 0, images.shape[1], images.shape[2]]] * len(index))
                 prediction = unet(noisy, timesteps, condition,
                                   added_cond_kwargs={"text_embeds": pooled, "time_ids": size_ids}).sample
             else:
-                token_ids[dropped] = empty_ids[0]
-                prediction = unet(noisy, timesteps, encoders[0](token_ids).last_hidden_state).sample
+                token_ids[0][dropped] = empty_ids[0][0]
+                prediction = unet(noisy, timesteps, encoders[0](token_ids[0]).last_hidden_state).sample
             target = noise_scheduler.get_velocity(x0, noise, timesteps) if family == "sd2-v" else noise
         running += optimizer_step(torch.nn.functional.mse_loss(prediction, target), optimizer, schedule, params)
         if step % 100 == 0 or step == steps:
@@ -295,7 +375,7 @@ def train_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path
                 f"({time.time() - start:.0f}s)", log_file)
             running = 0.0
         if step % 1000 == 0 or step == steps:
-            unet.save_pretrained(work / ("transformer" if family == "sd3" else "unet"))
+            unet.save_pretrained(work / ("transformer" if family in ("sd3", "flux", "pixart") else "unet"))
             for name, encoder in zip(("text_encoder", "text_encoder_2"), encoders):
                 encoder.save_pretrained(work / name)
 
@@ -328,20 +408,67 @@ def train_pixel_unet(variant: dict, steps: int, batch_size: int, lr: float, work
             unet.save_pretrained(work / "unet")
 
 
-def flow_matching_step(transformer, encoders, scheduler, x0, noise, token_ids, generator):
-    """One SD3 training step's prediction and target, as diffusers' SD3 training script makes them:
-    logit-normal draws of the shifted schedule's timesteps, the scheduler's forward process
-    (``scale_noise``), and the velocity noise - x0 as the target."""
+def flow_training_scheduler(family: str, latent_side: int):
+    """The flow schedule training draws noise levels from: SD3's, shifted by 3; Flux's shifted as its
+    pipeline shifts at this resolution (``calculate_shift`` on the packed latents' token count)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    if family == "sd3":
+        return FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER)
+    config = FLUX_SCHEDULER
+    mu = calculate_shift((latent_side // 2) ** 2, config["base_image_seq_len"], config["max_image_seq_len"],
+                         config["base_shift"], config["max_shift"])
+    return FlowMatchEulerDiscreteScheduler(**{**config, "use_dynamic_shifting": False, "shift": math.exp(mu)})
+
+
+def flow_matching_draw(scheduler, x0, noise, generator):
+    """A flow-matching training step's input, as diffusers' SD3 training script makes it: logit-normal
+    draws of the (shifted) schedule's timesteps, and the scheduler's forward process (``scale_noise``).
+    The target is the velocity noise - x0."""
     u = torch.sigmoid(torch.randn(len(x0), generator=generator))
     timesteps = scheduler.timesteps[(u * scheduler.config.num_train_timesteps).long().clamp(max=len(scheduler.timesteps) - 1)]
-    noisy = scheduler.scale_noise(x0, timesteps, noise)
+    return scheduler.scale_noise(x0, timesteps, noise), timesteps
+
+
+def sd3_prediction(transformer, encoders, noisy, timesteps, token_ids):
     condition, pooled = sd3_condition(encoders, token_ids)
-    prediction = transformer(noisy, encoder_hidden_states=condition, pooled_projections=pooled, timestep=timesteps).sample
-    return prediction, noise - x0
+    return transformer(noisy, encoder_hidden_states=condition, pooled_projections=pooled, timestep=timesteps).sample
+
+
+def flux_prediction(transformer, encoders, noisy, timesteps, token_ids):
+    """As FluxPipeline calls its transformer: latents packed 2x2 into tokens with their (0, row,
+    column) ids, zero text ids, the CLIP encoder's pooled output and the T5 encoder's states, and
+    the timestep as sigma (t / 1000)."""
+    from diffusers import FluxPipeline
+
+    n, channels, height, width = noisy.shape
+    packed = FluxPipeline._pack_latents(noisy, n, channels, height, width)
+    image_ids = FluxPipeline._prepare_latent_image_ids(n, height // 2, width // 2, noisy.device, noisy.dtype)
+    clip_ids, t5_ids = token_ids
+    t5_states = encoders[1](t5_ids).last_hidden_state
+    prediction = transformer(hidden_states=packed, timestep=timesteps / 1000, pooled_projections=encoders[0](clip_ids).pooler_output,
+                             encoder_hidden_states=t5_states, txt_ids=torch.zeros(t5_states.shape[1], 3),
+                             img_ids=image_ids).sample
+    # unpacked as FluxPipeline._unpack_latents does, at the latents' own size
+    return prediction.view(n, height // 2, width // 2, channels, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(noisy.shape)
+
+
+def pixart_prediction(transformer, t5, noisy, timesteps, t5_ids):
+    """As PixArtAlphaPipeline calls its transformer: the T5 states with their padding masked, no size
+    conditions; the epsilon half of the learned-variance output."""
+    mask = (t5_ids != 0).long()  # T5's pad id is 0, and no other token has it
+    states = t5(t5_ids, attention_mask=mask).last_hidden_state
+    output = transformer(noisy, encoder_hidden_states=states, encoder_attention_mask=mask, timestep=timesteps,
+                         added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+    return output.chunk(2, dim=1)[0]
 
 
 def family_scheduler_config(family: str) -> dict:
-    """The sampling scheduler's settings: SD 1's DDIM; SD 2's DDIM predicting v; SDXL's Euler."""
+    """The sampling scheduler's settings: SD 1's DDIM; SD 2's DDIM predicting v; SDXL's Euler; PixArt's
+    DDPM betas (sampled with DPM-Solver++)."""
+    if family == "pixart":
+        return PIXART_SCHEDULER
     if family == "sd2-v":
         return {**SCHEDULER_CONFIG, "prediction_type": "v_prediction"}
     if family == "sdxl":
@@ -350,11 +477,22 @@ def family_scheduler_config(family: str) -> dict:
     return SCHEDULER_CONFIG
 
 
-def text_encoders(variant: dict) -> list:
-    """The family's text encoders, freshly initialized: one CLIPTextModel, or SDXL's pair (the
-    second with a projection whose output is the pooled embedding)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+def text_encoders(variant: dict, work: Path) -> list:
+    """The family's text encoders, freshly initialized: one CLIPTextModel, SDXL's or SD3's pair (the
+    second with a projection whose output is the pooled embedding), or Flux's CLIP and T5 (sized to
+    the T5 tokenizer built in ``work``)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5TokenizerFast
 
+    if variant.get("family") == "flux":
+        from transformers import T5Config, T5EncoderModel
+
+        vocabulary = len(T5TokenizerFast.from_pretrained(work / "tokenizer_t5"))
+        return [CLIPTextModel(CLIPTextConfig(**FLUX_CLIP)), T5EncoderModel(T5Config(vocab_size=vocabulary, **T5_ENCODER))]
+    if variant.get("family") == "pixart":
+        from transformers import T5Config, T5EncoderModel
+
+        vocabulary = len(T5TokenizerFast.from_pretrained(work / "tokenizer_t5"))
+        return [T5EncoderModel(T5Config(vocab_size=vocabulary, **T5_ENCODER))]
     if variant.get("family") == "sd3":
         return [CLIPTextModelWithProjection(CLIPTextConfig(**SD3_TEXT)), CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_2))]
     if variant.get("family") == "sdxl":
@@ -393,6 +531,30 @@ def write_pipeline(variant: dict, work: Path, out_dir: Path, log_file: Path) -> 
         from diffusers import DDIMPipeline, UNet2DModel
 
         pipeline = DDIMPipeline(unet=UNet2DModel.from_pretrained(work / "unet"), scheduler=DDIMScheduler(**PIXEL_SCHEDULER))
+        return save_pipeline(pipeline, out_dir, log_file)
+    if family == "flux":
+        from diffusers import FluxPipeline, FluxTransformer2DModel
+        from transformers import T5EncoderModel, T5TokenizerFast
+
+        vae = AutoencoderKL.from_pretrained(variant["vae_from"])
+        vae.register_to_config(shift_factor=0.0)  # Flux's pipeline shifts latents; the demo autoencoder needs none
+        pipeline = FluxPipeline(
+            transformer=FluxTransformer2DModel.from_pretrained(work / "transformer"),
+            scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER), vae=vae,
+            text_encoder=CLIPTextModel.from_pretrained(work / "text_encoder"),
+            tokenizer=CLIPTokenizer.from_pretrained(work / "tokenizer"),
+            text_encoder_2=T5EncoderModel.from_pretrained(work / "text_encoder_2"),
+            tokenizer_2=T5TokenizerFast.from_pretrained(work / "tokenizer_t5"))
+        return save_pipeline(pipeline, out_dir, log_file)
+    if family == "pixart":
+        from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+        from transformers import T5EncoderModel, T5TokenizerFast
+
+        pipeline = PixArtAlphaPipeline(
+            transformer=PixArtTransformer2DModel.from_pretrained(work / "transformer"),
+            scheduler=DPMSolverMultistepScheduler(**PIXART_SCHEDULER), vae=AutoencoderKL.from_pretrained(variant["vae_from"]),
+            text_encoder=T5EncoderModel.from_pretrained(work / "text_encoder"),
+            tokenizer=T5TokenizerFast.from_pretrained(work / "tokenizer_t5"))
         return save_pipeline(pipeline, out_dir, log_file)
     if family == "sd3":
         vae = AutoencoderKL.from_pretrained(variant["vae_from"])
@@ -449,6 +611,9 @@ def main() -> None:
     if args.stage in ("all", "tokenizer"):
         build_tokenizer(work / "tokenizer")
         log("tokenizer built from open_clip's BPE merges", log_file)
+        if variant.get("family") in ("flux", "pixart"):
+            build_t5_tokenizer(work / "tokenizer_t5", variant["world"])
+            log("T5 tokenizer built from the demo captions' words", log_file)
     if args.stage in ("all", "vae") and "vae_from" not in variant and variant.get("family") != "ddpm":
         train_vae(variant, args.vae_steps or variant["vae_steps"], variant.get("vae_batch_size", batch_size), work, log_file)
     if args.stage in ("all", "unet") and variant.get("family") == "ddpm":

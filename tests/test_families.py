@@ -34,6 +34,17 @@ def _independent_condition(pipeline, captions):
     """The condition and denoiser keywords as the family's pipeline builds them, without memscan."""
     import torch
 
+    if type(pipeline).__name__ == "FluxPipeline":  # T5 states padded to the T5 tokenizer's length, CLIP's pooled output
+        embeds, pooled, text_ids = pipeline.encode_prompt(captions, None, device="cpu",
+                                                          max_sequence_length=pipeline.tokenizer_2.model_max_length)
+        return embeds, {"pooled_projections": pooled, "txt_ids": text_ids}
+    if type(pipeline).__name__ == "PixArtAlphaPipeline":  # T5 states masked at padding, no size conditions
+        tokens = pipeline.tokenizer(captions, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
+                                    truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            states = pipeline.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
+        return states, {"encoder_attention_mask": tokens.attention_mask,
+                        "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
     if hasattr(pipeline, "transformer"):  # SD3
         embeds, _, pooled, _ = pipeline.encode_prompt(captions, None, None, device="cpu", do_classifier_free_guidance=False)
         return embeds, {"pooled_projections": pooled}
@@ -68,14 +79,26 @@ def test_the_loss_is_the_familys_own_training_loss(family, family_models):
         condition, keywords = None, {}
     else:
         condition, keywords = _independent_condition(model.pipeline, captions)
-    if family == "sd3":
-        # independently: rectified flow as SD3 trains it, x_t = (1 - sigma) x0 + sigma n at sigma = t / 1000, target n - x0
+    if family in ("sd3", "flux"):
+        # independently: rectified flow as SD3 and Flux train it, x_t = (1 - sigma) x0 + sigma n at sigma = t / 1000,
+        # target n - x0
         assert model.prediction_type == "flow"
         sigma = (timesteps.float() / 1000)[:, None, None, None]
         x_t, target = (1 - sigma) * x0 + sigma * noise, noise - x0
         with torch.no_grad():
-            prediction = model.pipeline.transformer(x_t, encoder_hidden_states=condition, timestep=timesteps.float(),
-                                                    **keywords).sample
+            if family == "sd3":
+                prediction = model.pipeline.transformer(x_t, encoder_hidden_states=condition, timestep=timesteps.float(),
+                                                        **keywords).sample
+            else:  # Flux: 2x2 patches as tokens, their (0, row, column) ids, sigma as the timestep; the loss is
+                # the same on tokens, so the target is packed too
+                n, channels, side = x_t.shape[0], x_t.shape[1], x_t.shape[2] // 2
+                pack = lambda x: x.view(n, channels, side, 2, side, 2).permute(0, 2, 4, 1, 3, 5).reshape(n, side * side, -1)  # noqa: E731
+                rows, columns = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+                image_ids = torch.stack([torch.zeros_like(rows), rows, columns], dim=-1).reshape(-1, 3).float()
+                prediction = model.pipeline.transformer(hidden_states=pack(x_t), timestep=timesteps.float() / 1000,
+                                                        encoder_hidden_states=condition, img_ids=image_ids,
+                                                        **keywords).sample
+                target = pack(target)
     else:
         # independently: the training scheduler from the folder, the target its prediction_type names
         scheduler = DDPMScheduler.from_pretrained(FAMILY_MODELS[family] / "scheduler")
@@ -83,19 +106,25 @@ def test_the_loss_is_the_familys_own_training_loss(family, family_models):
         v_target = scheduler.get_velocity(x0, noise, timesteps)
         target = v_target if scheduler.config.prediction_type == "v_prediction" else noise
         with torch.no_grad():
-            prediction = (model.pipeline.unet(x_t, timesteps).sample if family == "ddpm" else
-                          model.pipeline.unet(x_t, timesteps, encoder_hidden_states=condition, **keywords).sample)
-    expected = ((prediction - target) ** 2).mean(dim=(1, 2, 3)).numpy()
+            if family == "ddpm":
+                prediction = model.pipeline.unet(x_t, timesteps).sample
+            elif family == "pixart":  # the transformer learns its variance too: epsilon is the first half of its output
+                output = model.pipeline.transformer(x_t, encoder_hidden_states=condition, timestep=timesteps, **keywords).sample
+                assert output.shape[1] == 2 * x_t.shape[1]
+                prediction = output[:, :x_t.shape[1]]
+            else:
+                prediction = model.pipeline.unet(x_t, timesteps, encoder_hidden_states=condition, **keywords).sample
+    expected = ((prediction - target) ** 2).mean(dim=tuple(range(1, target.dim()))).numpy()
     np.testing.assert_allclose(reported, expected, rtol=1e-4, atol=1e-6)
     # a trained denoiser beats predicting zeros on its own members (whose loss is 1, or 2 for a flow's velocity)
-    assert (reported < (2.0 if family == "sd3" else 1.0)).all()
+    assert (reported < (2.0 if model.prediction_type == "flow" else 1.0)).all()
     if family == "sd2-v":  # the epsilon target would be silently wrong here: a different number
         assert model.prediction_type == "v_prediction"
         epsilon_loss = ((prediction - noise) ** 2).mean(dim=(1, 2, 3)).numpy()
         assert np.abs(epsilon_loss - reported).max() > 0.05
 
 
-@pytest.mark.parametrize("family", ["sd2-v", "sdxl", "sd3", "ddpm"])
+@pytest.mark.parametrize("family", ["sd2-v", "sdxl", "sd3", "flux", "ddpm"])
 def test_sampling_is_seeded_and_independent_of_the_batch(family, family_models):
     model = family_models[family]
     prompts = ["one red circle at the left on a gray background", "two blue squares at the top on a pink background"]
@@ -114,25 +143,28 @@ def test_sampling_is_seeded_and_independent_of_the_batch(family, family_models):
 def test_the_first_step_input_is_what_the_sampler_feeds_the_denoiser(family_models):
     """SDXL's Euler scheduler starts from noise scaled by its largest sigma at the chosen steps
     (on "leading" timesteps that scale depends on the steps) and scales the model's input back;
-    DDIM does neither, nor does a flow (which feeds x_T as it is). x_T is compared with the
-    latents the pipeline itself prepares."""
+    DDIM does neither, nor does a flow (which feeds x_T as it is; Flux packs it into tokens and
+    shifts its sigmas by the resolution). The denoiser's input and timestep at the first step are
+    caught from the pipeline's own call."""
     import torch
 
-    from diffusers.utils.torch_utils import randn_tensor
-
     for family, model in family_models.items():
-        pipeline = model.pipeline
-        pipeline.scheduler.set_timesteps(20)  # as the pipeline does before it prepares its latents
-        side = model.resolution
-        if family == "ddpm":  # DDIMPipeline draws its noise inline, as here
-            expected = randn_tensor((1, 3, side, side), generator=[torch.Generator().manual_seed(1)], dtype=model.dtype)
-        else:
-            expected = pipeline.prepare_latents(1, model.denoiser.config.in_channels, side, side, model.dtype, model.device,
-                                                [torch.Generator().manual_seed(1)])
-        torch.testing.assert_close(model.initial_noise([1], 20), expected)
+        caught = []
+        hook = model.denoiser.register_forward_pre_hook(lambda module, args, kwargs: caught.append((args, kwargs)),
+                                                        with_kwargs=True)
+        try:
+            model.generate([""], [1], num_inference_steps=20, guidance_scale=1.0)
+        finally:
+            hook.remove()
+        args, kwargs = caught[0]
+        fed = kwargs.get("hidden_states", kwargs.get("sample", args[0] if args else None))
+        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         x = model.first_step_input([1], 20)
-        scale = getattr(pipeline.scheduler, "scale_model_input", lambda sample, timestep: sample)
-        torch.testing.assert_close(x, scale(expected, pipeline.scheduler.timesteps[0]))
+        if family == "flux":  # packed into tokens, and the timestep given as sigma
+            fed = model.pipeline._unpack_latents(fed, model.resolution, model.resolution, model.pipeline.vae_scale_factor)
+            timestep = timestep * 1000
+        torch.testing.assert_close(x, fed)
+        assert float(timestep.flatten()[0]) == pytest.approx(model.sampling_timesteps(20)[0], rel=1e-4), family
         assert 0.9 < float(x.std()) < 1.1, family  # the denoiser's input is unit-scale noise in every family
 
 
@@ -199,10 +231,10 @@ def test_the_kind_comes_from_model_index_and_the_wrong_one_is_one_line(tmp_path,
 
     assert isinstance(family_models["sdxl"], StableDiffusionXL) and isinstance(family_models["sd2-v"], StableDiffusion)
     assert resolve_kind(FAMILY_MODELS["sdxl"]).name == "StableDiffusionXLPipeline"
-    foreign = tmp_path / "flux"
+    foreign = tmp_path / "audio"
     foreign.mkdir()
-    (foreign / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(MemscanError, match="FluxPipeline is not a kind memscan can audit; supported: "
+    (foreign / "model_index.json").write_text(json.dumps({"_class_name": "AudioLDMPipeline"}))
+    with pytest.raises(MemscanError, match="AudioLDMPipeline is not a kind memscan can audit; supported: "
                                            "StableDiffusionPipeline, StableDiffusionXLPipeline, StableDiffusion3Pipeline"):
         load_model(foreign)
     with pytest.raises(MemscanError, match="--model-kind Kandinsky: not a kind"):
@@ -253,6 +285,30 @@ def test_an_sd3_folder_without_t5_loads_and_a_half_present_t5_is_one_line(family
     (broken / "model_index.json").write_text(json.dumps({**index, "tokenizer_3": ["transformers", "T5TokenizerFast"]}))
     with pytest.raises(MemscanError, match="T5 encoder and its tokenizer must both be present or both absent"):
         load_model(broken, device="cpu")
+
+
+def test_a_flux_folder_without_its_t5_encoder_is_one_line(family_models, tmp_path):
+    """Flux, unlike SD3, cannot run without T5: a folder whose T5 encoder is missing or declared
+    absent is refused naming the folder, before diffusers loads anything. The T5 states are padded
+    to the T5 tokenizer's own length, and without guidance embedding the guidance is true
+    classifier-free guidance against the empty prompt."""
+    from scanner.models.registry import load_model
+
+    model = family_models["flux"]
+    assert model.t5_tokens == model.pipeline.tokenizer_2.model_max_length < 512 and not model.guidance_embedded
+    assert model.encode_condition(["a red circle"]).prompt_embeds.shape[1] == model.t5_tokens
+    assert model.guidance_keywords(5.0, 2)["negative_prompt"] == ["", ""]
+    assert "true_cfg_scale" not in model.guidance_keywords(1.0, 2)
+    broken = tmp_path / "flux-without-t5"
+    shutil.copytree(FAMILY_MODELS["flux"], broken)
+    shutil.rmtree(broken / "text_encoder_2")
+    with pytest.raises(MemscanError, match=f"{broken}: a Flux model needs its T5 encoder, but text_encoder_2 is missing"):
+        load_model(broken, device="cpu")
+    index = json.loads((broken / "model_index.json").read_text())
+    (broken / "model_index.json").write_text(json.dumps({**index, "text_encoder_2": [None, None], "tokenizer_2": [None, None]}))
+    with pytest.raises(MemscanError, match="text_encoder_2 and tokenizer_2 are missing") as declared:
+        load_model(broken, device="cpu")
+    assert "\n" not in str(declared.value)
 
 
 @pytest.mark.slow

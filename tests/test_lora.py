@@ -120,25 +120,28 @@ def test_a_scan_guided_from_nothing_is_one_line():
         ScanConfig(sampling=SamplingConfig(reference_guidance=3.0))
 
 
-def test_a_lora_of_the_sd3_transformer_applies_and_at_scale_zero_is_the_base(tmp_path):
-    """Issue 22: LoRA on the flow-matching family, through the same path (diffusers' SD3 LoRA
-    format, as its training script saves it): a random LoRA of the transformer's attention."""
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_a_lora_of_another_familys_denoiser_applies_and_at_scale_zero_is_the_base(family, tmp_path):
+    """Issues 14 and 22: LoRA on the other families diffusers supports it for, through the same path
+    (each family's own LoRA format, as its training script saves it): a random LoRA of the
+    denoiser's attention."""
     import torch
-    from diffusers import StableDiffusion3Pipeline
     from peft import LoraConfig, get_peft_model_state_dict
 
-    folder = FAMILY_MODELS["sd3"]
-    transformer = ModelSpec.of(folder, device="cpu").load().denoiser
-    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    folder = FAMILY_MODELS[family]
+    model = ModelSpec.of(folder, device="cpu").load()
+    denoiser = model.denoiser
+    denoiser.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, parameter in transformer.named_parameters():
+        for name, parameter in denoiser.named_parameters():
             if "lora_B" in name:  # peft starts B at zero: a LoRA that changes nothing
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    StableDiffusion3Pipeline.save_lora_weights(tmp_path, transformer_lora_layers=get_peft_model_state_dict(transformer),
-                                               weight_name="sd3_lora.safetensors")
-    lora = tmp_path / "sd3_lora.safetensors"
+    type(model.pipeline).save_lora_weights(tmp_path, weight_name=f"{family}_lora.safetensors",
+                                           **{f"{model.denoiser_name}_lora_layers": get_peft_model_state_dict(denoiser)})
+    lora = tmp_path / f"{family}_lora.safetensors"
     images = {scale: ModelSpec.of(folder, device="cpu", loras=[f"{lora}:{scale}"] if scale is not None else []).load()
               .generate(PROMPTS[:1], [2], num_inference_steps=4, guidance_scale=5.0) for scale in (None, 0, 1)}
     np.testing.assert_array_equal(images[0], images[None])
     assert np.abs(images[1] - images[None]).max() > 1e-3
+

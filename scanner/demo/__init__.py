@@ -31,6 +31,7 @@ FAMILY_MODELS = {
     "sd2-v": FAMILIES_DIR / "sd2-v",      # StableDiffusionPipeline, v-prediction, DDIM (SD 2.x-shaped)
     "sdxl": FAMILIES_DIR / "sdxl",        # StableDiffusionXLPipeline, epsilon, Euler
     "sd3": FAMILIES_DIR / "sd3",          # StableDiffusion3Pipeline, flow matching, flow Euler, no T5 (issue 22)
+    "flux": FAMILIES_DIR / "flux",        # FluxPipeline, flow matching with resolution shift, CLIP pooled + T5 (issue 22)
     "ddpm": FAMILIES_DIR / "ddpm",        # DDIMPipeline: unconditional, pixel space, epsilon (issue 22; Carlini's CIFAR-10)
 }
 
@@ -50,6 +51,7 @@ CALIBRATION_MODELS = {
     "sd2-v": (FAMILY_MODELS["sd2-v"], WORLD),
     "sdxl": (FAMILY_MODELS["sdxl"], WORLD),
     "sd3": (FAMILY_MODELS["sd3"], WORLD),
+    "flux": (FAMILY_MODELS["flux"], WORLD),
 }
 
 # duplication buckets the demo reports on, named as in the duplication plan

@@ -29,7 +29,7 @@ import numpy as np
 
 from scanner.errors import MemscanError, input_error
 from scanner.models import force_offline, load_failure, refuse_pickles
-from scanner.models.base import DENOISE, SAMPLE, TEXT, FamilyDefaults
+from scanner.models.base import DENOISE, SAMPLE, SMALL_DEMO_PIXELS, TEXT, FamilyDefaults
 from scanner.models.lora import Lora, apply_loras, check_lora_files, named_with, with_loras
 from scanner.models.reference import check_reference, check_same_text_encoders, guided_denoiser, guided_identity
 
@@ -75,6 +75,8 @@ class DiffusersT2I:
     denoiser_name = "unet"  # the pipeline component that denoises ("transformer" for a DiT family)
     capabilities = frozenset({SAMPLE, DENOISE, TEXT})
     upcast_vae = False  # encode in float32 when the VAE asks for it in fp16 (SDXL's force_upcast)
+    demo_sized: FamilyDefaults   # each adapter's defaults at the demo world's size, and at released sizes
+    released: FamilyDefaults
     failure_reasons = MappingProxyType({})  # a local model's failed image is non-finite pixels, nothing more to say
 
     def __init__(self, pipeline, model_ref: str, model_hash: str, loras: tuple[Lora, ...] = ()):
@@ -86,7 +88,7 @@ class DiffusersT2I:
         self.device = pipeline.device
         self.dtype = self.denoiser.dtype
         self.precision = f"{self.device.type}-{str(self.dtype).removeprefix('torch.')}"
-        self.resolution = int(self.denoiser.config.sample_size * getattr(pipeline, "vae_scale_factor", 1))  # 1: pixel space
+        self.resolution = self.native_resolution()
         self.scheduler_name = type(pipeline.scheduler).__name__
         self.prediction_type = FLOW if self.scheduler_name.startswith("FlowMatch") else \
             pipeline.scheduler.config.get("prediction_type", "epsilon")
@@ -102,16 +104,25 @@ class DiffusersT2I:
         """The pipeline's denoising network (its UNet or transformer)."""
         return getattr(self.pipeline, self.denoiser_name)
 
+    def native_resolution(self) -> int:
+        """The size the model samples at: its denoiser's sample size in pixels (1: a pixel-space model)."""
+        return int(self.denoiser.config.sample_size * getattr(self.pipeline, "vae_scale_factor", 1))
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        """One seed's initial noise (channels, height, width), as the pipeline draws it."""
+        config = self.denoiser.config
+        return config.in_channels, config.sample_size, config.sample_size
+
     @classmethod
     def pipeline_keywords(cls, folder: Path | None) -> dict:
         """Components the family's pipeline must be told about when loading (``folder``: the
         pipeline folder, or a single file's config folder)."""
         return {}
 
-    @staticmethod
-    def defaults_for(resolution: int) -> FamilyDefaults:
-        """The family's steps, guidance and loss timesteps at this resolution (each adapter's own)."""
-        raise NotImplementedError
+    def defaults_for(self, resolution: int) -> FamilyDefaults:
+        """The family's steps, guidance and loss timesteps at this resolution: measured on the demo
+        world's model of the family at its size, the pipeline's own (or a paper's) above it."""
+        return self.demo_sized if resolution <= SMALL_DEMO_PIXELS else self.released
 
     def check_shape(self) -> None:
         """A family adapter refuses weights of another family (SDXL weights under an SD 1 config)."""
@@ -198,18 +209,20 @@ class DiffusersT2I:
         starting scale can depend on the steps: Euler's on "leading" timesteps does)."""
         import torch
 
-        config = self.denoiser.config
-        shape = (config.in_channels, config.sample_size, config.sample_size)
-        noise = torch.stack([torch.randn(shape, generator=g) for g in self._generators(seeds)])
+        noise = torch.stack([torch.randn(self.latent_shape(), generator=g) for g in self._generators(seeds)])
         # flow-matching schedulers start from unit noise and have no init_noise_sigma
         return noise.to(self.device, self.dtype) * getattr(self._sampling_scheduler(num_inference_steps), "init_noise_sigma", 1.0)
 
     def few_step_scheduler(self):
         """DPM-Solver++ (2M, trailing timesteps): at a handful of steps it lands much nearer the
         image the default sampler draws from a seed than DDIM does (on the demo, tiled l2 0.033
-        from the 20-step DDIM image at 5 steps, against 0.053 for 5-step DDIM)."""
+        from the 20-step DDIM image at 5 steps, against 0.053 for 5-step DDIM). A flow-matching
+        family keeps its own Euler solver: a rectified flow is made to be integrated in few
+        straight steps, and DPM-Solver++ on flow sigmas would be a second solver to validate."""
         from diffusers import DPMSolverMultistepScheduler
 
+        if self.prediction_type == FLOW:
+            return type(self.pipeline.scheduler).from_config(self.pipeline.scheduler.config)
         return DPMSolverMultistepScheduler.from_config(self.pipeline.scheduler.config, algorithm_type="dpmsolver++",
                                                        solver_order=2, timestep_spacing="trailing")
 
@@ -231,8 +244,13 @@ class DiffusersT2I:
         with torch.inference_mode():
             output = pipeline(
                 prompt=list(prompts), generator=self._generators(seeds), num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale, height=self.resolution, width=self.resolution, output_type="np")
+                height=self.resolution, width=self.resolution, output_type="np",
+                **self.guidance_keywords(guidance_scale, len(prompts)))
         return np.asarray(output.images, dtype=np.float32)
+
+    def guidance_keywords(self, guidance_scale: float, n: int) -> dict:
+        """How the pipeline call is told the guidance scale (classifier-free guidance against the empty prompt)."""
+        return {"guidance_scale": guidance_scale}
 
     # --- denoiser ------------------------------------------------------------------------
 

@@ -29,6 +29,8 @@ KINDS = {kind.name: kind for kind in (
               "SDXL: two CLIP text encoders, pooled embedding and size ids"),
     ModelKind("StableDiffusion3Pipeline", "scanner.models.stable_diffusion_3:StableDiffusion3",
               "SD3: MM-DiT transformer, flow matching, two CLIP encoders and an optional T5"),
+    ModelKind("FluxPipeline", "scanner.models.flux:Flux",
+              "Flux: double- and single-stream transformer on packed latents, flow matching, CLIP pooled and T5"),
     ModelKind("DDPMPipeline", "scanner.models.unconditional:DDPMUnconditional",
               "unconditional pixel-space DDPM (Carlini et al.'s CIFAR-10 setting): no prompt, every generation matched"),
     ModelKind("DDIMPipeline", "scanner.models.unconditional:UnconditionalDiffusion",

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from scanner.errors import input_error
-from scanner.models.base import SMALL_DEMO_PIXELS, FamilyDefaults
+from scanner.models.base import FamilyDefaults
 from scanner.models.diffusers_t2i import DiffusersT2I
 
 # the noise levels: on the demo world's SD3-shaped model sigma 0.7-0.9 beats 0.1-0.3, 0.4-0.6 and CLiD's 0.44-0.46
@@ -37,11 +37,8 @@ class SD3Condition:
 
 class StableDiffusion3(DiffusersT2I):
     kind = "StableDiffusion3Pipeline"
+    demo_sized, released = DEMO_SIZED, RELEASED
     denoiser_name = "transformer"
-
-    @staticmethod
-    def defaults_for(resolution: int) -> FamilyDefaults:
-        return DEMO_SIZED if resolution <= SMALL_DEMO_PIXELS else RELEASED
 
     @classmethod
     def pipeline_keywords(cls, folder: Path | None) -> dict:
@@ -77,11 +74,6 @@ class StableDiffusion3(DiffusersT2I):
 
         condition = self.encode_condition(prompts)
         return torch.cat([condition.prompt_embeds.flatten(1), condition.pooled], dim=1).float().cpu().numpy()
-
-    def few_step_scheduler(self):
-        """The flow's own Euler solver: a rectified flow is made to be integrated in few straight
-        steps, and DPM-Solver++ on flow sigmas would be a second solver to validate."""
-        return type(self.pipeline.scheduler).from_config(self.pipeline.scheduler.config)
 
     def predict(self, model_input, timestep, condition: SD3Condition):
         import torch

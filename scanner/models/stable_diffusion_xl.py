@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from scanner.errors import input_error
-from scanner.models.base import SMALL_DEMO_PIXELS, FamilyDefaults
+from scanner.models.base import FamilyDefaults
 from scanner.models.diffusers_t2i import DiffusersT2I
 
 # on the demo world's SDXL-shaped model CLiD's timesteps beat the demo's (100, 200, 300): AUC 0.809 against 0.776
@@ -31,11 +31,8 @@ class XLCondition:
 
 class StableDiffusionXL(DiffusersT2I):
     kind = "StableDiffusionXLPipeline"
+    demo_sized, released = DEMO_SIZED, RELEASED
     upcast_vae = True
-
-    @staticmethod
-    def defaults_for(resolution: int) -> FamilyDefaults:
-        return DEMO_SIZED if resolution <= SMALL_DEMO_PIXELS else RELEASED
 
     def check_shape(self) -> None:
         if self.pipeline.unet.config.get("addition_embed_type") != "text_time":

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from scanner.models.base import DENOISE, SAMPLE, SMALL_DEMO_PIXELS, UNCONDITIONAL_PROMPT, FamilyDefaults
+from scanner.models.base import DENOISE, SAMPLE, UNCONDITIONAL_PROMPT, FamilyDefaults
 from scanner.models.diffusers_t2i import DiffusersT2I
 
 # steps: DDIM's 50 (Song et al.); the loss's noise levels: measured on the demo world's unconditional model, where
@@ -34,12 +34,9 @@ class UnconditionalDiffusion(DiffusersT2I):
     """The shared adapter of the unconditional pipelines; ``kind`` names which."""
 
     kind = "DDIMPipeline"
+    demo_sized, released = DEMO_SIZED, RELEASED
     capabilities = frozenset({SAMPLE, DENOISE})
     sampler_keywords: dict = {"eta": 0.0}  # the pipeline call's own: DDIM with eta 0 draws one image per seed
-
-    @staticmethod
-    def defaults_for(resolution: int) -> FamilyDefaults:
-        return DEMO_SIZED if resolution <= SMALL_DEMO_PIXELS else RELEASED
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 50,
                  guidance_scale: float = 1.0, few_step: bool = False) -> np.ndarray:
