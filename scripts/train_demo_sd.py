@@ -144,7 +144,7 @@ T5_TOKENS = 32
 # conditioning, learned variance (8 output channels: epsilon, then the variance the DPM-Solver sampler ignores), no
 # size conditions (PixArt's 512 px models have none), on 2x2 patches of the demo autoencoder's latents; DDPM's linear
 # betas, sampled with DPM-Solver++ as PixArt-alpha's pipeline folders are
-PIXART_TRANSFORMER = dict(num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=6,
+PIXART_TRANSFORMER = dict(num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=4,
                           cross_attention_dim=64, sample_size=16, patch_size=2, caption_channels=64,
                           use_additional_conditions=False)
 PIXART_SCHEDULER = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
@@ -159,7 +159,7 @@ VARIANTS.update({
     "flux": dict(family="flux", world=WORLD, out=FAMILIES / "flux", log=FAMILIES / "logs" / "train_flux.log",
                  seed=5151, vae_from=DEMO_VAE, transformer=FLUX_TRANSFORMER, unet_steps=6000, lr=5e-4),
     "pixart": dict(family="pixart", world=WORLD, out=FAMILIES / "pixart", log=FAMILIES / "logs" / "train_pixart.log",
-                   seed=6161, vae_from=DEMO_VAE, transformer=PIXART_TRANSFORMER, unet_steps=6000, lr=5e-4),
+                   seed=6161, vae_from=DEMO_VAE, transformer=PIXART_TRANSFORMER, unet_steps=10000, lr=1e-3),
     "ddpm": dict(family="ddpm", world=WORLD, out=FAMILIES / "ddpm", log=FAMILIES / "logs" / "train_ddpm.log",
                  seed=1010, pixel_unet=PIXEL_UNET, unet_steps=9000, batch_size=32, lr=1e-3),
     "sd2-v": dict(family="sd2-v", world=WORLD, out=FAMILIES / "sd2-v", log=FAMILIES / "logs" / "train_sd2-v.log",

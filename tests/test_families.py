@@ -124,7 +124,7 @@ def test_the_loss_is_the_familys_own_training_loss(family, family_models):
         assert np.abs(epsilon_loss - reported).max() > 0.05
 
 
-@pytest.mark.parametrize("family", ["sd2-v", "sdxl", "sd3", "flux", "ddpm"])
+@pytest.mark.parametrize("family", ["sd2-v", "sdxl", "sd3", "flux", "pixart", "ddpm"])
 def test_sampling_is_seeded_and_independent_of_the_batch(family, family_models):
     model = family_models[family]
     prompts = ["one red circle at the left on a gray background", "two blue squares at the top on a pink background"]

@@ -145,3 +145,7 @@ def test_a_lora_of_another_familys_denoiser_applies_and_at_scale_zero_is_the_bas
     np.testing.assert_array_equal(images[0], images[None])
     assert np.abs(images[1] - images[None]).max() > 1e-3
 
+
+def test_a_lora_on_a_family_diffusers_has_no_lora_support_for_is_one_line():
+    with pytest.raises(MemscanError, match="--lora: diffusers has no LoRA support for a PixArtAlphaPipeline"):
+        ModelSpec.of(FAMILY_MODELS["pixart"], device="cpu", loras=[str(FINETUNE_LORA)]).load()

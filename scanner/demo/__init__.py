@@ -32,6 +32,7 @@ FAMILY_MODELS = {
     "sdxl": FAMILIES_DIR / "sdxl",        # StableDiffusionXLPipeline, epsilon, Euler
     "sd3": FAMILIES_DIR / "sd3",          # StableDiffusion3Pipeline, flow matching, flow Euler, no T5 (issue 22)
     "flux": FAMILIES_DIR / "flux",        # FluxPipeline, flow matching with resolution shift, CLIP pooled + T5 (issue 22)
+    "pixart": FAMILIES_DIR / "pixart",    # PixArtAlphaPipeline: DiT with cross-attention to T5, learned variance (issue 22)
     "ddpm": FAMILIES_DIR / "ddpm",        # DDIMPipeline: unconditional, pixel space, epsilon (issue 22; Carlini's CIFAR-10)
 }
 
@@ -52,6 +53,7 @@ CALIBRATION_MODELS = {
     "sdxl": (FAMILY_MODELS["sdxl"], WORLD),
     "sd3": (FAMILY_MODELS["sd3"], WORLD),
     "flux": (FAMILY_MODELS["flux"], WORLD),
+    "pixart": (FAMILY_MODELS["pixart"], WORLD),
 }
 
 # duplication buckets the demo reports on, named as in the duplication plan
