@@ -299,6 +299,17 @@ def test_a_flux_folder_without_its_t5_encoder_is_one_line(family_models, tmp_pat
     assert model.encode_condition(["a red circle"]).prompt_embeds.shape[1] == model.t5_tokens
     assert model.guidance_keywords(5.0, 2)["negative_prompt"] == ["", ""]
     assert "true_cfg_scale" not in model.guidance_keywords(1.0, 2)
+    # a guidance-distilled transformer (FLUX.1 dev) takes the scale as its input instead, and at released size gets
+    # dev's defaults; one without guidance embedding gets schnell's
+    from scanner.models import flux
+
+    assert model.released is flux.RELEASED_UNGUIDED and model.defaults is flux.DEMO_SIZED
+    model.denoiser.register_to_config(guidance_embeds=True)
+    try:
+        assert model.guidance_keywords(3.5, 2) == {"guidance_scale": 3.5, "max_sequence_length": model.t5_tokens}
+        assert model.defaults_for(1024) is flux.RELEASED_DISTILLED
+    finally:
+        model.denoiser.register_to_config(guidance_embeds=False)
     broken = tmp_path / "flux-without-t5"
     shutil.copytree(FAMILY_MODELS["flux"], broken)
     shutil.rmtree(broken / "text_encoder_2")
