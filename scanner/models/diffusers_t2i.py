@@ -5,9 +5,10 @@ Loads a local pipeline folder (``model_index.json`` + component folders) with
 ``.safetensors`` checkpoint with ``from_single_file(path, config=LOCAL_FOLDER)``. Never the
 network, and never a pickle unless the user passes ``allow_pickle`` (``--allow-pickle``).
 
-A family adapter (``stable_diffusion.py``, ``stable_diffusion_xl.py``, ``stable_diffusion_3.py``)
-subclasses ``DiffusersT2I`` once and says what differs: its pipeline class, its denoiser (a UNet
-or a transformer), how a prompt becomes a condition, and how the denoiser is called with it.
+A family adapter (``stable_diffusion.py``, ``stable_diffusion_xl.py``, ``stable_diffusion_3.py``,
+``flux.py``, ``pixart.py``, ``unconditional.py``) subclasses ``DiffusersT2I`` once and says what
+differs: its pipeline class, its denoiser (a UNet or a transformer), its defaults, how a prompt
+becomes a condition, and how the denoiser is called with it (Flux packs latents into tokens there).
 The schedulers own the forward process. For a DDPM-style family the training loss noises with a
 ``DDPMScheduler`` built from the pipeline's own scheduler config and takes its target from
 ``prediction_type`` (epsilon, or v via ``get_velocity``). For a flow-matching family (a
