@@ -483,16 +483,12 @@ def text_encoders(variant: dict, work: Path) -> list:
     the T5 tokenizer built in ``work``)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5TokenizerFast
 
-    if variant.get("family") == "flux":
+    if variant.get("family") in ("flux", "pixart"):
         from transformers import T5Config, T5EncoderModel
 
+        clip = [CLIPTextModel(CLIPTextConfig(**FLUX_CLIP))] if variant["family"] == "flux" else []  # first: the seeded order
         vocabulary = len(T5TokenizerFast.from_pretrained(work / "tokenizer_t5"))
-        return [CLIPTextModel(CLIPTextConfig(**FLUX_CLIP)), T5EncoderModel(T5Config(vocab_size=vocabulary, **T5_ENCODER))]
-    if variant.get("family") == "pixart":
-        from transformers import T5Config, T5EncoderModel
-
-        vocabulary = len(T5TokenizerFast.from_pretrained(work / "tokenizer_t5"))
-        return [T5EncoderModel(T5Config(vocab_size=vocabulary, **T5_ENCODER))]
+        return clip + [T5EncoderModel(T5Config(vocab_size=vocabulary, **T5_ENCODER))]
     if variant.get("family") == "sd3":
         return [CLIPTextModelWithProjection(CLIPTextConfig(**SD3_TEXT)), CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_2))]
     if variant.get("family") == "sdxl":

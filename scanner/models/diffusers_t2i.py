@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import json
 import warnings
 from pathlib import Path
 from types import MappingProxyType
@@ -113,6 +114,12 @@ class DiffusersT2I:
         """One seed's initial noise (channels, height, width), as the pipeline draws it."""
         config = self.denoiser.config
         return config.in_channels, config.sample_size, config.sample_size
+
+    @staticmethod
+    def declared_components(folder: Path | None) -> dict:
+        """``model_index.json`` of a pipeline folder (or a single file's config folder), {} when there is none."""
+        index = folder / "model_index.json" if folder else None
+        return json.loads(index.read_text(encoding="utf-8")) if index is not None and index.is_file() else {}
 
     @classmethod
     def pipeline_keywords(cls, folder: Path | None) -> dict:
@@ -312,8 +319,12 @@ class DiffusersT2I:
         """A fresh copy of the pipeline's scheduler, set to this many steps (schedulers keep a
         step index: a shared one would drift between calls)."""
         scheduler = type(self.pipeline.scheduler).from_config(self.pipeline.scheduler.config)
-        scheduler.set_timesteps(num_inference_steps)
+        self.set_sampling_timesteps(scheduler, num_inference_steps)
         return scheduler
+
+    def set_sampling_timesteps(self, scheduler, num_inference_steps: int) -> None:
+        """What the pipeline call does to its scheduler before sampling (Flux also shifts by resolution)."""
+        scheduler.set_timesteps(num_inference_steps)
 
     def sampling_timesteps(self, num_inference_steps: int) -> list[float]:
         return [float(t) for t in self._sampling_scheduler(num_inference_steps).timesteps]

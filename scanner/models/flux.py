@@ -17,7 +17,6 @@ it is refused with one line."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -78,10 +77,9 @@ class Flux(DiffusersT2I):
     @classmethod
     def pipeline_keywords(cls, folder: Path | None) -> dict:
         """Flux cannot run without its T5 encoder: one line naming the folder, before diffusers loads."""
-        index = folder / "model_index.json" if folder else None
-        if index is None or not index.is_file():
+        declared = cls.declared_components(folder)
+        if not declared:
             return {}
-        declared = json.loads(index.read_text(encoding="utf-8"))
         missing = [name for name in T5 if declared.get(name, [None])[0] is None or not (folder / name).is_dir()]
         if missing:
             raise input_error(folder, f"a Flux model needs its T5 encoder, but {' and '.join(missing)} "
@@ -97,19 +95,17 @@ class Flux(DiffusersT2I):
                                               f"wide and text states {config.joint_attention_dim} wide, but the CLIP "
                                               f"encoder gives {clip_width} and the T5 encoder {t5_width}")
 
-    def _sampling_scheduler(self, num_inference_steps: int):
+    def set_sampling_timesteps(self, scheduler, num_inference_steps: int) -> None:
         """As FluxPipeline sets its scheduler: sigmas from 1 to 1/steps, shifted by ``mu`` for this
         many latent tokens (its resolution-dependent shift)."""
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-        scheduler = type(self.pipeline.scheduler).from_config(self.pipeline.scheduler.config)
         config = scheduler.config
         tokens = (self.latent_shape()[1] // 2) ** 2
         mu = calculate_shift(tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
                              config.get("base_shift", 0.5), config.get("max_shift", 1.15))
         sigmas = None if config.get("use_flow_sigmas") else np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
         scheduler.set_timesteps(num_inference_steps, sigmas=sigmas, mu=mu)
-        return scheduler
 
     def guidance_keywords(self, guidance_scale: float, n: int) -> dict:
         """A guidance-distilled transformer takes the scale as an input; any other gets true

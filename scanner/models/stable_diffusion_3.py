@@ -8,7 +8,6 @@ The empty prompt is encoded like any other (what the pipeline guides against).""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,10 +43,9 @@ class StableDiffusion3(DiffusersT2I):
     def pipeline_keywords(cls, folder: Path | None) -> dict:
         """A folder saved without the T5 encoder names it null in model_index.json; diffusers then
         wants to be told it is absent rather than missing."""
-        index = folder / "model_index.json" if folder else None
-        if index is None or not index.is_file():
+        declared = cls.declared_components(folder)
+        if not declared:
             return {}
-        declared = json.loads(index.read_text(encoding="utf-8"))
         absent = {name: None for name in OPTIONAL_T5 if declared.get(name, [None])[0] is None}
         if len(absent) == 1:
             raise input_error(folder, "the T5 encoder and its tokenizer must both be present or both absent "
