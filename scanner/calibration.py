@@ -3,18 +3,19 @@
 A fixed tiled-l2 threshold is a constant of the model it was tuned on: a memorized prompt's
 generations agree within 0.006 to 0.016 on the demo model, a few times that on another, and an
 ordinary prompt's are further apart on both (docs/CALIBRATION.md). So a scan also samples *null
-prompts*, random combinations of its own prompts' words, with the same seeds and settings, and
-measures how tightly an ordinary prompt's generations agree on *this* model: the median of the
-nulls' collapse distances (the threshold at which ``min_clique`` of a prompt's generations first
-form a clique). The threshold is a fixed fraction of it, a ratio that carries from model to
-model where an absolute distance does not.
+prompts*, its own prompts' words recombined slot by slot into captions nobody wrote, with the same
+seeds and settings, and measures how tightly an ordinary prompt's generations agree on *this*
+model: the upper quartile of the nulls' collapse distances (the threshold at which ``min_clique``
+of a prompt's generations first form a clique). The threshold is a fixed fraction of it, a ratio
+that carries from model to model where an absolute distance does not.
 
-Why the median and not a low quantile of the nulls (at most alpha of them flagged): a model that
-memorizes heavily also collapses on some null prompts (random caption words still name a
-memorized image's position and background: a quarter of the demo model's nulls), so the nulls'
-low tail is memorization, not chance, and a quantile there misses half the memorized prompts.
-The median holds while fewer than half the nulls collapse. The share of nulls under the
-threshold is recorded with every scan: a high share is itself a sign of memorization.
+Why the upper quartile and not a low quantile (at most alpha of the nulls flagged), nor the
+median: a model that memorizes leaks its memorized images to captions that share their words, so
+some null prompts collapse too (a quarter of the demo model's, nearly half of the Flux-shaped
+model's), and that low tail is memorization, not chance. A quantile there misses half the
+memorized prompts; the median fell with the leak on the T5-conditioned models. The upper quartile
+holds while fewer than three quarters of the nulls collapse. The share of nulls under the
+threshold is recorded with every scan, and said when it is high: it is itself a sign of memorization.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ NULL_SOURCE = "memscan:null"  # prompts.source of the null prompts
 
 
 def null_prompts(prompts: Sequence[Prompt], count: int, seed: int = 0) -> list[Prompt]:
-    """``count`` prompts the model cannot have memorized: random combinations of the audit
-    prompts' words, as long as the audit's prompts. Words are drawn from all prompts together,
-    so a null prompt almost never carries the words that identify one caption; one that equals
-    an audit prompt is drawn again."""
-    words = [prompt.text.split() for prompt in prompts]
-    pool = [word for text in words for word in text]
-    if count <= 0 or len(set(pool)) < 2:
+    """``count`` prompts the model cannot have memorized, that still read like its captions: each
+    word position filled from a different audit prompt (word i of a null prompt of length L is word
+    i * len(donor) // L of a random donor), so a template's slots keep their kind of word while the
+    combination is new. Bags of caption words in random order were the first design: the
+    T5-conditioned models answer such out-of-grammar text with one image (docs/CALIBRATION.md). One
+    that equals an audit prompt is drawn again."""
+    words = [text for text in (prompt.text.split() for prompt in prompts) if text]
+    if count <= 0 or len({word for text in words for word in text}) < 2:
         return []
     rng = np.random.default_rng(seed)
     taken = {prompt.text for prompt in prompts}
@@ -47,19 +49,20 @@ def null_prompts(prompts: Sequence[Prompt], count: int, seed: int = 0) -> list[P
         if len(chosen) == count:
             break
         length = len(words[rng.integers(len(words))])
-        text = " ".join(pool[i] for i in rng.choice(len(pool), size=min(length, len(pool)), replace=False))
+        donors = (words[i] for i in rng.integers(len(words), size=length))
+        text = " ".join(donor[position * len(donor) // length] for position, donor in enumerate(donors))
         if text not in taken:
             taken.add(text)
             chosen.append(Prompt.from_text(text, source=NULL_SOURCE))
     return chosen
 
 
-def null_threshold(null_statistics: Sequence[float], factor: float) -> float:
-    """``factor`` times the median of the null prompts' collapse distances (nan when there are
-    none, or most never collapse: nulls with too few usable generations count as infinitely far)."""
+def null_threshold(null_statistics: Sequence[float], factor: float, quantile: float) -> float:
+    """``factor`` times the ``quantile`` of the null prompts' collapse distances (nan when there are
+    none, or too many never collapse for it: nulls with too few usable generations count as infinitely far)."""
     values = np.asarray(null_statistics, dtype=np.float64)
-    median = float(np.median(values)) if len(values) else float("nan")
-    return factor * median if np.isfinite(median) else float("nan")
+    reference = float(np.quantile(values, quantile, method="inverted_cdf")) if len(values) else float("nan")
+    return factor * reference if np.isfinite(reference) else float("nan")
 
 
 # Recall and false flags of the calibrated criterion at its defaults on the calibration models it
@@ -69,7 +72,7 @@ MEASURED = ("55% to 97% of memorized duplicated items flagged, at most 1.3% of o
             "(sd-64 83%, sd-short 86%, the SD 2-shaped v-prediction model 97%, the SDXL-shaped model 79%, the SD3-shaped "
             "flow-matching model 87% with 1 of 77 ordinary prompts flagged; the two T5-conditioned ones, whose null prompts "
             "collapse too, least: the Flux-shaped model 72%, the PixArt-shaped model 55%; docs/CALIBRATION.md)")
-MEASURED_SETTINGS = {"min_clique": 5, "generations_per_prompt": 16, "null_factor": 0.3}
+MEASURED_SETTINGS = {"min_clique": 5, "generations_per_prompt": 16, "null_factor": 0.25, "null_quantile": 0.75}
 MEASURED_RESOLUTIONS = (32, 64)  # the calibration models' sizes, in pixels: no evidence for other sizes
 
 
@@ -83,6 +86,7 @@ class CriterionStatement:
     threshold: float
     calibrated: bool
     null_factor: float
+    null_quantile: float
     nulls: int
     nulls_flagged: int
     resolution: int = 0  # pixels of the generations (0: unknown)
@@ -91,12 +95,12 @@ class CriterionStatement:
 
     def measured_settings(self) -> bool:
         return self.calibrated and {"min_clique": self.min_clique, "generations_per_prompt": self.generations_per_prompt,
-                                    "null_factor": self.null_factor} == MEASURED_SETTINGS
+                                    "null_factor": self.null_factor, "null_quantile": self.null_quantile} == MEASURED_SETTINGS
 
     def lines(self, found_nothing: bool) -> list[str]:
         if self.calibrated:
-            how = (f"{self.null_factor:g} x the median collapse distance of this scan's {self.nulls} null prompts, random "
-                   f"combinations of its prompts' words; {self.nulls_flagged} of them fall under it")
+            how = (f"{self.null_factor:g} x the {quantile_name(self.null_quantile)} of the collapse distances of this scan's "
+                   f"{self.nulls} null prompts, its prompts' words recombined slot by slot; {self.nulls_flagged} of them fall under it")
         else:
             how = "a fixed threshold given by the user, not calibrated on this model"
         out = [f"Criterion: at least {self.min_clique} of a prompt's generations pairwise within tiled l2 "
@@ -104,7 +108,13 @@ class CriterionStatement:
                f"Measured on models it was not tuned on: {MEASURED}"
                + ("." if self.measured_settings() else
                   f", at {MEASURED_SETTINGS['min_clique']} of {MEASURED_SETTINGS['generations_per_prompt']} generations and "
-                  f"factor {MEASURED_SETTINGS['null_factor']}: this scan's settings were not measured.")]
+                  f"{MEASURED_SETTINGS['null_factor']} x the nulls' {quantile_name(MEASURED_SETTINGS['null_quantile'])}: "
+                  "this scan's settings were not measured.")]
+        if self.calibrated and self.nulls and self.nulls_flagged > self.nulls / 2:
+            out.append(f"{self.nulls_flagged} of the {self.nulls} null prompts collapse under the threshold too: this model draws "
+                       "one image for captions that merely share words with the audited ones, a sign that it leaks memorized "
+                       "images to neighbouring prompts. The threshold stays meaningful while fewer than "
+                       f"{self.null_quantile:.0%} of them do; look at what the null prompts drew.")
         if self.resolution and self.resolution not in MEASURED_RESOLUTIONS:
             out.append(f"This model draws {self.resolution}-pixel images; that recall was measured at "
                        f"{' and '.join(map(str, MEASURED_RESOLUTIONS))} pixels only, and is no evidence at {self.resolution}.")
@@ -152,6 +162,10 @@ class MatchingStatement:
         return out
 
 
+def quantile_name(quantile: float) -> str:
+    return {0.5: "median", 0.75: "upper quartile"}.get(quantile, f"{quantile:g} quantile")
+
+
 def criterion_statement(store: Store, run_id: str) -> CriterionStatement | MatchingStatement:
     """The criterion a stored run's candidates were computed with, from its settings and calibration."""
     stored = json.loads(store.execute("SELECT config FROM runs WHERE run_id = ?", [run_id])[0][0])
@@ -173,4 +187,6 @@ def criterion_statement(store: Store, run_id: str) -> CriterionStatement | Match
                                "AND metric = 'criterion_threshold'", [run_id])
     threshold, flagged, nulls = calibrated[0] if calibrated else (config.get("threshold"), 0, 0)
     return CriterionStatement(prompts, most, config.get("min_clique", 0), float("nan") if threshold is None else float(threshold),
-                              bool(calibrated), config.get("null_factor", 0.0), nulls, flagged, int(resolution))
+                              bool(calibrated), config.get("null_factor", 0.0),
+                              config.get("null_quantile", 0.5),  # a scan stored before the quantile was a setting used the median
+                              nulls, flagged, int(resolution))

@@ -293,15 +293,17 @@ def calibrate(store: Store, run_id: str, by_prompt: dict[str, list[dict]],
     if settings.threshold is not None:
         return settings, []
     statistics = [prompt_collapse(*_features_of(store, rows), settings) for rows in null_rows]
-    threshold = calibration.null_threshold(statistics, settings.null_factor)
+    threshold = calibration.null_threshold(statistics, settings.null_factor, settings.null_quantile)
     if not np.isfinite(threshold):
         raise MemscanError(f"run {run_id}: the criterion cannot be calibrated: of {len(null_rows)} null prompts, fewer than "
-                           f"half have {settings.min_clique} usable generations; sample more or give a fixed --threshold")
+                           f"{settings.null_quantile:.0%} have {settings.min_clique} usable generations; sample more or give "
+                           "a fixed --threshold")
     edge = float(np.float32(threshold))  # tiled l2 is computed in float32: compare like with like
     flagged = sum(value <= edge for value in statistics)
     record = {"run_id": run_id, "metric": "criterion_threshold", "subject": "null_prompts", "value": edge,
               "n_positive": flagged, "n_negative": len(statistics), "details": json.dumps({
-                  "null_factor": settings.null_factor, "null_median": threshold / settings.null_factor,
+                  "null_factor": settings.null_factor, "null_quantile": settings.null_quantile,
+                  "null_reference": threshold / settings.null_factor,
                   "min_clique": settings.min_clique, "statistic": "collapse tiled l2", "null_statistics": [v if np.isfinite(v) else None for v in sorted(statistics)]})}
     return dataclasses.replace(settings, threshold=edge), [record]
 

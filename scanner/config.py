@@ -133,15 +133,18 @@ class ClusterConfig:
     density is at least ``min_density``.
 
     The threshold is calibrated on every scan by default (``threshold`` None): the scan also
-    samples ``null_prompts`` prompts of random caption words, and the threshold is
-    ``null_factor`` times the median of their collapse distances (scanner/calibration.py). A
+    samples ``null_prompts`` prompts of its captions' words recombined, and the threshold is
+    ``null_factor`` times the ``null_quantile`` of their collapse distances (scanner/calibration.py). A
     fixed ``threshold`` is a constant of the model it was tuned on (0.02 on the demo model, and a
     wrong all-clear on others: docs/CALIBRATION.md)."""
 
     threshold: float | None = None
-    # tuned on the demo model (k 5 of 16 seeds: recall 0.94, 3.3% of x1 and non-member prompts flagged)
-    # and measured on the calibration models it was not tuned on: docs/CALIBRATION.md
-    null_factor: float = 0.3
+    # tuned on the demo model (k 5 of 16 seeds: recall 0.94, 2.2% of x1 and non-member prompts flagged;
+    # 0.3 is at 4.4%) and measured on the calibration models it was not tuned on: docs/CALIBRATION.md
+    null_factor: float = 0.25
+    # the nulls' upper quartile: a model leaks memorized images to null prompts that share their audit
+    # prompts' words (the Flux-shaped model to 44% of them), which pulled their median down (docs/CALIBRATION.md)
+    null_quantile: float = 0.75
     # null prompts sampled beside the audit's, with its seeds; 16 already give the same threshold on
     # the demo within a few percent, 32 make it steady (docs/CALIBRATION.md)
     null_prompts: int = 32
@@ -168,6 +171,7 @@ class ClusterConfig:
         require_number("min_cosine", self.min_cosine, -1, 1)
         require_int("max_hamming", self.max_hamming, 0, 64)
         require_number("null_factor", self.null_factor, 0, 1, low_open=True)
+        require_number("null_quantile", self.null_quantile, 0, 1, low_open=True)
         require_int("null_prompts", self.null_prompts, 0)
         if self.threshold is None:
             if self.null_prompts == 0:

@@ -5,7 +5,7 @@
 
 ``scan`` samples the demo prompts of one calibration model (``scanner.demo.CALIBRATION_MODELS``:
 all x200/x50/x10 items, ``--per-bucket`` x1 members and non-members) plus ``--nulls`` null
-prompts (random combinations of the prompts' words, ``scanner.prompts.null_prompts``), and
+prompts (the prompts' words recombined slot by slot, ``scanner.calibration.null_prompts``), and
 writes one row per prompt to ``runs/criterion-<model>.parquet``: its bucket, the per-item truth
 (memorized: at least 25% of its generations within tiled l2 0.10 of its own training image,
 ``scanner.demo.evaluate``), its collapse distance for every clique size (the smallest tiled-l2
@@ -37,7 +37,7 @@ from scanner.demo.evaluate import DUPLICATED_BUCKETS, REPRODUCED_SHARE, reproduc
 from scanner.generate import Prompt
 from scanner.models.loading import load_embedder
 from scanner.mia.detectors import anchor_distances
-from scanner.calibration import NULL_SOURCE, criterion_statement, null_prompts, null_threshold
+from scanner.calibration import NULL_SOURCE, criterion_statement, null_prompts, null_threshold, quantile_name
 from scanner.store import Store
 
 RUNS = Path("runs")
@@ -116,6 +116,11 @@ def null_draws(rows: list[dict], statistic: np.ndarray, nulls: int, threshold_of
     return flagged / draws
 
 
+def threshold_at_default(values: np.ndarray) -> float:
+    default = ClusterConfig()
+    return null_threshold(values, default.null_factor, default.null_quantile)
+
+
 def low_quantile(alpha: float):
     """The rejected alternative: the j-th smallest null, j = floor(alpha (M + 1)), which keeps the
     false-flag rate at most alpha for prompts exchangeable with the nulls (flagged strictly below it)."""
@@ -146,18 +151,25 @@ def compare(paths: list[Path], tuned_on: str, k: int = 5) -> None:
             f"{factor:.3f} x the audit prompts' median collapse, k {k} (tuned on {tuned_on})": relative_to_run(rows, factor, k),
             f"at most 5% of 32 nulls flagged (their low tail), k {k}": null_draws(rows, collapse[k], 32, low_quantile(0.05)),
         }
-        for size in (4, 5, 8):
-            for f in (0.2, 0.3, 0.4):
-                criteria[f"{f} x median of 32 nulls, k {size}"] = null_draws(rows, collapse[size], 32,
-                                                                             lambda v, f=f: null_threshold(v, f))
-        criteria[f"0.3 x median of 16 nulls, k {k}"] = null_draws(rows, collapse[k], 16, lambda v: null_threshold(v, 0.3))
-        criteria[f"0.3 x median of 32 nulls, anchored (collapse / anchor distance), k {k}"] = null_draws(
-            rows, collapse[k] / column(rows, "anchor"), 32, lambda v: null_threshold(v, 0.3))
+        for quantile in (0.5, 0.75):
+            for f in (0.2, 0.25, 0.3, 0.4):
+                criteria[f"{f} x {quantile_name(quantile)} of 32 nulls, k {k}"] = null_draws(
+                    rows, collapse[k], 32, lambda v, f=f, q=quantile: null_threshold(v, f, q))
+        default = ClusterConfig()
+        at_default = f"{default.null_factor} x {quantile_name(default.null_quantile)}"
+        for size in (4, 8):
+            criteria[f"{at_default} of 32 nulls, k {size}"] = null_draws(rows, collapse[size], 32, threshold_at_default)
+        criteria[f"{at_default} of 16 nulls, k {k}"] = null_draws(rows, collapse[k], 16, threshold_at_default)
+        criteria[f"{at_default} of 32 nulls, anchored (collapse / anchor distance), k {k}"] = null_draws(
+            rows, collapse[k] / column(rows, "anchor"), 32, threshold_at_default)
         for label, flagged in criteria.items():
             recall, false_flags, null_flags = outcome(rows, np.asarray(flagged, dtype=float))
             print(f"| {name} ({memorized} memorized) | {label} | {recall:.2f} | {false_flags:.3f} | {null_flags:.3f} |")
     print()
     for name, rows in scans.items():
+        nulls = [r[f"collapse_{k}"] for r in rows if r["bucket"] == "null"]
+        print(f"{name}: null prompts' collapse distance at k {k}, quartiles "
+              + " ".join(f"{q:.4f}" for q in np.quantile(nulls, [0.25, 0.5, 0.75])))
         print(f"{name}: median collapse distance at k {k} by bucket (memorized items for x200/x50/x10): " + ", ".join(
             f"{b} {np.median([r[f'collapse_{k}'] for r in rows if r['bucket'] == b and (r['memorized'] or b in ('x1', 'non-member', 'null'))]):.4f}"
             for b in ("x200", "x50", "x10", "x1", "non-member", "null")))

@@ -9,7 +9,7 @@ from scanner.config import ClusterConfig
 from scanner.generate import Prompt
 
 
-def test_null_prompts_recombine_the_audit_words_and_never_repeat_an_audit_prompt():
+def test_null_prompts_fill_each_slot_from_another_audit_prompt_and_never_repeat_one():
     audit = [Prompt.from_text(t) for t in ("two red circles at the left on a teal background",
                                            "one blue star at the top on a gray background",
                                            "three green bars at the center on a pink background")]
@@ -17,23 +17,31 @@ def test_null_prompts_recombine_the_audit_words_and_never_repeat_an_audit_prompt
     assert len(nulls) == 20 and len({p.text for p in nulls}) == 20
     assert all(p.source == NULL_SOURCE for p in nulls)
     assert not {p.text for p in nulls} & {p.text for p in audit}
-    vocabulary = {w for p in audit for w in p.text.split()}
-    assert all(set(p.text.split()) <= vocabulary for p in nulls)
+    for null in nulls:  # slot by slot: the template holds, the combination is new
+        words = null.text.split()
+        assert len(words) == 10 and words[3:5] == ["at", "the"] and words[-1] == "background"
+        assert all(word in {p.text.split()[slot] for p in audit} for slot, word in enumerate(words))
     assert [p.text for p in null_prompts(audit, 20)] == [p.text for p in nulls]  # the same scan draws the same nulls
+    # captions of other lengths lend the word at the same relative place
+    mixed = null_prompts([*audit, Prompt.from_text("a photo of Guja Brickdor")], 40)
+    assert any(p.text.split()[0] == "a" for p in mixed) and all(len(p.text.split()) in (5, 10) for p in mixed)
     # a vocabulary too small for the count gives what exists, without looping forever
-    assert len(null_prompts([Prompt.from_text("a b")], 10)) <= 1
+    assert len(null_prompts([Prompt.from_text("a b"), Prompt.from_text("c d")], 10)) == 2
 
 
-def test_the_null_threshold_is_a_fraction_of_the_nulls_median_whatever_their_low_tail():
+def test_the_null_threshold_is_a_fraction_of_the_nulls_upper_quartile_whatever_their_low_tail():
     ordinary = np.linspace(0.10, 0.20, 24)
-    assert null_threshold(ordinary, 0.25) == pytest.approx(0.25 * np.median(ordinary))
-    # a quarter of the nulls collapse (random caption words that still name a memorized image): the median holds
-    collapsed = np.concatenate([ordinary, np.full(8, 0.01)])
-    assert null_threshold(collapsed, 0.25) == pytest.approx(0.25 * np.median(collapsed))
-    assert 0.25 * 0.10 < null_threshold(collapsed, 0.25) < 0.25 * 0.20
-    assert null_threshold([0.2, float("inf"), 0.1], 0.5) == pytest.approx(0.1)  # too few usable generations: far
-    assert np.isnan(null_threshold([float("inf")] * 3 + [0.1], 0.25))  # most nulls unusable: nothing to calibrate on
-    assert np.isnan(null_threshold([], 0.25))
+    reference = np.quantile(ordinary, 0.75, method="inverted_cdf")
+    assert null_threshold(ordinary, 0.25, 0.75) == pytest.approx(0.25 * reference)
+    assert null_threshold(ordinary, 0.25, 0.5) == pytest.approx(0.25 * np.quantile(ordinary, 0.5, method="inverted_cdf"))
+    # more than half the nulls collapse (a model leaking its memorized images to captions that share their
+    # words, as the Flux-shaped model does): the median falls among them, the upper quartile holds
+    collapsed = np.concatenate([ordinary, np.full(30, 0.01)])
+    assert null_threshold(collapsed, 0.25, 0.5) == pytest.approx(0.25 * 0.01)
+    assert 0.25 * 0.10 < null_threshold(collapsed, 0.25, 0.75) < 0.25 * 0.20
+    assert null_threshold([0.2, float("inf"), 0.1, 0.3], 0.5, 0.75) == pytest.approx(0.15)  # too few usable generations: far
+    assert np.isnan(null_threshold([float("inf")] * 2 + [0.1, 0.2], 0.25, 0.75))  # too many unusable: nothing to calibrate on
+    assert np.isnan(null_threshold([], 0.25, 0.75))
 
 
 def test_collapse_distance_is_the_threshold_at_which_the_clique_first_forms():
@@ -53,6 +61,8 @@ def test_a_fixed_threshold_needs_no_null_prompts_and_a_calibrated_one_does():
         ClusterConfig(null_prompts=0)
     with pytest.raises(ValueError, match="null_factor"):
         ClusterConfig(null_factor=0)
+    with pytest.raises(ValueError, match="null_quantile"):
+        ClusterConfig(null_quantile=1.5)
 
 
 def test_the_statement_never_carries_the_calibration_to_a_resolution_it_was_not_measured_at(tmp_path):
@@ -76,3 +86,21 @@ def test_the_statement_never_carries_the_calibration_to_a_resolution_it_was_not_
     warning = [line for line in large.lines(found_nothing=True) if "512-pixel" in line]
     assert warning and "no evidence at 512" in warning[0]
     assert any("does not show that nothing is memorized" in line for line in large.lines(found_nothing=True))
+
+
+def test_the_statement_says_when_most_null_prompts_collapse_and_when_settings_were_not_measured():
+    from scanner.calibration import MEASURED_SETTINGS, CriterionStatement
+
+    def statement(flagged: int, **settings) -> list[str]:
+        values = {**MEASURED_SETTINGS, **settings}
+        return CriterionStatement(prompts=40, generations_per_prompt=values["generations_per_prompt"],
+                                  min_clique=values["min_clique"], threshold=0.02, calibrated=True,
+                                  null_factor=values["null_factor"], null_quantile=values["null_quantile"], nulls=32,
+                                  nulls_flagged=flagged, resolution=32).lines(found_nothing=True)
+
+    quiet, leaking = statement(10), statement(20)
+    assert "upper quartile" in quiet[0] and "10 of them fall under it" in quiet[0]
+    assert not any("leaks memorized images" in line for line in quiet)
+    assert any(line.startswith("20 of the 32 null prompts collapse") and "leaks memorized images" in line for line in leaking)
+    assert not any("not measured" in line for line in quiet)
+    assert any("this scan's settings were not measured" in line for line in statement(10, null_quantile=0.5))

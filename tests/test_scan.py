@@ -89,7 +89,7 @@ def test_demo_reproduces_duplicated_items_and_not_non_members(demo_run):
     # against the per-item truth: at least 90% of the memorized duplicated items flagged, and few of
     # the x1 and non-member prompts whose item is not memorized. The calibrated criterion flags 3.3%
     # of 91 such prompts on the 165-prompt calibration scan (docs/CALIBRATION.md); here there are 26,
-    # and 2 of them (7.7%) collapse below 0.3 x the nulls' median: bounded at 2, not at 5%
+    # and 2 of them (7.7%) may collapse below the calibrated threshold: bounded at 2, not at 5%
     print(criterion)
     assert criterion.memorized >= 35 and criterion.recall >= 0.9 and criterion.unmemorized_flagged <= 2
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from scanner import __version__
-from scanner.calibration import MatchingStatement, criterion_statement
+from scanner.calibration import MatchingStatement, criterion_statement, quantile_name
 from scanner.errors import MemscanError, input_error, make_folder
 from scanner.features import png_bytes
 from scanner.store import Store
@@ -203,7 +203,8 @@ def render_report(db: Path, out: Path) -> dict:
             else:
                 methods.update(criterion=f"{clustering.get('criterion', 'clique')} of at least {clustering.get('min_clique')}",
                                threshold=f"{statement.threshold:.4f}", calibrated=statement.calibrated,
-                               null_factor=statement.null_factor, nulls=statement.nulls, tiles=clustering.get("tiles"))
+                               null_factor=statement.null_factor, null_reference=quantile_name(statement.null_quantile),
+                               nulls=statement.nulls, tiles=clustering.get("tiles"))
         mia_rows = store.query("SELECT * FROM metrics WHERE metric LIKE 'mia_%' ORDER BY subject, metric").to_pylist()
         idia_rows = store.query("SELECT * FROM idia_results ORDER BY predicted_member DESC, person").to_pylist()
         html = environment.get_template("report.html.j2").render(
