@@ -47,6 +47,11 @@ and the unconditional model of issue 22 (``scanner/demo/families/ddpm``), Carlin
 CIFAR-10 setting: no prompt at all, a pixel-space UNet trained on the member images alone:
 
     python scripts/train_demo_sd.py --variant ddpm       # UNet2DModel on 32x32 pixels, DDPM's linear betas, a DDIMPipeline
+
+and the class-conditional model of issue 22 (``scanner/demo/families/dit``), Carlini et al.'s
+class-conditional setting: an item's class is its shape, and there is no caption:
+
+    python scripts/train_demo_sd.py --variant dit        # DiT on the demo autoencoder's latents, 8 classes, learned variance
 """
 
 from __future__ import annotations
@@ -153,7 +158,18 @@ FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=
                       base_image_seq_len=256, max_image_seq_len=4096)
 PIXEL_SCHEDULER = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                        prediction_type="epsilon", clip_sample=True)
+# DiT (Peebles and Xie): class-conditional through adaLN-zero, learned variance (8 output channels), on 2x2 patches of
+# the demo autoencoder's latents. An item's class is its shape; the label table keeps ImageNet's 1000 rows (plus the
+# null class 1000 that DiTPipeline guides against), of which the demo's 8 classes are the first, named in id2label;
+# DDPM's linear betas, sampled with DDIM as DiT's pipeline folders are
+DIT_TRANSFORMER = dict(num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=4,
+                       sample_size=16, patch_size=2, num_embeds_ada_norm=1000)
+DIT_SCHEDULER = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                     prediction_type="epsilon", clip_sample=False)
+DIT_CLASSES = ["bar", "circle", "cross", "diamond", "ring", "square", "star", "triangle"]
 VARIANTS.update({
+    "dit": dict(family="dit", world=WORLD, out=FAMILIES / "dit", log=FAMILIES / "logs" / "train_dit.log",
+                seed=7171, vae_from=DEMO_VAE, transformer=DIT_TRANSFORMER, unet_steps=8000, lr=1e-3),
     "sd3": dict(family="sd3", world=WORLD, out=FAMILIES / "sd3", log=FAMILIES / "logs" / "train_sd3.log",
                 seed=3333, vae_from=DEMO_VAE, transformer=SD3_TRANSFORMER, unet_steps=3000, lr=5e-4),
     "flux": dict(family="flux", world=WORLD, out=FAMILIES / "flux", log=FAMILIES / "logs" / "train_flux.log",
@@ -207,6 +223,29 @@ def optimizer_step(loss: torch.Tensor, optimizer, schedule, params) -> float:
     optimizer.step()
     schedule.step()
     return loss.item()
+
+
+def train_loop(steps: int, batches, step_loss, params: list, lr: float, log_file: Path, save) -> None:
+    """The loop every denoiser here trains with: AdamW, warmup then cosine, the mean loss logged every
+    100 steps and ``save()`` every 1000; ``step_loss(index)`` is one batch's loss."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    schedule = warmup_cosine(optimizer, steps, warmup=200)
+    start, running = time.time(), 0.0
+    for step, index in zip(range(1, steps + 1), batches):
+        running += optimizer_step(step_loss(index), optimizer, schedule, params)
+        if step % 100 == 0 or step == steps:
+            log(f"unet step {step}/{steps} loss {running / 100:.4f} lr {schedule.get_last_lr()[0]:.2e} "
+                f"({time.time() - start:.0f}s)", log_file)
+            running = 0.0
+        if step % 1000 == 0 or step == steps:
+            save()
+
+
+def member_latents(vae, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The autoencoder's posterior (mean, std) of every member image: a training step samples from it."""
+    with torch.no_grad():
+        posterior = [vae.encode(to_tensor(images[i:i + 256])).latent_dist for i in range(0, len(images), 256)]
+    return torch.cat([p.mean for p in posterior]), torch.cat([p.std for p in posterior])
 
 
 def build_tokenizer(out_dir: Path) -> None:
@@ -308,10 +347,7 @@ def train_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path
 
     images, captions, dup_counts = load_members(variant["world"])
     vae = AutoencoderKL.from_pretrained(variant.get("vae_from", work / "vae"), torch_dtype=torch.float32)
-    with torch.no_grad():
-        posterior = [vae.encode(to_tensor(images[i:i + 256])).latent_dist for i in range(0, len(images), 256)]
-        latent_mean = torch.cat([p.mean for p in posterior])
-        latent_std = torch.cat([p.std for p in posterior])
+    latent_mean, latent_std = member_latents(vae, images)
     scaling = vae.config.scaling_factor
     family = variant.get("family", "sd")
     # each text encoder's token ids for every caption, and for the empty caption (what a dropped caption becomes)
@@ -334,12 +370,10 @@ def train_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path
         DDPMScheduler(**{k: v for k, v in family_scheduler_config(family).items()
                          if k not in ("set_alpha_to_one", "timestep_spacing", "interpolation_type")})
     params = list(unet.parameters()) + [p for encoder in encoders for p in encoder.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    schedule = warmup_cosine(optimizer, steps, warmup=200)
     batches = duplicated_batches(dup_counts, batch_size, np.random.default_rng(variant["seed"]))
     generator = torch.Generator().manual_seed(variant["seed"])
-    start, running = time.time(), 0.0
-    for step, index in zip(range(1, steps + 1), batches):
+
+    def step_loss(index: torch.Tensor) -> torch.Tensor:
         x0 = (latent_mean[index] + latent_std[index] * torch.randn(latent_mean[index].shape, generator=generator)) * scaling
         token_ids = [every[index].clone() for every in ids]
         dropped = torch.rand(len(index), generator=generator) < 0.1
@@ -369,15 +403,14 @@ def train_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path
                 token_ids[0][dropped] = empty_ids[0][0]
                 prediction = unet(noisy, timesteps, encoders[0](token_ids[0]).last_hidden_state).sample
             target = noise_scheduler.get_velocity(x0, noise, timesteps) if family == "sd2-v" else noise
-        running += optimizer_step(torch.nn.functional.mse_loss(prediction, target), optimizer, schedule, params)
-        if step % 100 == 0 or step == steps:
-            log(f"unet step {step}/{steps} loss {running / 100:.4f} lr {schedule.get_last_lr()[0]:.2e} "
-                f"({time.time() - start:.0f}s)", log_file)
-            running = 0.0
-        if step % 1000 == 0 or step == steps:
-            unet.save_pretrained(work / ("transformer" if family in ("sd3", "flux", "pixart") else "unet"))
-            for name, encoder in zip(("text_encoder", "text_encoder_2"), encoders):
-                encoder.save_pretrained(work / name)
+        return torch.nn.functional.mse_loss(prediction, target)
+
+    def save() -> None:
+        unet.save_pretrained(work / ("transformer" if family in ("sd3", "flux", "pixart") else "unet"))
+        for name, encoder in zip(("text_encoder", "text_encoder_2"), encoders):
+            encoder.save_pretrained(work / name)
+
+    train_loop(steps, batches, step_loss, params, lr, log_file, save)
 
 
 def train_pixel_unet(variant: dict, steps: int, batch_size: int, lr: float, work: Path, log_file: Path) -> None:
@@ -390,22 +423,45 @@ def train_pixel_unet(variant: dict, steps: int, batch_size: int, lr: float, work
     torch.manual_seed(variant["seed"])
     unet = UNet2DModel(**variant["pixel_unet"])
     noise_scheduler = DDPMScheduler(**PIXEL_SCHEDULER)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
-    schedule = warmup_cosine(optimizer, steps, warmup=200)
     batches = duplicated_batches(dup_counts, batch_size, np.random.default_rng(variant["seed"]))
     generator = torch.Generator().manual_seed(variant["seed"])
-    start, running = time.time(), 0.0
-    for step, index in zip(range(1, steps + 1), batches):
+
+    def step_loss(index: torch.Tensor) -> torch.Tensor:
         x0, timesteps = data[index], torch.randint(0, 1000, (len(index),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         prediction = unet(noise_scheduler.add_noise(x0, noise, timesteps), timesteps).sample
-        running += optimizer_step(torch.nn.functional.mse_loss(prediction, noise), optimizer, schedule, list(unet.parameters()))
-        if step % 100 == 0 or step == steps:
-            log(f"unet step {step}/{steps} loss {running / 100:.4f} lr {schedule.get_last_lr()[0]:.2e} "
-                f"({time.time() - start:.0f}s)", log_file)
-            running = 0.0
-        if step % 1000 == 0 or step == steps:
-            unet.save_pretrained(work / "unet")
+        return torch.nn.functional.mse_loss(prediction, noise)
+
+    train_loop(steps, batches, step_loss, list(unet.parameters()), lr, log_file, lambda: unet.save_pretrained(work / "unet"))
+
+
+def train_class_dit(variant: dict, steps: int, batch_size: int, lr: float, work: Path, log_file: Path) -> None:
+    """The class-conditional model: DiT's epsilon loss on the demo autoencoder's latents of the member
+    images, each labelled with its shape (its class), with the duplication plan. The transformer's own
+    label embedding drops a label 10% of the time for its null class (DiT's classifier-free guidance)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel
+
+    images, _, dup_counts = load_members(variant["world"])
+    classes = torch.tensor([DIT_CLASSES.index(r["shape"]) for r in pq.read_table(variant["world"]).to_pylist() if r["sd_train"]])
+    vae = AutoencoderKL.from_pretrained(variant["vae_from"], torch_dtype=torch.float32)
+    latent_mean, latent_std = member_latents(vae, images)
+    torch.manual_seed(variant["seed"])
+    transformer = DiTTransformer2DModel(**variant["transformer"])
+    noise_scheduler = DDPMScheduler(**DIT_SCHEDULER)
+    batches = duplicated_batches(dup_counts, batch_size, np.random.default_rng(variant["seed"]))
+    generator = torch.Generator().manual_seed(variant["seed"])
+
+    def step_loss(index: torch.Tensor) -> torch.Tensor:
+        noise_free = latent_mean[index] + latent_std[index] * torch.randn(latent_mean[index].shape, generator=generator)
+        x0 = noise_free * vae.config.scaling_factor
+        timesteps = torch.randint(0, 1000, (len(index),), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        output = transformer(noise_scheduler.add_noise(x0, noise, timesteps), timestep=timesteps,
+                             class_labels=classes[index]).sample
+        return torch.nn.functional.mse_loss(output.chunk(2, dim=1)[0], noise)  # the epsilon half; the variance is unused
+
+    train_loop(steps, batches, step_loss, list(transformer.parameters()), lr, log_file,
+               lambda: transformer.save_pretrained(work / "transformer"))
 
 
 def flow_training_scheduler(family: str, latent_side: int):
@@ -523,6 +579,16 @@ def write_pipeline(variant: dict, work: Path, out_dir: Path, log_file: Path) -> 
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     family = variant.get("family", "sd")
+    if family == "dit":  # DiTPipeline keeps its class names in model_index.json, which save_pretrained does not write
+        from diffusers import DiTPipeline, DiTTransformer2DModel
+
+        pipeline = DiTPipeline(transformer=DiTTransformer2DModel.from_pretrained(work / "transformer"),
+                               vae=AutoencoderKL.from_pretrained(variant["vae_from"]), scheduler=DDIMScheduler(**DIT_SCHEDULER))
+        save_pipeline(pipeline, out_dir, log_file)
+        index = json.loads((out_dir / "model_index.json").read_text())
+        index["id2label"] = {str(i): name for i, name in enumerate(DIT_CLASSES)}
+        (out_dir / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        return
     if family == "ddpm":  # saved as a DDIMPipeline: deterministic from a seed, and 50 steps instead of 1000
         from diffusers import DDIMPipeline, UNet2DModel
 
@@ -612,10 +678,9 @@ def main() -> None:
             log("T5 tokenizer built from the demo captions' words", log_file)
     if args.stage in ("all", "vae") and "vae_from" not in variant and variant.get("family") != "ddpm":
         train_vae(variant, args.vae_steps or variant["vae_steps"], variant.get("vae_batch_size", batch_size), work, log_file)
-    if args.stage in ("all", "unet") and variant.get("family") == "ddpm":
-        train_pixel_unet(variant, args.unet_steps or variant["unet_steps"], batch_size, args.lr or variant["lr"], work, log_file)
-    elif args.stage in ("all", "unet"):
-        train_unet(variant, args.unet_steps or variant["unet_steps"], batch_size, args.lr or variant["lr"], work, log_file)
+    if args.stage in ("all", "unet"):
+        trainer = {"ddpm": train_pixel_unet, "dit": train_class_dit}.get(variant.get("family"), train_unet)
+        trainer(variant, args.unet_steps or variant["unet_steps"], batch_size, args.lr or variant["lr"], work, log_file)
     if args.stage in ("all", "pipeline"):
         write_pipeline(variant, work, out, log_file)
 
