@@ -142,6 +142,7 @@ def compare(paths: list[Path], tuned_on: str, k: int = 5) -> None:
     print(f"tuned on {tuned_on}: fixed threshold {fixed:.4f}, run-relative factor {factor:.3f}\n")
     print("| model | criterion | recall (memorized x200/x50/x10) | false flags (unmemorized x1 + non-members) | null prompts flagged |")
     print("| --- | --- | --- | --- | --- |")
+    results: dict[str, dict[str, tuple[float, float]]] = {}
     for name, rows in scans.items():
         memorized = sum(r["memorized"] and r["bucket"] in DUPLICATED_BUCKETS for r in rows)
         collapse = {size: column(rows, f"collapse_{size}") for size in CLIQUE_SIZES}
@@ -164,7 +165,15 @@ def compare(paths: list[Path], tuned_on: str, k: int = 5) -> None:
             rows, collapse[k] / column(rows, "anchor"), 32, threshold_at_default)
         for label, flagged in criteria.items():
             recall, false_flags, null_flags = outcome(rows, np.asarray(flagged, dtype=float))
+            results.setdefault(f"{name} ({memorized} memorized)", {})[label] = (recall, false_flags)
             print(f"| {name} ({memorized} memorized) | {label} | {recall:.2f} | {false_flags:.3f} | {null_flags:.3f} |")
+    # the same numbers, one row per model: recall / false flags of the criteria docs/CALIBRATION.md compares
+    summary = [label for label in criteria if label.startswith(("fixed 0.02", f"0.3 x median of 32 nulls, k {k}",
+                                                                 f"0.25 x upper quartile of 32 nulls, k {k}",
+                                                                 f"0.3 x upper quartile of 32 nulls, k {k}", f"{factor:.3f} x"))]
+    print("\n| model | " + " | ".join(summary) + " |\n| --- |" + " --- |" * len(summary))
+    for model, by_label in results.items():
+        print(f"| {model} | " + " | ".join(f"{by_label[label][0]:.2f} / {by_label[label][1]:.3f}" for label in summary) + " |")
     print()
     for name, rows in scans.items():
         nulls = [r[f"collapse_{k}"] for r in rows if r["bucket"] == "null"]
