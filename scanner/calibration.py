@@ -68,10 +68,9 @@ def null_threshold(null_statistics: Sequence[float], factor: float, quantile: fl
 # Recall and false flags of the calibrated criterion at its defaults on the calibration models it
 # was not tuned on (scripts/calibrate_criterion.py evaluate; the table in docs/CALIBRATION.md), and
 # the settings they hold for: the statement says so when a scan uses others.
-MEASURED = ("55% to 97% of memorized duplicated items flagged, at most 1.3% of ordinary prompts, on seven calibration models "
-            "(sd-64 83%, sd-short 86%, the SD 2-shaped v-prediction model 97%, the SDXL-shaped model 79%, the SD3-shaped "
-            "flow-matching model 87% with 1 of 77 ordinary prompts flagged; the two T5-conditioned ones, whose null prompts "
-            "collapse too, least: the Flux-shaped model 72%, the PixArt-shaped model 55%; docs/CALIBRATION.md)")
+MEASURED = ("79% to 100% of memorized duplicated items flagged, at most 2.6% of ordinary prompts, on seven calibration models "
+            "(sd-64 87%, sd-short 6 of 7, the SD 2-shaped v-prediction model 100%, the SDXL-shaped model 79%, the SD3-shaped "
+            "flow-matching model 93%, the Flux-shaped model 100%, the PixArt-shaped model 93%; docs/CALIBRATION.md)")
 MEASURED_SETTINGS = {"min_clique": 5, "generations_per_prompt": 16, "null_factor": 0.25, "null_quantile": 0.75}
 MEASURED_RESOLUTIONS = (32, 64)  # the calibration models' sizes, in pixels: no evidence for other sizes
 

@@ -22,10 +22,10 @@ MODEL = "sd-64"
 
 @pytest.mark.slow
 def test_the_calibrated_defaults_find_what_the_demo_tuned_threshold_misses(tmp_path, demo_clip):
-    """Measured at full scale (docs/CALIBRATION.md): recall 0.83 of 23 memorized items, no false
-    flag among 75 ordinary prompts, `extracted` precision 1.00 and recall 0.73; the old fixed
-    threshold 0.02 at 8 of 16 found 0.52. Issue 18's goal (recall 0.9) is not met yet: the bounds
-    here guard what holds, at a scale CI affords."""
+    """Measured at full scale (docs/CALIBRATION.md, session 12): recall 0.87 of 23 memorized items,
+    no false flag among 75 ordinary prompts, `extracted` precision 1.00 and recall 0.68; the old
+    fixed threshold 0.02 at 8 of 16 found 0.52. Issue 18's goal (recall 0.9) is not met on this
+    model yet: the bounds here guard what holds, at a scale CI affords."""
     model_dir, world = CALIBRATION_MODELS[MODEL]
     prompts = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"])
                for r in demo_items(per_bucket=6)]  # every x200 and x50 item, 6 each of x10, x1 and non-members
