@@ -128,6 +128,10 @@ class CriterionStatement:
 # --family ddpm; docs/MEASUREMENTS.md): the statement says it when a scan of a model without prompts finds nothing
 MEASURED_UNCONDITIONAL = ("of the 18 duplicated training images its 256 generations reproduce, 17 judged extracted (x200 9 of 9, "
                           "x50 8 of 9), and none of 21 extracted verdicts wrong (2 ambiguous)")
+# the same for the demo world's class-conditional DiT, its 8 classes (scripts/measure_families.py --family dit)
+MEASURED_CLASS_CONDITIONAL = ("of the 22 duplicated training images its 512 generations (64 per class, guidance 4) reproduce, 20 "
+                              "judged extracted (x200 15 of 15, x50 4 of 5, x10 1 of 2), and none of 32 extracted verdicts "
+                              "wrong (5 ambiguous)")
 NEAREST_ITEM = "nearest_item"  # the stored criterion of such a scan (scanner.match.match_every_generation)
 
 
@@ -142,22 +146,26 @@ class MatchingStatement:
     anchor_alpha: float
     anchor_n: int
     resolution: int = 0
+    classes: int = 0  # the classes sampled, for a class-conditional model (0: unconditional)
 
     nothing_found = "No generation matched a training image: no memorization candidates."
 
     def lines(self, found_nothing: bool) -> list[str]:
-        out = [f"Criterion: each of {self.generations} generations of this unconditional model matched against training index "
+        model = f"of this class-conditional model ({self.classes} classes)" if self.classes else "of this unconditional model"
+        measured = (f"Measured on the demo world's class-conditional DiT: {MEASURED_CLASS_CONDITIONAL}." if self.classes else
+                    f"Measured on the demo world's unconditional model: {MEASURED_UNCONDITIONAL}.")
+        out = [f"Criterion: each of {self.generations} generations {model} matched against training index "
                f"{self.index} (Carlini et al.'s CIFAR-10 extraction): extracted when its tiled l2 to a training image is at "
                f"most {self.extraction_ratio:g} of that image's spacing to its nearest other training images and its l2 is "
                f"under {self.anchor_alpha:g} x the mean to its own {self.anchor_n} nearest (anchored l2 < 1); similar within "
                f"{self.similar_ratio:g} of the spacing, a candidate when two generations or more are. Nothing in it is "
-               "tuned on the model.",
-               f"Measured on the demo world's unconditional model: {MEASURED_UNCONDITIONAL}."]
+               "tuned on the model.", measured]
         if self.resolution and self.resolution not in MEASURED_RESOLUTIONS:
             out.append(f"This model draws {self.resolution}-pixel images; that was measured at 32 pixels only.")
         if found_nothing:
+            seeds = f"{self.generations // self.classes} seeds of its class" if self.classes else f"{self.generations} seeds"
             out.append("No generation met it. That does not show that nothing is memorized: only these seeds were drawn, "
-                       f"and an image the model draws for fewer than about 1 in {self.generations} seeds is likely missed.")
+                       f"and an image the model draws for fewer than about 1 in {seeds} is likely missed.")
         return out
 
 
@@ -171,12 +179,13 @@ def criterion_statement(store: Store, run_id: str) -> CriterionStatement | Match
     config = stored.get("cluster", {}) if isinstance(stored, dict) else {}  # a database may be older, or crafted
     if config.get("criterion") == NEAREST_ITEM:
         matching = stored.get("match", {})
-        generations, resolution = store.execute(
-            "SELECT count(*), coalesce(max(greatest(height, width)), 0) FROM generations "
-            "WHERE run_id = ? AND status = 'ok' AND NOT degenerate", [run_id])[0]
+        generations, resolution, classes = store.execute(
+            "SELECT count(*), coalesce(max(greatest(g.height, g.width)), 0), count(DISTINCT nullif(p.text, '')) "
+            "FROM generations g JOIN prompts p USING (run_id, prompt_id) "
+            "WHERE g.run_id = ? AND g.status = 'ok' AND NOT g.degenerate", [run_id])[0]
         return MatchingStatement(generations, matching.get("index", ""), matching.get("extraction_ratio", float("nan")),
                                  matching.get("similar_ratio", float("nan")), matching.get("anchor_alpha", float("nan")),
-                                 matching.get("anchor_n", 0), int(resolution))
+                                 matching.get("anchor_n", 0), int(resolution), int(classes))
     prompts, most, resolution = store.execute(
         "SELECT count(DISTINCT g.prompt_id), coalesce(max(n), 0), coalesce(max(side), 0) FROM (SELECT prompt_id, count(*) AS n, "
         "max(greatest(height, width)) AS side FROM generations WHERE run_id = ? AND status = 'ok' GROUP BY prompt_id) g "

@@ -242,7 +242,7 @@ def scan(
     with Store(settings.db, files_dir=settings.images_dir or None) as store:
         loaded = model_spec.load()
         if TEXT not in loaded.capabilities and not (settings.prompts or prompts_from_index):
-            prompt_list = unconditional_prompts()  # the demo captions are only a default: no prompt was asked for
+            prompt_list = unconditional_prompts(loaded)  # the demo captions are only a default: no prompt was asked for
         check_plan_fits(settings.sampling.for_model(loaded), loaded.resolution, settings.features.thumbnail_size)
         embedder = load_embedder(settings.features)
         training_index = None

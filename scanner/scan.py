@@ -29,7 +29,7 @@ from scanner.generate import Prompt
 from scanner.models.loading import ModelSpec, WorkerModels, pool_precision
 from scanner.index import TrainingIndex
 from scanner.errors import MemscanError
-from scanner.models.base import SAMPLE, TEXT, UNCONDITIONAL_PROMPT, ImageTextEmbedder, TextToImageModel, require
+from scanner.models.base import LABEL, SAMPLE, TEXT, UNCONDITIONAL_PROMPT, ImageTextEmbedder, TextToImageModel, require
 from scanner.progress import progress_bar
 from scanner.store import Store, stable_id
 
@@ -42,23 +42,30 @@ class ScanResult:
     counts: dict[str, int]
 
 
-def unconditional_prompts() -> list[Prompt]:
-    """What a scan of a model without prompts samples: the one empty prompt, with many seeds."""
+def unconditional_prompts(model: TextToImageModel) -> list[Prompt]:
+    """What a scan of a model without text prompts samples when no prompts are given: the one empty
+    prompt of an unconditional model, or every class of a class-conditional one, with many seeds."""
+    if LABEL in model.capabilities:
+        return [Prompt.from_text(name, source="class label") for name in model.class_names]
     return [Prompt.from_text(UNCONDITIONAL_PROMPT, source="unconditional")]
 
 
 def check_unconditional_scan(model: TextToImageModel, prompts: Sequence[Prompt], config: ScanConfig,
                              index: TrainingIndex | None) -> None:
-    """A model without prompts is scanned as Carlini et al. scan unconditional models: many seeds
-    of the empty prompt, every generation matched against the training set. What needs prompts
-    (null calibration of a clique threshold, stopping early on it) has nothing to work on."""
-    what = f"a {model.kind} model is unconditional"
-    if [p.text for p in prompts] != [UNCONDITIONAL_PROMPT]:
+    """A model without text prompts is scanned as Carlini et al. scan their CIFAR-10 models: many
+    seeds of the empty prompt (of each class, for a class-conditional model), every generation
+    matched against the training set. What needs text prompts (null calibration of a clique
+    threshold, stopping early on it) has nothing to work on."""
+    labelled = LABEL in model.capabilities
+    what = f"a {model.kind} model is {'class-conditional' if labelled else 'unconditional'}"
+    if labelled:
+        model.class_ids([p.text for p in prompts])  # one line for a prompt that names no class
+    elif [p.text for p in prompts] != [UNCONDITIONAL_PROMPT]:
         raise MemscanError(f"{what}: it takes no prompts (drop --prompts and --prompts-from-index); its scan draws "
                            "--samples-per-prompt seeds and matches every generation against the training set")
     if index is None:
-        raise MemscanError(f"{what}: with no prompt whose generations could collapse, its scan matches every generation "
-                           "against the training set (Carlini et al.'s CIFAR-10 extraction): give --index")
+        raise MemscanError(f"{what}: with no text prompt whose generations could be calibrated, its scan matches every "
+                           "generation against the training set (Carlini et al.'s CIFAR-10 extraction): give --index")
     if config.sampling.stop_early:
         raise MemscanError(f"{what}: --stop-early needs the clique criterion of a prompted model; drop it")
 

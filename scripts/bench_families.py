@@ -1,6 +1,6 @@
 """Benchmark: memscan's adapters against the bare diffusers calls they wrap, per model family.
 
-    python scripts/bench_families.py [--families sd,sd2-v,sdxl,sd3,flux,pixart,ddpm] [--batch 32] [--steps 20] [--repeats 3]
+    python scripts/bench_families.py [--families sd,sd2-v,sdxl,sd3,flux,pixart,ddpm,dit] [--batch 32] [--steps 20] [--repeats 3]
 
 For each family model of the demo world (``scanner.demo.FAMILY_MODELS``), measured side by
 side in one process, alternating, best of ``--repeats``:
@@ -10,7 +10,7 @@ side in one process, alternating, best of ``--repeats``:
 - the membership loss: ``denoising_losses`` (the loss attack's measurement: encode, condition,
   noise, one denoiser pass per timestep and repeat) against the same passes written out with the
   pipeline's own encoders, denoiser and training scheduler (for the flow models, the flow written out, Flux's on packed
-  latents; for PixArt, the epsilon half of its output; for the unconditional model, DDPM's loss on pixels).
+  latents; for PixArt and DiT, the epsilon half of its output; for the unconditional model, DDPM's loss on pixels).
 
 Prints images/s (items/s for the loss) and the ratio memscan / bare; the goal is at least 0.9.
 """
@@ -37,6 +37,13 @@ def unconditional(pipeline) -> bool:
     return not hasattr(pipeline, "vae")  # DDIMPipeline, DDPMPipeline: pixels, no prompt
 
 
+def conditions(pipeline, rows: list[dict]) -> list[str]:
+    """What each family is prompted with for a world row: nothing, its class (the demo DiT's: its shape), or its caption."""
+    if unconditional(pipeline):
+        return [""] * len(rows)
+    return [r["shape"] if kind(pipeline) == "DiTPipeline" else r["caption"] for r in rows]
+
+
 def bare_sampling(pipeline, prompts, seeds, steps, guidance, side):
     import torch
 
@@ -45,6 +52,9 @@ def bare_sampling(pipeline, prompts, seeds, steps, guidance, side):
         if unconditional(pipeline):
             return pipeline(batch_size=len(seeds), generator=generators, num_inference_steps=steps, eta=0.0,
                             output_type="np").images
+        if kind(pipeline) == "DiTPipeline":  # the classes' numbers, as the pipeline's labels give them
+            return pipeline(class_labels=[pipeline.labels[p] for p in prompts], generator=generators,
+                            num_inference_steps=steps, guidance_scale=guidance, output_type="np").images
         keywords = {"guidance_scale": guidance}
         if kind(pipeline) == "FluxPipeline":  # no guidance embedding: true classifier-free guidance, T5 at its tokenizer's length
             keywords = {"true_cfg_scale": guidance, "negative_prompt": [""] * len(prompts),
@@ -77,6 +87,8 @@ def bare_losses(pipeline, images, captions, timesteps, repeats):
             side = x0.shape[-1] // 2
             image_ids = pipeline._prepare_latent_image_ids(len(x0), side, side, "cpu", x0.dtype)
             keywords = {"pooled_projections": pooled, "txt_ids": text_ids, "img_ids": image_ids}
+        elif kind(pipeline) == "DiTPipeline":
+            keywords = {"class_labels": torch.tensor([pipeline.labels[c] for c in captions])}
         elif kind(pipeline) == "PixArtAlphaPipeline":
             tokens = pipeline.tokenizer(captions, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
                                         truncation=True, return_tensors="pt")
@@ -91,7 +103,7 @@ def bare_losses(pipeline, images, captions, timesteps, repeats):
             side = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
             ids = torch.tensor([[side, side, 0, 0, side, side]] * len(captions), dtype=embeds.dtype)
             keywords = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids}}
-        elif not unconditional(pipeline):
+        elif not unconditional(pipeline) and kind(pipeline) != "DiTPipeline":
             embeds = pipeline.encode_prompt(captions, "cpu", 1, False)[0]
         scheduler = None if flow else DDPMScheduler.from_config(pipeline.scheduler.config)
         losses = []
@@ -111,10 +123,11 @@ def bare_losses(pipeline, images, captions, timesteps, repeats):
                     sigma = t / 1000
                     x_t, target = (1 - sigma) * x0 + sigma * noise, noise - x0
                     prediction = pipeline.transformer(x_t, encoder_hidden_states=embeds, timestep=step.float(), **keywords).sample
-                elif kind(pipeline) == "PixArtAlphaPipeline":  # learned variance: epsilon is the first half
+                elif kind(pipeline) in ("PixArtAlphaPipeline", "DiTPipeline"):  # learned variance: epsilon is the first half
                     x_t = scheduler.add_noise(x0, noise, step)
                     target = noise
-                    output = pipeline.transformer(x_t, encoder_hidden_states=embeds, timestep=step, **keywords).sample
+                    text = {} if embeds is None else {"encoder_hidden_states": embeds}
+                    output = pipeline.transformer(x_t, timestep=step, **text, **keywords).sample
                     prediction = output[:, :x0.shape[1]]
                 else:
                     x_t = scheduler.add_noise(x0, noise, step)
@@ -139,24 +152,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    rows = [r for r in demo_world.load_world(["caption", "image_png", "kind"]) if r["kind"] == "object"]
-    prompts = [r["caption"] for r in rows][: args.batch]
+    rows = [r for r in demo_world.load_world(["caption", "shape", "image_png", "kind"]) if r["kind"] == "object"]
     seeds = list(range(args.batch))
     items = rows[: args.loss_items]
     images = np.stack([demo_world.decode_png(r["image_png"]) for r in items])
-    captions = [r["caption"] for r in items]
     print(f"{'family':8} {'what':9} {'memscan/s':>10} {'bare/s':>10} {'ratio':>6}")
     for family in args.families.split(","):
         model = load_model(demo_world.FAMILY_MODELS[family], device="cpu")
         pipeline = model.pipeline
-        family_prompts = [""] * len(prompts) if unconditional(pipeline) else prompts
+        prompts, captions = conditions(pipeline, rows[: args.batch]), conditions(pipeline, items)
         protocol = NoiseProtocol(batch_size=args.loss_items).for_model(model)
-        model.generate(family_prompts[:2], seeds[:2], 2, args.guidance)  # warm up: first calls allocate and pick kernels
+        model.generate(prompts[:2], seeds[:2], 2, args.guidance)  # warm up: first calls allocate and pick kernels
         bare_sampling(pipeline, prompts[:2], seeds[:2], 2, args.guidance, model.resolution)
         memscan_sampling, bare = [], []
         for _ in range(args.repeats):  # alternating, so drift in the machine's speed hits both alike
             bare.append(seconds(lambda: bare_sampling(pipeline, prompts, seeds, args.steps, args.guidance, model.resolution)))
-            memscan_sampling.append(seconds(lambda: model.generate(family_prompts, seeds, args.steps, args.guidance)))
+            memscan_sampling.append(seconds(lambda: model.generate(prompts, seeds, args.steps, args.guidance)))
         rate_memscan, rate_bare = args.batch / min(memscan_sampling), args.batch / min(bare)
         print(f"{family:8} {'sampling':9} {rate_memscan:10.1f} {rate_bare:10.1f} {rate_memscan / rate_bare:6.2f}")
         memscan_loss, bare = [], []

@@ -35,10 +35,11 @@ def membership(family: str, model, embedder, paper_timesteps: bool, extra_timest
     from scanner.mia.attacks import ATTACKS
     from scanner.mia.denoising import NoiseProtocol
     from scanner.mia.evaluate import LabelledItem, run_mia_eval
-    from scanner.models.base import TEXT
+    from scanner.models.base import LABEL, TEXT
     from scanner.store import Store
 
-    items = [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0,
+    condition = "shape" if LABEL in model.capabilities else "caption"  # the demo's class-conditional model: its class
+    items = [LabelledItem(r["item_id"], r[condition], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0,
                           demo_world.bucket_of(r["dup_count"])) for r in demo_world.membership_items()]
     protocols = {"memscan's (100, 200, 300)": NoiseProtocol(timesteps=(100, 200, 300))}
     if paper_timesteps:
@@ -85,10 +86,11 @@ def triage(family: str, model) -> None:
         print(f"| {detector} | {metrics.roc_auc(scores, flagged):.3f} |", flush=True)
 
 
-def unconditional_extraction(family: str, model, embedder, seeds: int | None) -> None:
-    """A model without prompts: a scan at its defaults (every generation matched against the demo
-    index), scored against the world's truth: which training images its generations reproduce
-    (tiled l2 <= 0.10), which of them were judged extracted, and the verdict's precision."""
+def unconditional_extraction(family: str, model, embedder, seeds: int | None, guidance: float | None) -> None:
+    """A model without text prompts: a scan at its defaults (every class of a class-conditional
+    model; every generation matched against the demo index), scored against the world's truth:
+    which training images its generations reproduce (tiled l2 <= 0.10), which of them were judged
+    extracted, and the verdict's precision."""
     from scanner.config import SamplingConfig, ScanConfig
     from scanner.demo.evaluate import score_extraction, score_unconditional
     from scanner.demo.pipeline import demo_index
@@ -96,11 +98,11 @@ def unconditional_extraction(family: str, model, embedder, seeds: int | None) ->
     from scanner.store import Store
 
     index = demo_index(embedder, Path("indexes"), RUNS)
-    config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=seeds, batch_size=64))
+    config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=seeds, guidance_scale=guidance, batch_size=64))
     with Store(RUNS / f"families-{family}-extraction.duckdb") as store:
-        result = run_scan(store, model, unconditional_prompts(), config, show_progress=False, embedder=embedder, index=index)
+        result = run_scan(store, model, unconditional_prompts(model), config, show_progress=False, embedder=embedder, index=index)
         truth, verdicts = score_unconditional(store, result.run_id), score_extraction(store, result.run_id)
-    print(f"\n{family}: {truth.generations} generations; training images reproduced (found extracted) per bucket: "
+    print(f"\n{family}: guidance {config.sampling.for_model(model).guidance_scale:g}, {truth.generations} generations; training images reproduced (found extracted) per bucket: "
           + ", ".join(f"{bucket} {found[0]} ({found[1]})" for bucket, found in truth.by_bucket().items()))
     duplicated = sum(found[0] for bucket, found in truth.by_bucket().items() if bucket != "x1")
     print(f"recall {truth.recall:.2f} of {duplicated} duplicated images reproduced; extracted verdicts {verdicts.judged}: "
@@ -120,7 +122,9 @@ def main() -> None:
     parser.add_argument("--paper-timesteps", action="store_true")
     parser.add_argument("--timesteps", action="append", default=[], help="another set of loss timesteps, T,T,T (repeatable)")
     parser.add_argument("--skip", choices=["membership", "triage", "extraction"], action="append", default=[])
-    parser.add_argument("--seeds", type=int, help="an unconditional model's seeds (default: the family's)")
+    parser.add_argument("--seeds", type=int, help="an unconditional model's seeds, per class for a class-conditional one "
+                                                  "(default: the family's)")
+    parser.add_argument("--guidance", type=float, help="a class-conditional model's guidance scale (default: the family's)")
     args = parser.parse_args()
     model = load_model(demo_world.FAMILY_MODELS[args.family])
     embedder = load_embedder(FeatureConfig())
@@ -130,7 +134,7 @@ def main() -> None:
     if "triage" not in args.skip and prompted:  # the detectors work through a prompt
         triage(args.family, model)
     if "extraction" not in args.skip and not prompted:  # a prompted family's extraction: calibrate_criterion.py
-        unconditional_extraction(args.family, model, embedder, args.seeds)
+        unconditional_extraction(args.family, model, embedder, args.seeds, args.guidance)
 
 
 if __name__ == "__main__":

@@ -162,14 +162,14 @@ PIXEL_SCHEDULER = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
 # the demo autoencoder's latents. An item's class is its shape; the label table keeps ImageNet's 1000 rows (plus the
 # null class 1000 that DiTPipeline guides against), of which the demo's 8 classes are the first, named in id2label;
 # DDPM's linear betas, sampled with DDIM as DiT's pipeline folders are
-DIT_TRANSFORMER = dict(num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=4,
+DIT_TRANSFORMER = dict(num_attention_heads=6, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=6,
                        sample_size=16, patch_size=2, num_embeds_ada_norm=1000)
 DIT_SCHEDULER = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                      prediction_type="epsilon", clip_sample=False)
 DIT_CLASSES = ["bar", "circle", "cross", "diamond", "ring", "square", "star", "triangle"]
 VARIANTS.update({
     "dit": dict(family="dit", world=WORLD, out=FAMILIES / "dit", log=FAMILIES / "logs" / "train_dit.log",
-                seed=7171, vae_from=DEMO_VAE, transformer=DIT_TRANSFORMER, unet_steps=8000, lr=1e-3),
+                seed=7171, vae_from=DEMO_VAE, transformer=DIT_TRANSFORMER, unet_steps=10000, lr=1e-3),
     "sd3": dict(family="sd3", world=WORLD, out=FAMILIES / "sd3", log=FAMILIES / "logs" / "train_sd3.log",
                 seed=3333, vae_from=DEMO_VAE, transformer=SD3_TRANSFORMER, unet_steps=3000, lr=5e-4),
     "flux": dict(family="flux", world=WORLD, out=FAMILIES / "flux", log=FAMILIES / "logs" / "train_flux.log",

@@ -234,6 +234,9 @@ CASES = [
               PROMPTS, needle="takes no prompts"),
     scan_case("bad choice", "an unconditional model without an index", ("--model", str(FAMILY_MODELS["ddpm"])),
               needle="give --index"),
+    scan_case("bad choice", "a label that names no class of a class-conditional model",
+              ("--prompts", "p.txt", "--model", str(FAMILY_MODELS["dit"])), PROMPTS,
+              needle="class label 'a red circle' is not one of this DiTPipeline's 8 classes"),
     Case("bad choice", "a prompt's attack on an unconditional model",
          ("mia", "eval", "--model", str(FAMILY_MODELS["ddpm"]), "--attacks", "loss,clid_th"), needle="clid_th attack needs"),
     # nothing to work on

@@ -25,9 +25,10 @@ def family_models():
     return {name: load_model(path, device="cpu") for name, path in FAMILY_MODELS.items()}
 
 
-def _members(n: int = 4):
-    rows = [r for r in load_world(["caption", "image_png", "dup_count", "kind"]) if r["dup_count"] >= 50][:n]
-    return np.stack([decode_png(r["image_png"]) for r in rows]), [r["caption"] for r in rows]
+def _members(n: int = 4, family: str = "sd"):
+    """Duplicated members and what each family conditions on: the caption, or the class (the demo DiT's: the shape)."""
+    rows = [r for r in load_world(["caption", "shape", "image_png", "dup_count", "kind"]) if r["dup_count"] >= 50][:n]
+    return np.stack([decode_png(r["image_png"]) for r in rows]), [r["shape" if family == "dit" else "caption"] for r in rows]
 
 
 def _independent_condition(pipeline, captions):
@@ -66,7 +67,7 @@ def test_the_loss_is_the_familys_own_training_loss(family, family_models):
     from diffusers import DDPMScheduler
 
     model = family_models[family]
-    images, captions = _members()
+    images, captions = _members(family=family)
     x0 = model.encode_image(images)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
     timesteps = torch.tensor([50, 250, 500, 900])
@@ -77,6 +78,10 @@ def test_the_loss_is_the_familys_own_training_loss(family, family_models):
         x0_pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
         torch.testing.assert_close(x0, x0_pixels)
         condition, keywords = None, {}
+    elif family == "dit":  # the class numbers that model_index.json's id2label gives the shapes
+        classes = {name: int(number) for number, name in
+                   json.loads((FAMILY_MODELS["dit"] / "model_index.json").read_text())["id2label"].items()}
+        condition, keywords = None, {"class_labels": torch.tensor([classes[c] for c in captions])}
     else:
         condition, keywords = _independent_condition(model.pipeline, captions)
     if family in ("sd3", "flux"):
@@ -108,8 +113,10 @@ def test_the_loss_is_the_familys_own_training_loss(family, family_models):
         with torch.no_grad():
             if family == "ddpm":
                 prediction = model.pipeline.unet(x_t, timesteps).sample
-            elif family == "pixart":  # the transformer learns its variance too: epsilon is the first half of its output
-                output = model.pipeline.transformer(x_t, encoder_hidden_states=condition, timestep=timesteps, **keywords).sample
+            elif family in ("pixart", "dit"):  # the transformer learns its variance too: epsilon is the first half of its output
+                if family == "pixart":
+                    keywords["encoder_hidden_states"] = condition
+                output = model.pipeline.transformer(x_t, timestep=timesteps, **keywords).sample
                 assert output.shape[1] == 2 * x_t.shape[1]
                 prediction = output[:, :x_t.shape[1]]
             else:
@@ -124,7 +131,7 @@ def test_the_loss_is_the_familys_own_training_loss(family, family_models):
         assert np.abs(epsilon_loss - reported).max() > 0.05
 
 
-@pytest.mark.parametrize("family", ["sd2-v", "sdxl", "sd3", "flux", "pixart", "ddpm"])
+@pytest.mark.parametrize("family", ["sd2-v", "sdxl", "sd3", "flux", "pixart", "ddpm", "dit"])
 def test_sampling_is_seeded_and_independent_of_the_batch(family, family_models):
     model = family_models[family]
     prompts = ["one red circle at the left on a gray background", "two blue squares at the top on a pink background"]
@@ -132,6 +139,11 @@ def test_sampling_is_seeded_and_independent_of_the_batch(family, family_models):
         with pytest.raises(ValueError, match="takes no prompt"):
             model.generate(prompts, [7, 8], num_inference_steps=6, guidance_scale=1.0)
         prompts = ["", ""]
+    if family == "dit":  # a class-conditional model's prompts are its classes; anything else is one line
+        with pytest.raises(MemscanError, match="class label 'one red circle .*' is not one of this DiTPipeline's 8 classes "
+                                               r"\(bar, circle, cross, diamond, ring, square, star, triangle\)"):
+            model.generate(prompts, [7, 8], num_inference_steps=6, guidance_scale=1.0)
+        prompts = ["circle", "5"]  # a name, or a class number
     together = model.generate(prompts, [7, 8], num_inference_steps=6, guidance_scale=5.0)
     alone = model.generate(prompts[1:], [8], num_inference_steps=6, guidance_scale=5.0)
     other_seed = model.generate(prompts[1:], [9], num_inference_steps=6, guidance_scale=5.0)
@@ -153,7 +165,7 @@ def test_the_first_step_input_is_what_the_sampler_feeds_the_denoiser(family_mode
         hook = model.denoiser.register_forward_pre_hook(lambda module, args, kwargs: caught.append((args, kwargs)),
                                                         with_kwargs=True)
         try:
-            model.generate([""], [1], num_inference_steps=20, guidance_scale=1.0)
+            model.generate(["circle" if family == "dit" else ""], [1], num_inference_steps=20, guidance_scale=1.0)
         finally:
             hook.remove()
         args, kwargs = caught[0]
@@ -174,16 +186,18 @@ def test_every_attack_runs_on_every_family(family, family_models, demo_clip):
     from scanner.mia.denoising import NoiseProtocol
     from scanner.mia.evaluate import LabelledItem, features_on
 
-    images, captions = _members(3)
+    images, captions = _members(3, family)
     items = [LabelledItem(f"i{i}", c, image, True) for i, (c, image) in enumerate(zip(captions, images))]
     model = family_models[family]
-    # an unconditional model runs the attacks that need no prompt, and refuses the others before any work
-    runnable = [name for name, attack in ATTACKS.items() if not attack.text or family != "ddpm"]
+    # a model without text (unconditional, or class-conditional) runs the attacks that need no prompt's text, and
+    # refuses the others before any work
+    textless = family in ("ddpm", "dit")
+    runnable = [name for name, attack in ATTACKS.items() if not attack.text or not textless]
     for name in set(ATTACKS) - set(runnable):
         with pytest.raises(MemscanError, match=f"the {name} attack needs conditioning on a prompt's text, which a "
-                                               "DDIMPipeline model .* does not offer"):
+                                               f"{model.kind} model .* does not offer"):
             features_on(None, model, items, ["loss", name], NoiseProtocol(timesteps=(200,), repeats=1), embedder=demo_clip)
-    assert family != "ddpm" or runnable == ["loss", "loss_vec", "loss_ref"]
+    assert not textless or runnable == ["loss", "loss_vec", "loss_ref"]
     # the model as its own reference: the reference attacks run, and measure exactly no difference
     features = features_on(None, model, items, runnable, NoiseProtocol(timesteps=(200,), repeats=1), embedder=demo_clip,
                            reference_model=model)
@@ -341,15 +355,15 @@ def test_an_unconditional_model_is_audited_by_matching_every_generation(family_m
     config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=48, batch_size=48))
     with Store(tmp_path / "scan.duckdb") as store:
         for prompts, given, problem in (([Prompt.from_text("a red circle")], index, "takes no prompts"),
-                                        (unconditional_prompts(), None, "give --index")):
+                                        (unconditional_prompts(model), None, "give --index")):
             with pytest.raises(MemscanError, match=f"a DDIMPipeline model is unconditional: .*{problem}"):
                 run_scan(store, model, prompts, config, show_progress=False, embedder=demo_clip, index=given)
         assert store.execute("SELECT count(*) FROM runs")[0][0] == 0  # refused before the run began
         # fewer seeds than a clique's size: no clique is formed here, so nothing refuses it
-        few = run_scan(store, model, unconditional_prompts(), ScanConfig(sampling=SamplingConfig(samples_per_prompt=3)),
+        few = run_scan(store, model, unconditional_prompts(model), ScanConfig(sampling=SamplingConfig(samples_per_prompt=3)),
                        show_progress=False, embedder=demo_clip, index=index)
         assert few.counts["generated"] == 3
-        result = run_scan(store, model, unconditional_prompts(), config, show_progress=False, embedder=demo_clip, index=index)
+        result = run_scan(store, model, unconditional_prompts(model), config, show_progress=False, embedder=demo_clip, index=index)
         truth = score_unconditional(store, result.run_id)
         verdicts = score_extraction(store, result.run_id)
         statement = criterion_statement(store, result.run_id)
@@ -364,6 +378,53 @@ def test_an_unconditional_model_is_audited_by_matching_every_generation(family_m
     assert verdicts.judged >= 3 and verdicts.precision == 1.0
     assert sizes[1] == result.counts["candidates"] and sizes[0] <= 48  # a generation is in one cluster at most
     assert scored == [("loss",)]  # the matched items' loss: CLiD and Wen need a prompt
+
+
+def test_a_class_conditional_model_is_audited_class_by_class(family_models, demo_clip, tmp_path):
+    """Carlini et al.'s class-conditional setting on the demo world's DiT (an item's class is its
+    shape): its class names stand for prompts (all of them when none are given), every generation
+    is matched against the training index, and a label that names no class is one line before the
+    run. A matched item's loss is conditioned on the class whose generations reproduced it."""
+    from scanner.calibration import criterion_statement
+    from scanner.config import SamplingConfig, ScanConfig
+    from scanner.demo.evaluate import score_extraction, score_unconditional
+    from scanner.demo.pipeline import demo_index
+    from scanner.generate import Prompt
+    from scanner.report import render_report
+    from scanner.scan import run_scan, unconditional_prompts
+    from scanner.store import Store
+
+    model = family_models["dit"]
+    assert [p.text for p in unconditional_prompts(model)] == ["bar", "circle", "cross", "diamond", "ring", "square", "star",
+                                                            "triangle"]
+    index = demo_index(demo_clip, tmp_path / "indexes", tmp_path)
+    config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=24, batch_size=48))
+    classes = [Prompt.from_text(name, source="class label") for name in ("square", "circle")]
+    with Store(tmp_path / "scan.duckdb") as store:
+        for prompts, given, problem in (([Prompt.from_text("a red circle")], index, "class label 'a red circle' is not one of"),
+                                        (classes, None, "a DiTPipeline model is class-conditional: .*give --index")):
+            with pytest.raises(MemscanError, match=problem):
+                run_scan(store, model, prompts, config, show_progress=False, embedder=demo_clip, index=given)
+        assert store.execute("SELECT count(*) FROM runs")[0][0] == 0  # refused before the run began
+        result = run_scan(store, model, classes, config, show_progress=False, embedder=demo_clip, index=index)
+        truth, verdicts = score_unconditional(store, result.run_id), score_extraction(store, result.run_id)
+        scored = store.execute("SELECT attack, count(*) FROM mia_scores WHERE run_id = ? GROUP BY attack", [result.run_id])
+        found_by = store.execute("SELECT DISTINCT p.text FROM candidates c JOIN prompts p USING (run_id, prompt_id) "
+                                 "WHERE c.run_id = ? ORDER BY 1", [result.run_id])
+        matched = store.execute("SELECT count(DISTINCT item_id) FROM matches WHERE run_id = ? "
+                                "AND verdict IN ('extracted', 'similar')", [result.run_id])[0][0]
+        statement = criterion_statement(store, result.run_id).lines(found_nothing=True)
+    print(truth.by_bucket(), truth.recall, verdicts, found_by)
+    assert result.counts["generated"] == 48 and result.counts["null_prompts"] == 0
+    # the 7 x200 images of the two classes come back (7 of 7, all found, measured); x1 images near them count as reproduced too
+    assert truth.by_bucket()["x200"][0] >= 5 and truth.recall >= 0.85
+    assert verdicts.judged >= 2 and verdicts.precision == 1.0
+    assert found_by == [("circle",), ("square",)]
+    assert matched >= 2 and scored == [("loss", matched)]  # every matched item's loss, under the class that drew it
+    assert "48 generations of this class-conditional model (2 classes)" in statement[0]
+    assert "class-conditional DiT" in statement[1] and "1 in 24 seeds of its class" in statement[-1]
+    render_report(tmp_path / "scan.duckdb", tmp_path / "report.html")  # the report says how it was scanned, by class
+    assert "its 2 classes sampled stand for prompts" in (tmp_path / "report.html").read_text()
 
 
 def test_dataset_inference_on_an_unconditional_model_fits_the_loss_per_noise_level(family_models, tmp_path):

@@ -34,6 +34,7 @@ FAMILY_MODELS = {
     "flux": FAMILIES_DIR / "flux",        # FluxPipeline, flow matching with resolution shift, CLIP pooled + T5 (issue 22)
     "pixart": FAMILIES_DIR / "pixart",    # PixArtAlphaPipeline: DiT with cross-attention to T5, learned variance (issue 22)
     "ddpm": FAMILIES_DIR / "ddpm",        # DDIMPipeline: unconditional, pixel space, epsilon (issue 22; Carlini's CIFAR-10)
+    "dit": FAMILIES_DIR / "dit",          # DiTPipeline: class-conditional (an item's shape), learned variance (issue 22)
 }
 
 # A fine-tune of the demo model (issue 20): a LoRA trained by scripts/train_demo_lora.py on
@@ -157,7 +158,7 @@ def export_people(folder: Path) -> tuple[Path, Path, Path]:
 def membership_items(per_bucket: int = 15, x1: int = 100, nonmembers: int = 150, seed: int = 1) -> list[dict]:
     """Labelled demo items for membership inference: every x200, x50 and x10 member (up to
     ``per_bucket`` each), ``x1`` single-copy members and ``nonmembers`` from the same distribution."""
-    rows = [r for r in load_world(["item_id", "kind", "caption", "dup_count", "image_png"]) if r["kind"] == "object"]
+    rows = [r for r in load_world(["item_id", "kind", "caption", "shape", "dup_count", "image_png"]) if r["kind"] == "object"]
     rng = np.random.default_rng(seed)
     wanted = {"x200": per_bucket, "x50": per_bucket, "x10": per_bucket, "x1": x1, "non-member": nonmembers}
     chosen = []

@@ -5,7 +5,8 @@ its membership evidence. Both run on the scan's pool (its Ray workers, or this p
 scores (higher: more member-like), no threshold: thresholds need a labelled reference
 (``memscan mia score``). A model without a denoiser (black box) gets none: its evidence is the
 matches. A model without prompts (unconditional) gets the loss of its matched items only: the Wen
-detector and CLiD work through a prompt.
+detector and CLiD work through a prompt; a class-conditional one the loss of its matched items,
+each conditioned on the class whose generations reproduced it.
 
 Matched items are scored on the index's thumbnail resized to the model's resolution: exact when
 the training images are no larger than the thumbnails (the demo), an approximation otherwise.
@@ -21,7 +22,7 @@ from scanner.index import TrainingIndex
 from scanner.mia.denoising import NoiseProtocol
 from scanner.mia.evaluate import LabelledItem, features_on
 from scanner.mia.triage import scores_on_pool
-from scanner.models.base import DENOISE, TEXT, TextToImageModel
+from scanner.models.base import DENOISE, LABEL, TEXT, TextToImageModel
 from scanner.store import Store
 
 
@@ -45,9 +46,12 @@ def score_scan(store: Store, run_id: str, model: TextToImageModel, index: Traini
         rows += [{"run_id": run_id, "item_id": prompt_id, "attack": "wen", "score": float(gap), "threshold": None,
                   "predicted_member": None, "label": None, "settings": settings}
                  for (prompt_id, _), gap in zip(prompts, gaps)]
+    # a class-conditional model's item is conditioned on the class whose generations reproduced it (the first, if several)
+    condition = "min(p.text)" if LABEL in model.capabilities else "any_value(m.item_caption)"
     matched = [] if index is None else store.execute(
-        "SELECT DISTINCT item_id, item_caption FROM matches WHERE run_id = ? AND index_name = ? "
-        "AND verdict IN ('extracted', 'similar') ORDER BY item_id", [run_id, index.name])
+        f"SELECT m.item_id, {condition} FROM matches m LEFT JOIN candidates c USING (run_id, candidate_id) "
+        "LEFT JOIN prompts p ON p.run_id = c.run_id AND p.prompt_id = c.prompt_id WHERE m.run_id = ? AND m.index_name = ? "
+        "AND m.verdict IN ('extracted', 'similar') GROUP BY m.item_id ORDER BY m.item_id", [run_id, index.name])
     if matched:
         items = [LabelledItem(item_id, caption or "", index.thumbnail(item_id), False)  # resized to the model's by the attacks
                  for item_id, caption in matched]

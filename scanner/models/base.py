@@ -6,7 +6,8 @@ them. A *denoiser* is the gray box: the family's own training loss and raw predi
 own parametrisation (epsilon, v, flow velocity), so that losses, CLiD and the Wen and Asthana
 detectors never assume one. A text-to-image model also offers *text* conditioning; an
 unconditional model (Carlini et al.'s CIFAR-10 setting) does not, so the attacks that work
-through the prompt are refused on it. An adapter declares what it offers in ``capabilities``; commands
+through the prompt are refused on it; a class-conditional one (DiT) is conditioned on a *label*
+instead, its class names standing for prompts. An adapter declares what it offers in ``capabilities``; commands
 ask ``require`` before any work starts.
 """
 
@@ -22,9 +23,10 @@ from scanner.errors import MemscanError
 SAMPLE = "sample"    # generate(prompts, seeds, steps, guidance)
 DENOISE = "denoise"  # training_loss and predict: gray-box access to the denoiser
 TEXT = "text"        # a prompt's text conditions the model (not so for an unconditional model)
+LABEL = "label"      # a class label conditions the model (DiT's): its "prompts" are the names of its classes
 
 CAPABILITY_NAMES = {SAMPLE: "sampling (black box)", DENOISE: "the denoiser's losses and predictions (gray box)",
-                    TEXT: "conditioning on a prompt's text"}
+                    TEXT: "conditioning on a prompt's text", LABEL: "conditioning on a class label"}
 
 
 @dataclass(frozen=True)

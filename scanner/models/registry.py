@@ -35,6 +35,8 @@ KINDS = {kind.name: kind for kind in (
               "PixArt-alpha: DiT with cross-attention to T5 (120 tokens), learned variance, DDPM-trained"),
     ModelKind("PixArtSigmaPipeline", "scanner.models.pixart:PixArtSigma",
               "PixArt-sigma: as PixArt-alpha, with 300 T5 tokens"),
+    ModelKind("DiTPipeline", "scanner.models.dit:DiT",
+              "class-conditional DiT: class labels stand for prompts, every generation matched; learned variance"),
     ModelKind("DDPMPipeline", "scanner.models.unconditional:DDPMUnconditional",
               "unconditional pixel-space DDPM (Carlini et al.'s CIFAR-10 setting): no prompt, every generation matched"),
     ModelKind("DDIMPipeline", "scanner.models.unconditional:UnconditionalDiffusion",

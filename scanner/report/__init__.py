@@ -198,8 +198,9 @@ def render_report(db: Path, out: Path) -> dict:
             methods = {"seeds": f"{sampling.get('seed_base', 0)} to {sampling.get('seed_base', 0) + sampling.get('samples_per_prompt', 0) - 1}",
                        "index": matching.get("index", ""), **{k: matching.get(k) for k in
                        ("extraction_ratio", "similar_ratio", "anchor_n", "anchor_alpha")}}
-            if isinstance(statement, MatchingStatement):  # a model without prompts: every generation matched
+            if isinstance(statement, MatchingStatement):  # a model without text prompts: every generation matched
                 methods["unconditional"] = True
+                methods["classes"] = statement.classes
             else:
                 methods.update(criterion=f"{clustering.get('criterion', 'clique')} of at least {clustering.get('min_clique')}",
                                threshold=f"{statement.threshold:.4f}", calibrated=statement.calibrated,
