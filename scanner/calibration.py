@@ -37,20 +37,26 @@ def null_prompts(prompts: Sequence[Prompt], count: int, seed: int = 0) -> list[P
     word position filled from a different audit prompt (word i of a null prompt of length L is word
     i * len(donor) // L of a random donor), so a template's slots keep their kind of word while the
     combination is new. Bags of caption words in random order were the first design: the
-    T5-conditioned models answer such out-of-grammar text with one image (docs/CALIBRATION.md). One
-    that equals an audit prompt is drawn again."""
+    T5-conditioned models answer such out-of-grammar text with one image (docs/CALIBRATION.md); they
+    remain the fallback when the prompts are too few to recombine (a scan of one prompt). One that
+    equals an audit prompt is drawn again."""
     words = [text for text in (prompt.text.split() for prompt in prompts) if text]
     if count <= 0 or len({word for text in words for word in text}) < 2:
         return []
     rng = np.random.default_rng(seed)
     taken = {prompt.text for prompt in prompts}
     chosen: list[Prompt] = []
-    for _ in range(100 * count):  # a tiny vocabulary may not have ``count`` new combinations
+    attempts = 50 * count  # a tiny vocabulary may not have ``count`` new combinations
+    for attempt in range(2 * attempts):
         if len(chosen) == count:
             break
         length = len(words[rng.integers(len(words))])
-        donors = (words[i] for i in rng.integers(len(words), size=length))
-        text = " ".join(donor[position * len(donor) // length] for position, donor in enumerate(donors))
+        if attempt < attempts:
+            donors = (words[i] for i in rng.integers(len(words), size=length))
+            text = " ".join(donor[position * len(donor) // length] for position, donor in enumerate(donors))
+        else:
+            pool = [word for text in words for word in text]
+            text = " ".join(pool[i] for i in rng.choice(len(pool), size=min(length, len(pool)), replace=False))
         if text not in taken:
             taken.add(text)
             chosen.append(Prompt.from_text(text, source=NULL_SOURCE))

@@ -140,6 +140,9 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
     precision = pool_precision(pool)
     calibrated = prompted and config.cluster.threshold is None
     nulls = calibration.null_prompts(prompts, config.cluster.null_prompts) if calibrated else []
+    if calibrated and not nulls:
+        raise MemscanError("the criterion cannot be calibrated: the prompts have fewer than two distinct words to make "
+                           "null prompts from; give a fixed --threshold")
     run_id = run_id_for(model, precision, [*prompts, *nulls], config, kind)
     provenance = config.to_dict()
     provenance["sampling"]["precision"] = precision
