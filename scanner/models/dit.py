@@ -6,9 +6,10 @@ A class-conditional model is audited as Carlini et al. audit their class-conditi
 models: its class names stand for prompts (every class when none are given), many seeds each,
 and every generation is matched against the training set (``scanner.match``), since a clique
 threshold calibrated on null prompts has no null class to calibrate on. The loss attack runs on
-the denoiser conditioned on an item's class, which is its caption (an image folder of a class-
-labelled data set captions each image with its class name); the attacks that work through a
-prompt's text are refused: the adapter offers a label, not text.
+the denoiser conditioned on an item's class: its caption in a labelled set (``mia eval``: an image
+folder of a class-labelled data set captions each image with its class name), in a scan the class
+whose generations reproduced it. The attacks that work through a prompt's text are refused: the
+adapter offers a label, not text.
 
 Classes are named by ``id2label`` in ``model_index.json`` (the pipeline's ``labels``, where an
 entry may hold several comma-separated names), or by their number when it has none. Guidance is
