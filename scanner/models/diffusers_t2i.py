@@ -250,11 +250,13 @@ class DiffusersT2I:
             raise ValueError("one seed per prompt")
         pipeline = self.few_step_pipeline() if few_step else self.sampling_pipeline
         with torch.inference_mode():
-            output = pipeline(
-                prompt=list(prompts), generator=self._generators(seeds), num_inference_steps=num_inference_steps,
-                height=self.resolution, width=self.resolution, output_type="np",
-                **self.guidance_keywords(guidance_scale, len(prompts)))
+            output = pipeline(generator=self._generators(seeds), num_inference_steps=num_inference_steps, output_type="np",
+                              **self.prompt_keywords(prompts), **self.guidance_keywords(guidance_scale, len(prompts)))
         return np.asarray(output.images, dtype=np.float32)
+
+    def prompt_keywords(self, prompts: Sequence[str]) -> dict:
+        """How the pipeline call is told what to draw: the prompts, at the model's own square size."""
+        return {"prompt": list(prompts), "height": self.resolution, "width": self.resolution}
 
     def guidance_keywords(self, guidance_scale: float, n: int) -> dict:
         """How the pipeline call is told the guidance scale (classifier-free guidance against the empty prompt)."""

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-
 from scanner.errors import MemscanError
 from scanner.models.base import DENOISE, LABEL, SAMPLE, FamilyDefaults
 from scanner.models.diffusers_t2i import DiffusersT2I
@@ -67,18 +65,9 @@ class DiT(DiffusersT2I):
                                    f"classes ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
         return [self.pipeline.labels[label] if label in self.pipeline.labels else int(label) for label in labels]
 
-    def generate(self, prompts: Sequence[str], seeds: Sequence[int], num_inference_steps: int = 50,
-                 guidance_scale: float = 4.0, few_step: bool = False) -> np.ndarray:
-        """``prompts`` are class labels. ``few_step`` samples with the family's few-step solver."""
-        import torch
-
-        if len(prompts) != len(seeds):
-            raise ValueError("one seed per prompt")
-        pipeline = self.few_step_pipeline() if few_step else self.sampling_pipeline
-        with torch.inference_mode():
-            output = pipeline(class_labels=self.class_ids(prompts), generator=self._generators(seeds),
-                              num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type="np")
-        return np.asarray(output.images, dtype=np.float32)
+    def prompt_keywords(self, prompts: Sequence[str]) -> dict:
+        """The prompts are class labels: the pipeline takes their numbers (and draws at its own size)."""
+        return {"class_labels": self.class_ids(prompts)}
 
     def encode_condition(self, prompts: Sequence[str]):
         """The labels' class numbers, as the pipeline hands them to the transformer."""
