@@ -1,9 +1,11 @@
-"""Write a diffusers StableDiffusionPipeline or StableDiffusionXLPipeline as one original-layout
-(LDM / SGM) ``.safetensors`` file, the way single-file Stable Diffusion checkpoints are shared, so
-the tests can load the demo models through ``from_single_file`` for real. The inverse of
-diffusers' own converters: SD 1 keeps its text encoder under ``cond_stage_model.transformer``,
-SDXL its first (transformers layout) under ``conditioner.embedders.0.transformer`` and its second
-(open_clip layout: fused attention projections) under ``conditioner.embedders.1.model``."""
+"""Write a diffusers StableDiffusionPipeline, StableDiffusionXLPipeline or StableDiffusion3Pipeline
+as one original-layout (LDM / SGM / MMDiT) ``.safetensors`` file, the way single-file checkpoints
+are shared, so the tests can load the demo models through ``from_single_file`` for real. The
+inverse of diffusers' own converters: SD 1 keeps its text encoder under
+``cond_stage_model.transformer``, SDXL its first (transformers layout) under
+``conditioner.embedders.0.transformer`` and its second (open_clip layout: fused attention
+projections) under ``conditioner.embedders.1.model``; SD3's file is its MMDiT and autoencoder
+alone, as ``sd3_medium.safetensors`` is shared (the text encoders come from the config folder)."""
 
 from __future__ import annotations
 
@@ -109,8 +111,48 @@ def clip_to_open_clip_layout(state: dict, prefix: str) -> dict:
     return {prefix + k: v for k, v in out.items()}
 
 
+def _swap_halves(weight):
+    """The original AdaLayerNormContinuous stores (shift, scale), diffusers (scale, shift)."""
+    first, second = weight.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+def mmdit_to_sd3(state: dict, config: dict) -> dict:
+    """An SD3Transformer2DModel's weights in the original MMDiT names (fused q, k, v)."""
+    out: dict = {"pos_embed": state["pos_embed.pos_embed"]}
+    for diffusers, original in (("pos_embed.proj", "x_embedder.proj"), ("context_embedder", "context_embedder"),
+                                ("time_text_embed.timestep_embedder.linear_1", "t_embedder.mlp.0"),
+                                ("time_text_embed.timestep_embedder.linear_2", "t_embedder.mlp.2"),
+                                ("time_text_embed.text_embedder.linear_1", "y_embedder.mlp.0"),
+                                ("time_text_embed.text_embedder.linear_2", "y_embedder.mlp.2"),
+                                ("proj_out", "final_layer.linear")):
+        _rename(state, diffusers, original, out)
+    last = config["num_layers"] - 1
+    for part in ("weight", "bias"):
+        out[f"final_layer.adaLN_modulation.1.{part}"] = _swap_halves(state[f"norm_out.linear.{part}"])
+        for i in range(config["num_layers"]):
+            block, x, context = f"transformer_blocks.{i}.", f"joint_blocks.{i}.x_block.", f"joint_blocks.{i}.context_block."
+            out[f"{x}attn.qkv.{part}"] = torch.cat([state[f"{block}attn.to_{n}.{part}"] for n in "qkv"])
+            out[f"{context}attn.qkv.{part}"] = torch.cat([state[f"{block}attn.add_{n}_proj.{part}"] for n in "qkv"])
+            out[f"{x}attn.proj.{part}"] = state[f"{block}attn.to_out.0.{part}"]
+            out[f"{x}adaLN_modulation.1.{part}"] = state[f"{block}norm1.linear.{part}"]
+            out[f"{x}mlp.fc1.{part}"] = state[f"{block}ff.net.0.proj.{part}"]
+            out[f"{x}mlp.fc2.{part}"] = state[f"{block}ff.net.2.{part}"]
+            modulation = state[f"{block}norm1_context.linear.{part}"]
+            out[f"{context}adaLN_modulation.1.{part}"] = _swap_halves(modulation) if i == last else modulation
+            if i != last:  # the last block's context stream is pre-only: no output projection, no MLP
+                out[f"{context}attn.proj.{part}"] = state[f"{block}attn.to_add_out.{part}"]
+                out[f"{context}mlp.fc1.{part}"] = state[f"{block}ff_context.net.0.proj.{part}"]
+                out[f"{context}mlp.fc2.{part}"] = state[f"{block}ff_context.net.2.{part}"]
+    return {f"model.diffusion_model.{k}": v for k, v in out.items()}
+
+
 def write_single_file(pipeline, path: Path) -> Path:
     state = {}
+    if getattr(pipeline, "transformer", None) is not None:  # SD3: the MMDiT and autoencoder
+        state.update(mmdit_to_sd3(pipeline.transformer.state_dict(), dict(pipeline.transformer.config)))
+        state.update(vae_to_ldm(pipeline.vae.state_dict(), dict(pipeline.vae.config)))
+        return _save(state, path)
     state.update(unet_to_ldm(pipeline.unet.state_dict(), dict(pipeline.unet.config)))
     state.update(vae_to_ldm(pipeline.vae.state_dict(), dict(pipeline.vae.config)))
     if getattr(pipeline, "text_encoder_2", None) is not None:
@@ -118,5 +160,9 @@ def write_single_file(pipeline, path: Path) -> Path:
         state.update(clip_to_open_clip_layout(pipeline.text_encoder_2.state_dict(), "conditioner.embedders.1.model."))
     else:
         state.update(clip_to_transformers_layout(pipeline.text_encoder.state_dict(), "cond_stage_model.transformer."))
+    return _save(state, path)
+
+
+def _save(state: dict, path: Path) -> Path:
     save_file({k: v.detach().to(torch.float32).contiguous() for k, v in state.items()}, str(path))
     return path

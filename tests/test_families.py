@@ -265,9 +265,10 @@ def test_the_kind_comes_from_model_index_and_the_wrong_one_is_one_line(tmp_path,
         load_model(relabelled, device="cpu")
 
 
-@pytest.mark.parametrize("family", ["sd2-v", "sdxl"])
+@pytest.mark.parametrize("family", ["sd2-v", "sdxl", "sd3"])
 def test_a_single_file_checkpoint_loads_the_same_model(family, family_models, tmp_path):
-    """SDXL's file holds its second text encoder in open_clip's layout: converted back exactly."""
+    """SDXL's file holds its second text encoder in open_clip's layout: converted back exactly.
+    SD3's holds its MMDiT and autoencoder alone, as released: the encoders come from the config folder."""
     from ldm_checkpoint import write_single_file
     from scanner.models.registry import load_model
 
@@ -278,6 +279,33 @@ def test_a_single_file_checkpoint_loads_the_same_model(family, family_models, tm
     prompt = ["three green stars at the top on a navy background"]
     np.testing.assert_allclose(single.generate(prompt, [5], num_inference_steps=6),
                                model.generate(prompt, [5], num_inference_steps=6), atol=1e-5)
+
+
+def test_a_flux_transformer_file_loads_with_its_config_folders_encoders_and_autoencoder(family_models, tmp_path):
+    """Flux files are released as the transformer alone. (diffusers converts the original layout
+    only at the released width, 3072, so the tiny model's file is in diffusers' own layout.)"""
+    from safetensors.torch import save_file
+    from scanner.models.registry import load_model
+
+    model = family_models["flux"]
+    path = tmp_path / "flux-transformer.safetensors"
+    save_file({k: v.contiguous() for k, v in model.pipeline.transformer.state_dict().items()}, str(path))
+    single = load_model(path, device="cpu", single_file_config=FAMILY_MODELS["flux"])
+    prompt = ["three green stars at the top on a navy background"]
+    np.testing.assert_array_equal(single.generate(prompt, [5], num_inference_steps=4),
+                                  model.generate(prompt, [5], num_inference_steps=4))
+
+
+def test_an_encoderless_sd3_file_whose_config_folder_lacks_an_encoder_is_one_line(family_models, tmp_path):
+    from ldm_checkpoint import write_single_file
+    from scanner.models.registry import load_model
+
+    path = write_single_file(family_models["sd3"].pipeline, tmp_path / "sd3.safetensors")
+    config = tmp_path / "config"
+    shutil.copytree(FAMILY_MODELS["sd3"], config, ignore=shutil.ignore_patterns("text_encoder_2"))
+    with pytest.raises(MemscanError, match="holds no text_encoder_2 and its config folder .* has no text_encoder_2 folder") as error:
+        load_model(path, device="cpu", single_file_config=config)
+    assert "\n" not in str(error.value)
 
 
 def test_an_sd3_folder_without_t5_loads_and_a_half_present_t5_is_one_line(family_models, tmp_path):

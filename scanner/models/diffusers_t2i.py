@@ -36,6 +36,7 @@ from scanner.models.lora import Lora, apply_loras, check_lora_files, named_with,
 from scanner.models.reference import check_reference, check_same_text_encoders, guided_denoiser, guided_identity
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".txt")
+LDM_AUTOENCODER = ("first_stage_model.", "vae.")  # an autoencoder's key prefixes in an original-layout file (diffusers' LDM_VAE_KEYS)
 
 
 def hash_files(paths: Sequence[Path], root: Path) -> str:
@@ -127,6 +128,35 @@ class DiffusersT2I:
         pipeline folder, or a single file's config folder)."""
         return {}
 
+    # components a released single file of the family may leave out, by the key prefixes they carry
+    # when it holds them (SD3's ``sd3_medium.safetensors`` holds its MMDiT and autoencoder, Flux's the transformer alone)
+    single_file_optional: MappingProxyType = MappingProxyType({})
+
+    @classmethod
+    def components_from_config(cls, path: Path, folder: Path, dtype) -> dict:
+        """The components a single file lacks, loaded from its config folder. diffusers looks for a
+        missing text encoder under diffusers' weight file name, which a transformers folder never
+        has, and converts a missing autoencoder from the file anyway, so without this an SD3 or
+        Flux file as released fails to load."""
+        import diffusers
+        import transformers
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as checkpoint:
+            keys = list(checkpoint.keys())
+        declared = cls.declared_components(folder)
+        libraries = {"transformers": transformers, "diffusers": diffusers}
+        components = {}
+        for name, prefixes in cls.single_file_optional.items():
+            library, class_name = declared.get(name, [None, None])
+            if library not in libraries or any(key.startswith(prefixes) for key in keys):
+                continue
+            if not (folder / name).is_dir():
+                raise input_error(path, f"the file holds no {name} and its config folder {folder} has no {name} folder either")
+            components[name] = getattr(libraries[library], class_name).from_pretrained(
+                folder / name, torch_dtype=dtype, local_files_only=True, use_safetensors=True)
+        return components
+
     def defaults_for(self, resolution: int) -> FamilyDefaults:
         """The family's steps, guidance and loss timesteps at this resolution: measured on the demo
         world's model of the family at its size, the pipeline's own (or a paper's) above it."""
@@ -177,7 +207,8 @@ class DiffusersT2I:
             refuse_pickles((p for p in Path(single_file_config).rglob("*") if p.is_file()), allow_pickle)
             files = [path]
             loader = lambda: pipeline_class.from_single_file(  # noqa: E731
-                str(path), config=str(single_file_config), torch_dtype=dtype, local_files_only=True, **extra)
+                str(path), config=str(single_file_config), torch_dtype=dtype, local_files_only=True, **extra,
+                **cls.components_from_config(path, Path(single_file_config), dtype))
             root = path.parent
         try:
             with warnings.catch_warnings():

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Sequence
 
 import numpy as np
 
 from scanner.errors import input_error
 from scanner.models.base import FamilyDefaults
-from scanner.models.diffusers_t2i import DiffusersT2I
+from scanner.models.diffusers_t2i import LDM_AUTOENCODER, DiffusersT2I
 
 DEMO_SIZED = FamilyDefaults(20, 5.0, (700, 800, 900), "measured here on the demo world's Flux-shaped model "
                                                        "(32 px; docs/MEASUREMENTS.md)")
@@ -50,6 +51,8 @@ class FluxCondition:
 
 class Flux(DiffusersT2I):
     kind = "FluxPipeline"
+    single_file_optional = MappingProxyType({"text_encoder": ("text_encoders.clip_l.",), "text_encoder_2": ("text_encoders.t5xxl.",),
+                                             "vae": LDM_AUTOENCODER})
     denoiser_name = "transformer"
 
     demo_sized = DEMO_SIZED

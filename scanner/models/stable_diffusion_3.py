@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Sequence
 
 import numpy as np
 
 from scanner.errors import input_error
 from scanner.models.base import FamilyDefaults
-from scanner.models.diffusers_t2i import DiffusersT2I
+from scanner.models.diffusers_t2i import LDM_AUTOENCODER, DiffusersT2I
 
 # the noise levels: on the demo world's SD3-shaped model sigma 0.7-0.9 beats 0.1-0.3, 0.4-0.6 and CLiD's 0.44-0.46
 # (loss AUC 0.704 against 0.631, 0.682, 0.666; CLiD 0.704 against 0.666, 0.588, 0.615: docs/MEASUREMENTS.md)
@@ -36,6 +37,8 @@ class SD3Condition:
 
 class StableDiffusion3(DiffusersT2I):
     kind = "StableDiffusion3Pipeline"
+    single_file_optional = MappingProxyType({"text_encoder": ("text_encoders.clip_l.",), "text_encoder_2": ("text_encoders.clip_g.",),
+                                             "text_encoder_3": ("text_encoders.t5xxl.",), "vae": LDM_AUTOENCODER})
     demo_sized, released = DEMO_SIZED, RELEASED
     denoiser_name = "transformer"
 
