@@ -42,6 +42,7 @@ from scanner.store import Store
 
 RUNS = Path("runs")
 CLIQUE_SIZES = range(2, 17)
+DEFAULT_SAMPLES = 16  # a text-to-image family's seeds per prompt (``FamilyDefaults``): what the calibration scans sample
 
 
 def scan_model(name: str, per_bucket: int, nulls: int, samples: int, guidance: float, steps: int) -> Path:
@@ -52,7 +53,7 @@ def scan_model(name: str, per_bucket: int, nulls: int, samples: int, guidance: f
     items = demo_items(per_bucket=per_bucket)
     prompts = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"]) for r in items]
     prompts += null_prompts(prompts, nulls)
-    db = RUNS / f"criterion-{name}-g{guidance:g}.duckdb"
+    db = RUNS / f"{scan_stem(name, guidance, samples)}.duckdb"
     config = ScanConfig(model=str(model_dir), db=str(db),
                         sampling=SamplingConfig(samples_per_prompt=samples, batch_size=64, num_inference_steps=steps,
                                                 guidance_scale=guidance))
@@ -60,10 +61,15 @@ def scan_model(name: str, per_bucket: int, nulls: int, samples: int, guidance: f
         result = run_scan(store, load_model(model_dir), prompts, config, kind="calibration",
                           embedder=load_embedder(config.features))
         rows = prompt_statistics(store, result.run_id, world)
-    out = RUNS / f"criterion-{name}-g{guidance:g}.parquet"
+    out = db.with_suffix(".parquet")
     pq.write_table(pa.Table.from_pylist(rows), out)
     print(f"{name}: {len(rows)} prompts, {result.timings['total_s']:.0f}s -> {out}")
     return out
+
+
+def scan_stem(name: str, guidance: float, samples: int) -> str:
+    """A stored scan's file name: scans at other seeds per prompt than memscan's default sit beside the default's."""
+    return f"criterion-{name}-g{guidance:g}" + ("" if samples == DEFAULT_SAMPLES else f"-s{samples}")
 
 
 def prompt_statistics(store: Store, run_id: str, world: Path) -> list[dict]:
@@ -184,7 +190,7 @@ def compare(paths: list[Path], tuned_on: str, k: int = 5) -> None:
             for b in ("x200", "x50", "x10", "x1", "non-member", "null")))
 
 
-def evaluate(name: str, guidance: float, config: ClusterConfig, match_config: MatchConfig) -> dict:
+def evaluate(name: str, guidance: float, samples: int, config: ClusterConfig, match_config: MatchConfig) -> dict:
     """memscan's own stages at these settings on a stored calibration scan: clusters, candidates and
     matches recomputed as a scan would, then scored against the model's world."""
     from scanner import match
@@ -192,7 +198,7 @@ def evaluate(name: str, guidance: float, config: ClusterConfig, match_config: Ma
     from scanner.demo.pipeline import demo_index
 
     _, world = CALIBRATION_MODELS[name]
-    db = RUNS / f"criterion-{name}-g{guidance:g}.duckdb"
+    db = RUNS / f"{scan_stem(name, guidance, samples)}.duckdb"
     embedder = load_embedder(ScanConfig().features)
     index = demo_index(embedder, Path("indexes"), RUNS, world, name="demo" if world.name == "world.parquet" else f"demo-{world.stem}")
     with Store(db) as store:
@@ -229,13 +235,15 @@ def main() -> None:
     scan.add_argument("--model", choices=sorted(CALIBRATION_MODELS), required=True)
     scan.add_argument("--per-bucket", type=int, default=60)
     scan.add_argument("--nulls", type=int, default=60)
-    scan.add_argument("--samples", type=int, default=16)
+    scan.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
     scan.add_argument("--guidance", type=float, default=5.0)
     scan.add_argument("--steps", type=int, default=20)
     comparison = sub.add_parser("compare")
     comparison.add_argument("--tuned-on", default="demo", help="the model the fixed and run-relative criteria are tuned on")
     evaluation = sub.add_parser("evaluate", help="memscan's stages at their defaults on every scanned model")
     evaluation.add_argument("--guidance", type=float, default=5.0)
+    evaluation.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                            help="evaluate the scans stored at this many seeds per prompt")
     args = parser.parse_args()
     if args.command == "scan":
         scan_model(args.model, args.per_bucket, args.nulls, args.samples, args.guidance, args.steps)
@@ -245,8 +253,8 @@ def main() -> None:
         print("| model | threshold (nulls under it) | recall | false flags | extracted precision (judged; ambiguous) | extracted recall |")
         print("| --- | --- | --- | --- | --- | --- |")
         for name in CALIBRATION_MODELS:
-            if (RUNS / f"criterion-{name}-g{args.guidance:g}.duckdb").exists():
-                r = evaluate(name, args.guidance, ClusterConfig(), MatchConfig())
+            if (RUNS / f"{scan_stem(name, args.guidance, args.samples)}.duckdb").exists():
+                r = evaluate(name, args.guidance, args.samples, ClusterConfig(), MatchConfig())
                 print(f"| {name} | {r['threshold']:.4f} ({r['nulls_flagged']} of {r['nulls']}) | {r['recall']:.2f} of "
                       f"{r['memorized']} | {r['false_flags']:.3f} of {r['unmemorized']} | {r['extracted_precision']:.2f} "
                       f"({r['judged_extracted']}; {r['ambiguous']}) | {r['extracted_recall']:.2f} of {r['reproducing']} |")
