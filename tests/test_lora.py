@@ -146,6 +146,58 @@ def test_a_lora_of_another_familys_denoiser_applies_and_at_scale_zero_is_the_bas
     assert np.abs(images[1] - images[None]).max() > 1e-3
 
 
+def kohya_flux_double_blocks(peft_state: dict) -> dict:
+    """A Flux LoRA of the double blocks' image attention in kohya's (sd-scripts') layout, the form
+    most Flux LoRAs are shared in: q, k and v fused into one ``qkv`` LoRA whose up matrix is block
+    diagonal (diffusers splits it back exactly), alpha equal to the rank (scale 1, as peft's)."""
+    import torch
+
+    def pair(module: str) -> tuple:
+        return peft_state[f"{module}.lora_A.weight"], peft_state[f"{module}.lora_B.weight"]
+
+    out = {}
+    blocks = sorted({int(key.split(".")[1]) for key in peft_state if key.startswith("transformer_blocks.")})
+    for i in blocks:
+        attention = f"transformer_blocks.{i}.attn"
+        downs, ups = zip(*(pair(f"{attention}.to_{n}") for n in "qkv"))
+        fused = f"lora_unet_double_blocks_{i}_img_attn_qkv"
+        out[f"{fused}.lora_down.weight"] = torch.cat(downs)
+        out[f"{fused}.lora_up.weight"] = torch.block_diag(*ups)
+        out[f"{fused}.alpha"] = torch.tensor(float(sum(len(d) for d in downs)))
+        down, up = pair(f"{attention}.to_out.0")
+        out[f"lora_unet_double_blocks_{i}_img_attn_proj.lora_down.weight"] = down
+        out[f"lora_unet_double_blocks_{i}_img_attn_proj.lora_up.weight"] = up
+        out[f"lora_unet_double_blocks_{i}_img_attn_proj.alpha"] = torch.tensor(float(len(down)))
+    return {key: value.contiguous() for key, value in out.items()}
+
+
+def test_a_kohya_flux_lora_gives_the_images_of_the_same_lora_in_diffusers_layout(tmp_path):
+    """Issue 22: Flux LoRAs are mostly shared in kohya's layout. (Its single blocks' fused
+    projection is split by diffusers at the released width, 3072, so this LoRA keeps to the double
+    blocks, as many do.)"""
+    import torch
+    from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    model = ModelSpec.of(FAMILY_MODELS["flux"], device="cpu").load()
+    denoiser = model.denoiser
+    denoiser.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=r"^transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0)$"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in denoiser.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    state = get_peft_model_state_dict(denoiser)
+    type(model.pipeline).save_lora_weights(tmp_path, weight_name="diffusers.safetensors", transformer_lora_layers=state)
+    save_file(kohya_flux_double_blocks(state), str(tmp_path / "kohya.safetensors"))
+    images = {name: ModelSpec.of(FAMILY_MODELS["flux"], device="cpu", loras=loras).load()
+              .generate(PROMPTS[:1], [2], num_inference_steps=4)
+              for name, loras in (("base", []), ("diffusers", [str(tmp_path / "diffusers.safetensors")]),
+                                  ("kohya", [str(tmp_path / "kohya.safetensors")]))}
+    assert np.abs(images["diffusers"] - images["base"]).max() > 0.05
+    np.testing.assert_allclose(images["kohya"], images["diffusers"], atol=1e-5)
+
+
 def test_a_lora_on_a_family_diffusers_has_no_lora_support_for_is_one_line():
     with pytest.raises(MemscanError, match="--lora: diffusers has no LoRA support for a PixArtAlphaPipeline"):
         ModelSpec.of(FAMILY_MODELS["pixart"], device="cpu", loras=[str(FINETUNE_LORA)]).load()
