@@ -18,7 +18,9 @@ and carried to the others; the calibrated criteria set their threshold on each s
 prompts (averaged over draws of 32 of them), so only their factor is carried.
 
 ``evaluate`` runs memscan's own clustering and matching at their defaults on each stored scan
-and scores them: the numbers of docs/CALIBRATION.md.
+and scores them: the numbers of docs/CALIBRATION.md. ``mix`` pools one model's scans at several
+guidance scales prompt by prompt (each prompt's generations at every scale, as a scan sampling at
+all of them would draw) and scores the default criterion on the pool against each scan alone.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from scanner.store import Store
 
 RUNS = Path("runs")
 CLIQUE_SIZES = range(2, 17)
-DEFAULT_SAMPLES = 16  # a text-to-image family's seeds per prompt (``FamilyDefaults``): what the calibration scans sample
+DEFAULT_SAMPLES = 16  # the seeds per prompt the calibration tables were first measured at (memscan's default until session 13)
 
 
 def scan_model(name: str, per_bucket: int, nulls: int, samples: int, guidance: float, steps: int) -> Path:
@@ -68,7 +70,7 @@ def scan_model(name: str, per_bucket: int, nulls: int, samples: int, guidance: f
 
 
 def scan_stem(name: str, guidance: float, samples: int) -> str:
-    """A stored scan's file name: scans at other seeds per prompt than memscan's default sit beside the default's."""
+    """A stored scan's file name: scans at other seeds per prompt sit beside those at DEFAULT_SAMPLES."""
     return f"criterion-{name}-g{guidance:g}" + ("" if samples == DEFAULT_SAMPLES else f"-s{samples}")
 
 
@@ -218,6 +220,42 @@ def evaluate(name: str, guidance: float, samples: int, config: ClusterConfig, ma
             "matches": verdicts}
 
 
+def generations_by_prompt(db: Path) -> dict[tuple, np.ndarray]:
+    """A stored calibration scan's thumbnails per (prompt text, source, item), in seed order."""
+    with Store(db, read_only=True) as store:
+        run_id = store.execute("SELECT run_id FROM runs WHERE kind = 'calibration' ORDER BY started_at DESC LIMIT 1")[0][0]
+        rows = store.query("SELECT p.text, p.source, p.source_item_id, g.thumbnail_path FROM generations g "
+                           "JOIN prompts p USING (run_id, prompt_id) WHERE g.run_id = ? AND g.status = 'ok' "
+                           "ORDER BY p.prompt_id, g.seed", [run_id]).to_pylist()
+        images: dict[tuple, list] = {}
+        for row in rows:
+            images.setdefault((row["text"], row["source"], row["source_item_id"]), []).append(
+                features.load_image(store.image_file(row["thumbnail_path"])))
+    return {key: np.stack(value) for key, value in images.items()}
+
+
+def mix(name: str, guidances: list[float], samples: int) -> None:
+    """The default criterion on each scan alone and on their pool (the truth from the same generations)."""
+    _, world = CALIBRATION_MODELS[name]
+    truth = {r["item_id"]: r for r in load_world(["item_id", "dup_count", "image_png"], world)}
+    scans = {f"guidance {g:g}": generations_by_prompt(RUNS / f"{scan_stem(name, g, samples)}.duckdb") for g in guidances}
+    shared = set.intersection(*(set(scan) for scan in scans.values()))
+    scans[" + ".join(scans)] = {key: np.concatenate([scan[key] for scan in scans.values()]) for key in shared}
+    default = ClusterConfig()
+    for label, by_prompt in scans.items():
+        keys = sorted(by_prompt)
+        collapse = np.array([cluster.collapse_distance(by_prompt[key], default.min_clique, default.tiles) for key in keys])
+        null = np.array([key[1] == NULL_SOURCE for key in keys])
+        threshold = threshold_at_default(collapse[null])
+        rows = [{"bucket": "null" if key[1] == NULL_SOURCE else bucket_of(truth[key[2]]["dup_count"]),
+                 "memorized": key[1] != NULL_SOURCE and reproduced_share(
+                     by_prompt[key], decode_png(truth[key[2]]["image_png"])) >= REPRODUCED_SHARE} for key in keys]
+        recall, false_flags, _ = outcome(rows, (collapse <= threshold).astype(float))
+        memorized = sum(r["memorized"] and r["bucket"] in DUPLICATED_BUCKETS for r in rows)
+        print(f"{name}, {label} ({len(next(iter(by_prompt.values())))} generations per prompt): threshold {threshold:.4f}, "
+              f"recall {recall:.2f} of {memorized}, false flags {false_flags:.3f}")
+
+
 def column(rows: list[dict], key: str) -> np.ndarray:
     return np.array([r[key] for r in rows], dtype=np.float64)
 
@@ -244,9 +282,15 @@ def main() -> None:
     evaluation.add_argument("--guidance", type=float, default=5.0)
     evaluation.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                             help="evaluate the scans stored at this many seeds per prompt")
+    mixing = sub.add_parser("mix", help="the default criterion on one model's scans at several guidance scales, pooled")
+    mixing.add_argument("--model", choices=sorted(CALIBRATION_MODELS), required=True)
+    mixing.add_argument("--guidance", type=float, nargs="+", required=True)
+    mixing.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
     args = parser.parse_args()
     if args.command == "scan":
         scan_model(args.model, args.per_bucket, args.nulls, args.samples, args.guidance, args.steps)
+    elif args.command == "mix":
+        mix(args.model, args.guidance, args.samples)
     elif args.command == "compare":
         compare(sorted(RUNS.glob("criterion-*.parquet")), args.tuned_on)
     else:
