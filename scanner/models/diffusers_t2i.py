@@ -133,7 +133,7 @@ class DiffusersT2I:
     single_file_optional: MappingProxyType = MappingProxyType({})
 
     @classmethod
-    def components_from_config(cls, path: Path, folder: Path, dtype) -> dict:
+    def components_from_config(cls, path: Path, folder: Path, dtype, allow_pickle: bool = False) -> dict:
         """The components a single file lacks, loaded from its config folder. diffusers looks for a
         missing text encoder under diffusers' weight file name, which a transformers folder never
         has, and converts a missing autoencoder from the file anyway, so without this an SD3 or
@@ -154,7 +154,7 @@ class DiffusersT2I:
             if not (folder / name).is_dir():
                 raise input_error(path, f"the file holds no {name} and its config folder {folder} has no {name} folder either")
             components[name] = getattr(libraries[library], class_name).from_pretrained(
-                folder / name, torch_dtype=dtype, local_files_only=True, use_safetensors=True)
+                folder / name, torch_dtype=dtype, local_files_only=True, use_safetensors=None if allow_pickle else True)
         return components
 
     def defaults_for(self, resolution: int) -> FamilyDefaults:
@@ -208,7 +208,7 @@ class DiffusersT2I:
             files = [path]
             loader = lambda: pipeline_class.from_single_file(  # noqa: E731
                 str(path), config=str(single_file_config), torch_dtype=dtype, local_files_only=True, **extra,
-                **cls.components_from_config(path, Path(single_file_config), dtype))
+                **cls.components_from_config(path, Path(single_file_config), dtype, allow_pickle))
             root = path.parent
         try:
             with warnings.catch_warnings():
