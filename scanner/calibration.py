@@ -71,13 +71,18 @@ def null_threshold(null_statistics: Sequence[float], factor: float, quantile: fl
     return factor * reference if np.isfinite(reference) else float("nan")
 
 
-# Recall and false flags of the calibrated criterion at its defaults on the calibration models it
-# was not tuned on (scripts/calibrate_criterion.py evaluate; the table in docs/CALIBRATION.md), and
-# the settings they hold for: the statement says so when a scan uses others.
-MEASURED = ("79% to 100% of memorized duplicated items flagged, at most 2.6% of ordinary prompts, on seven calibration models "
-            "(sd-64 87%, sd-short 6 of 7, the SD 2-shaped v-prediction model 100%, the SDXL-shaped model 79%, the SD3-shaped "
-            "flow-matching model 93%, the Flux-shaped model 100%, the PixArt-shaped model 93%; docs/CALIBRATION.md)")
-MEASURED_SETTINGS = {"min_clique": 5, "generations_per_prompt": 16, "null_factor": 0.25, "null_quantile": 0.75}
+# Recall and false flags of the calibrated criterion on the calibration models it was not tuned on
+# (scripts/calibrate_criterion.py evaluate; the tables in docs/CALIBRATION.md), by the generations per
+# prompt they were measured at, and the settings they hold for: the statement says so when a scan uses others.
+MEASURED = {
+    32: ("89% to 100% of memorized duplicated items flagged, at most 4.3% of ordinary prompts, on seven calibration models "
+         "(sd-64 91%, sd-short 6 of 6, the SD 2-shaped v-prediction model 97%, the SDXL-shaped model 89%, the SD3-shaped "
+         "flow-matching model 100%, the Flux-shaped model 100%, the PixArt-shaped model 97%; docs/CALIBRATION.md)"),
+    16: ("79% to 100% of memorized duplicated items flagged, at most 2.6% of ordinary prompts, on seven calibration models "
+         "(sd-64 87%, sd-short 6 of 7, the SD 2-shaped v-prediction model 100%, the SDXL-shaped model 79%, the SD3-shaped "
+         "flow-matching model 93%, the Flux-shaped model 100%, the PixArt-shaped model 93%; docs/CALIBRATION.md)"),
+}
+MEASURED_SETTINGS = {"min_clique": 5, "null_factor": 0.25, "null_quantile": 0.75}
 MEASURED_RESOLUTIONS = (32, 64)  # the calibration models' sizes, in pixels: no evidence for other sizes
 
 
@@ -99,8 +104,8 @@ class CriterionStatement:
     nothing_found = "No prompt collapsed onto one image: no memorization candidates."
 
     def measured_settings(self) -> bool:
-        return self.calibrated and {"min_clique": self.min_clique, "generations_per_prompt": self.generations_per_prompt,
-                                    "null_factor": self.null_factor, "null_quantile": self.null_quantile} == MEASURED_SETTINGS
+        return (self.calibrated and self.generations_per_prompt in MEASURED and {
+            "min_clique": self.min_clique, "null_factor": self.null_factor, "null_quantile": self.null_quantile} == MEASURED_SETTINGS)
 
     def lines(self, found_nothing: bool) -> list[str]:
         if self.calibrated:
@@ -110,11 +115,12 @@ class CriterionStatement:
             how = "a fixed threshold given by the user, not calibrated on this model"
         out = [f"Criterion: at least {self.min_clique} of a prompt's generations pairwise within tiled l2 "
                f"{self.threshold:.4f} ({how}); {self.prompts} prompts, up to {self.generations_per_prompt} generations each.",
-               f"Measured on models it was not tuned on: {MEASURED}"
-               + ("." if self.measured_settings() else
-                  f", at {MEASURED_SETTINGS['min_clique']} of {MEASURED_SETTINGS['generations_per_prompt']} generations and "
-                  f"{MEASURED_SETTINGS['null_factor']} x the nulls' {quantile_name(MEASURED_SETTINGS['null_quantile'])}: "
-                  "this scan's settings were not measured.")]
+               (f"Measured on models it was not tuned on, at {self.generations_per_prompt} generations per prompt: "
+                f"{MEASURED[self.generations_per_prompt]}." if self.measured_settings() else
+                f"Measured on models it was not tuned on, at {MEASURED_SETTINGS['min_clique']} of "
+                f"{' or '.join(map(str, MEASURED))} generations and {MEASURED_SETTINGS['null_factor']} x the nulls' "
+                f"{quantile_name(MEASURED_SETTINGS['null_quantile'])}: {MEASURED[max(MEASURED)]}; this scan's settings "
+                "were not measured.")]
         if self.calibrated and self.nulls and self.nulls_flagged > self.nulls / 2:
             out.append(f"{self.nulls_flagged} of the {self.nulls} null prompts collapse under the threshold too: this model draws "
                        "one image for captions that merely share words with the audited ones, a sign that it leaks memorized "

@@ -93,7 +93,8 @@ def _ray_settings(address: Optional[str], workers: Optional[int], cpus_per_worke
 @app.command()
 def demo(
     db: Path = typer.Option(DEFAULT_DEMO_DB, help="DuckDB file to write (created if missing)."),
-    samples_per_prompt: int = typer.Option(16, help="Generations per prompt (different seeds)."),
+    samples_per_prompt: int = typer.Option(16, help="Generations per prompt (different seeds): half a scan's default, "
+                                                    "enough on the demo model the criterion was tuned on, to keep the demo short."),
     batch_size: int = typer.Option(64, help="Images per sampling batch, across prompts."),
     num_inference_steps: int = typer.Option(20, "--steps", help="DDIM sampling steps."),
     guidance_scale: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale."),
@@ -176,7 +177,7 @@ def scan(
     db: Path = typer.Option(None, help="DuckDB file to write (default: runs/scan.duckdb)."),
     images_dir: Optional[Path] = typer.Option(None, help="Folder for generated images (default: <db>.files beside the database)."),
     config: Optional[Path] = typer.Option(None, help="TOML configuration; flags given here override it."),
-    samples_per_prompt: Optional[int] = typer.Option(None, help="Generations per prompt (default: the model family's: 16 for a text-to-image model; an unconditional model's whole sample, 256 on the demo's, 4096 above 64 px)."),
+    samples_per_prompt: Optional[int] = typer.Option(None, help="Generations per prompt (default: the model family's: 32 for a text-to-image model; an unconditional model's whole sample, 256 on the demo's, 4096 above 64 px)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per sampling batch (default: 32)."),
     num_inference_steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model family's at its resolution, with its source in the run: 20 on the demo, the pipeline's 50 on a released SD or SDXL)."),
     guidance_scale: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default: the model family's at its resolution: 5.0 on the demo, 7.5 on a released SD 1/2, 5.0 on SDXL)."),

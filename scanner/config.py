@@ -7,7 +7,7 @@ A TOML file mirrors the dataclasses::
     db = "runs/scan.duckdb"
 
     [sampling]
-    samples_per_prompt = 16
+    samples_per_prompt = 32
     num_inference_steps = 20
 
     [cluster]
@@ -65,7 +65,7 @@ def require_number(setting: str, value: Any, low: float | None = None, high: flo
 class SamplingConfig:
     """How each prompt is sampled. A generation is identified by (prompt, seed, these settings)."""
 
-    # None: the model family's (``FamilyDefaults.samples_per_prompt``): 16 seeds per prompt for a text-to-image family,
+    # None: the model family's (``FamilyDefaults.samples_per_prompt``): 32 seeds per prompt for a text-to-image family,
     # the whole sample of an unconditional model, whose one "prompt" is the empty one
     samples_per_prompt: int | None = None
     batch_size: int = 32
@@ -149,7 +149,8 @@ class ClusterConfig:
     # the demo within a few percent, 32 make it steady (docs/CALIBRATION.md)
     null_prompts: int = 32
     # 5 of 16 seeds (31%): a model that reproduces an image in a third of its samples has memorized it;
-    # 8 of 16 missed 43% of the weaker sd-short's memorized items (docs/CALIBRATION.md). Carlini et al.: 10 of 500
+    # 8 of 16 missed 43% of the weaker sd-short's memorized items (docs/CALIBRATION.md). Carlini et al.: 10 of 500.
+    # A clique size, not a share: 5 of the default 32 finds more than 10 of 32 (0.90 against 0.58 on sdxl)
     min_clique: int = 5
     tiles: int = 4
     criterion: str = "clique"

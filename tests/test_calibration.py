@@ -94,7 +94,7 @@ def test_the_statement_says_when_most_null_prompts_collapse_and_when_settings_we
     from scanner.calibration import MEASURED_SETTINGS, CriterionStatement
 
     def statement(flagged: int, **settings) -> list[str]:
-        values = {**MEASURED_SETTINGS, **settings}
+        values = {**MEASURED_SETTINGS, "generations_per_prompt": 32, **settings}
         return CriterionStatement(prompts=40, generations_per_prompt=values["generations_per_prompt"],
                                   min_clique=values["min_clique"], threshold=0.02, calibrated=True,
                                   null_factor=values["null_factor"], null_quantile=values["null_quantile"], nulls=32,
@@ -106,6 +106,9 @@ def test_the_statement_says_when_most_null_prompts_collapse_and_when_settings_we
     assert any(line.startswith("20 of the 32 null prompts collapse") and "leaks memorized images" in line for line in leaking)
     assert not any("not measured" in line for line in quiet)
     assert any("this scan's settings were not measured" in line for line in statement(10, null_quantile=0.5))
+    # each seeds setting the criterion was measured at gets its own numbers; another is not measured
+    assert any("at 16 generations per prompt: 79% to 100%" in line for line in statement(10, generations_per_prompt=16))
+    assert any("this scan's settings were not measured" in line for line in statement(10, generations_per_prompt=24))
 
 
 def test_a_scan_whose_prompts_cannot_make_null_prompts_is_refused_before_any_work(demo_sd, tmp_path):

@@ -1,6 +1,7 @@
 """Issue 18 end to end, on a model memscan's defaults were not tuned on: the calibration model
 sd-64 (64 pixels, its own autoencoder, shorter training; scanner/demo/calibration/), scanned at
-every default setting, scored against its world's ground truth."""
+every default setting but the seeds per prompt (16, half the default, to fit CI), scored against
+its world's ground truth."""
 
 import dataclasses
 
@@ -30,7 +31,8 @@ def test_the_calibrated_defaults_find_what_the_demo_tuned_threshold_misses(tmp_p
     prompts = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"])
                for r in demo_items(per_bucket=6)]  # every x200 and x50 item, 6 each of x10, x1 and non-members
     index = demo_index(demo_clip, tmp_path / "indexes", tmp_path, world, name="demo-world-64")
-    config = ScanConfig(sampling=SamplingConfig(batch_size=64), cluster=ClusterConfig(null_prompts=16))
+    # 16 seeds per prompt, half the default, to fit CI: the measurements behind these bounds were taken at 16
+    config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=16, batch_size=64), cluster=ClusterConfig(null_prompts=16))
     with Store(tmp_path / "scan.duckdb") as store:
         result = run_scan(store, load_model(model_dir, device="cpu"), prompts, config, show_progress=False,
                           embedder=demo_clip, index=index)
