@@ -296,6 +296,18 @@ def test_a_flux_transformer_file_loads_with_its_config_folders_encoders_and_auto
                                   model.generate(prompt, [5], num_inference_steps=4))
 
 
+@pytest.mark.parametrize("family", ["pixart", "dit", "ddpm"])
+def test_a_single_file_of_a_family_diffusers_cannot_load_from_one_is_one_line(family, tmp_path):
+    from safetensors.torch import save_file
+    from scanner.models.registry import load_model
+
+    path = tmp_path / f"{family}.safetensors"
+    save_file({}, str(path))
+    with pytest.raises(MemscanError, match="from a pipeline folder only \\(it has no single-file loader\\)") as error:
+        load_model(path, device="cpu", single_file_config=FAMILY_MODELS[family])
+    assert "\n" not in str(error.value)
+
+
 def test_an_encoderless_sd3_file_whose_config_folder_lacks_an_encoder_is_one_line(family_models, tmp_path):
     from ldm_checkpoint import write_single_file
     from scanner.models.registry import load_model
