@@ -84,6 +84,10 @@ MEASURED = {
 }
 MEASURED_SETTINGS = {"min_clique": 5, "null_factor": 0.25, "null_quantile": 0.75}
 MEASURED_RESOLUTIONS = (32, 64)  # the calibration models' sizes, in pixels: no evidence for other sizes
+# the smallest audit the criterion was measured on (tests/test_calibration_models.py: 48 prompts, 16 nulls). Null
+# prompts recombined from a few prompts' words stay next to them, and on the demo model a scan of 3 captions, two of
+# them memorized, drew nulls that nearly all collapsed onto the memorized images: a threshold under every one (session 13)
+MEASURED_MIN_PROMPTS = 48
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,11 @@ class CriterionStatement:
                        "one image for captions that merely share words with the audited ones, a sign that it leaks memorized "
                        "images to neighbouring prompts. The threshold stays meaningful while fewer than "
                        f"{self.null_quantile:.0%} of them do; look at what the null prompts drew.")
+        if self.calibrated and self.prompts < MEASURED_MIN_PROMPTS:
+            out.append(f"The null prompts were recombined from the words of only {self.prompts} prompts (the criterion was "
+                       f"measured on audits of {MEASURED_MIN_PROMPTS} or more): they stay close to the audited captions and "
+                       "may draw the same memorized images, which pulls the threshold under them. Audit more prompts, or "
+                       "give a --threshold.")
         if self.resolution and self.resolution not in MEASURED_RESOLUTIONS:
             out.append(f"This model draws {self.resolution}-pixel images; that recall was measured at "
                        f"{' and '.join(map(str, MEASURED_RESOLUTIONS))} pixels only, and is no evidence at {self.resolution}.")

@@ -90,12 +90,12 @@ def test_the_statement_never_carries_the_calibration_to_a_resolution_it_was_not_
     assert any("does not show that nothing is memorized" in line for line in large.lines(found_nothing=True))
 
 
-def test_the_statement_says_when_most_null_prompts_collapse_and_when_settings_were_not_measured():
+def test_the_statement_says_when_most_null_prompts_collapse_when_settings_were_not_measured_and_when_prompts_were_few():
     from scanner.calibration import MEASURED_SETTINGS, CriterionStatement
 
-    def statement(flagged: int, **settings) -> list[str]:
+    def statement(flagged: int, prompts: int = 75, **settings) -> list[str]:
         values = {**MEASURED_SETTINGS, "generations_per_prompt": 32, **settings}
-        return CriterionStatement(prompts=40, generations_per_prompt=values["generations_per_prompt"],
+        return CriterionStatement(prompts=prompts, generations_per_prompt=values["generations_per_prompt"],
                                   min_clique=values["min_clique"], threshold=0.02, calibrated=True,
                                   null_factor=values["null_factor"], null_quantile=values["null_quantile"], nulls=32,
                                   nulls_flagged=flagged, resolution=32).lines(found_nothing=True)
@@ -109,6 +109,9 @@ def test_the_statement_says_when_most_null_prompts_collapse_and_when_settings_we
     # each seeds setting the criterion was measured at gets its own numbers; another is not measured
     assert any("at 16 generations per prompt: 79% to 100%" in line for line in statement(10, generations_per_prompt=16))
     assert any("this scan's settings were not measured" in line for line in statement(10, generations_per_prompt=24))
+    # nulls recombined from a handful of prompts stay next to them: an all-clear from such a scan says so
+    assert not any("recombined from the words of only" in line for line in quiet)
+    assert any("recombined from the words of only 3 prompts" in line and "--threshold" in line for line in statement(0, prompts=3))
 
 
 def test_a_scan_whose_prompts_cannot_make_null_prompts_is_refused_before_any_work(demo_sd, tmp_path):
