@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -75,30 +76,51 @@ def scan_stem(name: str, guidance: float, samples: int) -> str:
 
 
 def prompt_statistics(store: Store, run_id: str, world: Path) -> list[dict]:
-    truth = {r["item_id"]: r for r in load_world(["item_id", "dup_count", "image_png"], world)}
-    rows = store.query("SELECT p.prompt_id, p.source, p.source_item_id, g.thumbnail_path FROM generations g "
-                       "JOIN prompts p USING (run_id, prompt_id) WHERE g.run_id = ? AND g.status = 'ok' "
-                       "ORDER BY p.prompt_id, g.seed", [run_id]).to_pylist()
-    by_prompt: dict[str, list[dict]] = {}
-    for row in rows:
-        by_prompt.setdefault(row["prompt_id"], []).append(row)
+    truth = load_truth(world)
+    by_prompt = generations_by_prompt(store, run_id)
     ids = sorted(by_prompt)
-    images = np.stack([np.stack([features.load_image(store.image_file(g["thumbnail_path"])) for g in by_prompt[p]])
-                       for p in ids])
+    images = np.stack([by_prompt[p].images for p in ids])
     anchors = anchor_distances(images)
     out = []
     for position, prompt_id in enumerate(ids):
-        first = by_prompt[prompt_id][0]
-        item = truth.get(first["source_item_id"])
-        null = first["source"] == NULL_SOURCE
-        memorized = (not null) and reproduced_share(images[position], decode_png(item["image_png"])) >= REPRODUCED_SHARE
-        row = {"prompt_id": prompt_id, "bucket": "null" if null else bucket_of(item["dup_count"]), "memorized": memorized,
-               "anchor": float(np.median(anchors[position]))}
+        row = {"prompt_id": prompt_id, **prompt_truth(by_prompt[prompt_id], truth), "anchor": float(np.median(anchors[position]))}
         pairs = cluster.all_pairs(len(images[position]))
         for k in CLIQUE_SIZES:
             row[f"collapse_{k}"] = cluster.collapse_distance(images[position], k, ClusterConfig().tiles, pairs)
         out.append(row)
     return out
+
+
+class PromptGenerations(NamedTuple):
+    source: str | None
+    item_id: str | None
+    images: np.ndarray  # the prompt's thumbnails in seed order
+
+
+def generations_by_prompt(store: Store, run_id: str) -> dict[str, PromptGenerations]:
+    """A stored scan's thumbnails per prompt id (a prompt's id is its text's, the same in every scan)."""
+    rows = store.query("SELECT p.prompt_id, p.source, p.source_item_id, g.thumbnail_path FROM generations g "
+                       "JOIN prompts p USING (run_id, prompt_id) WHERE g.run_id = ? AND g.status = 'ok' "
+                       "ORDER BY p.prompt_id, g.seed", [run_id]).to_pylist()
+    grouped: dict[str, list[dict]] = {}
+    for row in rows:
+        grouped.setdefault(row["prompt_id"], []).append(row)
+    return {prompt_id: PromptGenerations(group[0]["source"], group[0]["source_item_id"], np.stack(
+                [features.load_image(store.image_file(g["thumbnail_path"])) for g in group]))
+            for prompt_id, group in grouped.items()}
+
+
+def load_truth(world: Path) -> dict[str, dict]:
+    return {r["item_id"]: r for r in load_world(["item_id", "dup_count", "image_png"], world)}
+
+
+def prompt_truth(prompt: PromptGenerations, truth: dict[str, dict]) -> dict:
+    """The prompt's bucket and whether its item is memorized (REPRODUCED_SHARE of these generations reproduce it)."""
+    if prompt.source == NULL_SOURCE:
+        return {"bucket": "null", "memorized": False}
+    item = truth[prompt.item_id]
+    return {"bucket": bucket_of(item["dup_count"]),
+            "memorized": reproduced_share(prompt.images, decode_png(item["image_png"])) >= REPRODUCED_SHARE}
 
 
 def outcome(rows: list[dict], flagged: np.ndarray) -> tuple[float, float, float]:
@@ -204,7 +226,7 @@ def evaluate(name: str, guidance: float, samples: int, config: ClusterConfig, ma
     embedder = load_embedder(ScanConfig().features)
     index = demo_index(embedder, Path("indexes"), RUNS, world, name="demo" if world.name == "world.parquet" else f"demo-{world.stem}")
     with Store(db) as store:
-        run_id = store.execute("SELECT run_id FROM runs WHERE kind = 'calibration' ORDER BY started_at DESC LIMIT 1")[0][0]
+        run_id = latest_calibration_run(store)
         cluster.cluster_run(store, run_id, config)
         match.match_run(store, run_id, index, match_config)
         criterion, extraction = score_criterion(store, run_id, world), score_extraction(store, run_id, world)
@@ -220,40 +242,31 @@ def evaluate(name: str, guidance: float, samples: int, config: ClusterConfig, ma
             "matches": verdicts}
 
 
-def generations_by_prompt(db: Path) -> dict[tuple, np.ndarray]:
-    """A stored calibration scan's thumbnails per (prompt text, source, item), in seed order."""
-    with Store(db, read_only=True) as store:
-        run_id = store.execute("SELECT run_id FROM runs WHERE kind = 'calibration' ORDER BY started_at DESC LIMIT 1")[0][0]
-        rows = store.query("SELECT p.text, p.source, p.source_item_id, g.thumbnail_path FROM generations g "
-                           "JOIN prompts p USING (run_id, prompt_id) WHERE g.run_id = ? AND g.status = 'ok' "
-                           "ORDER BY p.prompt_id, g.seed", [run_id]).to_pylist()
-        images: dict[tuple, list] = {}
-        for row in rows:
-            images.setdefault((row["text"], row["source"], row["source_item_id"]), []).append(
-                features.load_image(store.image_file(row["thumbnail_path"])))
-    return {key: np.stack(value) for key, value in images.items()}
-
-
 def mix(name: str, guidances: list[float], samples: int) -> None:
     """The default criterion on each scan alone and on their pool (the truth from the same generations)."""
     _, world = CALIBRATION_MODELS[name]
-    truth = {r["item_id"]: r for r in load_world(["item_id", "dup_count", "image_png"], world)}
-    scans = {f"guidance {g:g}": generations_by_prompt(RUNS / f"{scan_stem(name, g, samples)}.duckdb") for g in guidances}
+    truth = load_truth(world)
+    scans = {}
+    for guidance in guidances:
+        with Store(RUNS / f"{scan_stem(name, guidance, samples)}.duckdb", read_only=True) as store:
+            scans[f"guidance {guidance:g}"] = generations_by_prompt(store, latest_calibration_run(store))
     shared = set.intersection(*(set(scan) for scan in scans.values()))
-    scans[" + ".join(scans)] = {key: np.concatenate([scan[key] for scan in scans.values()]) for key in shared}
+    scans[" + ".join(scans)] = {p: scans[next(iter(scans))][p]._replace(images=np.concatenate([scan[p].images for scan in scans.values()]))
+                                for p in shared}
     default = ClusterConfig()
     for label, by_prompt in scans.items():
-        keys = sorted(by_prompt)
-        collapse = np.array([cluster.collapse_distance(by_prompt[key], default.min_clique, default.tiles) for key in keys])
-        null = np.array([key[1] == NULL_SOURCE for key in keys])
-        threshold = threshold_at_default(collapse[null])
-        rows = [{"bucket": "null" if key[1] == NULL_SOURCE else bucket_of(truth[key[2]]["dup_count"]),
-                 "memorized": key[1] != NULL_SOURCE and reproduced_share(
-                     by_prompt[key], decode_png(truth[key[2]]["image_png"])) >= REPRODUCED_SHARE} for key in keys]
+        prompts = [by_prompt[p] for p in sorted(by_prompt)]
+        collapse = np.array([cluster.collapse_distance(p.images, default.min_clique, default.tiles) for p in prompts])
+        threshold = threshold_at_default(collapse[[p.source == NULL_SOURCE for p in prompts]])
+        rows = [prompt_truth(p, truth) for p in prompts]
         recall, false_flags, _ = outcome(rows, (collapse <= threshold).astype(float))
         memorized = sum(r["memorized"] and r["bucket"] in DUPLICATED_BUCKETS for r in rows)
-        print(f"{name}, {label} ({len(next(iter(by_prompt.values())))} generations per prompt): threshold {threshold:.4f}, "
+        print(f"{name}, {label} ({len(prompts[0].images)} generations per prompt): threshold {threshold:.4f}, "
               f"recall {recall:.2f} of {memorized}, false flags {false_flags:.3f}")
+
+
+def latest_calibration_run(store: Store) -> str:
+    return store.execute("SELECT run_id FROM runs WHERE kind = 'calibration' ORDER BY started_at DESC LIMIT 1")[0][0]
 
 
 def column(rows: list[dict], key: str) -> np.ndarray:
