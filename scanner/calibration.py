@@ -30,17 +30,23 @@ from scanner.generate import Prompt
 from scanner.store import Store
 
 NULL_SOURCE = "memscan:null"  # prompts.source of the null prompts
+# the smallest audit the criterion was measured on (tests/test_calibration_models.py: 48 prompts, 16 nulls). Null
+# prompts recombined from a few prompts' words stay next to them, and on the demo model a scan of 3 captions, two of
+# them memorized, drew nulls that nearly all collapsed onto the memorized images: a threshold under every one (session 13)
+MEASURED_MIN_PROMPTS = 48
 
 
-def null_prompts(prompts: Sequence[Prompt], count: int, seed: int = 0) -> list[Prompt]:
+def null_prompts(prompts: Sequence[Prompt], count: int, seed: int = 0, donors: Sequence[str] | None = None) -> list[Prompt]:
     """``count`` prompts the model cannot have memorized, that still read like its captions: each
-    word position filled from a different audit prompt (word i of a null prompt of length L is word
+    word position filled from a different donor caption (word i of a null prompt of length L is word
     i * len(donor) // L of a random donor), so a template's slots keep their kind of word while the
-    combination is new. Bags of caption words in random order were the first design: the
-    T5-conditioned models answer such out-of-grammar text with one image (docs/CALIBRATION.md); they
-    remain the fallback when the prompts are too few to recombine (a scan of one prompt). One that
-    equals an audit prompt is drawn again."""
-    words = [text for text in (prompt.text.split() for prompt in prompts) if text]
+    combination is new. The donors are the audit prompts' texts unless given (``null_donors`` adds
+    training captions to a small audit's). Bags of caption words
+    in random order were the first design: the T5-conditioned models answer such out-of-grammar text
+    with one image (docs/CALIBRATION.md); they remain the fallback when the donors are too few to
+    recombine (a scan of one prompt and no index). One that equals an audit prompt is drawn again."""
+    donors = [prompt.text for prompt in prompts] if donors is None else donors
+    words = [text for text in (donor.split() for donor in donors) if text]
     if count <= 0 or len({word for text in words for word in text}) < 2:
         return []
     rng = np.random.default_rng(seed)
@@ -61,6 +67,21 @@ def null_prompts(prompts: Sequence[Prompt], count: int, seed: int = 0) -> list[P
             taken.add(text)
             chosen.append(Prompt.from_text(text, source=NULL_SOURCE))
     return chosen
+
+
+def null_donors(prompts: Sequence[Prompt], training_captions: Sequence[str], seed: int = 0) -> list[str]:
+    """The captions null prompts are recombined from: the audit prompts, and when they are fewer
+    than ``MEASURED_MIN_PROMPTS``, distinct training captions drawn at random to make up that many.
+    Nulls recombined from a handful of prompts keep their memorized combinations and draw the
+    memorized images (a 3-caption scan of the demo model: a wrong all-clear, docs/CALIBRATION.md);
+    drawn among many captions, a null rarely keeps more than one word of any of them."""
+    texts = [prompt.text for prompt in prompts]
+    missing = MEASURED_MIN_PROMPTS - len(set(texts))
+    others = sorted({caption for caption in training_captions if caption.strip()} - set(texts))
+    if missing <= 0 or not others:
+        return texts
+    rng = np.random.default_rng(seed)
+    return texts + [others[i] for i in sorted(rng.choice(len(others), size=min(missing, len(others)), replace=False))]
 
 
 def null_threshold(null_statistics: Sequence[float], factor: float, quantile: float) -> float:
@@ -84,10 +105,6 @@ MEASURED = {
 }
 MEASURED_SETTINGS = {"min_clique": 5, "null_factor": 0.25, "null_quantile": 0.75}
 MEASURED_RESOLUTIONS = (32, 64)  # the calibration models' sizes, in pixels: no evidence for other sizes
-# the smallest audit the criterion was measured on (tests/test_calibration_models.py: 48 prompts, 16 nulls). Null
-# prompts recombined from a few prompts' words stay next to them, and on the demo model a scan of 3 captions, two of
-# them memorized, drew nulls that nearly all collapsed onto the memorized images: a threshold under every one (session 13)
-MEASURED_MIN_PROMPTS = 48
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,7 @@ class CriterionStatement:
     nulls: int
     nulls_flagged: int
     resolution: int = 0  # pixels of the generations (0: unknown)
+    training_captions: int = 0  # the index's training captions the null prompts were also recombined from (null_donors)
 
     nothing_found = "No prompt collapsed onto one image: no memorization candidates."
 
@@ -113,8 +131,10 @@ class CriterionStatement:
 
     def lines(self, found_nothing: bool) -> list[str]:
         if self.calibrated:
+            words = (f"the words of its prompts and of {self.training_captions} training captions of the index" if
+                     self.training_captions else "its prompts' words")
             how = (f"{self.null_factor:g} x the {quantile_name(self.null_quantile)} of the collapse distances of this scan's "
-                   f"{self.nulls} null prompts, its prompts' words recombined slot by slot; {self.nulls_flagged} of them fall under it")
+                   f"{self.nulls} null prompts, {words} recombined slot by slot; {self.nulls_flagged} of them fall under it")
         else:
             how = "a fixed threshold given by the user, not calibrated on this model"
         out = [f"Criterion: at least {self.min_clique} of a prompt's generations pairwise within tiled l2 "
@@ -130,11 +150,12 @@ class CriterionStatement:
                        "one image for captions that merely share words with the audited ones, a sign that it leaks memorized "
                        "images to neighbouring prompts. The threshold stays meaningful while fewer than "
                        f"{self.null_quantile:.0%} of them do; look at what the null prompts drew.")
-        if self.calibrated and self.prompts < MEASURED_MIN_PROMPTS:
-            out.append(f"The null prompts were recombined from the words of only {self.prompts} prompts (the criterion was "
-                       f"measured on audits of {MEASURED_MIN_PROMPTS} or more): they stay close to the audited captions and "
-                       "may draw the same memorized images, which pulls the threshold under them. Audit more prompts, or "
-                       "give a --threshold.")
+        if self.calibrated and self.prompts + self.training_captions < MEASURED_MIN_PROMPTS:
+            out.append(f"The null prompts were recombined from the words of only {self.prompts + self.training_captions} "
+                       f"captions (the criterion was measured with {MEASURED_MIN_PROMPTS} or more): they stay close to the "
+                       "audited captions and may draw the same memorized images, which pulls the threshold under them. "
+                       "Give --index (its training captions widen the null prompts' words), audit more prompts, or give "
+                       "a --threshold.")
         if self.resolution and self.resolution not in MEASURED_RESOLUTIONS:
             out.append(f"This model draws {self.resolution}-pixel images; that recall was measured at "
                        f"{' and '.join(map(str, MEASURED_RESOLUTIONS))} pixels only, and is no evidence at {self.resolution}.")
@@ -218,4 +239,4 @@ def criterion_statement(store: Store, run_id: str) -> CriterionStatement | Match
     return CriterionStatement(prompts, most, config.get("min_clique", 0), float("nan") if threshold is None else float(threshold),
                               bool(calibrated), config.get("null_factor", 0.0),
                               config.get("null_quantile", 0.5),  # a scan stored before the quantile was a setting used the median
-                              nulls, flagged, int(resolution))
+                              nulls, flagged, int(resolution), config.get("null_donors", {}).get("training_captions", 0))

@@ -190,7 +190,7 @@ def scan(
     threshold: Optional[float] = typer.Option(None, help="A fixed clique edge threshold, tiled l2, instead of the one calibrated on null prompts (default: calibrated)."),
     null_factor: Optional[float] = typer.Option(None, help="The calibrated threshold as a fraction of the null prompts' reference collapse distance (default: 0.25, tuned on the demo model)."),
     null_quantile: Optional[float] = typer.Option(None, help="The null prompts' reference collapse distance: this quantile of theirs, robust while fewer than this share of them collapse (default: 0.75, the upper quartile)."),
-    null_prompts: Optional[int] = typer.Option(None, help="Null prompts (the prompts' words recombined slot by slot) sampled to calibrate the threshold (default: 32)."),
+    null_prompts: Optional[int] = typer.Option(None, help="Null prompts (the prompts' words, and the index's captions for an audit under 48 prompts, recombined slot by slot) sampled to calibrate the threshold (default: 32)."),
     min_clique: Optional[int] = typer.Option(None, help="Smallest clique that makes a candidate (default: 5)."),
     criterion: Optional[str] = typer.Option(None, help="clique (Carlini) or component (dense components) (default: clique)."),
     clip_model: Optional[str] = typer.Option(None, help="open_clip folder or architecture name for embeddings (default: the demo CLIP)."),

@@ -133,7 +133,8 @@ class ClusterConfig:
     density is at least ``min_density``.
 
     The threshold is calibrated on every scan by default (``threshold`` None): the scan also
-    samples ``null_prompts`` prompts of its captions' words recombined, and the threshold is
+    samples ``null_prompts`` prompts of its captions' words recombined (with the index's training
+    captions when the audit is small: ``calibration.null_donors``), and the threshold is
     ``null_factor`` times the ``null_quantile`` of their collapse distances (scanner/calibration.py). A
     fixed ``threshold`` is a constant of the model it was tuned on (0.02 on the demo model, and a
     wrong all-clear on others: docs/CALIBRATION.md)."""

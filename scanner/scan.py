@@ -139,7 +139,8 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
     pool = pool or LocalPool(WorkerModels(model, embedder))
     precision = pool_precision(pool)
     calibrated = prompted and config.cluster.threshold is None
-    nulls = calibration.null_prompts(prompts, config.cluster.null_prompts) if calibrated else []
+    donors = calibration.null_donors(prompts, index.captions if index is not None else ()) if calibrated else []
+    nulls = calibration.null_prompts(prompts, config.cluster.null_prompts, donors=donors) if calibrated else []
     if calibrated and not nulls:
         raise MemscanError("the criterion cannot be calibrated: the prompts have fewer than two distinct words to make "
                            "null prompts from; give a fixed --threshold")
@@ -148,6 +149,8 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
     provenance["sampling"]["precision"] = precision
     provenance["model_kind"] = model.kind  # as resolved: model_index.json's class, or --model-kind
     provenance["family_defaults"] = model.defaults.source  # where unset steps and guidance came from
+    if calibrated:  # what the null prompts were recombined from (the statement says it)
+        provenance["cluster"]["null_donors"] = {"prompts": len(prompts), "training_captions": len(donors) - len(prompts)}
     if not prompted:  # no clique, no null prompts: every generation matched (match.match_every_generation)
         provenance["cluster"] = {"criterion": calibration.NEAREST_ITEM}
     provenance["loras"] = [{"file": lora.path, "scale": lora.scale} for lora in model.loras]  # the hash covers their bytes

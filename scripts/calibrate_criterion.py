@@ -219,12 +219,10 @@ def evaluate(name: str, guidance: float, samples: int, config: ClusterConfig, ma
     matches recomputed as a scan would, then scored against the model's world."""
     from scanner import match
     from scanner.demo.evaluate import score_criterion, score_extraction
-    from scanner.demo.pipeline import demo_index
 
     _, world = CALIBRATION_MODELS[name]
     db = RUNS / f"{scan_stem(name, guidance, samples)}.duckdb"
-    embedder = load_embedder(ScanConfig().features)
-    index = demo_index(embedder, Path("indexes"), RUNS, world, name="demo" if world.name == "world.parquet" else f"demo-{world.stem}")
+    index = world_index(name, load_embedder(ScanConfig().features))
     with Store(db) as store:
         run_id = latest_calibration_run(store)
         cluster.cluster_run(store, run_id, config)
@@ -240,6 +238,52 @@ def evaluate(name: str, guidance: float, samples: int, config: ClusterConfig, ma
             "extracted_precision": extraction.precision, "extracted_recall": extraction.recall,
             "judged_extracted": extraction.judged, "ambiguous": extraction.ambiguous, "reproducing": extraction.reproducing,
             "matches": verdicts}
+
+
+def small_audits(name: str, size: int, draws: int, samples: int, prompts_only: bool) -> None:
+    """memscan's scan at its defaults on ``draws`` small audits of ``size`` prompts, half of them (rounded
+    up) duplicated items: the case where null prompts recombined from the audit alone leak onto its
+    memorized images. Without ``prompts_only`` the scan is given the world's index, whose training
+    captions make up the null prompts' donors (``scanner.calibration.null_donors``)."""
+    from scanner.demo.evaluate import score_criterion
+    from scanner.models.registry import load_model
+    from scanner.scan import run_scan
+
+    model_dir, world = CALIBRATION_MODELS[name]
+    model, embedder = load_model(model_dir), load_embedder(ScanConfig().features)
+    index = world_index(name, embedder)
+    items = demo_items(per_bucket=40)
+    duplicated = [r for r in items if bucket_of(r["dup_count"]) in DUPLICATED_BUCKETS]
+    ordinary = [r for r in items if bucket_of(r["dup_count"]) not in DUPLICATED_BUCKETS]
+    config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=samples, batch_size=64, num_inference_steps=20,
+                                                guidance_scale=5.0))
+    label = "audit prompts only" if prompts_only else f"audit prompts + training captions of {index.name}"
+    db = RUNS / f"small-{name}-n{size}-s{samples}.duckdb"
+    print(f"| {name}, {size} prompts, nulls from {label} | threshold (nulls under it) | memorized flagged | ordinary flagged |")
+    print("| --- | --- | --- | --- |")
+    totals = np.zeros(4, dtype=int)
+    for draw in range(draws):
+        rng = np.random.default_rng(draw)
+        halves = (-(-size // 2), size // 2)
+        chosen = [pool[i] for pool, n in zip((duplicated, ordinary), halves) for i in rng.choice(len(pool), n, replace=False)]
+        prompts = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"]) for r in chosen]
+        with Store(db) as store:
+            result = run_scan(store, model, prompts, config, kind="small-audit", show_progress=False, embedder=embedder,
+                              index=None if prompts_only else index)
+            score, statement = score_criterion(store, result.run_id, world), criterion_statement(store, result.run_id)
+        counts = np.array([score.memorized, score.memorized_flagged, score.unmemorized, score.unmemorized_flagged])
+        totals += counts
+        print(f"| draw {draw} | {statement.threshold:.4f} ({statement.nulls_flagged} of {statement.nulls}) | "
+              f"{counts[1]} of {counts[0]} | {counts[3]} of {counts[2]} |", flush=True)
+    print(f"| all | | {totals[1]} of {totals[0]} | {totals[3]} of {totals[2]} |")
+
+
+def world_index(name: str, embedder):
+    """The training index of a calibration model's world (built once, under indexes/)."""
+    from scanner.demo.pipeline import demo_index
+
+    _, world = CALIBRATION_MODELS[name]
+    return demo_index(embedder, Path("indexes"), RUNS, world, name="demo" if world.name == "world.parquet" else f"demo-{world.stem}")
 
 
 def mix(name: str, guidances: list[float], samples: int) -> None:
@@ -295,6 +339,12 @@ def main() -> None:
     evaluation.add_argument("--guidance", type=float, default=5.0)
     evaluation.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                             help="evaluate the scans stored at this many seeds per prompt")
+    small = sub.add_parser("small", help="memscan's scan at its defaults on small audits of one model")
+    small.add_argument("--model", choices=sorted(CALIBRATION_MODELS), required=True)
+    small.add_argument("--prompts", type=int, default=3, help="audit prompts, half of them (rounded up) duplicated items")
+    small.add_argument("--draws", type=int, default=5)
+    small.add_argument("--samples", type=int, default=32)
+    small.add_argument("--prompts-only", action="store_true", help="no index: nulls from the audit prompts alone")
     mixing = sub.add_parser("mix", help="the default criterion on one model's scans at several guidance scales, pooled")
     mixing.add_argument("--model", choices=sorted(CALIBRATION_MODELS), required=True)
     mixing.add_argument("--guidance", type=float, nargs="+", required=True)
@@ -302,6 +352,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "scan":
         scan_model(args.model, args.per_bucket, args.nulls, args.samples, args.guidance, args.steps)
+    elif args.command == "small":
+        small_audits(args.model, args.prompts, args.draws, args.samples, args.prompts_only)
     elif args.command == "mix":
         mix(args.model, args.guidance, args.samples)
     elif args.command == "compare":

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from scanner import cluster
-from scanner.calibration import NULL_SOURCE, null_prompts, null_threshold
+from scanner.calibration import MEASURED_MIN_PROMPTS, NULL_SOURCE, null_donors, null_prompts, null_threshold
 from scanner.config import ClusterConfig
 from scanner.generate import Prompt
 
@@ -29,6 +29,27 @@ def test_null_prompts_fill_each_slot_from_another_audit_prompt_and_never_repeat_
     # what exists, without looping forever
     assert [p.text for p in null_prompts([Prompt.from_text("a b")], 10)] == ["b a"]
     assert {"a d", "c b"} <= {p.text for p in null_prompts([Prompt.from_text("a b"), Prompt.from_text("c d")], 10)}
+
+
+def test_a_small_audits_null_prompts_are_recombined_with_training_captions_a_large_ones_from_its_own():
+    from scanner.demo import demo_items
+
+    captions = [r["caption"] for r in demo_items(per_bucket=40)]
+    audit = [Prompt.from_text(text) for text in captions[:3]]
+    donors = null_donors(audit, [*captions, "", *captions[:3]])
+    assert len(donors) == MEASURED_MIN_PROMPTS and donors[:3] == [p.text for p in audit]
+    assert len(set(donors)) == MEASURED_MIN_PROMPTS and set(donors[3:]) <= set(captions[3:])  # distinct, never empty
+    assert null_donors(audit, captions) == donors  # the same scan draws the same donors
+    # a null drawn among 48 donors rarely keeps two words of one audited caption where the template varies
+    own, widened = (null_prompts(audit, 32, donors=d) for d in (None, donors))
+    def kept(nulls):
+        slots = [i for i, words in enumerate(zip(*(p.text.split() for p in audit))) if len(set(words)) > 1]
+        return np.mean([max(sum(n.text.split()[i] == a.text.split()[i] for i in slots) for a in audit)
+                        for n in nulls if len(n.text.split()) == len(audit[0].text.split())])
+    assert kept(widened) < 0.5 * kept(own)
+    large = [Prompt.from_text(text) for text in captions[:MEASURED_MIN_PROMPTS]]
+    assert null_donors(large, captions) == [p.text for p in large]  # as measured: its own words only
+    assert null_donors(audit, []) == [p.text for p in audit]  # no index: the audit alone (the statement says so)
 
 
 def test_the_null_threshold_is_a_fraction_of_the_nulls_upper_quartile_whatever_their_low_tail():
@@ -93,12 +114,13 @@ def test_the_statement_never_carries_the_calibration_to_a_resolution_it_was_not_
 def test_the_statement_says_when_most_null_prompts_collapse_when_settings_were_not_measured_and_when_prompts_were_few():
     from scanner.calibration import MEASURED_SETTINGS, CriterionStatement
 
-    def statement(flagged: int, prompts: int = 75, **settings) -> list[str]:
+    def statement(flagged: int, prompts: int = 75, training_captions: int = 0, **settings) -> list[str]:
         values = {**MEASURED_SETTINGS, "generations_per_prompt": 32, **settings}
         return CriterionStatement(prompts=prompts, generations_per_prompt=values["generations_per_prompt"],
                                   min_clique=values["min_clique"], threshold=0.02, calibrated=True,
                                   null_factor=values["null_factor"], null_quantile=values["null_quantile"], nulls=32,
-                                  nulls_flagged=flagged, resolution=32).lines(found_nothing=True)
+                                  nulls_flagged=flagged, resolution=32,
+                                  training_captions=training_captions).lines(found_nothing=True)
 
     quiet, leaking = statement(10), statement(20)
     assert "upper quartile" in quiet[0] and "10 of them fall under it" in quiet[0]
@@ -111,7 +133,12 @@ def test_the_statement_says_when_most_null_prompts_collapse_when_settings_were_n
     assert any("this scan's settings were not measured" in line for line in statement(10, generations_per_prompt=24))
     # nulls recombined from a handful of prompts stay next to them: an all-clear from such a scan says so
     assert not any("recombined from the words of only" in line for line in quiet)
-    assert any("recombined from the words of only 3 prompts" in line and "--threshold" in line for line in statement(0, prompts=3))
+    assert any("recombined from the words of only 3 captions" in line and "--index" in line and "--threshold" in line
+               for line in statement(0, prompts=3))
+    # ... unless the index's training captions made up the null prompts' words (scanner.calibration.null_donors)
+    widened = statement(0, prompts=3, training_captions=45)
+    assert "words of its prompts and of 45 training captions of the index" in widened[0]
+    assert not any("recombined from the words of only" in line for line in widened)
 
 
 def test_a_scan_whose_prompts_cannot_make_null_prompts_is_refused_before_any_work(demo_sd, tmp_path):
