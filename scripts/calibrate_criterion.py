@@ -21,6 +21,10 @@ prompts (averaged over draws of 32 of them), so only their factor is carried.
 and scores them: the numbers of docs/CALIBRATION.md. ``mix`` pools one model's scans at several
 guidance scales prompt by prompt (each prompt's generations at every scale, as a scan sampling at
 all of them would draw) and scores the default criterion on the pool against each scan alone.
+``small`` runs memscan's scan at its defaults on small audits (a few prompts, half of them
+duplicated items), with the world's index or, ``--prompts-only``, without: what the null prompts
+of a small audit are recombined from (``scanner.calibration.null_donors``). ``--steps`` names
+scans at other sampling steps beside those at 20.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from scanner.store import Store
 RUNS = Path("runs")
 CLIQUE_SIZES = range(2, 17)
 DEFAULT_SAMPLES = 16  # the seeds per prompt the calibration tables were first measured at (memscan's default until session 13)
+DEFAULT_STEPS = 20  # the demo-sized families' sampling steps (scanner/models: DEMO_SIZED)
 
 
 def scan_model(name: str, per_bucket: int, nulls: int, samples: int, guidance: float, steps: int) -> Path:
@@ -56,7 +61,7 @@ def scan_model(name: str, per_bucket: int, nulls: int, samples: int, guidance: f
     items = demo_items(per_bucket=per_bucket)
     prompts = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"]) for r in items]
     prompts += null_prompts(prompts, nulls)
-    db = RUNS / f"{scan_stem(name, guidance, samples)}.duckdb"
+    db = RUNS / f"{scan_stem(name, guidance, samples, steps)}.duckdb"
     config = ScanConfig(model=str(model_dir), db=str(db),
                         sampling=SamplingConfig(samples_per_prompt=samples, batch_size=64, num_inference_steps=steps,
                                                 guidance_scale=guidance))
@@ -70,9 +75,10 @@ def scan_model(name: str, per_bucket: int, nulls: int, samples: int, guidance: f
     return out
 
 
-def scan_stem(name: str, guidance: float, samples: int) -> str:
-    """A stored scan's file name: scans at other seeds per prompt sit beside those at DEFAULT_SAMPLES."""
-    return f"criterion-{name}-g{guidance:g}" + ("" if samples == DEFAULT_SAMPLES else f"-s{samples}")
+def scan_stem(name: str, guidance: float, samples: int, steps: int = DEFAULT_STEPS) -> str:
+    """A stored scan's file name: scans at other seeds per prompt or steps sit beside those at the defaults."""
+    return (f"criterion-{name}-g{guidance:g}" + ("" if samples == DEFAULT_SAMPLES else f"-s{samples}")
+            + ("" if steps == DEFAULT_STEPS else f"-t{steps}"))
 
 
 def prompt_statistics(store: Store, run_id: str, world: Path) -> list[dict]:
@@ -214,14 +220,14 @@ def compare(paths: list[Path], tuned_on: str, k: int = 5) -> None:
             for b in ("x200", "x50", "x10", "x1", "non-member", "null")))
 
 
-def evaluate(name: str, guidance: float, samples: int, config: ClusterConfig, match_config: MatchConfig) -> dict:
+def evaluate(name: str, guidance: float, samples: int, steps: int, config: ClusterConfig, match_config: MatchConfig) -> dict:
     """memscan's own stages at these settings on a stored calibration scan: clusters, candidates and
     matches recomputed as a scan would, then scored against the model's world."""
     from scanner import match
     from scanner.demo.evaluate import score_criterion, score_extraction
 
     _, world = CALIBRATION_MODELS[name]
-    db = RUNS / f"{scan_stem(name, guidance, samples)}.duckdb"
+    db = RUNS / f"{scan_stem(name, guidance, samples, steps)}.duckdb"
     index = world_index(name, load_embedder(ScanConfig().features))
     with Store(db) as store:
         run_id = latest_calibration_run(store)
@@ -332,13 +338,14 @@ def main() -> None:
     scan.add_argument("--nulls", type=int, default=60)
     scan.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
     scan.add_argument("--guidance", type=float, default=5.0)
-    scan.add_argument("--steps", type=int, default=20)
+    scan.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     comparison = sub.add_parser("compare")
     comparison.add_argument("--tuned-on", default="demo", help="the model the fixed and run-relative criteria are tuned on")
     evaluation = sub.add_parser("evaluate", help="memscan's stages at their defaults on every scanned model")
     evaluation.add_argument("--guidance", type=float, default=5.0)
     evaluation.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                             help="evaluate the scans stored at this many seeds per prompt")
+    evaluation.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="... and this many sampling steps")
     small = sub.add_parser("small", help="memscan's scan at its defaults on small audits of one model")
     small.add_argument("--model", choices=sorted(CALIBRATION_MODELS), required=True)
     small.add_argument("--prompts", type=int, default=3, help="audit prompts, half of them (rounded up) duplicated items")
@@ -362,8 +369,8 @@ def main() -> None:
         print("| model | threshold (nulls under it) | recall | false flags | extracted precision (judged; ambiguous) | extracted recall |")
         print("| --- | --- | --- | --- | --- | --- |")
         for name in CALIBRATION_MODELS:
-            if (RUNS / f"{scan_stem(name, args.guidance, args.samples)}.duckdb").exists():
-                r = evaluate(name, args.guidance, args.samples, ClusterConfig(), MatchConfig())
+            if (RUNS / f"{scan_stem(name, args.guidance, args.samples, args.steps)}.duckdb").exists():
+                r = evaluate(name, args.guidance, args.samples, args.steps, ClusterConfig(), MatchConfig())
                 print(f"| {name} | {r['threshold']:.4f} ({r['nulls_flagged']} of {r['nulls']}) | {r['recall']:.2f} of "
                       f"{r['memorized']} | {r['false_flags']:.3f} of {r['unmemorized']} | {r['extracted_precision']:.2f} "
                       f"({r['judged_extracted']}; {r['ambiguous']}) | {r['extracted_recall']:.2f} of {r['reproducing']} |")

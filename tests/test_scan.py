@@ -94,6 +94,36 @@ def test_demo_reproduces_duplicated_items_and_not_non_members(demo_run):
     assert criterion.memorized >= 35 and criterion.recall >= 0.9 and criterion.unmemorized_flagged <= 2
 
 
+@pytest.mark.slow
+def test_a_small_audit_with_an_index_calibrates_where_its_own_words_gave_a_wrong_all_clear(demo_run, demo_sd, demo_clip,
+                                                                                           tmp_path):
+    """The fresh-clone scan of session 13: these three captions (a non-member, an x10 and an x200
+    item, the last two memorized) scanned alone drew null prompts that kept the memorized items'
+    words and collapsed onto their images; the threshold fell to 0.0028 at 16 seeds (0.0025 at 32),
+    under both, and the scan printed an all-clear. Given the index, the nulls draw most of their
+    words from 45 of its training captions (docs/CALIBRATION.md, "Few prompts")."""
+    from scanner.calibration import criterion_statement
+    from scanner.config import SamplingConfig, ScanConfig
+    from scanner.generate import Prompt
+    from scanner.index import TrainingIndex
+    from scanner.scan import run_scan
+
+    captions = ["three green stars at the top on a navy background", "one orange square at the left on a beige background",
+                "two purple diamonds at the left on a navy background"]
+    index = TrainingIndex.open("demo", demo_run[0].parent / "indexes")
+    with Store(tmp_path / "small.duckdb") as store:
+        result = run_scan(store, demo_sd, [Prompt.from_text(text) for text in captions],
+                          ScanConfig(sampling=SamplingConfig(samples_per_prompt=16, batch_size=48)),
+                          show_progress=False, embedder=demo_clip, index=index)
+        flagged = {text for (text,) in store.execute("SELECT DISTINCT p.text FROM candidates c JOIN prompts p "
+                                                     "USING (run_id, prompt_id) WHERE c.run_id = ?", [result.run_id])}
+        statement = criterion_statement(store, result.run_id)
+    print(statement)
+    assert set(captions[1:]) <= flagged
+    assert statement.training_captions == 45 and statement.nulls == 32 and statement.threshold > 0.01
+    assert not any("recombined from the words of only" in line for line in statement.lines(found_nothing=False))
+
+
 def test_triage_mass_samples_only_the_prompts_the_detector_ranks_first(tmp_path, demo_sd, monkeypatch):
     """Two x200 members among six non-members: --triage 0.25 keeps two prompts, the members,
     samples only them, and stores every prompt's detector score; run again, the scan resumes
