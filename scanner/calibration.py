@@ -77,8 +77,10 @@ def null_donors(prompts: Sequence[Prompt], training_captions: Sequence[str], see
     drawn among many captions, a null rarely keeps more than one word of any of them."""
     texts = [prompt.text for prompt in prompts]
     missing = MEASURED_MIN_PROMPTS - len(set(texts))
+    if missing <= 0:
+        return texts
     others = sorted({caption for caption in training_captions if caption.strip()} - set(texts))
-    if missing <= 0 or not others:
+    if not others:
         return texts
     rng = np.random.default_rng(seed)
     return texts + [others[i] for i in sorted(rng.choice(len(others), size=min(missing, len(others)), replace=False))]
