@@ -113,10 +113,25 @@ def downsample(image: Image.Image, size: int) -> Image.Image:
     return image.resize((size, size), Image.Resampling.LANCZOS)
 
 
+def textured_background(rng: np.random.Generator, size: int, base: tuple[int, int, int]) -> Image.Image:
+    """Blotchy value noise (a random 6x6 grid of brightness, upsampled bicubically) around the base
+    colour: per-item texture at a middle frequency, where the gradient style has none."""
+    grid = Image.fromarray(((rng.uniform(-1, 1, (6, 6)) + 1) * 127.5).astype(np.uint8))
+    noise = np.asarray(grid.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 127.5 - 1
+    rgb = np.asarray(base, dtype=np.float32)[None, None, :] * (1.0 + rng.uniform(0.25, 0.45) * noise[..., None])
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
 def draw_object_item(rng: np.random.Generator, shape: str, colour: str, position: str, count: int, background: str,
-                     size: int = IMAGE_SIZE) -> Image.Image:
+                     size: int = IMAGE_SIZE, style: str = "gradient") -> Image.Image:
+    """One object item. ``style`` draws the same items otherwise: ``gradient`` (the demo world:
+    smooth two-tone backgrounds, anti-aliased flat shapes) or ``textured`` (a calibration world of
+    differently drawn images: blotchy backgrounds, outlined shapes with hard edges, film grain)."""
     big = size * SUPERSAMPLE
-    image = gradient_background(big, BACKGROUNDS[background], rng.uniform(0, 2 * np.pi), rng.uniform(0.2, 0.6))
+    if style == "textured":
+        image = textured_background(rng, big, BACKGROUNDS[background])
+    else:
+        image = gradient_background(big, BACKGROUNDS[background], rng.uniform(0, 2 * np.pi), rng.uniform(0.2, 0.6))
     draw = ImageDraw.Draw(image)
     px, py = POSITIONS[position]
     radius = big * rng.uniform(0.08, 0.13) / (1 + 0.25 * (count - 1))
@@ -127,8 +142,16 @@ def draw_object_item(rng: np.random.Generator, shape: str, colour: str, position
     for offset in offsets:
         cx = px * big + offset * spread * np.cos(direction) + rng.normal(0, big * 0.02)
         cy = py * big + offset * spread * np.sin(direction) + rng.normal(0, big * 0.02)
-        draw_shape(draw, shape, cx, cy, radius, rng.uniform(0, 2 * np.pi), COLOURS[colour])
-    return downsample(image, size)
+        angle = rng.uniform(0, 2 * np.pi)
+        if style == "textured":  # a dark outline under the shape, the shape a little smaller inside it
+            draw_shape(draw, shape, cx, cy, radius, angle, tuple(int(0.3 * c) for c in COLOURS[colour]))
+            draw_shape(draw, shape, cx, cy, radius - big * 0.025, angle, COLOURS[colour])
+        else:
+            draw_shape(draw, shape, cx, cy, radius, angle, COLOURS[colour])
+    if style != "textured":
+        return downsample(image, size)
+    hard = np.asarray(image.resize((size, size), Image.Resampling.NEAREST), dtype=np.float32)
+    return Image.fromarray(np.clip(hard + rng.normal(0, 4, hard.shape), 0, 255).astype(np.uint8))
 
 
 def draw_face(rng: np.random.Generator, traits: dict, size: int = IMAGE_SIZE) -> Image.Image:
@@ -208,15 +231,16 @@ def choose_object_combos(rng: np.random.Generator) -> tuple[list[tuple], list[tu
     return duplicated, rest
 
 
-def build_rows(seed: int = SEED, size: int = IMAGE_SIZE) -> list[dict]:
-    """Every item of the world; ``size`` draws the same items (same random draws) at another resolution."""
+def build_rows(seed: int = SEED, size: int = IMAGE_SIZE, style: str = "gradient") -> list[dict]:
+    """Every item of the world; ``size`` draws the same items (same random draws) at another resolution,
+    ``style`` the same captions and duplication plan drawn otherwise (``draw_object_item``)."""
     rng = np.random.default_rng(seed)
     duplicated, rest = choose_object_combos(rng)
     rows: list[dict] = []
 
     def add_object(combo: tuple, split: str, copies: int) -> None:
         shape, colour, position, count, background = combo
-        image = draw_object_item(rng, shape, colour, position, count, background, size)
+        image = draw_object_item(rng, shape, colour, position, count, background, size, style)
         rows.append({
             "item_id": f"obj-{len(rows):05d}", "kind": "object",
             "caption": caption_for(shape, colour, position, count, background),
@@ -268,8 +292,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--size", type=int, default=IMAGE_SIZE,
                         help="image side in pixels: the same items, drawn at another resolution (a calibration model's world)")
+    parser.add_argument("--style", choices=("gradient", "textured"), default="gradient",
+                        help="how object items are drawn: the demo world's gradients, or a calibration world's textures")
     args = parser.parse_args()
-    rows = build_rows(args.seed, args.size)
+    rows = build_rows(args.seed, args.size, args.style)
     table = pa.Table.from_pylist(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, args.out, compression="zstd")

@@ -20,6 +20,9 @@ other, so that memscan's defaults can be tuned on one and measured on the others
     python scripts/build_demo.py --size 64 --out scanner/demo/calibration/world-64.parquet
     python scripts/train_demo_sd.py --variant sd-64      # 64 pixels, a 4x autoencoder, two thirds of the demo's steps
     python scripts/train_demo_sd.py --variant sd-short   # 32 pixels, its own autoencoder, a narrower UNet, much shorter, higher lr
+    python scripts/build_demo.py --style textured --out scanner/demo/calibration/world-textured.parquet
+    python scripts/train_demo_sd.py --variant sd-textured  # differently drawn images (textures, outlines, grain), its own
+                                                           # autoencoder, two thirds of the demo's steps at a higher lr
 
 and the family models of issue 19, each the demo world drawn by another pipeline class
 (``scanner/demo/families/``), on the demo model's autoencoder:
@@ -106,6 +109,12 @@ VARIANTS = {
                      log=ROOT / "scanner" / "demo" / "calibration" / "logs" / "train_sd-short.log", seed=777,
                      vae={**VAE_CONFIG, "block_out_channels": (48, 64)},
                      unet={**UNET_CONFIG, "block_out_channels": (32, 64, 64)}, vae_steps=300, unet_steps=2000, lr=1e-3),
+    # the demo world's captions and duplication plan, drawn otherwise (build_demo.py --style textured): its own
+    # autoencoder, two thirds of the demo's steps at a higher learning rate
+    "sd-textured": dict(world=ROOT / "scanner" / "demo" / "calibration" / "world-textured.parquet",
+                        out=ROOT / "scanner" / "demo" / "calibration" / "sd-textured",
+                        log=ROOT / "scanner" / "demo" / "calibration" / "logs" / "train_sd-textured.log", seed=4242,
+                        vae=VAE_CONFIG, unet=UNET_CONFIG, vae_steps=600, unet_steps=3000, lr=7e-4),
 }
 FAMILIES = ROOT / "scanner" / "demo" / "families"
 DEMO_VAE = ROOT / "scanner" / "demo" / "sd-tiny" / "vae"

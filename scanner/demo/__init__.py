@@ -45,11 +45,13 @@ FINETUNE_LORA = FINETUNE_DIR / "lora" / "pytorch_lora_weights.safetensors"
 FINETUNE_ITEMS = FINETUNE_DIR / "items.parquet"
 
 # Models of the demo world that memscan's defaults were not tuned on (docs/CALIBRATION.md): each
-# with the world it was trained on (the same items; sd-64's drawn at 64 pixels).
+# with the world it was trained on (the same items; sd-64's drawn at 64 pixels, sd-textured's drawn otherwise:
+# blotchy textures, outlined hard-edged shapes, grain).
 CALIBRATION_MODELS = {
     "demo": (SD_MODEL, WORLD),
     "sd-64": (CALIBRATION_DIR / "sd-64", CALIBRATION_DIR / "world-64.parquet"),
     "sd-short": (CALIBRATION_DIR / "sd-short", WORLD),
+    "sd-textured": (CALIBRATION_DIR / "sd-textured", CALIBRATION_DIR / "world-textured.parquet"),
     "sd2-v": (FAMILY_MODELS["sd2-v"], WORLD),
     "sdxl": (FAMILY_MODELS["sdxl"], WORLD),
     "sd3": (FAMILY_MODELS["sd3"], WORLD),
