@@ -98,8 +98,8 @@ def null_threshold(null_statistics: Sequence[float], factor: float, quantile: fl
 # (scripts/calibrate_criterion.py evaluate; the tables in docs/CALIBRATION.md), by the generations per
 # prompt they were measured at, and the settings they hold for: the statement says so when a scan uses others.
 MEASURED = {
-    32: ("91% to 100% of memorized duplicated items flagged, at most 4.3% of ordinary prompts, on seven calibration models "
-         "(sd-64 91%, sd-short 6 of 6, the SD 2-shaped v-prediction model 97%, the SDXL-shaped model 100% at its 50 steps, the SD3-shaped "
+    32: ("91% to 100% of memorized duplicated items flagged, at most 4.3% of ordinary prompts, on eight calibration models "
+         "(sd-64 91%, sd-short 6 of 6, one trained on differently drawn images 9 of 9, the SD 2-shaped v-prediction model 97%, the SDXL-shaped model 100% at its 50 steps, the SD3-shaped "
          "flow-matching model 100%, the Flux-shaped model 100%, the PixArt-shaped model 97%; docs/CALIBRATION.md)"),
     16: ("79% to 100% of memorized duplicated items flagged, at most 2.6% of ordinary prompts, on seven calibration models "
          "(sd-64 87%, sd-short 6 of 7, the SD 2-shaped v-prediction model 100%, the SDXL-shaped model 79% at 20 steps, the SD3-shaped "

@@ -24,7 +24,8 @@ all of them would draw) and scores the default criterion on the pool against eac
 ``small`` runs memscan's scan at its defaults on small audits (a few prompts, half of them
 duplicated items), with the world's index or, ``--prompts-only``, without: what the null prompts
 of a small audit are recombined from (``scanner.calibration.null_donors``). ``--steps`` names
-scans at other sampling steps beside those at 20.
+scans at other sampling steps beside those at 20. ``fidelity`` sets each duplicated item's round trip
+through the model's own autoencoder beside its nearest generation: how close the model can come at all.
 """
 
 from __future__ import annotations
@@ -284,6 +285,40 @@ def small_audits(name: str, size: int, draws: int, samples: int, prompts_only: b
     print(f"| all | | {totals[1]} of {totals[0]} | {totals[3]} of {totals[2]} |")
 
 
+def fidelity(name: str, samples: int) -> None:
+    """How close the model can come to its duplicated training items at all: each item's round trip
+    through the model's own autoencoder against the nearest of its prompt's generations in the stored
+    scan (tiled l2). The per-item truth (REPRODUCED_TILED_L2) is absolute; on a model whose
+    autoencoder cannot come within it, a copy is not a copy by that truth."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from scanner.distances import tiled_l2
+
+    model_dir, world = CALIBRATION_MODELS[name]
+    vae = AutoencoderKL.from_pretrained(model_dir / "vae").float().eval()
+    items = {r["item_id"]: r for r in load_world(["item_id", "dup_count", "image_png"], world)
+             if bucket_of(r["dup_count"]) in DUPLICATED_BUCKETS}
+    with Store(RUNS / f"{scan_stem(name, 5.0, samples)}.duckdb", read_only=True) as store:
+        by_prompt = generations_by_prompt(store, latest_calibration_run(store))
+    rows = []
+    for prompt in by_prompt.values():
+        if prompt.item_id not in items:
+            continue
+        image = decode_png(items[prompt.item_id]["image_png"]).astype(np.float32) / 255
+        with torch.no_grad():
+            x = torch.from_numpy(image).permute(2, 0, 1)[None] * 2 - 1
+            back = (vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)[0].permute(1, 2, 0).numpy() + 1) / 2
+        nearest = float(tiled_l2(image[None], prompt.images.astype(np.float32) / 255, 4).min())
+        rows.append((bucket_of(items[prompt.item_id]["dup_count"]), float(tiled_l2(image[None], back[None], 4)[0]), nearest))
+    print(f"| {name}: bucket | autoencoder round trip (median) | nearest generation (median) | nearest within 1.5 x its round trip |")
+    print("| --- | --- | --- | --- |")
+    for bucket in DUPLICATED_BUCKETS:
+        chosen = [r for r in rows if r[0] == bucket]
+        print(f"| {bucket} | {np.median([r[1] for r in chosen]):.3f} | {np.median([r[2] for r in chosen]):.3f} | "
+              f"{sum(r[2] <= 1.5 * r[1] for r in chosen)} of {len(chosen)} |")
+
+
 def world_index(name: str, embedder):
     """The training index of a calibration model's world (built once, under indexes/)."""
     from scanner.demo.pipeline import demo_index
@@ -352,6 +387,9 @@ def main() -> None:
     small.add_argument("--draws", type=int, default=5)
     small.add_argument("--samples", type=int, default=32)
     small.add_argument("--prompts-only", action="store_true", help="no index: nulls from the audit prompts alone")
+    fidelity_parser = sub.add_parser("fidelity", help="how close the model's own autoencoder comes to its duplicated items")
+    fidelity_parser.add_argument("--model", choices=sorted(CALIBRATION_MODELS), required=True)
+    fidelity_parser.add_argument("--samples", type=int, default=32, help="the stored scan's seeds per prompt")
     mixing = sub.add_parser("mix", help="the default criterion on one model's scans at several guidance scales, pooled")
     mixing.add_argument("--model", choices=sorted(CALIBRATION_MODELS), required=True)
     mixing.add_argument("--guidance", type=float, nargs="+", required=True)
@@ -361,6 +399,8 @@ def main() -> None:
         scan_model(args.model, args.per_bucket, args.nulls, args.samples, args.guidance, args.steps)
     elif args.command == "small":
         small_audits(args.model, args.prompts, args.draws, args.samples, args.prompts_only)
+    elif args.command == "fidelity":
+        fidelity(args.model, args.samples)
     elif args.command == "mix":
         mix(args.model, args.guidance, args.samples)
     elif args.command == "compare":
