@@ -41,10 +41,10 @@ def null_prompts(prompts: Sequence[Prompt], count: int, seed: int = 0, donors: S
     word position filled from a different donor caption (word i of a null prompt of length L is word
     i * len(donor) // L of a random donor), so a template's slots keep their kind of word while the
     combination is new. The donors are the audit prompts' texts unless given (``null_donors`` adds
-    training captions to a small audit's). Bags of caption words
-    in random order were the first design: the T5-conditioned models answer such out-of-grammar text
-    with one image (docs/CALIBRATION.md); they remain the fallback when the donors are too few to
-    recombine (a scan of one prompt and no index). One that equals an audit prompt is drawn again."""
+    training captions to a small audit's). Bags of caption words in random order were the first
+    design: the T5-conditioned models answer such out-of-grammar text with one image
+    (docs/CALIBRATION.md); they remain the fallback when the donors are too few to recombine (a scan
+    of one prompt and no index). One that equals an audit prompt is drawn again."""
     donors = [prompt.text for prompt in prompts] if donors is None else donors
     words = [text for text in (donor.split() for donor in donors) if text]
     if count <= 0 or len({word for text in words for word in text}) < 2:
@@ -99,11 +99,12 @@ def null_threshold(null_statistics: Sequence[float], factor: float, quantile: fl
 # prompt they were measured at, and the settings they hold for: the statement says so when a scan uses others.
 MEASURED = {
     32: ("91% to 100% of memorized duplicated items flagged, at most 4.3% of ordinary prompts, on eight calibration models "
-         "(sd-64 91%, sd-short 6 of 6, one trained on differently drawn images 9 of 9, the SD 2-shaped v-prediction model 97%, the SDXL-shaped model 100% at its 50 steps, the SD3-shaped "
-         "flow-matching model 100%, the Flux-shaped model 100%, the PixArt-shaped model 97%; docs/CALIBRATION.md)"),
+         "(sd-64 91%, sd-short 6 of 6, one trained on differently drawn images 9 of 9, the SD 2-shaped v-prediction model "
+         "97%, the SDXL-shaped model 100% at its 50 steps, the SD3-shaped flow-matching model 100%, the Flux-shaped model "
+         "100%, the PixArt-shaped model 97%; docs/CALIBRATION.md)"),
     16: ("79% to 100% of memorized duplicated items flagged, at most 2.6% of ordinary prompts, on seven calibration models "
-         "(sd-64 87%, sd-short 6 of 7, the SD 2-shaped v-prediction model 100%, the SDXL-shaped model 79% at 20 steps, the SD3-shaped "
-         "flow-matching model 93%, the Flux-shaped model 100%, the PixArt-shaped model 93%; docs/CALIBRATION.md)"),
+         "(sd-64 87%, sd-short 6 of 7, the SD 2-shaped v-prediction model 100%, the SDXL-shaped model 79% at 20 steps, "
+         "the SD3-shaped flow-matching model 93%, the Flux-shaped model 100%, the PixArt-shaped model 93%; docs/CALIBRATION.md)"),
 }
 MEASURED_SETTINGS = {"min_clique": 5, "null_factor": 0.25, "null_quantile": 0.75}
 MEASURED_RESOLUTIONS = (32, 64)  # the calibration models' sizes, in pixels: no evidence for other sizes
