@@ -179,7 +179,7 @@ def scan(
     config: Optional[Path] = typer.Option(None, help="TOML configuration; flags given here override it."),
     samples_per_prompt: Optional[int] = typer.Option(None, help="Generations per prompt (default: the model family's: 32 for a text-to-image model; an unconditional model's whole sample, 256 on the demo's, 4096 above 64 px)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per sampling batch (default: 32)."),
-    num_inference_steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model family's at its resolution, with its source in the run: 20 on the demo, the pipeline's 50 on a released SD or SDXL)."),
+    num_inference_steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model family's at its resolution, with its source in the run: 20 on the demo, 50 on a demo-sized SDXL (measured), the pipeline's 50 on a released SD or SDXL)."),
     guidance_scale: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (default: the model family's at its resolution: 5.0 on the demo, 7.5 on a released SD 1/2, 5.0 on SDXL)."),
     seed_base: Optional[int] = typer.Option(None, help="First seed; prompt i uses seeds base..base+N-1 (default: 0)."),
     triage_fraction: Optional[float] = typer.Option(None, "--triage", help="Mass-sample only this top fraction of prompts by the memorization detector (default: 1, all)."),
