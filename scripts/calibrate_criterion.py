@@ -262,8 +262,8 @@ def small_audits(name: str, size: int, draws: int, samples: int, prompts_only: b
     items = demo_items(per_bucket=40)
     duplicated = [r for r in items if bucket_of(r["dup_count"]) in DUPLICATED_BUCKETS]
     ordinary = [r for r in items if bucket_of(r["dup_count"]) not in DUPLICATED_BUCKETS]
-    config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=samples, batch_size=64, num_inference_steps=20,
-                                                guidance_scale=5.0))
+    # steps and guidance left to the family, as a user's scan leaves them (20 and 5 on the demo and Flux-shaped models)
+    config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=samples, batch_size=64))
     label = "audit prompts only" if prompts_only else f"audit prompts + training captions of {index.name}"
     db = RUNS / f"small-{name}-n{size}-s{samples}.duckdb"
     print(f"| {name}, {size} prompts, nulls from {label} | threshold (nulls under it) | memorized flagged | ordinary flagged |")
