@@ -3,9 +3,9 @@
     python scripts/calibrate_cluster.py [--db runs/demo.duckdb] [--out docs/CALIBRATION.md]
 
 Ground truth per scanned prompt, from the demo world: the item is *memorized* when at least
-25% of its generations are within tiled l2 0.10 of its training image (whole-image l2 0.15 is
-too loose at 32x32: getting the background right is enough to be that close); x1 members and
-non-members are the prompts that must not be flagged. For each (delta, k) the script re-clusters the stored generations (nothing is written)
+25% of its generations reproduce it (``scanner.demo.evaluate``: closer to its training image than
+to every one of 256 other drawings of its caption; until session 15, within tiled l2 0.10 of it);
+x1 members and non-members are the prompts that must not be flagged. For each (delta, k) the script re-clusters the stored generations (nothing is written)
 and reports recall on memorized items and the false-flag rate on x1 and non-member prompts.
 
 A second truth counts what an auditor counts: a prompt *emits a training image* when at least
@@ -27,7 +27,7 @@ import numpy as np
 from scanner import cluster, features
 from scanner.config import ClusterConfig
 from scanner.demo import bucket_of, decode_png, load_world
-from scanner.demo.evaluate import DUPLICATED_BUCKETS, REPRODUCED_SHARE, reproduced_share
+from scanner.demo.evaluate import DUPLICATED_BUCKETS, REPRODUCED_SHARE, CaptionDrawings, reproduced_share
 from scanner.distances import tiled_l2
 from scanner.store import Store
 
@@ -44,6 +44,7 @@ def emits_a_member(images: np.ndarray, members: np.ndarray, within: float, chunk
 
 def load_scan(db: Path, emit_within: float) -> list[dict]:
     truth = {r["item_id"]: r for r in load_world(["item_id", "dup_count", "image_png"])}
+    drawings = CaptionDrawings()
     members = np.stack([decode_png(r["image_png"]) for r in truth.values() if r["dup_count"] > 0])
     with Store(db, read_only=True) as store:
         run_id = store.execute("SELECT run_id FROM runs WHERE kind IN ('demo', 'scan') ORDER BY started_at DESC LIMIT 1")[0][0]
@@ -56,8 +57,7 @@ def load_scan(db: Path, emit_within: float) -> list[dict]:
         scanned = []
         for item_id, generations in prompts.items():
             images = np.stack([features.load_image(store.image_file(g["thumbnail_path"])) for g in generations])
-            target = decode_png(truth[item_id]["image_png"])
-            reproduced = reproduced_share(images, target)
+            reproduced = reproduced_share(drawings, images, item_id)
             embeddings = None if any(g["embedding"] is None for g in generations) else np.array([g["embedding"] for g in generations], np.float32)
             scanned.append({"item_id": item_id, "bucket": bucket_of(truth[item_id]["dup_count"]), "images": images,
                             "embeddings": embeddings, "phashes": np.array([g["phash"] for g in generations], np.uint64),

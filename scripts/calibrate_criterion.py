@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from scanner import cluster, features
 from scanner.config import ClusterConfig, MatchConfig, SamplingConfig, ScanConfig
 from scanner.demo import CALIBRATION_MODELS, bucket_of, decode_png, demo_items, load_world
-from scanner.demo.evaluate import DUPLICATED_BUCKETS, REPRODUCED_SHARE, reproduced_share
+from scanner.demo.evaluate import DUPLICATED_BUCKETS, REPRODUCED_SHARE, CaptionDrawings, reproduced_share
 from scanner.generate import Prompt
 from scanner.models.loading import load_embedder
 from scanner.mia.detectors import anchor_distances
@@ -83,7 +83,7 @@ def scan_stem(name: str, guidance: float, samples: int, steps: int = DEFAULT_STE
 
 
 def prompt_statistics(store: Store, run_id: str, world: Path) -> list[dict]:
-    truth = load_truth(world)
+    truth = CaptionDrawings(world)
     by_prompt = generations_by_prompt(store, run_id)
     ids = sorted(by_prompt)
     images = np.stack([by_prompt[p].images for p in ids])
@@ -117,17 +117,12 @@ def generations_by_prompt(store: Store, run_id: str) -> dict[str, PromptGenerati
             for prompt_id, group in grouped.items()}
 
 
-def load_truth(world: Path) -> dict[str, dict]:
-    return {r["item_id"]: r for r in load_world(["item_id", "dup_count", "image_png"], world)}
-
-
-def prompt_truth(prompt: PromptGenerations, truth: dict[str, dict]) -> dict:
+def prompt_truth(prompt: PromptGenerations, truth: CaptionDrawings) -> dict:
     """The prompt's bucket and whether its item is memorized (REPRODUCED_SHARE of these generations reproduce it)."""
     if prompt.source == NULL_SOURCE:
         return {"bucket": "null", "memorized": False}
-    item = truth[prompt.item_id]
-    return {"bucket": bucket_of(item["dup_count"]),
-            "memorized": reproduced_share(prompt.images, decode_png(item["image_png"])) >= REPRODUCED_SHARE}
+    return {"bucket": bucket_of(truth.items[prompt.item_id]["dup_count"]),
+            "memorized": reproduced_share(truth, prompt.images, prompt.item_id) >= REPRODUCED_SHARE}
 
 
 def outcome(rows: list[dict], flagged: np.ndarray) -> tuple[float, float, float]:
@@ -288,8 +283,8 @@ def small_audits(name: str, size: int, draws: int, samples: int, prompts_only: b
 def fidelity(name: str, samples: int) -> None:
     """How close the model can come to its duplicated training items at all: each item's round trip
     through the model's own autoencoder against the nearest of its prompt's generations in the stored
-    scan (tiled l2). The per-item truth (REPRODUCED_TILED_L2) is absolute; on a model whose
-    autoencoder cannot come within it, a copy is not a copy by that truth."""
+    scan (tiled l2). The per-item truth was an absolute tiled l2 of 0.10 until session 15; on a model
+    whose autoencoder cannot come within it, no copy was a copy by that truth."""
     import torch
     from diffusers import AutoencoderKL
 
@@ -330,7 +325,7 @@ def world_index(name: str, embedder):
 def mix(name: str, guidances: list[float], samples: int) -> None:
     """The default criterion on each scan alone and on their pool (the truth from the same generations)."""
     _, world = CALIBRATION_MODELS[name]
-    truth = load_truth(world)
+    truth = CaptionDrawings(world)
     scans = {}
     for guidance in guidances:
         with Store(RUNS / f"{scan_stem(name, guidance, samples)}.duckdb", read_only=True) as store:
@@ -381,6 +376,8 @@ def main() -> None:
     evaluation.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                             help="evaluate the scans stored at this many seeds per prompt")
     evaluation.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="... and this many sampling steps")
+    evaluation.add_argument("--model", choices=sorted(CALIBRATION_MODELS), nargs="+", default=list(CALIBRATION_MODELS),
+                            help="the models to evaluate (default: every model with a stored scan at these settings)")
     small = sub.add_parser("small", help="memscan's scan at its defaults on small audits of one model")
     small.add_argument("--model", choices=sorted(CALIBRATION_MODELS), required=True)
     small.add_argument("--prompts", type=int, default=3, help="audit prompts, half of them (rounded up) duplicated items")
@@ -408,7 +405,7 @@ def main() -> None:
     else:
         print("| model | threshold (nulls under it) | recall | false flags | extracted precision (judged; ambiguous) | extracted recall |")
         print("| --- | --- | --- | --- | --- | --- |")
-        for name in CALIBRATION_MODELS:
+        for name in args.model:
             if (RUNS / f"{scan_stem(name, args.guidance, args.samples, args.steps)}.duckdb").exists():
                 r = evaluate(name, args.guidance, args.samples, args.steps, ClusterConfig(), MatchConfig())
                 print(f"| {name} | {r['threshold']:.4f} ({r['nulls_flagged']} of {r['nulls']}) | {r['recall']:.2f} of "

@@ -89,7 +89,7 @@ def triage(family: str, model) -> None:
 def unconditional_extraction(family: str, model, embedder, seeds: int | None, guidance: float | None) -> None:
     """A model without text prompts: a scan at its defaults (every class of a class-conditional
     model; every generation matched against the demo index), scored against the world's truth:
-    which training images its generations reproduce (tiled l2 <= 0.10), which of them were judged
+    which training images its generations reproduce (``scanner.demo.evaluate``), which of them were judged
     extracted, and the verdict's precision."""
     from scanner.config import SamplingConfig, ScanConfig
     from scanner.demo.evaluate import score_extraction, score_unconditional

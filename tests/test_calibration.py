@@ -152,3 +152,38 @@ def test_a_scan_whose_prompts_cannot_make_null_prompts_is_refused_before_any_wor
             run_scan(store, demo_sd, [Prompt.from_text("circle")], ScanConfig(sampling=SamplingConfig(samples_per_prompt=8)),
                      show_progress=False)
         assert store.execute("SELECT count(*) FROM generations")[0][0] == 0
+
+
+def test_the_truth_tells_a_copy_of_a_drawing_at_any_fidelity_from_another_drawing_of_its_caption():
+    """The demo world's truth (scanner/demo/evaluate.py): an image reproduces an item when it is closer
+    to the item's drawing than to 256 other drawings of its caption. A blurred copy, as a blurry
+    autoencoder would give, still passes; fresh drawings of the same caption pass only by chance; a
+    generic image passes against an item found near it unless the selected test's margin is asked."""
+    from PIL import Image, ImageFilter
+
+    from scanner.demo import load_world
+    from scanner.demo.drawing import draw_object_item
+    from scanner.demo.evaluate import SIBLINGS, CaptionDrawings
+    from scanner.distances import tiled_l2
+
+    drawings = CaptionDrawings()
+    item = "obj-00030"  # an x10 item: two shapes, a layout of its own
+    image = drawings.image(item)
+    blurred = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(1.2)))
+    noisy = np.clip(image.astype(int) + np.random.default_rng(0).integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
+    # blurred and brighter, further from the drawing than the old absolute truth's 0.10 allowed
+    washed = np.clip(np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(2))).astype(int) + 30, 0, 255).astype(np.uint8)
+    assert float(tiled_l2(washed[None], image[None])[0]) > 0.12
+    assert list(drawings.ranks(np.stack([image, blurred, noisy, washed]), item)) == [0, 0, 0, 0]
+    row = drawings.items[item]
+    rng = np.random.default_rng(99)
+    fresh = np.stack([np.asarray(draw_object_item(rng, row["shape"], row["colour"], row["position"], row["count"],
+                                                  row["background"])) for _ in range(32)])
+    ranks = drawings.ranks(fresh, item)
+    assert (ranks == 0).sum() <= 2 and np.median(ranks) > SIBLINGS / 8  # chance: 1 in 257, and spread out
+    # the selected test: the blurred copy passes it against its item; a flat image of the item's
+    # background colour, nearest to some members by construction, passes against none of them
+    assert drawings.reproduces_selected(blurred, item)
+    flat = np.broadcast_to(image.reshape(-1, 3).mean(axis=0), image.shape).astype(np.uint8)
+    assert drawings.reproduced_members(flat) == set()
+    assert item in {r["item_id"] for r in load_world(["item_id", "dup_count"]) if r["dup_count"] == 10}

@@ -44,6 +44,9 @@ FINETUNE_DIR = DEMO_DIR / "finetune"
 FINETUNE_LORA = FINETUNE_DIR / "lora" / "pytorch_lora_weights.safetensors"
 FINETUNE_ITEMS = FINETUNE_DIR / "items.parquet"
 
+# the calibration world drawn otherwise (``build_demo.py --style textured``); every other world is drawn in gradients
+TEXTURED_WORLD = CALIBRATION_DIR / "world-textured.parquet"
+
 # Models of the demo world that memscan's defaults were not tuned on (docs/CALIBRATION.md): each
 # with the world it was trained on (the same items; sd-64's drawn at 64 pixels, sd-textured's drawn otherwise:
 # blotchy textures, outlined hard-edged shapes, grain).
@@ -51,7 +54,7 @@ CALIBRATION_MODELS = {
     "demo": (SD_MODEL, WORLD),
     "sd-64": (CALIBRATION_DIR / "sd-64", CALIBRATION_DIR / "world-64.parquet"),
     "sd-short": (CALIBRATION_DIR / "sd-short", WORLD),
-    "sd-textured": (CALIBRATION_DIR / "sd-textured", CALIBRATION_DIR / "world-textured.parquet"),
+    "sd-textured": (CALIBRATION_DIR / "sd-textured", TEXTURED_WORLD),
     "sd2-v": (FAMILY_MODELS["sd2-v"], WORLD),
     "sdxl": (FAMILY_MODELS["sdxl"], WORLD),
     "sd3": (FAMILY_MODELS["sd3"], WORLD),
@@ -61,6 +64,11 @@ CALIBRATION_MODELS = {
 
 # duplication buckets the demo reports on, named as in the duplication plan
 BUCKETS = ("x200", "x50", "x10", "x1", "non-member")
+
+
+def world_style(world: Path) -> str:
+    """How a world's object items are drawn (``scanner.demo.drawing.draw_object_item``'s ``style``)."""
+    return "textured" if world.name == TEXTURED_WORLD.name else "gradient"
 
 
 def load_world(columns: list[str] | None = None, world: Path = WORLD) -> list[dict]:

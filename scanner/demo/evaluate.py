@@ -1,16 +1,30 @@
 """Score a demo scan against the demo world's ground truth.
 
-A prompt is *flagged* when it has a candidate cluster; its item is *reproduced* when a
-candidate's medoid is within tiled l2 0.10 of the item's training image (checked against the
-ground truth directly; whole-image l2 0.15 is too loose at 32x32, where a generation that only
-gets the background right is already that close); it is *extracted*
-when the matching stage judged a candidate ``extracted`` against a copy of that very item.
-Reported per duplication bucket.
+The truth is *identification*, not an absolute pixel distance (docs/CALIBRATION.md, session 15):
+an image *reproduces* a training item when it is closer (tiled l2) to the item's own image than
+to every one of ``SIBLINGS`` other drawings of the item's caption, drawn by the world's own drawing
+code with fresh random draws (``CaptionDrawings``). A caption alone does not fix its image (each
+drawing has its own layout, sizes, angles and background), so only an image that carries this
+drawing's particulars passes, at any model's fidelity; an image that merely draws the caption passes
+by chance once in ``SIBLINGS + 1``, when the item was fixed before looking at the image (the
+prompt's own item). An item *chosen because it is near the image* (a member the image lands near,
+found by searching) passes that test far more often by chance: a generic image lies near the typical
+drawing of many captions, and the member it is nearest to is one drawn typically (a fifth of the
+demo's non-member generations pass against some other nearest member). Such a *selected* item must
+also be at most half as far as the median other drawing (``SELECTED_MARGIN``; under 1% of
+non-member generations pass). An absolute threshold (tiled l2 0.10, until session 14) was a
+constant of the demo's own autoencoder: on a blurrier or differently drawn model no generation could
+meet it, copies or not.
 
-The memorization criterion is scored against a per-item truth (issue 3): an item is
-*memorized* when at least 25% of its prompt's generations are within tiled l2 0.10 of its
-training image; recall counts flagged prompts among memorized x200/x50/x10 items, false flags
-among the x1 and non-member prompts whose item is not memorized.
+A prompt is *flagged* when it has a candidate cluster; its item is *reproduced* when a candidate's
+medoid reproduces it, *extracted* when the matching stage judged a candidate ``extracted`` against
+that very item. Reported per duplication bucket.
+
+The memorization criterion is scored against a per-item truth (issue 3): an item is *memorized*
+when at least 25% of its prompt's generations reproduce it; recall counts flagged prompts among
+memorized x200/x50/x10 items, false flags among the x1 and non-member prompts whose item is not
+memorized (a prompt that collapses onto a neighbouring caption's memorized image counts as a false
+flag here, though an auditor would want it found).
 """
 
 from __future__ import annotations
@@ -21,16 +35,79 @@ from pathlib import Path
 import numpy as np
 
 from scanner import features
-from scanner.demo import BUCKETS, WORLD, bucket_of, decode_png, load_world, world_item_of
+from scanner.demo import BUCKETS, WORLD, bucket_of, decode_png, load_world, world_item_of, world_style
+from scanner.demo.drawing import draw_object_item
 from scanner.distances import tiled_l2
 from scanner.store import Store
 
-REPRODUCED_TILED_L2 = 0.10
-# an extraction verdict is wrong only when the generation is clearly not a copy of the item: further
-# than this (Carlini et al.'s l2 bound for a copy); between the two it is counted as ambiguous
-NOT_A_COPY_TILED_L2 = 0.15
+SIBLINGS = 256  # other drawings of an item's caption an image is ranked against: chance passes 1 in 257
+# an ``extracted`` verdict is wrong when the image is no closer to the item than half of its caption's
+# other drawings are: it draws the caption, not this drawing; between the two it is ambiguous
+NOT_A_COPY_RANK = SIBLINGS // 2
+SELECTED_MARGIN = 0.5  # a selected item: at most this fraction of the median distance to its caption's other drawings
+DRAWING_SEED = 15  # the other drawings' random draws (the world was drawn from another seed)
+NEAREST_TESTED = 5  # the members nearest to an image (tiled l2) that it is tested against
 REPRODUCED_SHARE = 0.25
 DUPLICATED_BUCKETS = ("x200", "x50", "x10")
+
+
+class CaptionDrawings:
+    """A world's object items and, drawn on first use, ``SIBLINGS`` other drawings of each item's
+    caption: the reference against which an image is said to reproduce an item."""
+
+    def __init__(self, world: Path = WORLD):
+        rows = load_world(["item_id", "sd_train", "dup_count", "shape", "colour", "position", "count", "background",
+                           "image_png"], world)
+        self.items = {r["item_id"]: r for r in rows if r["shape"] is not None}
+        self.style = world_style(world)
+        self._images: dict[str, np.ndarray] = {}
+        self._drawings: dict[str, np.ndarray] = {}
+        self.members = [item for item, r in self.items.items() if r["sd_train"]]
+        self._member_images: np.ndarray | None = None
+
+    def image(self, item_id: str) -> np.ndarray:
+        if item_id not in self._images:
+            self._images[item_id] = decode_png(self.items[item_id]["image_png"])
+        return self._images[item_id]
+
+    def member_images(self) -> np.ndarray:
+        if self._member_images is None:
+            self._member_images = np.stack([self.image(item) for item in self.members])
+        return self._member_images
+
+    def drawings(self, item_id: str) -> np.ndarray:
+        if item_id not in self._drawings:
+            r = self.items[item_id]
+            rng = np.random.default_rng([DRAWING_SEED, int(item_id.removeprefix("obj-"))])
+            size = self.image(item_id).shape[0]
+            self._drawings[item_id] = np.stack([
+                np.asarray(draw_object_item(rng, r["shape"], r["colour"], r["position"], r["count"], r["background"],
+                                            size, self.style)) for _ in range(SIBLINGS)])
+        return self._drawings[item_id]
+
+    def ranks(self, images: np.ndarray, item_id: str) -> np.ndarray:
+        """For each image, how many other drawings of the item's caption are at least as close to it as
+        the item's own image: 0 when it reproduces this drawing (``SIBLINGS`` for an item without a caption's
+        drawing, such as an identity image)."""
+        if item_id not in self.items:
+            return np.full(len(images), SIBLINGS)
+        own = tiled_l2(images, np.broadcast_to(self.image(item_id), images.shape))
+        others = self.drawings(item_id)
+        return np.array([int((tiled_l2(image[None], others) <= distance).sum()) for image, distance in zip(images, own)])
+
+    def reproduces_selected(self, image: np.ndarray, item_id: str) -> bool:
+        """The test for an item chosen because it is near the image: closer than every other drawing of
+        its caption, and at most SELECTED_MARGIN of the median one's distance."""
+        if item_id not in self.items:
+            return False
+        own = float(tiled_l2(image[None], self.image(item_id)[None])[0])
+        others = tiled_l2(image[None], self.drawings(item_id))
+        return bool(own < others.min() and own <= SELECTED_MARGIN * float(np.median(others)))
+
+    def reproduced_members(self, image: np.ndarray) -> set[str]:
+        """The members an image reproduces among the ``NEAREST_TESTED`` nearest to it (selected items)."""
+        nearest = np.argsort(tiled_l2(image[None], self.member_images()), kind="stable")[:NEAREST_TESTED]
+        return {self.members[i] for i in nearest if self.reproduces_selected(image, self.members[i])}
 
 
 @dataclass(frozen=True)
@@ -43,7 +120,7 @@ class BucketScore:
 
 
 def score_demo_run(store: Store, run_id: str, world: Path = WORLD) -> list[BucketScore]:
-    truth = {r["item_id"]: r for r in load_world(["item_id", "dup_count", "image_png"], world)}
+    drawings = CaptionDrawings(world)
     prompts = store.query("SELECT prompt_id, source_item_id FROM prompts WHERE run_id = ?", [run_id]).to_pylist()
     medoids = store.query(
         "SELECT c.prompt_id, g.image_path FROM candidates c JOIN clusters cl USING (run_id, cluster_id) "
@@ -60,23 +137,23 @@ def score_demo_run(store: Store, run_id: str, world: Path = WORLD) -> list[Bucke
         medoids_of.setdefault(row["prompt_id"], []).append(row["image_path"])
     totals = {bucket: [0, 0, 0, 0] for bucket in BUCKETS}
     for prompt in prompts:
-        item = truth.get(prompt["source_item_id"])
-        if item is None:
+        item_id = prompt["source_item_id"]
+        if item_id not in drawings.items:
             continue
-        counts = totals[bucket_of(item["dup_count"])]
+        counts = totals[bucket_of(drawings.items[item_id]["dup_count"])]
         counts[0] += 1
         paths = medoids_of.get(prompt["prompt_id"], [])
         counts[1] += bool(paths)
-        training_image = decode_png(item["image_png"])
-        counts[2] += any(float(tiled_l2(features.load_image(store.image_file(p)), training_image)) <= REPRODUCED_TILED_L2
-                         for p in paths)
-        counts[3] += prompt["source_item_id"] in extracted_of.get(prompt["prompt_id"], set())
+        if paths:
+            images = np.stack([features.load_image(store.image_file(p)) for p in paths])
+            counts[2] += bool((drawings.ranks(images, item_id) == 0).any())
+        counts[3] += item_id in extracted_of.get(prompt["prompt_id"], set())
     return [BucketScore(bucket, *totals[bucket]) for bucket in BUCKETS if totals[bucket][0]]
 
 
-def reproduced_share(images: np.ndarray, target: np.ndarray) -> float:
-    """The share of a prompt's generations within REPRODUCED_TILED_L2 of its item's training image."""
-    return float(np.mean(tiled_l2(images, np.broadcast_to(target, images.shape)) <= REPRODUCED_TILED_L2))
+def reproduced_share(drawings: CaptionDrawings, images: np.ndarray, item_id: str) -> float:
+    """The share of a prompt's generations that reproduce its item."""
+    return float(np.mean(drawings.ranks(images, item_id) == 0))
 
 
 @dataclass(frozen=True)
@@ -98,24 +175,24 @@ class CriterionScore:
 def score_criterion(store: Store, run_id: str, world: Path = WORLD) -> CriterionScore:
     """Recall and false flags of a scan's candidates against the per-item memorization truth
     (null prompts, which have no item, are not counted here)."""
-    truth = {r["item_id"]: r for r in load_world(["item_id", "dup_count", "image_png"], world)}
+    drawings = CaptionDrawings(world)
     rows = store.query("SELECT p.source_item_id, g.thumbnail_path, c.prompt_id IS NOT NULL AS flagged FROM generations g "
                        "JOIN prompts p USING (run_id, prompt_id) LEFT JOIN (SELECT DISTINCT run_id, prompt_id FROM candidates) c "
                        "USING (run_id, prompt_id) WHERE g.run_id = ? AND g.status = 'ok'", [run_id]).to_pylist()
     by_item: dict[str, list[dict]] = {}
     for row in rows:
-        if row["source_item_id"] in truth:
+        if row["source_item_id"] in drawings.items:
             by_item.setdefault(row["source_item_id"], []).append(row)
     counts = [0, 0, 0, 0]
     for item_id, generations in by_item.items():
-        item = truth[item_id]
+        dup_count = drawings.items[item_id]["dup_count"]
         images = np.stack([features.load_image(store.image_file(g["thumbnail_path"])) for g in generations])
-        memorized = reproduced_share(images, decode_png(item["image_png"])) >= REPRODUCED_SHARE
+        memorized = reproduced_share(drawings, images, item_id) >= REPRODUCED_SHARE
         flagged = generations[0]["flagged"]
-        if memorized and bucket_of(item["dup_count"]) in DUPLICATED_BUCKETS:
+        if memorized and bucket_of(dup_count) in DUPLICATED_BUCKETS:
             counts[0] += 1
             counts[1] += flagged
-        elif not memorized and item["dup_count"] <= 1:
+        elif not memorized and dup_count <= 1:
             counts[2] += 1
             counts[3] += flagged
     return CriterionScore(*counts)
@@ -124,9 +201,9 @@ def score_criterion(store: Store, run_id: str, world: Path = WORLD) -> Criterion
 @dataclass(frozen=True)
 class ExtractionScore:
     judged: int        # (candidate, item) pairs the matching stage judged extracted
-    correct: int       # ... whose candidate medoid reproduces that item's training image (REPRODUCED_TILED_L2)
-    wrong: int         # ... whose medoid is clearly not a copy of it (NOT_A_COPY_TILED_L2); the rest are ambiguous
-    reproducing: int   # candidates whose medoid reproduces a training image (its prompt's item or another)
+    correct: int       # ... whose candidate medoid reproduces that item
+    wrong: int         # ... whose medoid is no closer to it than half its caption's other drawings; the rest are ambiguous
+    reproducing: int   # candidates whose medoid reproduces a member (its prompt's item or another)
     found: int         # ... judged extracted against an item it reproduces
 
     @property
@@ -143,43 +220,48 @@ class ExtractionScore:
 
 
 def score_extraction(store: Store, run_id: str, world: Path = WORLD) -> ExtractionScore:
-    """Precision and recall of the ``extracted`` verdict: a verdict is right when the candidate's
-    medoid is within REPRODUCED_TILED_L2 of the judged item's training image, wrong when it is
-    further than NOT_A_COPY_TILED_L2, ambiguous between (counted, in neither)."""
-    world_rows = load_world(["item_id", "sd_train", "image_png"], world)
-    images = {r["item_id"]: decode_png(r["image_png"]) for r in world_rows}
-    members = [r["item_id"] for r in world_rows if r["sd_train"]]
-    member_images = np.stack([images[item] for item in members])
+    """Precision and recall of the ``extracted`` verdict. A verdict is right when the candidate's medoid
+    reproduces the judged item (its prompt's own item by the plain test, another by the selected one),
+    wrong when at least NOT_A_COPY_RANK of the item's caption's other drawings are as close to it,
+    ambiguous otherwise (counted, in neither). Recall counts the candidates whose medoid reproduces
+    its prompt's item or, by the selected test, a member near it."""
+    drawings = CaptionDrawings(world)
     medoids = store.query(
-        "SELECT c.candidate_id, g.thumbnail_path FROM candidates c JOIN clusters cl USING (run_id, cluster_id) "
+        "SELECT c.candidate_id, p.source_item_id, g.thumbnail_path FROM candidates c "
+        "JOIN clusters cl USING (run_id, cluster_id) JOIN prompts p ON p.run_id = c.run_id AND p.prompt_id = c.prompt_id "
         "JOIN generations g ON g.run_id = cl.run_id AND g.generation_id = cl.medoid_generation_id WHERE c.run_id = ?",
         [run_id]).to_pylist()
     judged = store.query("SELECT candidate_id, item_id FROM matches WHERE run_id = ? AND verdict = 'extracted'",
                          [run_id]).to_pylist()
     medoid_of = {m["candidate_id"]: features.load_image(store.image_file(m["thumbnail_path"])) for m in medoids}
+    own_item = {m["candidate_id"]: m["source_item_id"] for m in medoids}
 
-    def distance(candidate_id: str, item_id: str | None) -> float:
-        return float(tiled_l2(medoid_of[candidate_id], images[item_id])) if item_id in images else float("inf")
+    def reproduces(candidate_id: str, item_id: str) -> bool:
+        image = medoid_of[candidate_id]
+        if item_id == own_item[candidate_id]:
+            return bool(drawings.ranks(image[None], item_id)[0] == 0)
+        return drawings.reproduces_selected(image, item_id)
 
     extracted = {(j["candidate_id"], world_item_of(j["item_id"])) for j in judged}
-    reproduced = {c: {members[i] for i in np.flatnonzero(tiled_l2(medoid_of[c][None], member_images) <= REPRODUCED_TILED_L2)}
-                  for c in medoid_of}
+    right = sum(reproduces(c, item) for c, item in extracted)
+    wrong = sum(int(drawings.ranks(medoid_of[c][None], item)[0]) >= NOT_A_COPY_RANK for c, item in extracted)
+    reproduced = {c: {item for item in drawings.reproduced_members(image) | {own_item[c]} if reproduces(c, item)}
+                  for c, image in medoid_of.items()}
     reproducing = [c for c, items in reproduced.items() if items]
-    return ExtractionScore(len(extracted), sum(distance(c, i) <= REPRODUCED_TILED_L2 for c, i in extracted),
-                           sum(distance(c, i) > NOT_A_COPY_TILED_L2 for c, i in extracted), len(reproducing),
+    return ExtractionScore(len(extracted), right, wrong, len(reproducing),
                            sum(any((c, item) in extracted for item in reproduced[c]) for c in reproducing))
 
 
 @dataclass(frozen=True)
 class UnconditionalScore:
     """Extraction from a model without prompts, item by item: which training images its
-    generations reproduce (within REPRODUCED_TILED_L2), and which of them were found. An x1 image
-    "reproduced" once is mostly chance: the demo world's images are few shapes on plain
-    backgrounds, so a new composition lands that near one of a thousand single-copy members; so
-    recall counts the duplicated items (x200, x50, x10), as the criterion's recall does."""
+    generations reproduce (by the selected test: without prompts every item is found by searching),
+    and which of them were found. Recall counts the duplicated items (x200, x50, x10), as the
+    criterion's recall does: an x1 image reproduced once or twice among hundreds of generations may
+    be the chance the test allows."""
 
     generations: int
-    reproduced: dict[str, int]   # item -> generations within REPRODUCED_TILED_L2 of its training image
+    reproduced: dict[str, int]   # item -> generations that reproduce it
     buckets: dict[str, str]      # item -> its duplication bucket
     extracted: set[str]          # items a candidate was judged ``extracted`` against
 
@@ -199,17 +281,16 @@ class UnconditionalScore:
 
 
 def score_unconditional(store: Store, run_id: str, world: Path = WORLD) -> UnconditionalScore:
-    """Every generation of a scan of a model without prompts against every member's training
-    image; the items its candidates were judged extracted against (``score_extraction`` gives
-    the verdict's precision)."""
-    world_rows = [r for r in load_world(["item_id", "sd_train", "dup_count", "image_png"], world) if r["sd_train"]]
-    member_images = np.stack([decode_png(r["image_png"]) for r in world_rows])
+    """Every generation of a scan of a model without prompts against the members nearest to it;
+    the items its candidates were judged extracted against (``score_extraction`` gives the
+    verdict's precision)."""
+    drawings = CaptionDrawings(world)
     paths = [p for (p,) in store.execute("SELECT thumbnail_path FROM generations WHERE run_id = ? AND status = 'ok'", [run_id])]
     reproduced: dict[str, int] = {}
     for path in paths:
-        image = features.load_image(store.image_file(path))
-        for i in np.flatnonzero(tiled_l2(image[None], member_images) <= REPRODUCED_TILED_L2):
-            reproduced[world_rows[i]["item_id"]] = reproduced.get(world_rows[i]["item_id"], 0) + 1
+        for item in drawings.reproduced_members(features.load_image(store.image_file(path))):
+            reproduced[item] = reproduced.get(item, 0) + 1
     extracted = {world_item_of(item) for (item,) in store.execute(
         "SELECT DISTINCT item_id FROM matches WHERE run_id = ? AND verdict = 'extracted'", [run_id])}
-    return UnconditionalScore(len(paths), reproduced, {r["item_id"]: bucket_of(r["dup_count"]) for r in world_rows}, extracted)
+    return UnconditionalScore(len(paths), reproduced,
+                              {item: bucket_of(drawings.items[item]["dup_count"]) for item in drawings.members}, extracted)
