@@ -189,17 +189,25 @@ class MatchConfig:
 
     k: int = 10                 # CLIP neighbours proposed per generation, beyond the anchor set
     max_hamming: int = 10       # pHash neighbours proposed per generation
-    # a generation's tiled l2 to a training item relative to the item's spacing (its tiled l2 to the
-    # nearest other distinct training image): extracted at or below extraction_ratio (with anchored l2 < 1)
-    # tuned on the demo model (the largest ratio with no wrong verdict there) and measured on the
-    # calibration models (docs/CALIBRATION.md)
-    extraction_ratio: float = 0.35
-    similar_ratio: float = 0.7  # noise is at 0.84 to 1.0: as far from an item as its neighbours are
+    # extracted: the generation is closer to the training item than the item's 50 nearest other distinct
+    # training images are on average (its tiled l2 to the item over the item's spacing at most
+    # extraction_ratio), and the item is its nearest distinct training image (within nearest_margin of the
+    # nearest's tiled l2, so that equally close twins are named together). Measured on nine calibration
+    # models against the identification truth (docs/CALIBRATION.md, session 15): at 1.0 one wrong verdict
+    # (sd-short, at 0.94), at 0.9 none on any model
+    extraction_ratio: float = 0.9
+    nearest_margin: float = 1.1
+    # ... and the generation is clearly nearer the item than the rest of the training set: its tiled l2
+    # to the item at most this fraction of its mean tiled l2 to its anchor_n nearest distinct training
+    # images (anchored tiled l2; an image far from everything, such as noise, is at 0.96 to 0.97 of it)
+    anchored_tiled_ratio: float = 0.9
+    similar_ratio: float = 1.2  # images that are clearly not copies lie at 1.0 to 1.8 (median 1.14 to 1.47)
     spacing_n: int = 50         # the item's spacing: mean tiled l2 to this many nearest other distinct images
+    spacing_search: int = 1000  # CLIP neighbours of the item among which those nearest are found
     anchor_n: int = 50
     anchor_alpha: float = 0.5
     tiles: int = 4
-    keep: int = 5               # matches stored per candidate: the closest distinct items
+    keep: int = 5               # matches stored per candidate: the closest distinct items (tiled l2)
 
     def __post_init__(self) -> None:
         require_int("k", self.k, 1)
@@ -208,6 +216,9 @@ class MatchConfig:
         require_number("similar_ratio", self.similar_ratio, 0, low_open=True)
         require_int("anchor_n", self.anchor_n, 1)
         require_int("spacing_n", self.spacing_n, 1)
+        require_int("spacing_search", self.spacing_search, 1)
+        require_number("nearest_margin", self.nearest_margin, 1)
+        require_number("anchored_tiled_ratio", self.anchored_tiled_ratio, 0, low_open=True)
         require_number("anchor_alpha", self.anchor_alpha, 0, low_open=True)
         require_int("tiles", self.tiles, 1)
         require_int("keep", self.keep, 1)

@@ -22,7 +22,7 @@ import pyarrow as pa
 from scanner.errors import MemscanError, input_error, make_folder
 from scanner.inputs import inside
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STORAGE_COMPATIBILITY = "v1.1.0"
 
 # Every connection memscan opens reaches only its own database: no file, URL or other database
@@ -116,6 +116,7 @@ _TABLES = {
         anchor VARCHAR,
         item_spacing DOUBLE,
         relative_tiled_l2 DOUBLE,
+        anchored_tiled_l2 DOUBLE,
         phash_hamming INTEGER,
         clip_cosine DOUBLE,
         verdict VARCHAR NOT NULL CHECK (verdict IN ('extracted', 'similar', 'none')),
@@ -163,6 +164,7 @@ _DERIVED = {"clusters": "", "cluster_members": "", "candidates": "", "matches": 
 # Statements that take a database from version N to N + 1 (the findings view is rebuilt after them).
 _MIGRATIONS = {
     1: ["ALTER TABLE matches ADD COLUMN item_spacing DOUBLE", "ALTER TABLE matches ADD COLUMN relative_tiled_l2 DOUBLE"],
+    2: ["ALTER TABLE matches ADD COLUMN anchored_tiled_l2 DOUBLE"],
 }
 
 # The view a user queries first: one row per candidate, with its best training-item match if any.

@@ -23,10 +23,12 @@ MODEL = "sd-64"
 
 @pytest.mark.slow
 def test_the_calibrated_defaults_find_what_the_demo_tuned_threshold_misses(tmp_path, demo_clip):
-    """Measured at full scale (docs/CALIBRATION.md, session 12): recall 0.87 of 23 memorized items,
-    no false flag among 75 ordinary prompts, `extracted` precision 1.00 and recall 0.68; the old
-    fixed threshold 0.02 at 8 of 16 found 0.52. Issue 18's goal (recall 0.9) is not met on this
-    model yet: the bounds here guard what holds, at a scale CI affords."""
+    """Measured at full scale (docs/CALIBRATION.md, session 15, by the truth that counts an item memorized
+    when a quarter of its generations reproduce its particular drawing): at 16 seeds, recall 0.59 of 22
+    memorized items, 1 false flag among 80 ordinary prompts, `extracted` precision 1.00 and recall 1.00
+    of 13; at this scale (measured) 9 of 16 flagged against 5 by the demo-tuned threshold, 1 of 12
+    ordinary prompts, `extracted` 10 of 10, none wrong. Issue 18's recall goal (0.9) is not met on this
+    model: the bounds guard what holds, at a scale CI affords."""
     model_dir, world = CALIBRATION_MODELS[MODEL]
     prompts = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"])
                for r in demo_items(per_bucket=6)]  # every x200 and x50 item, 6 each of x10, x1 and non-members
@@ -43,6 +45,7 @@ def test_the_calibrated_defaults_find_what_the_demo_tuned_threshold_misses(tmp_p
         demo_tuned = score_criterion(store, result.run_id, world)
     print(calibrated, extraction, demo_tuned, statement)
     assert statement.calibrated and statement.nulls == 16
-    assert calibrated.memorized >= 15 and calibrated.recall >= 0.75 and calibrated.recall > demo_tuned.recall + 0.15
-    assert calibrated.unmemorized >= 8 and calibrated.false_flag_rate <= 0.05
-    assert extraction.judged >= 5 and extraction.precision == 1.0 and extraction.recall >= 0.6
+    assert calibrated.memorized >= 12 and calibrated.recall >= 0.5 and calibrated.recall > demo_tuned.recall
+    # one false flag among the 12 ordinary prompts here (measured; 1 of 80 at full scale)
+    assert calibrated.unmemorized >= 8 and calibrated.unmemorized_flagged <= 1
+    assert extraction.judged >= 5 and extraction.precision == 1.0 and extraction.recall >= 0.9

@@ -117,11 +117,13 @@ def test_ivf_pq_recall_is_measured_against_exact_search():
     assert exact_info["kind"] == "Flat" and truth[:, 0].tolist() == [0, 1, 2, 3, 4]
 
 
-def test_match_verdicts_see_past_duplicates(tmp_path, world_rows, demo_clip):
+def test_match_verdicts_see_past_duplicates(tmp_path, demo_clip):
     from scanner.config import MatchConfig
     from scanner.features import perceptual_hashes
     from scanner.match import match_image
 
+    # more distinct images than the spacing's and the anchor's 50 neighbours: a neighbourhood, not the whole set
+    world_rows = [r for r in load_world(["item_id", "caption", "image_png", "kind"]) if r["kind"] == "object"][:120]
     root = tmp_path / "ix"
     build_index(write_folder(tmp_path / "train", world_rows, copies={world_rows[0]["item_id"]: 30}), "m", demo_clip,
                 IndexConfig(thumbnail_size=32), root=root)
@@ -138,7 +140,8 @@ def test_match_verdicts_see_past_duplicates(tmp_path, world_rows, demo_clip):
     assert best["l2"] < 0.05 and best["anchored_l2"] < 0.5 and best["anchor"] == "generation:distinct-nearest"
     # judged relative to the item's spacing: its 29 other copies are not its neighbours, other items are
     assert best["item_spacing"] > 0.1 and best["relative_tiled_l2"] == pytest.approx(best["tiled_l2"] / best["item_spacing"])
-    assert best["relative_tiled_l2"] <= MatchConfig().extraction_ratio
+    assert best["relative_tiled_l2"] <= MatchConfig().extraction_ratio and best["anchored_tiled_l2"] <= MatchConfig().anchored_tiled_ratio
+    assert all(m["verdict"] != "extracted" for m in judge(noisy)[1:])  # a copy of one item, not of its look-alikes
     # the 30 copies collapse into one distinct image: the other matches are other items
     assert len({m["item_id"].split("--")[0] for m in judge(noisy)}) == len(judge(noisy))
     noise = np.random.default_rng(1).integers(0, 256, copy.shape, dtype=np.uint8)

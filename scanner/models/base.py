@@ -40,8 +40,9 @@ class FamilyDefaults:
     guidance_scale: float
     loss_timesteps: tuple[int, ...]   # the noise levels of the loss and CLiD (training scale, 0-1000)
     source: str
-    # seeds per prompt for a text-to-image family: 32, measured on the eight calibration models (where 16 fell short of
-    # 90% recall, 0.79-0.87 -> 0.89-1.00; false flags at most 4.3%; docs/CALIBRATION.md). An unconditional model has
+    # seeds per prompt for a text-to-image family: 32, measured on the calibration models (session 13: where 16 fell
+    # short of 90% recall, 0.79-0.87 -> 0.89-1.00; session 15's stricter truth: sd-64 0.59 at 16 -> 0.67 at 32, the
+    # demo 0.92 at both; docs/CALIBRATION.md). An unconditional model has
     # one "prompt", so its whole sample is these seeds
     samples_per_prompt: int = 32
 
