@@ -292,8 +292,9 @@ def test_a_flux_transformer_file_loads_with_its_config_folders_encoders_and_auto
     save_file({k: v.contiguous() for k, v in model.pipeline.transformer.state_dict().items()}, str(path))
     single = load_model(path, device="cpu", single_file_config=FAMILY_MODELS["flux"])
     prompt = ["three green stars at the top on a navy background"]
-    np.testing.assert_array_equal(single.generate(prompt, [5], num_inference_steps=4),
-                                  model.generate(prompt, [5], num_inference_steps=4))
+    # the same weights: equal up to float32 rounding (the loaded copy's memory layout may take other kernels)
+    np.testing.assert_allclose(single.generate(prompt, [5], num_inference_steps=4),
+                               model.generate(prompt, [5], num_inference_steps=4), atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["pixart", "dit", "ddpm"])
