@@ -167,7 +167,9 @@ class CriterionStatement:
         if found_nothing:
             out.append("No prompt met it. That does not show that nothing is memorized: only these prompts and seeds were "
                        "tried, and a memorized image that shows in fewer than "
-                       f"{self.min_clique} of {self.generations_per_prompt} generations is not flagged.")
+                       f"{self.min_clique} of {self.generations_per_prompt} generations is not flagged, nor is a memorized "
+                       "composition that the model redraws a little otherwise each time, so that no clique forms (on the "
+                       "calibration models, up to a third of the memorized items: docs/CALIBRATION.md).")
         return out
 
 

@@ -162,6 +162,8 @@ class CriterionScore:
     memorized_flagged: int
     unmemorized: int          # x1 and non-member prompts whose item is not memorized
     unmemorized_flagged: int
+    memorized_confirmed: int = 0    # ... flagged with a candidate judged extracted against some training item
+    unmemorized_confirmed: int = 0
 
     @property
     def recall(self) -> float:
@@ -176,26 +178,31 @@ def score_criterion(store: Store, run_id: str, world: Path = WORLD) -> Criterion
     """Recall and false flags of a scan's candidates against the per-item memorization truth
     (null prompts, which have no item, are not counted here)."""
     drawings = CaptionDrawings(world)
-    rows = store.query("SELECT p.source_item_id, g.thumbnail_path, c.prompt_id IS NOT NULL AS flagged FROM generations g "
-                       "JOIN prompts p USING (run_id, prompt_id) LEFT JOIN (SELECT DISTINCT run_id, prompt_id FROM candidates) c "
+    rows = store.query("SELECT p.source_item_id, g.thumbnail_path, c.prompt_id IS NOT NULL AS flagged, "
+                       "coalesce(c.confirmed, false) AS confirmed FROM generations g JOIN prompts p USING (run_id, prompt_id) "
+                       "LEFT JOIN (SELECT c.run_id, c.prompt_id, bool_or(m.verdict = 'extracted') AS confirmed FROM candidates c "
+                       "LEFT JOIN matches m USING (run_id, candidate_id) GROUP BY c.run_id, c.prompt_id) c "
                        "USING (run_id, prompt_id) WHERE g.run_id = ? AND g.status = 'ok'", [run_id]).to_pylist()
     by_item: dict[str, list[dict]] = {}
     for row in rows:
         if row["source_item_id"] in drawings.items:
             by_item.setdefault(row["source_item_id"], []).append(row)
-    counts = [0, 0, 0, 0]
+    counts = dict.fromkeys(("memorized", "memorized_flagged", "unmemorized", "unmemorized_flagged", "memorized_confirmed",
+                            "unmemorized_confirmed"), 0)
     for item_id, generations in by_item.items():
         dup_count = drawings.items[item_id]["dup_count"]
         images = np.stack([features.load_image(store.image_file(g["thumbnail_path"])) for g in generations])
         memorized = reproduced_share(drawings, images, item_id) >= REPRODUCED_SHARE
-        flagged = generations[0]["flagged"]
         if memorized and bucket_of(dup_count) in DUPLICATED_BUCKETS:
-            counts[0] += 1
-            counts[1] += flagged
+            kind = "memorized"
         elif not memorized and dup_count <= 1:
-            counts[2] += 1
-            counts[3] += flagged
-    return CriterionScore(*counts)
+            kind = "unmemorized"
+        else:
+            continue
+        counts[kind] += 1
+        counts[f"{kind}_flagged"] += generations[0]["flagged"]
+        counts[f"{kind}_confirmed"] += generations[0]["confirmed"]
+    return CriterionScore(**counts)
 
 
 @dataclass(frozen=True)
