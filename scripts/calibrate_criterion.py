@@ -235,8 +235,7 @@ def evaluate(name: str, guidance: float, samples: int, steps: int, config: Clust
             "SELECT m.candidate_id, m.item_id, m.relative_tiled_l2, m.anchored_l2, m.tiled_l2, m.item_spacing, m.verdict "
             "FROM matches m WHERE m.run_id = ?", [run_id]).to_pylist()
     return {"model": name, "recall": criterion.recall, "memorized": criterion.memorized,
-            "confirmed_recall": criterion.memorized_confirmed / max(1, criterion.memorized),
-            "confirmed_false_flags": criterion.unmemorized_confirmed / max(1, criterion.unmemorized),
+            "flagged": criterion.unmemorized_flagged, "leaking": criterion.unmemorized_leaking,
             "false_flags": criterion.false_flag_rate, "unmemorized": criterion.unmemorized,
             "threshold": statement.threshold, "nulls_flagged": statement.nulls_flagged, "nulls": statement.nulls,
             "extracted_precision": extraction.precision, "extracted_recall": extraction.recall,
@@ -405,15 +404,15 @@ def main() -> None:
     elif args.command == "compare":
         compare(sorted(RUNS.glob("criterion-*.parquet")), args.tuned_on)
     else:
-        print("| model | threshold (nulls under it) | recall | false flags | recall, confirmed | false flags, confirmed | "
-              "extracted precision (judged; ambiguous) | extracted recall |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| model | threshold (nulls under it) | recall | false flags (flagged; of them leaking) | extracted precision "
+              "(judged; ambiguous) | extracted recall |")
+        print("| --- | --- | --- | --- | --- | --- |")
         for name in args.model:
             if (RUNS / f"{scan_stem(name, args.guidance, args.samples, args.steps)}.duckdb").exists():
                 r = evaluate(name, args.guidance, args.samples, args.steps, ClusterConfig(), MatchConfig())
                 print(f"| {name} | {r['threshold']:.4f} ({r['nulls_flagged']} of {r['nulls']}) | {r['recall']:.2f} of "
-                      f"{r['memorized']} | {r['false_flags']:.3f} of {r['unmemorized']} | {r['confirmed_recall']:.2f} | "
-                      f"{r['confirmed_false_flags']:.3f} | {r['extracted_precision']:.2f} ({r['judged_extracted']}; "
+                      f"{r['memorized']} | {r['false_flags']:.3f} of {r['unmemorized']} ({r['flagged']}; {r['leaking']}) | "
+                      f"{r['extracted_precision']:.2f} ({r['judged_extracted']}; "
                       f"{r['ambiguous']}) | {r['extracted_recall']:.2f} of {r['reproducing']} |", flush=True)
 
 

@@ -187,3 +187,41 @@ def test_the_truth_tells_a_copy_of_a_drawing_at_any_fidelity_from_another_drawin
     flat = np.broadcast_to(image.reshape(-1, 3).mean(axis=0), image.shape).astype(np.uint8)
     assert drawings.reproduced_members(flat) == set()
     assert item in {r["item_id"] for r in load_world(["item_id", "dup_count"]) if r["dup_count"] == 10}
+
+
+def test_a_flagged_prompt_that_makes_the_model_emit_another_members_image_is_leakage_not_a_false_flag(tmp_path):
+    """The criterion's truth scores a prompt by its own item; a non-member prompt flagged because its
+    generations are a member's training image (a model leaking a memorized image to a neighbouring
+    caption) is what an audit should find, and is not counted as a false flag. One that collapses
+    onto an image no member is close to still is."""
+    from PIL import Image
+
+    from scanner.demo.evaluate import CaptionDrawings, score_criterion
+    from scanner.store import Store, now
+
+    drawings = CaptionDrawings()
+    non_members = [item for item, r in drawings.items.items() if r["dup_count"] == 0 and not r["sd_train"]][:2]
+    member = next(item for item, r in drawings.items.items() if r["dup_count"] == 200)
+    member_image = drawings.image(member)
+    flat = np.broadcast_to(member_image.reshape(-1, 3).mean(axis=0), member_image.shape).astype(np.uint8)
+    with Store(tmp_path / "scan.duckdb") as store:
+        store.start_run("r", "scan", "model", "abc", {}, {})
+        store.files_dir.mkdir()
+        for prompt, (item, image) in enumerate(zip(non_members, (member_image, flat))):
+            store.insert("prompts", [{"run_id": "r", "prompt_id": f"p{prompt}", "text": item, "source": "demo",
+                                      "source_item_id": item}])
+            path = f"p{prompt}.png"
+            Image.fromarray(image).save(store.files_dir / path)
+            store.insert("generations", [{"run_id": "r", "generation_id": f"g{prompt}-{seed}", "prompt_id": f"p{prompt}",
+                                          "seed": seed, "num_inference_steps": 4, "guidance_scale": 5.0, "scheduler": "DDIM",
+                                          "height": 32, "width": 32, "batch_size": 4, "status": "ok", "image_path": path,
+                                          "thumbnail_path": path, "created_at": now()} for seed in range(8)])
+            store.insert("clusters", [{"run_id": "r", "cluster_id": f"c{prompt}", "scope": "prompt", "prompt_id": f"p{prompt}",
+                                       "size": 8, "n_generations": 8, "medoid_generation_id": f"g{prompt}-0",
+                                       "mean_distance": 0.0, "max_distance": 0.0, "distance": "tiled_l2", "threshold": 0.02,
+                                       "criterion": "clique>=5"}])
+            store.insert("candidates", [{"run_id": "r", "candidate_id": f"c{prompt}", "cluster_id": f"c{prompt}",
+                                         "prompt_id": f"p{prompt}", "score": 1.0, "rank": prompt + 1, "reason": "test"}])
+        score = score_criterion(store, "r")
+    assert (score.unmemorized, score.unmemorized_flagged, score.unmemorized_leaking) == (2, 2, 1)
+    assert score.false_flag_rate == 0.5

@@ -162,8 +162,9 @@ class CriterionScore:
     memorized_flagged: int
     unmemorized: int          # x1 and non-member prompts whose item is not memorized
     unmemorized_flagged: int
-    memorized_confirmed: int = 0    # ... flagged with a candidate judged extracted against some training item
-    unmemorized_confirmed: int = 0
+    # ... flagged because they make the model emit another member's image: a candidate's medoid reproduces a
+    # member near it (the selected test). Leakage an auditor wants found, not a false flag
+    unmemorized_leaking: int = 0
 
     @property
     def recall(self) -> float:
@@ -171,37 +172,38 @@ class CriterionScore:
 
     @property
     def false_flag_rate(self) -> float:
-        return self.unmemorized_flagged / max(1, self.unmemorized)
+        """Flagged unmemorized prompts that emit no member's image, over all unmemorized prompts."""
+        return (self.unmemorized_flagged - self.unmemorized_leaking) / max(1, self.unmemorized)
 
 
 def score_criterion(store: Store, run_id: str, world: Path = WORLD) -> CriterionScore:
     """Recall and false flags of a scan's candidates against the per-item memorization truth
     (null prompts, which have no item, are not counted here)."""
     drawings = CaptionDrawings(world)
-    rows = store.query("SELECT p.source_item_id, g.thumbnail_path, c.prompt_id IS NOT NULL AS flagged, "
-                       "coalesce(c.confirmed, false) AS confirmed FROM generations g JOIN prompts p USING (run_id, prompt_id) "
-                       "LEFT JOIN (SELECT c.run_id, c.prompt_id, bool_or(m.verdict = 'extracted') AS confirmed FROM candidates c "
-                       "LEFT JOIN matches m USING (run_id, candidate_id) GROUP BY c.run_id, c.prompt_id) c "
-                       "USING (run_id, prompt_id) WHERE g.run_id = ? AND g.status = 'ok'", [run_id]).to_pylist()
+    rows = store.query("SELECT p.source_item_id, g.thumbnail_path, c.medoids FROM generations g "
+                       "JOIN prompts p USING (run_id, prompt_id) LEFT JOIN (SELECT c.run_id, c.prompt_id, "
+                       "list(m.thumbnail_path) AS medoids FROM candidates c JOIN clusters cl USING (run_id, cluster_id) "
+                       "JOIN generations m ON m.run_id = cl.run_id AND m.generation_id = cl.medoid_generation_id "
+                       "GROUP BY c.run_id, c.prompt_id) c USING (run_id, prompt_id) WHERE g.run_id = ? AND g.status = 'ok'",
+                       [run_id]).to_pylist()
     by_item: dict[str, list[dict]] = {}
     for row in rows:
         if row["source_item_id"] in drawings.items:
             by_item.setdefault(row["source_item_id"], []).append(row)
-    counts = dict.fromkeys(("memorized", "memorized_flagged", "unmemorized", "unmemorized_flagged", "memorized_confirmed",
-                            "unmemorized_confirmed"), 0)
+    counts = dict.fromkeys(("memorized", "memorized_flagged", "unmemorized", "unmemorized_flagged", "unmemorized_leaking"), 0)
     for item_id, generations in by_item.items():
         dup_count = drawings.items[item_id]["dup_count"]
         images = np.stack([features.load_image(store.image_file(g["thumbnail_path"])) for g in generations])
         memorized = reproduced_share(drawings, images, item_id) >= REPRODUCED_SHARE
+        medoids = generations[0]["medoids"] or []
         if memorized and bucket_of(dup_count) in DUPLICATED_BUCKETS:
-            kind = "memorized"
+            counts["memorized"] += 1
+            counts["memorized_flagged"] += bool(medoids)
         elif not memorized and dup_count <= 1:
-            kind = "unmemorized"
-        else:
-            continue
-        counts[kind] += 1
-        counts[f"{kind}_flagged"] += generations[0]["flagged"]
-        counts[f"{kind}_confirmed"] += generations[0]["confirmed"]
+            counts["unmemorized"] += 1
+            counts["unmemorized_flagged"] += bool(medoids)
+            counts["unmemorized_leaking"] += any(drawings.reproduced_members(features.load_image(store.image_file(m)))
+                                                 for m in medoids)
     return CriterionScore(**counts)
 
 
