@@ -2,20 +2,22 @@
 
     python scripts/calibrate_criterion.py scan --model sd-64      # sample one model (minutes)
     python scripts/calibrate_criterion.py compare                 # every criterion on every scanned model
+    python scripts/calibrate_criterion.py grid                    # the calibrated criterion's settings, scans at 32 seeds
 
 ``scan`` samples the demo prompts of one calibration model (``scanner.demo.CALIBRATION_MODELS``:
 all x200/x50/x10 items, ``--per-bucket`` x1 members and non-members) plus ``--nulls`` null
 prompts (the prompts' words recombined slot by slot, ``scanner.calibration.null_prompts``), and
 writes one row per prompt to ``runs/criterion-<model>.parquet``: its bucket, the per-item truth
-(memorized: at least 25% of its generations within tiled l2 0.10 of its own training image,
-``scanner.demo.evaluate``), its collapse distance for every clique size (the smallest tiled-l2
+(memorized: at least 25% of its generations reproduce its own training image, closer to it than to
+256 other drawings of its caption: ``scanner.demo.evaluate.CaptionDrawings``), its collapse distance for every clique size (the smallest tiled-l2
 threshold at which that many of its generations form a clique) and its anchor distance (how far
 its generations lie from other prompts' generations).
 
 ``compare`` scores criteria on those rows: recall on memorized duplicated items, false flags on
 x1 and non-member prompts whose item is not memorized. A fixed threshold is tuned on one model
 and carried to the others; the calibrated criteria set their threshold on each scan's own null
-prompts (averaged over draws of 32 of them), so only their factor is carried.
+prompts (averaged over draws of 32 of them), so only their factor is carried. ``grid`` scores the
+calibrated criterion at every clique size, reference quantile and factor on each scanned model.
 
 ``evaluate`` runs memscan's own clustering and matching at their defaults on each stored scan
 and scores them: the numbers of docs/CALIBRATION.md. ``mix`` pools one model's scans at several
@@ -216,6 +218,23 @@ def compare(paths: list[Path], tuned_on: str, k: int = 5) -> None:
             for b in ("x200", "x50", "x10", "x1", "non-member", "null")))
 
 
+def grid(paths: list[Path]) -> None:
+    """The calibrated criterion at clique sizes 3 to 12, the nulls' median or upper quartile, and factors
+    0.15 to 0.5, on each scanned model: recall / false flags (thresholds set on 60 draws of 32 nulls)."""
+    scans = {path.stem.removeprefix("criterion-"): pq.read_table(path).to_pylist() for path in paths}
+    print("| k | reference | factor | " + " | ".join(scans) + " |\n| --- | --- | --- |" + " --- |" * len(scans))
+    for k in range(3, 13):
+        for quantile in (0.5, 0.75):
+            for factor in (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5):
+                cells = []
+                for rows in scans.values():
+                    flagged = null_draws(rows, column(rows, f"collapse_{k}"), 32,
+                                         lambda v: null_threshold(v, factor, quantile), draws=60)
+                    recall, false_flags, _ = outcome(rows, flagged)
+                    cells.append(f"{recall:.2f} / {false_flags:.3f}")
+                print(f"| {k} | {quantile_name(quantile)} | {factor} | " + " | ".join(cells) + " |", flush=True)
+
+
 def evaluate(name: str, guidance: float, samples: int, steps: int, config: ClusterConfig, match_config: MatchConfig) -> dict:
     """memscan's own stages at these settings on a stored calibration scan: clusters, candidates and
     matches recomputed as a scan would, then scored against the model's world."""
@@ -370,6 +389,7 @@ def main() -> None:
     scan.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
     scan.add_argument("--guidance", type=float, default=5.0)
     scan.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    sub.add_parser("grid", help="the calibrated criterion's clique size, reference and factor on every scanned model")
     comparison = sub.add_parser("compare")
     comparison.add_argument("--tuned-on", default="demo", help="the model the fixed and run-relative criteria are tuned on")
     evaluation = sub.add_parser("evaluate", help="memscan's stages at their defaults on every scanned model")
@@ -401,6 +421,8 @@ def main() -> None:
         fidelity(args.model, args.samples)
     elif args.command == "mix":
         mix(args.model, args.guidance, args.samples)
+    elif args.command == "grid":
+        grid(sorted(RUNS.glob("criterion-*-s32.parquet")))
     elif args.command == "compare":
         compare(sorted(RUNS.glob("criterion-*.parquet")), args.tuned_on)
     else:
