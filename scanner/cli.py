@@ -144,7 +144,7 @@ def demo(
         console.print(f"Criterion against the per-item truth: {criterion.memorized_flagged} of {criterion.memorized} memorized "
                       f"duplicated items flagged (recall {criterion.recall:.2f}); {criterion.unmemorized_flagged} of "
                       f"{criterion.unmemorized} x1 and non-member prompts whose item is not memorized flagged, "
-                      f"{criterion.unmemorized_leaking} of them because they emit another member's image (false flags "
+                      f"{criterion.unmemorized_leaking} of them emitting another member's image (false flags "
                       f"{100 * criterion.false_flag_rate:.0f}%)")
         console.print("Timings: " + ", ".join(f"{k} {v:.1f}{'s' if k.endswith('_s') else ''}" for k, v in result.timings.items()))
         results, names, labels, curve = demo_identities(store, embedder, db.parent)
