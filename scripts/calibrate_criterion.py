@@ -9,9 +9,9 @@ all x200/x50/x10 items, ``--per-bucket`` x1 members and non-members) plus ``--nu
 prompts (the prompts' words recombined slot by slot, ``scanner.calibration.null_prompts``), and
 writes one row per prompt to ``runs/criterion-<model>.parquet``: its bucket, the per-item truth
 (memorized: at least 25% of its generations reproduce its own training image, closer to it than to
-256 other drawings of its caption: ``scanner.demo.evaluate.CaptionDrawings``), its collapse distance for every clique size (the smallest tiled-l2
-threshold at which that many of its generations form a clique) and its anchor distance (how far
-its generations lie from other prompts' generations).
+256 other drawings of its caption: ``scanner.demo.evaluate.CaptionDrawings``), its collapse distance
+for every clique size (the smallest tiled-l2 threshold at which that many of its generations form a
+clique) and its anchor distance (how far its generations lie from other prompts' generations).
 
 ``compare`` scores criteria on those rows: recall on memorized duplicated items, false flags on
 x1 and non-member prompts whose item is not memorized. A fixed threshold is tuned on one model
