@@ -1,21 +1,25 @@
-"""The memorization criterion, calibrated on the scan itself: null prompts -> threshold.
+"""The memorization criterion, calibrated on the scan itself: null prompts and anchors -> thresholds.
 
 A fixed tiled-l2 threshold is a constant of the model it was tuned on: a memorized prompt's
 generations agree within 0.006 to 0.016 on the demo model, a few times that on another, and an
 ordinary prompt's are further apart on both (docs/CALIBRATION.md). So a scan also samples *null
 prompts*, its own prompts' words recombined slot by slot into captions nobody wrote, with the same
 seeds and settings, and measures how tightly an ordinary prompt's generations agree on *this*
-model: the upper quartile of the nulls' collapse distances (the threshold at which ``min_clique``
-of a prompt's generations first form a clique). The threshold is a fixed fraction of it, a ratio
-that carries from model to model where an absolute distance does not.
+model, relative to where they lie: each prompt's collapse distance (the threshold at which
+``min_clique`` of its generations first form a clique) over its *anchor* (``prompt_anchors``: how
+far its generations lie from other prompts'). A prompt's threshold is a fixed fraction of the
+nulls' median of that ratio, times its own anchor: a ratio that carries from model to model where
+an absolute distance does not, and that discounts captions every seed draws alike because they
+lie near everything (dark shapes on a dark background), which an absolute threshold flagged.
 
-Why the upper quartile and not a low quantile (at most alpha of the nulls flagged), nor the
-median: a model that memorizes leaks its memorized images to captions that share their words, so
-some null prompts collapse too (a quarter of the demo model's, nearly half of the Flux-shaped
-model's), and that low tail is memorization, not chance. A quantile there misses half the
-memorized prompts; the median fell with the leak on the T5-conditioned models. The upper quartile
-holds while fewer than three quarters of the nulls collapse. The share of nulls under the
-threshold is recorded with every scan, and said when it is high: it is itself a sign of memorization.
+Why the median: a model that memorizes leaks its memorized images to captions that share their
+words, so some null prompts collapse too (a quarter of the demo model's, nearly half of the
+Flux-shaped model's), and that low tail is memorization, not chance; the median holds while fewer
+than half of them do. The floor (a fraction of the nulls' upper quartile of plain collapse
+distances) flags what collapses tightly whatever its anchor: several audit prompts reproducing one
+image are each other's nearest prompts, and when half of a prompt's nearest are such copies its
+anchor shrinks to their spread. The share of nulls under their thresholds is recorded with every
+scan, and said when it is high: it is itself a sign of memorization.
 """
 
 from __future__ import annotations
@@ -87,28 +91,78 @@ def null_donors(prompts: Sequence[Prompt], training_captions: Sequence[str], see
 
 
 def null_threshold(null_statistics: Sequence[float], factor: float, quantile: float) -> float:
-    """``factor`` times the ``quantile`` of the null prompts' collapse distances (nan when there are
-    none, or too many never collapse for it: nulls with too few usable generations count as infinitely far)."""
+    """``factor`` times the ``quantile`` of the null prompts' statistics (nan when there are none, or
+    too many never collapse for it: nulls with too few usable generations count as infinitely far)."""
     values = np.asarray(null_statistics, dtype=np.float64)
     reference = float(np.quantile(values, quantile, method="inverted_cdf")) if len(values) else float("nan")
     return factor * reference if np.isfinite(reference) else float("nan")
+
+
+# prompts whose generations are an anchor's reference at most: beyond, a seeded sample of them (nulls among them
+# like any prompt), so that the cost stays bounded by this times the prompts' anchor images in a large audit
+ANCHOR_REFERENCE_PROMPTS = 512
+
+
+def prompt_anchors(images: Sequence[np.ndarray], neighbours: int, block: int = 1024) -> np.ndarray:
+    """Per prompt, how far its generations lie from other prompts' (nan for a prompt with none): for
+    each of its images the root-mean-square l2 to the nearest image of every other prompt, the median
+    over its ``neighbours`` nearest prompts, then the median over its images.
+
+    The anchored criterion divides a prompt's collapse distance by it, as Carlini et al. calibrate
+    l2 by an image's distance to its neighbours: a prompt that every seed draws dark and flat lies
+    near everything, and its generations agreeing means less than a colourful prompt's. Why nearest
+    *prompts*, not images, and their median: an audit often holds several prompts that reproduce
+    the same training image (captions of one duplicated image); taken image by image their copies
+    would be each other's nearest, the anchor would shrink to the copies' own spread and hide every
+    one of them. A median over prompts holds while fewer than half of ``neighbours`` draw the same
+    image (docs/CALIBRATION.md measures it)."""
+    from scanner.distances import as_unit
+
+    counts = np.array([len(x) for x in images])
+    anchors = np.full(len(images), np.nan, np.float32)
+    present = np.flatnonzero(counts)
+    if len(present) < 2:
+        return anchors
+    reference = present if len(present) <= ANCHOR_REFERENCE_PROMPTS else np.sort(
+        np.random.default_rng(0).choice(present, size=ANCHOR_REFERENCE_PROMPTS, replace=False))
+    others = as_unit(np.concatenate([images[p] for p in reference]).reshape(int(counts[reference].sum()), -1))
+    others_squared = np.square(others).sum(axis=1)
+    starts = np.concatenate([[0], np.cumsum(counts[reference])[:-1]])
+    queries = np.concatenate([images[p] for p in present])
+    owner = np.repeat(present, counts[present])
+    column_of = {int(p): column for column, p in enumerate(reference)}
+    per_image = np.empty(len(queries), np.float32)
+    for start in range(0, len(queries), block):
+        chunk = as_unit(queries[start:start + block]).reshape(len(queries[start:start + block]), -1)
+        squared = np.square(chunk).sum(axis=1)[:, None] + others_squared[None] - 2 * chunk @ others.T
+        nearest_of_each = np.minimum.reduceat(np.sqrt(np.maximum(squared, 0) / chunk.shape[1]), starts, axis=1)
+        for row, prompt in enumerate(owner[start:start + block]):
+            if int(prompt) in column_of:
+                nearest_of_each[row, column_of[int(prompt)]] = np.inf  # a prompt is not its own anchor
+        n = min(neighbours, len(reference) - 1)
+        per_image[start:start + block] = np.median(np.partition(nearest_of_each, n - 1, axis=1)[:, :n], axis=1)
+    for prompt, own in zip(present, np.split(per_image, np.cumsum(counts[present])[:-1])):
+        anchors[prompt] = np.median(own)
+    return anchors
 
 
 # Recall and false flags of the calibrated criterion on the calibration models it was not tuned on
 # (scripts/calibrate_criterion.py evaluate; the tables in docs/CALIBRATION.md), by the generations per
 # prompt they were measured at, and the settings they hold for: the statement says so when a scan uses others.
 MEASURED = {
-    32: ("64% to 100% of memorized duplicated items flagged, at most 6.2% of ordinary prompts, on eight calibration models, "
-         "an item counted memorized when a quarter of its generations reproduce its particular drawing (sd-64 67%, "
-         "sd-short 4 of 5, one trained on differently drawn images 100%, the SD 2-shaped v-prediction model 97%, the "
-         "SDXL-shaped model 64% at its 50 steps, the SD3-shaped flow-matching model 100%, the Flux-shaped model 100%, "
-         "the PixArt-shaped model 86%; docs/CALIBRATION.md, session 15)"),
-    16: ("79% to 100% of memorized duplicated items flagged, at most 2.6% of ordinary prompts, on seven calibration models "
-         "(sd-64 87%, sd-short 6 of 7, the SD 2-shaped v-prediction model 100%, the SDXL-shaped model 79% at 20 steps, "
-         "the SD3-shaped flow-matching model 93%, the Flux-shaped model 100%, the PixArt-shaped model 93%), by a truth "
-         "that session 15 replaced as too lenient (by the new one, sd-64 59%; docs/CALIBRATION.md)"),
+    32: ("89% to 100% of memorized duplicated items flagged, at most 5.0% of ordinary prompts, on nine calibration models, "
+         "an item counted memorized when a quarter of its generations reproduce its particular drawing (the demo model it was "
+         "tuned on 100%; held out: sd-64 100%, sd-short 5 of 5, one trained on differently drawn images 100%, the SD "
+         "2-shaped v-prediction model 100%, the SDXL-shaped model 89% at its 50 steps, the SD3-shaped flow-matching model "
+         "100%, the Flux-shaped model 100%, the PixArt-shaped model 93%; docs/CALIBRATION.md, session 17)"),
+    16: ("73% to 100% of memorized duplicated items flagged, at most 6.2% of ordinary prompts, on the first 16 seeds of the "
+         "nine calibration models' 32-seed scans (the demo model 100%, sd-64 84%, sd-short 88%, one trained on differently "
+         "drawn images 99%, the SD 2-shaped model 100%, the SDXL-shaped model 73%, the SD3-shaped model 100%, the "
+         "Flux-shaped model 99%, the PixArt-shaped model 87%): below issue 18's goal of 90%, which is set at 32 seeds "
+         "(docs/CALIBRATION.md, session 17)"),
 }
-MEASURED_SETTINGS = {"min_clique": 5, "null_factor": 0.25, "null_quantile": 0.75}
+MEASURED_SETTINGS = {"min_clique": 5, "null_factor": 0.575, "null_quantile": 0.5, "floor_factor": 0.15, "floor_quantile": 0.75,
+                     "anchor_seeds": 8, "anchor_prompts": 10}
 MEASURED_RESOLUTIONS = (32, 64)  # the calibration models' sizes, in pixels: no evidence for other sizes
 
 
@@ -118,43 +172,57 @@ class CriterionStatement:
 
     prompts: int
     generations_per_prompt: int
-    min_clique: int
-    threshold: float
+    threshold: float  # the fixed threshold, or the median of the audit prompts' calibrated ones
     calibrated: bool
-    null_factor: float
-    null_quantile: float
-    nulls: int
-    nulls_flagged: int
+    settings: dict  # the scan's criterion settings (ClusterConfig's fields, as stored with the run)
+    nulls: int = 0
+    nulls_flagged: int = 0
+    ratio: float = float("nan")  # calibrated: the anchored threshold, a prompt's threshold over its anchor
+    floor: float = float("nan")  # calibrated: the threshold no prompt's is under
+    threshold_range: tuple[float, float] = (float("nan"), float("nan"))  # the audit prompts' thresholds, smallest and largest
     resolution: int = 0  # pixels of the generations (0: unknown)
     training_captions: int = 0  # the index's training captions the null prompts were also recombined from (null_donors)
 
     nothing_found = "No prompt collapsed onto one image: no memorization candidates."
 
+    @property
+    def min_clique(self) -> int:
+        return self.settings.get("min_clique", 0)
+
     def measured_settings(self) -> bool:
-        return (self.calibrated and self.generations_per_prompt in MEASURED and {
-            "min_clique": self.min_clique, "null_factor": self.null_factor, "null_quantile": self.null_quantile} == MEASURED_SETTINGS)
+        return (self.calibrated and self.generations_per_prompt in MEASURED
+                and all(self.settings.get(key) == value for key, value in MEASURED_SETTINGS.items()))
 
     def lines(self, found_nothing: bool) -> list[str]:
-        if self.calibrated:
+        settings = self.settings
+        if self.calibrated and not np.isfinite(self.ratio):
+            how = (f"tiled l2 {self.threshold:.4f}, calibrated on this scan's {self.nulls} null prompts' plain collapse distances "
+                   "by an earlier memscan; cluster the run again for the anchored criterion")
+        elif self.calibrated:
             words = (f"the words of its prompts and of {self.training_captions} training captions of the index" if
                      self.training_captions else "its prompts' words")
-            how = (f"{self.null_factor:g} x the {quantile_name(self.null_quantile)} of the collapse distances of this scan's "
-                   f"{self.nulls} null prompts, {words} recombined slot by slot; {self.nulls_flagged} of them fall under it")
+            how = (f"each prompt's own threshold: {self.ratio:.3f} x its anchor distance (the median l2 from its generations to "
+                   f"those of its {settings.get('anchor_prompts')} nearest other prompts), that is {settings.get('null_factor'):g} x "
+                   f"the {quantile_name(settings.get('null_quantile', 0.5))} of collapse distance over anchor of this scan's "
+                   f"{self.nulls} null prompts, {words} recombined slot by slot; never under {self.floor:.4f} "
+                   f"({settings.get('floor_factor'):g} x the {quantile_name(settings.get('floor_quantile', 0.75))} of the nulls' "
+                   f"collapse distances). The prompts' thresholds run from {self.threshold_range[0]:.4f} to "
+                   f"{self.threshold_range[1]:.4f} (median {self.threshold:.4f}); {self.nulls_flagged} of the null prompts fall "
+                   "under theirs")
         else:
-            how = "a fixed threshold given by the user, not calibrated on this model"
-        out = [f"Criterion: at least {self.min_clique} of a prompt's generations pairwise within tiled l2 "
-               f"{self.threshold:.4f} ({how}); {self.prompts} prompts, up to {self.generations_per_prompt} generations each.",
+            how = f"tiled l2 {self.threshold:.4f}, a fixed threshold given by the user, not calibrated on this model"
+        defaults = ", ".join(f"{key} {value:g}" for key, value in MEASURED_SETTINGS.items())
+        out = [f"Criterion: at least {self.min_clique} of a prompt's generations pairwise within a tiled l2 threshold "
+               f"({how}); {self.prompts} prompts, up to {self.generations_per_prompt} generations each.",
                (f"Measured on models it was not tuned on, at {self.generations_per_prompt} generations per prompt: "
                 f"{MEASURED[self.generations_per_prompt]}." if self.measured_settings() else
-                f"Measured on models it was not tuned on, at {MEASURED_SETTINGS['min_clique']} of "
-                f"{' or '.join(map(str, MEASURED))} generations and {MEASURED_SETTINGS['null_factor']} x the nulls' "
-                f"{quantile_name(MEASURED_SETTINGS['null_quantile'])}: {MEASURED[max(MEASURED)]}; this scan's settings "
-                "were not measured.")]
+                f"Measured on models it was not tuned on, at {' or '.join(map(str, MEASURED))} generations per prompt and "
+                f"the default settings ({defaults}): {MEASURED[max(MEASURED)]}; this scan's settings were not measured.")]
         if self.calibrated and self.nulls and self.nulls_flagged > self.nulls / 2:
-            out.append(f"{self.nulls_flagged} of the {self.nulls} null prompts collapse under the threshold too: this model draws "
-                       "one image for captions that merely share words with the audited ones, a sign that it leaks memorized "
-                       "images to neighbouring prompts. The threshold stays meaningful while fewer than "
-                       f"{self.null_quantile:.0%} of them do; look at what the null prompts drew.")
+            out.append(f"{self.nulls_flagged} of the {self.nulls} null prompts collapse under their thresholds too: this model "
+                       "draws one image for captions that merely share words with the audited ones, a sign that it leaks "
+                       "memorized images to neighbouring prompts. The threshold stays meaningful while fewer than "
+                       f"{settings.get('null_quantile', 0.5):.0%} of them do; look at what the null prompts drew.")
         if self.calibrated and self.prompts + self.training_captions < MEASURED_MIN_PROMPTS:
             out.append(f"The null prompts were recombined from the words of only {self.prompts + self.training_captions} "
                        f"captions (the criterion was measured with {MEASURED_MIN_PROMPTS} or more): they stay close to the "
@@ -168,8 +236,8 @@ class CriterionStatement:
             out.append("No prompt met it. That does not show that nothing is memorized: only these prompts and seeds were "
                        "tried, and a memorized image that shows in fewer than "
                        f"{self.min_clique} of {self.generations_per_prompt} generations is not flagged, nor is a memorized "
-                       "composition that the model redraws a little otherwise each time, so that no clique forms (on the "
-                       "calibration models, up to a third of the memorized items: docs/CALIBRATION.md).")
+                       "composition that the model redraws a little otherwise each time, so that no clique forms "
+                       "(docs/CALIBRATION.md says how often on the calibration models).")
         return out
 
 
@@ -241,10 +309,17 @@ def criterion_statement(store: Store, run_id: str) -> CriterionStatement | Match
         "max(greatest(height, width)) AS side FROM generations WHERE run_id = ? AND status = 'ok' GROUP BY prompt_id) g "
         "JOIN prompts p ON p.run_id = ? AND p.prompt_id = g.prompt_id WHERE p.source IS DISTINCT FROM ?",
         [run_id, run_id, NULL_SOURCE])[0]
-    calibrated = store.execute("SELECT value, n_positive, n_negative FROM metrics WHERE run_id = ? "
+    shared = {"prompts": prompts, "generations_per_prompt": most, "settings": config, "resolution": int(resolution),
+              "training_captions": config.get("null_donors", {}).get("training_captions", 0)}
+    calibrated = store.execute("SELECT value, n_positive, n_negative, details FROM metrics WHERE run_id = ? "
                                "AND metric = 'criterion_threshold'", [run_id])
-    threshold, flagged, nulls = calibrated[0] if calibrated else (config.get("threshold"), 0, 0)
-    return CriterionStatement(prompts, most, config.get("min_clique", 0), float("nan") if threshold is None else float(threshold),
-                              bool(calibrated), config.get("null_factor", 0.0),
-                              config.get("null_quantile", 0.5),  # a scan stored before the quantile was a setting used the median
-                              nulls, flagged, int(resolution), config.get("null_donors", {}).get("training_captions", 0))
+    if not calibrated:
+        threshold = config.get("threshold")
+        return CriterionStatement(threshold=float("nan") if threshold is None else float(threshold), calibrated=False, **shared)
+    value, flagged, nulls, details = calibrated[0]
+    details = json.loads(details) if details else {}
+    if "floor" not in details:  # stored by a memscan before the anchored criterion: a plain tiled-l2 threshold
+        return CriterionStatement(threshold=float(value), calibrated=True, nulls=nulls, nulls_flagged=flagged, **shared)
+    smallest, median, largest = details.get("prompt_thresholds", [float("nan")] * 3)
+    return CriterionStatement(threshold=median, calibrated=True, nulls=nulls, nulls_flagged=flagged, ratio=float(value),
+                              floor=details.get("floor", float("nan")), threshold_range=(smallest, largest), **shared)

@@ -157,18 +157,19 @@ def verdict_settled(largest: int, sampled: int, planned: int, min_clique: int) -
     return largest >= min_clique or largest + (planned - sampled) < min_clique
 
 
-def verdict_checkpoints(planned: int, min_clique: int) -> list[int]:
+def verdict_checkpoints(planned: int, min_clique: int, first: int = 0) -> list[int]:
     """Sample counts after which a scan that stops early looks at each open prompt: first where a
-    verdict can first be settled, then after every seed up to 16, then in steps of an eighth of
-    what is drawn (a long plan, Carlini's 500 seeds, takes about 40 looks, not 500)."""
-    checkpoints = [max(1, min(min_clique, planned - min_clique + 1))]
+    verdict can first be settled (not before ``first`` seeds: the anchored criterion's anchor
+    seeds), then after every seed up to 16, then in steps of an eighth of what is drawn (a long
+    plan, Carlini's 500 seeds, takes about 40 looks, not 500)."""
+    checkpoints = [max(1, min(min_clique, planned - min_clique + 1), min(first, planned))]
     while checkpoints[-1] < planned:
         checkpoints.append(min(planned, checkpoints[-1] + max(1, checkpoints[-1] // 8)))
     return checkpoints
 
 
 def open_prompts(store: Store, run_id: str, prompt_ids: Sequence[str], first_seed: int, sampled: int, planned: int,
-                 settings: ClusterConfig) -> set[str]:
+                 settings: ClusterConfig, criterion: Criterion) -> set[str]:
     """The prompts among ``prompt_ids`` whose verdict is still open after their seeds
     ``first_seed .. first_seed + sampled - 1``: only the stored rows of those seeds are read."""
     rows = store.query("SELECT prompt_id, thumbnail_path FROM generations WHERE run_id = ? AND status = 'ok' "
@@ -179,8 +180,8 @@ def open_prompts(store: Store, run_id: str, prompt_ids: Sequence[str], first_see
         if row["prompt_id"] in wanted:
             images.setdefault(row["prompt_id"], []).append(features.load_image(store.image_file(row["thumbnail_path"])))
     return {prompt_id for prompt_id in prompt_ids
-            if not verdict_settled(largest_clique(np.stack(images[prompt_id]), settings) if prompt_id in images else 0,
-                                   sampled, planned, settings.min_clique)}
+            if not verdict_settled(largest_clique(np.stack(images[prompt_id]), criterion.settings_for(prompt_id, settings))
+                                   if prompt_id in images else 0, sampled, planned, settings.min_clique)}
 
 
 def dense_components(adjacency: Sequence[set[int]], nodes: set[int], min_size: int, min_density: float) -> list[list[int]]:
@@ -243,9 +244,12 @@ def find_groups(images: np.ndarray, settings: ClusterConfig, embeddings: np.ndar
 
 
 def _load_prompt_generations(store: Store, run_id: str) -> dict[str, list[dict]]:
+    """Each prompt's usable generations in seed order, with ``seed_rank`` (1 for its first seed,
+    counted over all its stored rows, so that a degenerate image does not shift the ranks after it)."""
     rows = store.query(
-        "SELECT generation_id, prompt_id, thumbnail_path, phash, embedding FROM generations "
-        "WHERE run_id = ? AND status = 'ok' AND NOT degenerate ORDER BY prompt_id, seed", [run_id]).to_pylist()
+        "SELECT generation_id, prompt_id, thumbnail_path, phash, embedding, seed_rank FROM (SELECT *, row_number() "
+        "OVER (PARTITION BY prompt_id ORDER BY seed) AS seed_rank FROM generations WHERE run_id = ?) "
+        "WHERE status = 'ok' AND NOT degenerate ORDER BY prompt_id, seed", [run_id]).to_pylist()
     by_prompt: dict[str, list[dict]] = {}
     for row in rows:
         by_prompt.setdefault(row["prompt_id"], []).append(row)
@@ -281,35 +285,75 @@ def prompt_collapse(images: np.ndarray, embeddings: np.ndarray | None, phashes: 
     return collapse_distance(images, settings.min_clique, settings.tiles, propose_pairs(len(images), settings, embeddings, phashes))
 
 
+@dataclass(frozen=True)
+class Criterion:
+    """The tiled-l2 threshold each prompt's generations are judged at: one per prompt when the
+    criterion is calibrated (the anchored threshold, never under the floor), else the fixed one."""
+
+    thresholds: dict[str, float]
+    default: float  # the fixed threshold, or the floor (a prompt without usable anchor generations)
+
+    def threshold(self, prompt_id: str) -> float:
+        return self.thresholds.get(prompt_id, self.default)
+
+    def settings_for(self, prompt_id: str, settings: ClusterConfig) -> ClusterConfig:
+        return dataclasses.replace(settings, threshold=self.threshold(prompt_id))
+
+
+def anchor_images(store: Store, rows: list[dict], seeds: int) -> np.ndarray:
+    """The thumbnails of a prompt's usable generations among its first ``seeds`` seeds."""
+    chosen = [features.load_image(store.image_file(r["thumbnail_path"])) for r in rows if r["seed_rank"] <= seeds]
+    return np.stack(chosen) if chosen else np.zeros((0, 1, 1, 3), np.uint8)
+
+
 def calibrate(store: Store, run_id: str, by_prompt: dict[str, list[dict]],
-              settings: ClusterConfig) -> tuple[ClusterConfig, list[dict]]:
+              settings: ClusterConfig) -> tuple[Criterion, list[dict]]:
     """The criterion this run is judged by: with no fixed ``threshold``, the one its null prompts
-    calibrate (scanner/calibration.py), and the ``metrics`` row that records what it was
-    calibrated to. The null prompts' generations are taken out of ``by_prompt``: they are never
-    candidates."""
+    calibrate (scanner/calibration.py), and the ``metrics`` rows that record it (what it was
+    calibrated to, and each prompt's anchor and threshold). The null prompts' generations are
+    taken out of ``by_prompt``: they are never candidates.
+
+    A prompt's threshold is ``null_factor`` x the ``null_quantile`` of the nulls' anchored collapse
+    distances (collapse distance over anchor) x its own anchor, or the floor if that is larger:
+    ``floor_factor`` x the ``floor_quantile`` of the nulls' plain collapse distances."""
     null_ids = {row[0] for row in store.execute("SELECT prompt_id FROM prompts WHERE run_id = ? AND source = ?",
                                                 [run_id, calibration.NULL_SOURCE])}
-    null_rows = [by_prompt.pop(prompt_id) for prompt_id in sorted(null_ids & set(by_prompt))]
+    null_rows = {prompt_id: by_prompt.pop(prompt_id) for prompt_id in sorted(null_ids & set(by_prompt))}
     if settings.threshold is not None:
-        return settings, []
-    statistics = [prompt_collapse(*_features_of(store, rows), settings) for rows in null_rows]
-    threshold = calibration.null_threshold(statistics, settings.null_factor, settings.null_quantile)
-    if not np.isfinite(threshold):
+        return Criterion({}, settings.threshold), []
+    ids = [*by_prompt, *null_rows]
+    every = {**by_prompt, **null_rows}
+    anchors = dict(zip(ids, calibration.prompt_anchors([anchor_images(store, every[p], settings.anchor_seeds) for p in ids],
+                                                       settings.anchor_prompts).tolist()))
+    collapse = {p: prompt_collapse(*_features_of(store, rows), settings) for p, rows in null_rows.items()}
+    anchored = [collapse[p] / anchors[p] if np.isfinite(anchors[p]) else float("inf") for p in null_rows]
+    ratio = calibration.null_threshold(anchored, settings.null_factor, settings.null_quantile)
+    floor = calibration.null_threshold(list(collapse.values()), settings.floor_factor, settings.floor_quantile)
+    if not (np.isfinite(ratio) and np.isfinite(floor)):
+        quantile = max(settings.null_quantile, settings.floor_quantile)
         raise MemscanError(f"run {run_id}: the criterion cannot be calibrated: of {len(null_rows)} null prompts, fewer than "
-                           f"{settings.null_quantile:.0%} have {settings.min_clique} usable generations; sample more or give "
+                           f"{quantile:.0%} have {settings.min_clique} usable generations; sample more or give "
                            "a fixed --threshold")
-    edge = float(np.float32(threshold))  # tiled l2 is computed in float32: compare like with like
-    flagged = sum(value <= edge for value in statistics)
-    record = {"run_id": run_id, "metric": "criterion_threshold", "subject": "null_prompts", "value": edge,
-              "n_positive": flagged, "n_negative": len(statistics), "details": json.dumps({
+    # tiled l2 is computed in float32: thresholds are compared like with like
+    thresholds = {p: float(np.float32(max(ratio * anchors[p], floor) if np.isfinite(anchors[p]) else floor)) for p in ids}
+    flagged = sum(collapse[p] <= thresholds[p] for p in null_rows)
+    record = {"run_id": run_id, "metric": "criterion_threshold", "subject": "null_prompts", "value": ratio,
+              "n_positive": flagged, "n_negative": len(null_rows), "details": json.dumps({
                   "null_factor": settings.null_factor, "null_quantile": settings.null_quantile,
-                  "null_reference": threshold / settings.null_factor,
-                  "min_clique": settings.min_clique, "statistic": "collapse tiled l2", "null_statistics": [v if np.isfinite(v) else None for v in sorted(statistics)]})}
-    return dataclasses.replace(settings, threshold=edge), [record]
+                  "null_reference": ratio / settings.null_factor, "floor": float(np.float32(floor)),
+                  "floor_factor": settings.floor_factor, "floor_quantile": settings.floor_quantile,
+                  "anchor_seeds": settings.anchor_seeds, "anchor_prompts": settings.anchor_prompts,
+                  "min_clique": settings.min_clique, "statistic": "collapse tiled l2 / anchor l2",
+                  "prompt_thresholds": [float(x) for x in np.quantile([thresholds[p] for p in by_prompt] or [floor], [0, 0.5, 1])],
+                  "null_statistics": [v if np.isfinite(v) else None for v in sorted(anchored)]})}
+    per_prompt = [{"run_id": run_id, "metric": "prompt_threshold", "subject": p, "value": thresholds[p], "n_positive": None,
+                   "n_negative": None, "details": json.dumps({"anchor": anchors[p] if np.isfinite(anchors[p]) else None,
+                                                              "null_prompt": p in null_rows})} for p in ids]
+    return Criterion({p: thresholds[p] for p in by_prompt}, float(np.float32(floor))), [record, *per_prompt]
 
 
-def calibrated_settings(store: Store, run_id: str, settings: ClusterConfig) -> ClusterConfig:
-    """``settings`` with the threshold this run's stored null prompts calibrate (or its fixed one)."""
+def run_criterion(store: Store, run_id: str, settings: ClusterConfig) -> Criterion:
+    """The criterion this run's stored generations calibrate (or its fixed threshold)."""
     return calibrate(store, run_id, _load_prompt_generations(store, run_id), settings)[0]
 
 
@@ -317,25 +361,30 @@ def cluster_run(store: Store, run_id: str, settings: ClusterConfig) -> dict[str,
     """Recompute the run's clusters and candidates from its stored generations, in one transaction."""
     clusters, members, candidates, medoids = [], [], [], []
     by_prompt = _load_prompt_generations(store, run_id)
-    settings, calibration_rows = calibrate(store, run_id, by_prompt, settings)
+    criterion, calibration_rows = calibrate(store, run_id, by_prompt, settings)
+    flagged_thresholds = []
     for prompt_id, rows in by_prompt.items():
         images, embeddings, phashes = _features_of(store, rows)
-        for group in find_groups(images, settings, embeddings, phashes):
-            cluster, cluster_members = _cluster_rows(run_id, "prompt", prompt_id, group, rows, len(rows), settings)
+        prompt_settings = criterion.settings_for(prompt_id, settings)
+        for group in find_groups(images, prompt_settings, embeddings, phashes):
+            flagged_thresholds.append(prompt_settings.threshold)
+            cluster, cluster_members = _cluster_rows(run_id, "prompt", prompt_id, group, rows, len(rows), prompt_settings)
             clusters.append(cluster)
             members += cluster_members
             medoids.append(rows[group.medoid])
             candidates.append({"run_id": run_id, "candidate_id": cluster["cluster_id"], "cluster_id": cluster["cluster_id"],
                                "prompt_id": prompt_id, "score": len(group.members) / len(rows),
                                "mean_distance": group.mean_distance,
-                               "reason": f"{len(group.members)} of {len(rows)} generations within tiled l2 {settings.threshold:.4f}"})
+                               "reason": f"{len(group.members)} of {len(rows)} generations within tiled l2 {prompt_settings.threshold:.4f}"})
     if settings.cross_prompt and len(medoids) >= 2:
-        # one memorized image reached from several prompts: near-duplicate medoids of different prompts
+        # one memorized image reached from several prompts: near-duplicate medoids of different prompts, within
+        # the median of the flagged prompts' thresholds
         images, embeddings, phashes = _features_of(store, medoids)
-        cross_settings = dataclasses.replace(settings, min_clique=2, criterion="clique")
+        cross_settings = dataclasses.replace(settings, min_clique=2, criterion="clique",
+                                             threshold=float(np.median(flagged_thresholds)))
         for group in find_groups(images, cross_settings, embeddings, phashes):
             cluster, cluster_members = _cluster_rows(run_id, "cross_prompt", None, group, medoids,
-                                                     sum(len(r) for r in by_prompt.values()), settings)
+                                                     sum(len(r) for r in by_prompt.values()), cross_settings)
             clusters.append(cluster)
             members += cluster_members
     # candidates are ranked by how tight their clique is (Carlini et al.), the largest share first on ties
@@ -345,7 +394,7 @@ def cluster_run(store: Store, run_id: str, settings: ClusterConfig) -> dict[str,
         del candidate["mean_distance"]
     with store.transaction():
         store.replace_run_rows(["candidates", "cluster_members", "clusters"], run_id)
-        store.execute("DELETE FROM metrics WHERE run_id = ? AND metric = 'criterion_threshold'", [run_id])
+        store.execute("DELETE FROM metrics WHERE run_id = ? AND metric IN ('criterion_threshold', 'prompt_threshold')", [run_id])
         store.insert("metrics", calibration_rows)
         store.insert("clusters", clusters)
         store.insert("cluster_members", members)

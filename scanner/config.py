@@ -132,20 +132,31 @@ class ClusterConfig:
     ``criterion = "component"`` a connected component of at least ``min_clique`` whose edge
     density is at least ``min_density``.
 
-    The threshold is calibrated on every scan by default (``threshold`` None): the scan also
-    samples ``null_prompts`` prompts of its captions' words recombined (with the index's training
-    captions when the audit is small: ``calibration.null_donors``), and the threshold is
-    ``null_factor`` times the ``null_quantile`` of their collapse distances (scanner/calibration.py). A
-    fixed ``threshold`` is a constant of the model it was tuned on (0.02 on the demo model, and a
-    wrong all-clear on others: docs/CALIBRATION.md)."""
+    The threshold is calibrated on every scan by default (``threshold`` None), one per prompt: the
+    scan also samples ``null_prompts`` prompts of its captions' words recombined (with the index's
+    training captions when the audit is small: ``calibration.null_donors``). A prompt's threshold
+    is ``null_factor`` times the ``null_quantile`` of the nulls' anchored collapse distances (collapse
+    distance over anchor, ``calibration.prompt_anchors``) times its own anchor, and never under the
+    floor, ``floor_factor`` times the ``floor_quantile`` of the nulls' plain collapse distances
+    (scanner/cluster.py: ``calibrate``). A fixed ``threshold`` is a constant of the model it was
+    tuned on (0.02 on the demo model, and a wrong all-clear on others: docs/CALIBRATION.md)."""
 
     threshold: float | None = None
-    # tuned on the demo model (k 5 of 16 seeds: recall 0.94, 2.2% of x1 and non-member prompts flagged;
-    # 0.3 is at 4.4%) and measured on the calibration models it was not tuned on: docs/CALIBRATION.md
-    null_factor: float = 0.25
-    # the nulls' upper quartile: a model leaks memorized images to null prompts that share their audit
-    # prompts' words (the Flux-shaped model to 44% of them), which pulled their median down (docs/CALIBRATION.md)
-    null_quantile: float = 0.75
+    # the anchored criterion (session 17), tuned on the demo model alone at 32 seeds: the largest factor of the
+    # nulls' median with at most 5% of its x1 and non-member prompts flagged (0.98 of its memorized items, 4.5%),
+    # then measured on the calibration models it was not tuned on (docs/CALIBRATION.md, session 17)
+    null_factor: float = 0.575
+    null_quantile: float = 0.5
+    # the floor: prompts collapsing tighter than 0.15 x the nulls' upper quartile of plain collapse distances
+    # are flagged whatever their anchor (the session-12 criterion at a stricter factor). It finds what the
+    # anchor can hide, memorized prompts reproducing the same image from many captions; 0.15 is the largest
+    # that keeps the demo model under 5% with the anchored one (docs/CALIBRATION.md); 0 turns it off
+    floor_factor: float = 0.15
+    floor_quantile: float = 0.75
+    # a prompt's anchor is taken on the generations of its first anchor_seeds seeds (those a scan stopping early
+    # draws for every prompt before it judges any), against the nearest of anchor_prompts other prompts
+    anchor_seeds: int = 8
+    anchor_prompts: int = 10
     # null prompts sampled beside the audit's, with its seeds; 16 already give the same threshold on
     # the demo within a few percent, 32 make it steady (docs/CALIBRATION.md)
     null_prompts: int = 32
@@ -174,6 +185,10 @@ class ClusterConfig:
         require_int("max_hamming", self.max_hamming, 0, 64)
         require_number("null_factor", self.null_factor, 0, 1, low_open=True)
         require_number("null_quantile", self.null_quantile, 0, 1, low_open=True)
+        require_number("floor_factor", self.floor_factor, 0, 1)
+        require_number("floor_quantile", self.floor_quantile, 0, 1, low_open=True)
+        require_int("anchor_seeds", self.anchor_seeds, 1)
+        require_int("anchor_prompts", self.anchor_prompts, 1)
         require_int("null_prompts", self.null_prompts, 0)
         if self.threshold is None:
             if self.null_prompts == 0:
@@ -181,6 +196,11 @@ class ClusterConfig:
                                                    "the threshold is calibrated on the null prompts")
         else:
             require_number("threshold", self.threshold, 0, 1, low_open=True)  # a tiled l2 on [0, 1] pixels
+
+    @property
+    def seeds_before_judging(self) -> int:
+        """Seeds every prompt is sampled to before any verdict: the calibrated criterion's anchor seeds."""
+        return self.anchor_seeds if self.threshold is None else 0
 
 
 @dataclass(frozen=True)

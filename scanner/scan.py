@@ -100,19 +100,22 @@ def sample_until_settled(store: Store, job: generate.SamplingJob, prompts: Seque
                          config: ScanConfig, advance: Callable[..., None]) -> dict[str, float]:
     """Draw seeds round by round (``cluster.verdict_checkpoints``), each round only for the prompts
     still open. Which prompts are open after a round depends only on the stored rows of the seeds
-    before it, so a killed scan replays the same rounds and batches, and resumes where it stopped."""
+    before it, so a killed scan replays the same rounds and batches, and resumes where it stopped.
+    The null prompts are sampled in full before, and the first round draws every prompt's anchor
+    seeds: after it the criterion (each prompt's threshold) is the one the full plan would have."""
     sampling, planned = config.sampling, config.sampling.samples_per_prompt
     totals: dict[str, float] = {}
-    still_open, drawn = list(prompts), 0
-    for checkpoint in cluster.verdict_checkpoints(planned, config.cluster.min_clique):
+    still_open, drawn, criterion = list(prompts), 0, None
+    for checkpoint in cluster.verdict_checkpoints(planned, config.cluster.min_clique, first=config.cluster.seeds_before_judging):
         round_job = dataclasses.replace(job, sampling=dataclasses.replace(
             sampling, seed_base=sampling.seed_base + drawn, samples_per_prompt=checkpoint - drawn))
         stats = generate.run_generation(store, round_job, still_open, pool, on_batch=advance,
                                         flush_rows=config.ray.flush_rows, flush_seconds=config.ray.flush_seconds)
         totals = {key: totals.get(key, 0) + value for key, value in stats.items()}
         drawn = checkpoint
+        criterion = criterion or cluster.run_criterion(store, job.run_id, config.cluster)
         open_ids = cluster.open_prompts(store, job.run_id, [p.prompt_id for p in still_open], sampling.seed_base, drawn,
-                                        planned, config.cluster)
+                                        planned, config.cluster, criterion)
         advance((len(still_open) - len(open_ids)) * (planned - drawn), skip=True)
         still_open = [p for p in still_open if p.prompt_id in open_ids]
         if not still_open:
@@ -181,11 +184,10 @@ def run_scan(store: Store, model: TextToImageModel, prompts: Sequence[Prompt], c
             job = generate.SamplingJob(run_id, model.model_hash, precision, config.sampling, str(store.files_dir),
                                        config.features.thumbnail_size)
             if config.sampling.stop_early:
-                # the null prompts are sampled in full first: the threshold they calibrate decides when a verdict is settled
+                # the null prompts are sampled in full first: the criterion they calibrate decides when a verdict is settled
                 stats = generate.run_generation(store, job, nulls, pool, on_batch=advance, flush_rows=config.ray.flush_rows,
                                                 flush_seconds=config.ray.flush_seconds)
-                settled = dataclasses.replace(config, cluster=cluster.calibrated_settings(store, run_id, config.cluster))
-                rounds = sample_until_settled(store, job, prompts, pool, settled, advance)
+                rounds = sample_until_settled(store, job, prompts, pool, config, advance)
                 stats = {key: stats.get(key, 0) + value for key, value in rounds.items()}
             else:
                 stats = generate.run_generation(store, job, [*prompts, *nulls], pool, on_batch=advance,

@@ -114,12 +114,14 @@ def main() -> None:
 def samples_when_stopping_early(store, run_id: str, prompts, config) -> "np.ndarray":
     """Per prompt, the seeds a scan with ``stop_early`` draws, replayed on the exhaustive run's rows
     with the scan's own rule (``cluster.open_prompts`` reads only the seeds drawn so far)."""
-    from scanner.cluster import open_prompts, verdict_checkpoints
+    from scanner.cluster import open_prompts, run_criterion, verdict_checkpoints
 
     planned = config.sampling.samples_per_prompt
     drawn, still_open = {}, [p.prompt_id for p in prompts]
-    for checkpoint in verdict_checkpoints(planned, config.cluster.min_clique):
-        now_open = open_prompts(store, run_id, still_open, config.sampling.seed_base, checkpoint, planned, config.cluster)
+    criterion = run_criterion(store, run_id, config.cluster)  # after the first round a scan judges by the full plan's
+    for checkpoint in verdict_checkpoints(planned, config.cluster.min_clique, first=config.cluster.seeds_before_judging):
+        now_open = open_prompts(store, run_id, still_open, config.sampling.seed_base, checkpoint, planned, config.cluster,
+                                criterion)
         drawn.update({prompt_id: checkpoint for prompt_id in still_open if prompt_id not in now_open})
         still_open = [prompt_id for prompt_id in still_open if prompt_id in now_open]
     return np.array([drawn.get(p.prompt_id, planned) for p in prompts])

@@ -2,7 +2,8 @@
 
     python scripts/calibrate_criterion.py scan --model sd-64      # sample one model (minutes)
     python scripts/calibrate_criterion.py compare                 # every criterion on every scanned model
-    python scripts/calibrate_criterion.py grid                    # the calibrated criterion's settings, scans at 32 seeds
+    python scripts/calibrate_criterion.py grid                    # the anchored criterion's settings, scans at 32 seeds
+    python scripts/calibrate_criterion.py statistics --model demo --seeds 16   # a stored scan's rows on its first 16 seeds
 
 ``scan`` samples the demo prompts of one calibration model (``scanner.demo.CALIBRATION_MODELS``:
 all x200/x50/x10 items, ``--per-bucket`` x1 members and non-members) plus ``--nulls`` null
@@ -11,13 +12,16 @@ writes one row per prompt to ``runs/criterion-<model>.parquet``: its bucket, the
 (memorized: at least 25% of its generations reproduce its own training image, closer to it than to
 256 other drawings of its caption: ``scanner.demo.evaluate.CaptionDrawings``), its collapse distance
 for every clique size (the smallest tiled-l2 threshold at which that many of its generations form a
-clique) and its anchor distance (how far its generations lie from other prompts' generations).
+clique) and its anchor (``scanner.calibration.prompt_anchors`` at the default settings: how far its
+first generations lie from other prompts'). ``statistics`` recomputes those rows from a stored scan,
+on its first ``--seeds`` seeds if given (the generations a scan at that many seeds draws).
 
 ``compare`` scores criteria on those rows: recall on memorized duplicated items, false flags on
 x1 and non-member prompts whose item is not memorized. A fixed threshold is tuned on one model
 and carried to the others; the calibrated criteria set their threshold on each scan's own null
 prompts (averaged over draws of 32 of them), so only their factor is carried. ``grid`` scores the
-calibrated criterion at every clique size, reference quantile and factor on each scanned model.
+anchored criterion at every clique size, reference quantile, factor and floor on each scanned model,
+then tunes it on each model alone and carries it to the others.
 
 ``evaluate`` runs memscan's own clustering and matching at their defaults on each stored scan
 and scores them: the numbers of docs/CALIBRATION.md. ``mix`` pools one model's scans at several
@@ -46,8 +50,7 @@ from scanner.demo import CALIBRATION_MODELS, bucket_of, decode_png, demo_items, 
 from scanner.demo.evaluate import DUPLICATED_BUCKETS, REPRODUCED_SHARE, CaptionDrawings, reproduced_share
 from scanner.generate import Prompt
 from scanner.models.loading import load_embedder
-from scanner.mia.detectors import anchor_distances
-from scanner.calibration import NULL_SOURCE, criterion_statement, null_prompts, null_threshold, quantile_name
+from scanner.calibration import NULL_SOURCE, criterion_statement, null_prompts, null_threshold, prompt_anchors, quantile_name
 from scanner.store import Store
 
 RUNS = Path("runs")
@@ -84,19 +87,33 @@ def scan_stem(name: str, guidance: float, samples: int, steps: int = DEFAULT_STE
             + ("" if steps == DEFAULT_STEPS else f"-t{steps}"))
 
 
-def prompt_statistics(store: Store, run_id: str, world: Path) -> list[dict]:
-    truth = CaptionDrawings(world)
-    by_prompt = generations_by_prompt(store, run_id)
+def prompt_statistics(store: Store, run_id: str, world: Path, seeds: int | None = None) -> list[dict]:
+    """One row per prompt: truth, anchor (``calibration.prompt_anchors`` at the default settings) and
+    collapse distance at every clique size, on the first ``seeds`` seeds of each prompt (all by default:
+    the first 16 of a 32-seed scan are the generations a 16-seed scan draws)."""
+    truth, default = CaptionDrawings(world), ClusterConfig()
+    by_prompt = {p: g._replace(images=g.images[:seeds]) for p, g in generations_by_prompt(store, run_id).items()}
     ids = sorted(by_prompt)
-    images = np.stack([by_prompt[p].images for p in ids])
-    anchors = anchor_distances(images)
+    anchors = prompt_anchors([by_prompt[p].images[:default.anchor_seeds] for p in ids], default.anchor_prompts)
     out = []
-    for position, prompt_id in enumerate(ids):
-        row = {"prompt_id": prompt_id, **prompt_truth(by_prompt[prompt_id], truth), "anchor": float(np.median(anchors[position]))}
-        pairs = cluster.all_pairs(len(images[position]))
+    for prompt_id, anchor in zip(ids, anchors):
+        images = by_prompt[prompt_id].images
+        row = {"prompt_id": prompt_id, **prompt_truth(by_prompt[prompt_id], truth), "anchor": float(anchor)}
+        pairs = cluster.all_pairs(len(images))
         for k in CLIQUE_SIZES:
-            row[f"collapse_{k}"] = cluster.collapse_distance(images[position], k, ClusterConfig().tiles, pairs)
+            row[f"collapse_{k}"] = cluster.collapse_distance(images, k, default.tiles, pairs)
         out.append(row)
+    return out
+
+
+def restate(name: str, steps: int, seeds: int | None) -> Path:
+    """Recompute a stored 32-seed scan's rows (after the statistics changed, or on its first ``seeds`` seeds)."""
+    db = RUNS / f"{scan_stem(name, 5.0, 32, steps)}.duckdb"
+    with Store(db, read_only=True) as store:
+        rows = prompt_statistics(store, latest_calibration_run(store), CALIBRATION_MODELS[name][1], seeds)
+    out = db.with_name(db.stem + (f"-first{seeds}" if seeds else "") + ".parquet")
+    pq.write_table(pa.Table.from_pylist(rows), out)
+    print(f"{name}: {len(rows)} prompts -> {out}")
     return out
 
 
@@ -142,17 +159,29 @@ def outcome(rows: list[dict], flagged: np.ndarray) -> tuple[float, float, float]
 def null_draws(rows: list[dict], statistic: np.ndarray, nulls: int, threshold_of, draws: int = 300) -> np.ndarray:
     """Share of draws in which each prompt is flagged, the threshold set by ``threshold_of`` on
     ``nulls`` null prompts drawn from the scan's (a scan samples one such set; the draws average over which)."""
+    return calibrated_draws(rows, nulls, lambda chosen: statistic <= threshold_of(statistic[chosen]), draws)
+
+
+def calibrated_draws(rows: list[dict], nulls: int, flags_of, draws: int = 300) -> np.ndarray:
+    """Share of draws in which each prompt is flagged by ``flags_of(the drawn null prompts' row indices)``."""
     null = np.flatnonzero(np.array([r["bucket"] == "null" for r in rows]))
     rng = np.random.default_rng(0)
     flagged = np.zeros(len(rows))
     for _ in range(draws):
-        flagged += statistic <= threshold_of(statistic[rng.choice(null, size=min(nulls, len(null)), replace=False)])
+        flagged += flags_of(rng.choice(null, size=min(nulls, len(null)), replace=False))
     return flagged / draws
 
 
-def threshold_at_default(values: np.ndarray) -> float:
-    default = ClusterConfig()
-    return null_threshold(values, default.null_factor, default.null_quantile)
+def anchored_flags(rows: list[dict], k: int, factor: float, quantile: float, floor_factor: float, floor_quantile: float):
+    """memscan's criterion (``cluster.calibrate``) as a function of the drawn nulls: each prompt's threshold
+    is factor x the nulls' quantile of collapse over anchor, times its anchor, never under the floor."""
+    collapse, anchor = column(rows, f"collapse_{k}"), column(rows, "anchor")
+    anchored = collapse / anchor
+
+    def flags_of(chosen: np.ndarray) -> np.ndarray:
+        floor = null_threshold(collapse[chosen], floor_factor, floor_quantile) if floor_factor else 0.0
+        return collapse <= np.maximum(null_threshold(anchored[chosen], factor, quantile) * anchor, floor)
+    return flags_of
 
 
 def low_quantile(alpha: float):
@@ -162,6 +191,12 @@ def low_quantile(alpha: float):
         rank = max(1, int(np.floor(alpha * (len(values) + 1))))
         return float(np.nextafter(np.sort(values)[rank - 1], 0))
     return threshold_of
+
+
+def at_default(rows: list[dict], nulls: int = 32, draws: int = 300) -> np.ndarray:
+    d = ClusterConfig()
+    return calibrated_draws(rows, nulls, anchored_flags(rows, d.min_clique, d.null_factor, d.null_quantile, d.floor_factor,
+                                                        d.floor_quantile), draws)
 
 
 def compare(paths: list[Path], tuned_on: str, k: int = 5) -> None:
@@ -191,20 +226,20 @@ def compare(paths: list[Path], tuned_on: str, k: int = 5) -> None:
                 criteria[f"{f} x {quantile_name(quantile)} of 32 nulls, k {k}"] = null_draws(
                     rows, collapse[k], 32, lambda v, f=f, q=quantile: null_threshold(v, f, q))
         default = ClusterConfig()
-        at_default = f"{default.null_factor} x {quantile_name(default.null_quantile)}"
-        for size in (4, 8):
-            criteria[f"{at_default} of 32 nulls, k {size}"] = null_draws(rows, collapse[size], 32, threshold_at_default)
-        criteria[f"{at_default} of 16 nulls, k {k}"] = null_draws(rows, collapse[k], 16, threshold_at_default)
-        criteria[f"{at_default} of 32 nulls, anchored (collapse / anchor distance), k {k}"] = null_draws(
-            rows, collapse[k] / column(rows, "anchor"), 32, threshold_at_default)
+        criteria[f"anchored: {default.null_factor} x {quantile_name(default.null_quantile)} of 32 nulls' collapse / anchor, "
+                 f"floor {default.floor_factor} x {quantile_name(default.floor_quantile)}, k {default.min_clique} (the default)"] = \
+            at_default(rows)
+        criteria["the same of 16 nulls"] = at_default(rows, nulls=16)
+        criteria["the same without the floor"] = calibrated_draws(rows, 32, anchored_flags(
+            rows, default.min_clique, default.null_factor, default.null_quantile, 0.0, default.floor_quantile))
         for label, flagged in criteria.items():
             recall, false_flags, null_flags = outcome(rows, np.asarray(flagged, dtype=float))
             results.setdefault(f"{name} ({memorized} memorized)", {})[label] = (recall, false_flags)
             print(f"| {name} ({memorized} memorized) | {label} | {recall:.2f} | {false_flags:.3f} | {null_flags:.3f} |")
     # the same numbers, one row per model: recall / false flags of the criteria docs/CALIBRATION.md compares
     summary = [label for label in criteria if label.startswith(("fixed 0.02", f"0.3 x median of 32 nulls, k {k}",
-                                                                 f"0.25 x upper quartile of 32 nulls, k {k}",
-                                                                 f"0.3 x upper quartile of 32 nulls, k {k}", f"{factor:.3f} x"))]
+                                                                 f"0.25 x upper quartile of 32 nulls, k {k}", "anchored:",
+                                                                 f"{factor:.3f} x"))]
     print("\n| model | " + " | ".join(summary) + " |\n| --- |" + " --- |" * len(summary))
     for model, by_label in results.items():
         print(f"| {model} | " + " | ".join(f"{by_label[label][0]:.2f} / {by_label[label][1]:.3f}" for label in summary) + " |")
@@ -219,20 +254,30 @@ def compare(paths: list[Path], tuned_on: str, k: int = 5) -> None:
 
 
 def grid(paths: list[Path]) -> None:
-    """The calibrated criterion at clique sizes 3 to 12, the nulls' median or upper quartile, and factors
-    0.15 to 0.5, on each scanned model: recall / false flags (thresholds set on 60 draws of 32 nulls)."""
+    """The anchored criterion at clique sizes 3 to 8, the nulls' median or upper quartile, factors 0.4 to
+    0.7 and floors 0 to 0.2 on each scanned model (thresholds set on 60 draws of 32 nulls), then tuned
+    on each model alone (the setting with its largest recall at most 5% of its ordinary prompts flagged)
+    and carried to the others: recall / false flags."""
     scans = {path.stem.removeprefix("criterion-"): pq.read_table(path).to_pylist() for path in paths}
-    print("| k | reference | factor | " + " | ".join(scans) + " |\n| --- | --- | --- |" + " --- |" * len(scans))
-    for k in range(3, 13):
+    print("| k | reference | factor | floor | " + " | ".join(scans) + " |\n| --- | --- | --- | --- |" + " --- |" * len(scans))
+    results = {}
+    for k in range(3, 9):
         for quantile in (0.5, 0.75):
-            for factor in (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5):
-                cells = []
-                for rows in scans.values():
-                    flagged = null_draws(rows, column(rows, f"collapse_{k}"), 32,
-                                         lambda v: null_threshold(v, factor, quantile), draws=60)
-                    recall, false_flags, _ = outcome(rows, flagged)
-                    cells.append(f"{recall:.2f} / {false_flags:.3f}")
-                print(f"| {k} | {quantile_name(quantile)} | {factor} | " + " | ".join(cells) + " |", flush=True)
+            for factor in np.round(np.arange(0.2 if quantile == 0.75 else 0.4, 0.71 if quantile == 0.5 else 0.51, 0.025), 3):
+                for floor in (0.0, 0.1, 0.15, 0.2):
+                    cells = results[(k, quantile, factor, floor)] = {}
+                    for name, rows in scans.items():
+                        flagged = calibrated_draws(rows, 32, anchored_flags(rows, k, factor, quantile, floor, 0.75), draws=60)
+                        cells[name] = outcome(rows, flagged)[:2]
+                    print(f"| {k} | {quantile_name(quantile)} | {factor} | {floor} | " + " | ".join(
+                        f"{r:.2f} / {f:.3f}" for r, f in cells.values()) + " |", flush=True)
+    print("\n| tuned on | its setting (k, reference, factor, floor) | " + " | ".join(scans) + " |\n| --- | --- |"
+          + " --- |" * len(scans))
+    for tuned in scans:
+        allowed = [key for key, cells in results.items() if cells[tuned][1] <= 0.05]
+        best = max(allowed, key=lambda key: (results[key][tuned][0], key[2], -key[3]))
+        print(f"| {tuned} | {best[0]}, {quantile_name(best[1])}, {best[2]}, {best[3]} | " + " | ".join(
+            f"{r:.2f} / {f:.3f}" for r, f in results[best].values()) + " |")
 
 
 def evaluate(name: str, guidance: float, samples: int, steps: int, config: ClusterConfig, match_config: MatchConfig) -> dict:
@@ -356,12 +401,15 @@ def mix(name: str, guidances: list[float], samples: int) -> None:
     default = ClusterConfig()
     for label, by_prompt in scans.items():
         prompts = [by_prompt[p] for p in sorted(by_prompt)]
-        collapse = np.array([cluster.collapse_distance(p.images, default.min_clique, default.tiles) for p in prompts])
-        threshold = threshold_at_default(collapse[[p.source == NULL_SOURCE for p in prompts]])
-        rows = [prompt_truth(p, truth) for p in prompts]
-        recall, false_flags, _ = outcome(rows, (collapse <= threshold).astype(float))
+        anchors = prompt_anchors([p.images[:default.anchor_seeds] for p in prompts], default.anchor_prompts)
+        rows = [{**prompt_truth(p, truth), "anchor": anchor, f"collapse_{default.min_clique}":
+                 cluster.collapse_distance(p.images, default.min_clique, default.tiles)} for p, anchor in zip(prompts, anchors)]
+        null = np.flatnonzero([p.source == NULL_SOURCE for p in prompts])
+        flags_of = anchored_flags(rows, default.min_clique, default.null_factor, default.null_quantile, default.floor_factor,
+                                  default.floor_quantile)
+        recall, false_flags, _ = outcome(rows, flags_of(null).astype(float))
         memorized = sum(r["memorized"] and r["bucket"] in DUPLICATED_BUCKETS for r in rows)
-        print(f"{name}, {label} ({len(prompts[0].images)} generations per prompt): threshold {threshold:.4f}, "
+        print(f"{name}, {label} ({len(prompts[0].images)} generations per prompt): "
               f"recall {recall:.2f} of {memorized}, false flags {false_flags:.3f}")
 
 
@@ -389,7 +437,12 @@ def main() -> None:
     scan.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
     scan.add_argument("--guidance", type=float, default=5.0)
     scan.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    sub.add_parser("grid", help="the calibrated criterion's clique size, reference and factor on every scanned model")
+    restating = sub.add_parser("statistics", help="recompute a stored 32-seed scan's rows (on its first --seeds seeds)")
+    restating.add_argument("--model", choices=sorted(CALIBRATION_MODELS), nargs="+", required=True)
+    restating.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    restating.add_argument("--seeds", type=int, default=None)
+    gridding = sub.add_parser("grid", help="the anchored criterion's settings on every scanned model, and tuned on each")
+    gridding.add_argument("--seeds", type=int, default=None, help="the rows of the first this many seeds (statistics --seeds)")
     comparison = sub.add_parser("compare")
     comparison.add_argument("--tuned-on", default="demo", help="the model the fixed and run-relative criteria are tuned on")
     evaluation = sub.add_parser("evaluate", help="memscan's stages at their defaults on every scanned model")
@@ -421,8 +474,13 @@ def main() -> None:
         fidelity(args.model, args.samples)
     elif args.command == "mix":
         mix(args.model, args.guidance, args.samples)
+    elif args.command == "statistics":
+        for name in args.model:
+            restate(name, args.steps, args.seeds)
     elif args.command == "grid":
-        grid(sorted(RUNS.glob("criterion-*-s32.parquet")))
+        first = f"-first{args.seeds}" if args.seeds else ""
+        grid(sorted(path for path in RUNS.glob("criterion-*-s32*.parquet") if ("-first" in path.stem) == bool(first)
+                    and path.stem.endswith(first)))
     elif args.command == "compare":
         compare(sorted(RUNS.glob("criterion-*.parquet")), args.tuned_on)
     else:

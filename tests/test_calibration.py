@@ -67,6 +67,30 @@ def test_the_null_threshold_is_a_fraction_of_the_nulls_upper_quartile_whatever_t
     assert np.isnan(null_threshold([], 0.25, 0.75))
 
 
+def test_a_prompts_anchor_is_its_distance_to_other_prompts_and_holds_while_fewer_than_half_its_neighbours_copy_it():
+    """Twenty ordinary prompts (every seed draws its own noise image) and k twin prompts that all draw one
+    image: the twins' anchor stays near the ordinary prompts' distance while k - 1 < 5 of their 10 nearest
+    prompts are twins, and falls to the twins' own spread beyond (the limit the docstring states). A
+    prompt drawn flat and grey lies nearer everything: its anchor is smaller."""
+    from scanner.calibration import prompt_anchors
+
+    rng = np.random.default_rng(0)
+    ordinary = [rng.integers(0, 256, size=(8, 16, 16, 3), dtype=np.uint8) for _ in range(20)]
+    copied = rng.integers(0, 256, size=(16, 16, 3))
+
+    def twins(count: int) -> list[np.ndarray]:
+        return [np.clip(copied + rng.normal(0, 3, size=(8, 16, 16, 3)), 0, 255).astype(np.uint8) for _ in range(count)]
+
+    flat = (120 + rng.random((8, 16, 16, 3)) * 16).astype(np.uint8)
+    anchors = prompt_anchors([*ordinary, *twins(5), flat, np.zeros((0, 16, 16, 3), np.uint8)], neighbours=10)
+    typical = np.median(anchors[:20])
+    assert 0.3 < typical < 0.5  # uniform noise: rms 0.41 between two images
+    assert np.all(anchors[20:25] > 0.8 * typical)  # 4 of each twin's 10 nearest prompts are twins
+    assert anchors[25] < 0.8 * typical and np.isnan(anchors[26])  # flat grey: 0.29 from noise; no generations
+    hidden = prompt_anchors([*ordinary, *twins(12)], neighbours=10)
+    assert np.all(hidden[20:] < 0.1 * typical)  # 11 twins among 10 nearest: the anchor is their own spread
+
+
 def test_collapse_distance_is_the_threshold_at_which_the_clique_first_forms():
     rng = np.random.default_rng(1)
     base = rng.random((32, 32, 3)).astype(np.float32)
@@ -114,22 +138,23 @@ def test_the_statement_never_carries_the_calibration_to_a_resolution_it_was_not_
 def test_the_statement_says_when_most_null_prompts_collapse_when_settings_were_not_measured_and_when_prompts_were_few():
     from scanner.calibration import MEASURED_SETTINGS, CriterionStatement
 
-    def statement(flagged: int, prompts: int = 75, training_captions: int = 0, **settings) -> list[str]:
-        values = {**MEASURED_SETTINGS, "generations_per_prompt": 32, **settings}
-        return CriterionStatement(prompts=prompts, generations_per_prompt=values["generations_per_prompt"],
-                                  min_clique=values["min_clique"], threshold=0.02, calibrated=True,
-                                  null_factor=values["null_factor"], null_quantile=values["null_quantile"], nulls=32,
-                                  nulls_flagged=flagged, resolution=32,
+    def statement(flagged: int, prompts: int = 75, training_captions: int = 0, generations_per_prompt: int = 32,
+                  **settings) -> list[str]:
+        return CriterionStatement(prompts=prompts, generations_per_prompt=generations_per_prompt, threshold=0.03,
+                                  calibrated=True, settings={**MEASURED_SETTINGS, **settings}, nulls=32, nulls_flagged=flagged,
+                                  ratio=0.31, floor=0.012, threshold_range=(0.012, 0.05), resolution=32,
                                   training_captions=training_captions).lines(found_nothing=True)
 
     quiet, leaking = statement(10), statement(20)
-    assert "upper quartile" in quiet[0] and "10 of them fall under it" in quiet[0]
+    assert "0.310 x its anchor distance" in quiet[0] and "never under 0.0120" in quiet[0]
+    assert "run from 0.0120 to 0.0500 (median 0.0300); 10 of the null prompts fall under theirs" in quiet[0]
     assert not any("leaks memorized images" in line for line in quiet)
     assert any(line.startswith("20 of the 32 null prompts collapse") and "leaks memorized images" in line for line in leaking)
     assert not any("not measured" in line for line in quiet)
-    assert any("this scan's settings were not measured" in line for line in statement(10, null_quantile=0.5))
+    assert any("this scan's settings were not measured" in line for line in statement(10, null_quantile=0.75))
+    assert any("this scan's settings were not measured" in line for line in statement(10, anchor_prompts=20))
     # each seeds setting the criterion was measured at gets its own numbers; another is not measured
-    assert any("at 16 generations per prompt: 79% to 100%" in line for line in statement(10, generations_per_prompt=16))
+    assert any("at 16 generations per prompt: " in line for line in statement(10, generations_per_prompt=16))
     assert any("this scan's settings were not measured" in line for line in statement(10, generations_per_prompt=24))
     # nulls recombined from a handful of prompts stay next to them: an all-clear from such a scan says so
     assert not any("recombined from the words of only" in line for line in quiet)

@@ -23,12 +23,12 @@ MODEL = "sd-64"
 
 @pytest.mark.slow
 def test_the_calibrated_defaults_find_what_the_demo_tuned_threshold_misses(tmp_path, demo_clip):
-    """Measured at full scale (docs/CALIBRATION.md, session 15, by the truth that counts an item memorized
-    when a quarter of its generations reproduce its particular drawing): at 16 seeds, recall 0.59 of 22
-    memorized items, 1 false flag among 80 ordinary prompts, `extracted` precision 1.00 and recall 1.00
-    of 13; at this scale (measured) 9 of 16 flagged against 5 by the demo-tuned threshold, 1 of 12
-    ordinary prompts, `extracted` 10 of 10, none wrong. Issue 18's recall goal (0.9) is not met on this
-    model: the bounds guard what holds, at a scale CI affords."""
+    """Measured at full scale (docs/CALIBRATION.md, session 17, by the truth that counts an item memorized
+    when a quarter of its generations reproduce its particular drawing): at the default 32 seeds the
+    anchored criterion flags 21 of 21 memorized items and 2 of 80 ordinary prompts; at 16 seeds (the first
+    16 of that scan) 0.84 and 2.2%. At this scale (measured): 14 of 16 flagged against 5 by the
+    demo-tuned threshold (9 by session 16's calibrated one), none of 12 ordinary prompts, `extracted`
+    15 of 15, none wrong. Issue 18's recall goal (0.9) is set at 32 seeds; CI affords 16."""
     model_dir, world = CALIBRATION_MODELS[MODEL]
     prompts = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"])
                for r in demo_items(per_bucket=6)]  # every x200 and x50 item, 6 each of x10, x1 and non-members
@@ -45,7 +45,7 @@ def test_the_calibrated_defaults_find_what_the_demo_tuned_threshold_misses(tmp_p
         demo_tuned = score_criterion(store, result.run_id, world)
     print(calibrated, extraction, demo_tuned, statement)
     assert statement.calibrated and statement.nulls == 16
-    assert calibrated.memorized >= 12 and calibrated.recall >= 0.5 and calibrated.recall > demo_tuned.recall
-    # one false flag among the 12 ordinary prompts here (measured; 1 of 80 at full scale)
+    assert calibrated.memorized >= 12 and calibrated.recall >= 0.8 and calibrated.recall > demo_tuned.recall + 0.3
+    # no false flag among the 12 ordinary prompts here (measured; 2 of 80 at full scale)
     assert calibrated.unmemorized >= 8 and calibrated.unmemorized_flagged <= 1
     assert extraction.judged >= 5 and extraction.precision == 1.0 and extraction.recall >= 0.9

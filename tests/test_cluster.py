@@ -100,6 +100,8 @@ def test_dense_component_criterion_requires_density():
 def test_verdict_checkpoints_look_where_a_verdict_can_first_settle_then_ever_more_sparsely():
     assert cluster.verdict_checkpoints(16, 8) == list(range(8, 17))
     assert cluster.verdict_checkpoints(10, 8) == list(range(3, 11))  # 3 unlike images: 1 + 7 more < 8
+    # the calibrated criterion's anchor seeds are drawn for every prompt before the first look
+    assert cluster.verdict_checkpoints(32, 5, first=8)[:3] == [8, 9, 10] and cluster.verdict_checkpoints(4, 2, first=8) == [4]
     long = cluster.verdict_checkpoints(500, 10)
     gaps = np.diff(long)
     assert long[0] == 10 and long[-1] == 500 and np.all(gaps >= 1) and len(long) < 50

@@ -86,13 +86,13 @@ def test_demo_reproduces_duplicated_items_and_not_non_members(demo_run):
     # are drawn so alike that even a copy is no closer to its drawing than to other drawings of the caption)
     assert x200.prompts == 15 and x200.reproduced >= 9
     assert x200.extracted >= 13 and scores["x50"].extracted >= 13  # and matching confirms them
-    # non-member captions rarely collapse onto one image, and never onto a training image
-    assert non_members.flagged <= 3 and non_members.extracted == 0
-    # against the per-item truth: at least 90% of the memorized duplicated items flagged, and few of
-    # the x1 and non-member prompts whose item is not memorized. By session 15's truth the calibrated
-    # criterion flags 8.7% of 80 such prompts on the demo's calibration scan (docs/CALIBRATION.md:
-    # low-contrast captions whose generations look alike without reproducing anything); here, 4 of 30
-    # measured: bounded at 5, above issue 18's 5%, which the demo model does not meet by this truth
+    # non-member captions seldom collapse onto one image, and never onto a training image (4 of 15 measured
+    # at the demo's 16 seeds: cliques of 5, the smallest, of generic drawings; the calibration scans put the
+    # demo's false flags at 16 seeds at 6.2%, at the default 32 at 5.0%: docs/CALIBRATION.md, session 17)
+    assert non_members.flagged <= 4 and non_members.extracted == 0
+    # against the per-item truth: at least 90% of the memorized duplicated items flagged (36 of 36 measured),
+    # and few of the x1 and non-member prompts whose item is not memorized: 5 of 30 measured in this audit of
+    # 75 prompts at 16 seeds, bounded at 5, above issue 18's 5%, which is set for the default 32 seeds
     print(criterion)
     assert criterion.memorized >= 33 and criterion.recall >= 0.9 and criterion.unmemorized_flagged <= 5
 
@@ -153,9 +153,9 @@ def test_triage_mass_samples_only_the_prompts_the_detector_ranks_first(tmp_path,
 
 
 def test_a_scan_that_stops_early_flags_what_the_full_scan_flags(tmp_path, demo_sd):
-    """Two x200 members and two non-members, 10 seeds, cliques of 4, the threshold calibrated on 8
-    null prompts: stopping early samples the nulls in full first, then keeps the verdicts and draws
-    fewer generations."""
+    """Two x200 members and two non-members, 10 seeds, cliques of 4, the thresholds calibrated on 8
+    null prompts: stopping early samples the nulls in full first and every prompt's 8 anchor seeds,
+    then keeps the verdicts and each prompt's threshold, and draws fewer generations."""
     from scanner import demo as demo_world
     from scanner.config import ClusterConfig, SamplingConfig, ScanConfig
     from scanner.generate import Prompt
@@ -177,7 +177,10 @@ def test_a_scan_that_stops_early_flags_what_the_full_scan_flags(tmp_path, demo_s
     assert 8 * 10 < results[True].counts["generated"] < (4 + 8) * 10
     with Store(tmp_path / "scan.duckdb", read_only=True) as store:
         thresholds = store.execute("SELECT run_id, value FROM metrics WHERE metric = 'criterion_threshold' ORDER BY 1")
+        per_prompt = [dict(store.execute("SELECT subject, value FROM metrics WHERE metric = 'prompt_threshold' AND run_id = ?",
+                                         [results[stop_early].run_id])) for stop_early in (False, True)]
     assert len(thresholds) == 2 and thresholds[0][1] == thresholds[1][1]  # the same nulls, the same threshold
+    assert len(per_prompt[0]) == 4 + 8 and per_prompt[0] == per_prompt[1]  # the same anchor seeds, the same anchors
 
 
 def test_a_scan_run_again_with_another_criterion_stores_the_settings_of_its_new_clusters(tmp_path, demo_sd):

@@ -204,7 +204,12 @@ def render_report(db: Path, out: Path) -> dict:
             else:
                 methods.update(criterion=f"{clustering.get('criterion', 'clique')} of at least {clustering.get('min_clique')}",
                                threshold=f"{statement.threshold:.4f}", calibrated=statement.calibrated,
-                               null_factor=statement.null_factor, null_reference=quantile_name(statement.null_quantile),
+                               anchored=bool(np.isfinite(statement.ratio)), ratio=f"{statement.ratio:.3f}",
+                               floor=f"{statement.floor:.4f}", anchor_prompts=clustering.get("anchor_prompts"),
+                               anchor_seeds=clustering.get("anchor_seeds"), null_factor=clustering.get("null_factor"),
+                               null_reference=quantile_name(clustering.get("null_quantile", 0.5)),
+                               floor_factor=clustering.get("floor_factor"),
+                               floor_reference=quantile_name(clustering.get("floor_quantile", 0.75)),
                                nulls=statement.nulls, tiles=clustering.get("tiles"))
         mia_rows = store.query("SELECT * FROM metrics WHERE metric LIKE 'mia_%' ORDER BY subject, metric").to_pylist()
         idia_rows = store.query("SELECT * FROM idia_results ORDER BY predicted_member DESC, person").to_pylist()
