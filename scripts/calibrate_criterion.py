@@ -482,7 +482,7 @@ def main() -> None:
         grid(sorted(path for path in RUNS.glob("criterion-*-s32*.parquet") if ("-first" in path.stem) == bool(first)
                     and path.stem.endswith(first)))
     elif args.command == "compare":
-        compare(sorted(RUNS.glob("criterion-*.parquet")), args.tuned_on)
+        compare(sorted(path for path in RUNS.glob("criterion-*.parquet") if "-first" not in path.stem), args.tuned_on)
     else:
         print("| model | threshold (nulls under it) | recall | false flags (flagged; of them leaking) | extracted precision "
               "(judged; ambiguous) | extracted recall |")
