@@ -150,16 +150,17 @@ def prompt_anchors(images: Sequence[np.ndarray], neighbours: int, block: int = 1
 # (scripts/calibrate_criterion.py evaluate; the tables in docs/CALIBRATION.md), by the generations per
 # prompt they were measured at, and the settings they hold for: the statement says so when a scan uses others.
 MEASURED = {
-    32: ("89% to 100% of memorized duplicated items flagged, at most 5.0% of ordinary prompts, on nine calibration models, "
-         "an item counted memorized when a quarter of its generations reproduce its particular drawing (the demo model it was "
-         "tuned on 100%; held out: sd-64 100%, sd-short 5 of 5, one trained on differently drawn images 100%, the SD "
-         "2-shaped v-prediction model 100%, the SDXL-shaped model 89% at its 50 steps, the SD3-shaped flow-matching model "
-         "100%, the Flux-shaped model 100%, the PixArt-shaped model 93%; docs/CALIBRATION.md, session 17)"),
-    16: ("73% to 100% of memorized duplicated items flagged, at most 6.2% of ordinary prompts, on the first 16 seeds of the "
-         "nine calibration models' 32-seed scans (the demo model 100%, sd-64 84%, sd-short 88%, one trained on differently "
-         "drawn images 99%, the SD 2-shaped model 100%, the SDXL-shaped model 73%, the SD3-shaped model 100%, the "
-         "Flux-shaped model 99%, the PixArt-shaped model 87%): below issue 18's goal of 90%, which is set at 32 seeds "
-         "(docs/CALIBRATION.md, session 17)"),
+    32: ("89% to 100% of memorized duplicated items flagged and at most 5.0% of ordinary prompts on the eight calibration "
+         "models held out from tuning, an item counted memorized when a quarter of its generations reproduce its particular "
+         "drawing (sd-64 100%, sd-short 5 of 5, one trained on differently drawn images 100%, the SD 2-shaped v-prediction "
+         "model 100%, the SDXL-shaped model 89% at its 50 steps, the SD3-shaped flow-matching model 100%, the Flux-shaped "
+         "model 100%, the PixArt-shaped model 93%; the demo model it was tuned on 100% and 5.0%; docs/CALIBRATION.md, "
+         "session 17)"),
+    16: ("73% to 100% of memorized duplicated items flagged and at most 5.7% of ordinary prompts on the first 16 seeds of "
+         "the eight held-out calibration models' 32-seed scans (sd-64 84%, sd-short 88%, one trained on differently drawn "
+         "images 99%, the SD 2-shaped model 100%, the SDXL-shaped model 73%, the SD3-shaped model 100%, the Flux-shaped "
+         "model 99%, the PixArt-shaped model 87%; the demo model it was tuned on 100% and 6.2%): below issue 18's goal of "
+         "90%, which is set at 32 seeds (docs/CALIBRATION.md, session 17)"),
 }
 MEASURED_SETTINGS = {"min_clique": 5, "null_factor": 0.575, "null_quantile": 0.5, "floor_factor": 0.15, "floor_quantile": 0.75,
                      "anchor_seeds": 8, "anchor_prompts": 10}
