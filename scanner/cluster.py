@@ -328,7 +328,8 @@ def calibrate(store: Store, run_id: str, by_prompt: dict[str, list[dict]],
     collapse = {p: prompt_collapse(*_features_of(store, rows), settings) for p, rows in null_rows.items()}
     anchored = [collapse[p] / anchors[p] if np.isfinite(anchors[p]) else float("inf") for p in null_rows]
     ratio = calibration.null_threshold(anchored, settings.null_factor, settings.null_quantile)
-    floor = calibration.null_threshold(list(collapse.values()), settings.floor_factor, settings.floor_quantile)
+    floor = (calibration.null_threshold(list(collapse.values()), settings.floor_factor, settings.floor_quantile)
+             if settings.floor_factor else 0.0)  # 0: no floor
     if not (np.isfinite(ratio) and np.isfinite(floor)):
         quantile = max(settings.null_quantile, settings.floor_quantile)
         raise MemscanError(f"run {run_id}: the criterion cannot be calibrated: of {len(null_rows)} null prompts, fewer than "
