@@ -109,8 +109,9 @@ def prompt_anchors(images: Sequence[np.ndarray], neighbours: int, block: int = 1
     over its ``neighbours`` nearest prompts, then the median over its images.
 
     The anchored criterion divides a prompt's collapse distance by it, as Carlini et al. calibrate
-    l2 by an image's distance to its neighbours: a prompt that every seed draws dark and flat lies
-    near everything, and its generations agreeing means less than a colourful prompt's. Why nearest
+    l2 by an image's distance to its neighbours: a caption every seed draws in low contrast (dark
+    shapes on a dark background) lies near many other prompts' images, and its generations agreeing
+    means less than a contrasting caption's. Why nearest
     *prompts*, not images, and their median: an audit often holds several prompts that reproduce
     the same training image (captions of one duplicated image); taken image by image their copies
     would be each other's nearest, the anchor would shrink to the copies' own spread and hide every
