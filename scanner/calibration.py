@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -96,6 +97,28 @@ def null_threshold(null_statistics: Sequence[float], factor: float, quantile: fl
     values = np.asarray(null_statistics, dtype=np.float64)
     reference = float(np.quantile(values, quantile, method="inverted_cdf")) if len(values) else float("nan")
     return factor * reference if np.isfinite(reference) else float("nan")
+
+
+class AnchoredThresholds(NamedTuple):
+    ratio: float  # a prompt's threshold over its anchor
+    floor: float  # the threshold no prompt's is under (0: none)
+    thresholds: np.ndarray  # each prompt's tiled-l2 threshold
+    null_ratios: np.ndarray  # the null prompts' collapse distance over anchor (inf: no anchor)
+
+
+def anchored_thresholds(null_collapse: np.ndarray, null_anchors: np.ndarray, anchors: np.ndarray, factor: float,
+                        quantile: float, floor_factor: float, floor_quantile: float) -> AnchoredThresholds:
+    """The anchored criterion's thresholds (``cluster.calibrate``; the calibration script scores the
+    same rule): ``factor`` x the ``quantile`` of the nulls' collapse distance over anchor, times each
+    prompt's anchor, never under ``floor_factor`` x the ``floor_quantile`` of the nulls' collapse
+    distances; a prompt without an anchor (nan) gets the floor."""
+    null_collapse, null_anchors, anchors = (np.asarray(x, dtype=np.float64) for x in (null_collapse, null_anchors, anchors))
+    null_ratios = np.full(len(null_collapse), np.inf)
+    np.divide(null_collapse, null_anchors, out=null_ratios, where=np.isfinite(null_anchors))
+    ratio = null_threshold(null_ratios, factor, quantile)
+    floor = null_threshold(null_collapse, floor_factor, floor_quantile) if floor_factor else 0.0
+    scaled = np.where(np.isfinite(anchors), ratio * np.nan_to_num(anchors), floor)
+    return AnchoredThresholds(ratio, floor, np.maximum(scaled, floor), null_ratios)
 
 
 # prompts whose generations are an anchor's reference at most: beyond, a seeded sample of them (nulls among them

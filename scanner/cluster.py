@@ -325,19 +325,18 @@ def calibrate(store: Store, run_id: str, by_prompt: dict[str, list[dict]],
     every = {**by_prompt, **null_rows}
     anchors = dict(zip(ids, calibration.prompt_anchors([anchor_images(store, every[p], settings.anchor_seeds) for p in ids],
                                                        settings.anchor_prompts).tolist()))
-    collapse = {p: prompt_collapse(*_features_of(store, rows), settings) for p, rows in null_rows.items()}
-    anchored = [collapse[p] / anchors[p] if np.isfinite(anchors[p]) else float("inf") for p in null_rows]
-    ratio = calibration.null_threshold(anchored, settings.null_factor, settings.null_quantile)
-    floor = (calibration.null_threshold(list(collapse.values()), settings.floor_factor, settings.floor_quantile)
-             if settings.floor_factor else 0.0)  # 0: no floor
+    collapse = [prompt_collapse(*_features_of(store, rows), settings) for rows in null_rows.values()]
+    ratio, floor, values, anchored = calibration.anchored_thresholds(
+        collapse, [anchors[p] for p in null_rows], [anchors[p] for p in ids], settings.null_factor, settings.null_quantile,
+        settings.floor_factor, settings.floor_quantile)
     if not (np.isfinite(ratio) and np.isfinite(floor)):
         quantile = max(settings.null_quantile, settings.floor_quantile)
         raise MemscanError(f"run {run_id}: the criterion cannot be calibrated: of {len(null_rows)} null prompts, fewer than "
                            f"{quantile:.0%} have {settings.min_clique} usable generations; sample more or give "
                            "a fixed --threshold")
     # tiled l2 is computed in float32: thresholds are compared like with like
-    thresholds = {p: float(np.float32(max(ratio * anchors[p], floor) if np.isfinite(anchors[p]) else floor)) for p in ids}
-    flagged = sum(collapse[p] <= thresholds[p] for p in null_rows)
+    thresholds = {p: float(np.float32(value)) for p, value in zip(ids, values)}
+    flagged = sum(value <= thresholds[p] for p, value in zip(null_rows, collapse))
     record = {"run_id": run_id, "metric": "criterion_threshold", "subject": "null_prompts", "value": ratio,
               "n_positive": flagged, "n_negative": len(null_rows), "details": json.dumps({
                   "null_factor": settings.null_factor, "null_quantile": settings.null_quantile,
@@ -346,7 +345,7 @@ def calibrate(store: Store, run_id: str, by_prompt: dict[str, list[dict]],
                   "anchor_seeds": settings.anchor_seeds, "anchor_prompts": settings.anchor_prompts,
                   "min_clique": settings.min_clique, "statistic": "collapse tiled l2 / anchor l2",
                   "prompt_thresholds": [float(x) for x in np.quantile([thresholds[p] for p in by_prompt] or [floor], [0, 0.5, 1])],
-                  "null_statistics": [v if np.isfinite(v) else None for v in sorted(anchored)]})}
+                  "null_statistics": [float(v) if np.isfinite(v) else None for v in sorted(anchored)]})}
     per_prompt = [{"run_id": run_id, "metric": "prompt_threshold", "subject": p, "value": thresholds[p], "n_positive": None,
                    "n_negative": None, "details": json.dumps({"anchor": anchors[p] if np.isfinite(anchors[p]) else None,
                                                               "null_prompt": p in null_rows})} for p in ids]

@@ -50,7 +50,8 @@ from scanner.demo import CALIBRATION_MODELS, bucket_of, decode_png, demo_items, 
 from scanner.demo.evaluate import DUPLICATED_BUCKETS, REPRODUCED_SHARE, CaptionDrawings, reproduced_share
 from scanner.generate import Prompt
 from scanner.models.loading import load_embedder
-from scanner.calibration import NULL_SOURCE, criterion_statement, null_prompts, null_threshold, prompt_anchors, quantile_name
+from scanner.calibration import (NULL_SOURCE, anchored_thresholds, criterion_statement, null_prompts, null_threshold,
+                                 prompt_anchors, quantile_name)
 from scanner.store import Store
 
 RUNS = Path("runs")
@@ -173,15 +174,20 @@ def calibrated_draws(rows: list[dict], nulls: int, flags_of, draws: int = 300) -
 
 
 def anchored_flags(rows: list[dict], k: int, factor: float, quantile: float, floor_factor: float, floor_quantile: float):
-    """memscan's criterion (``cluster.calibrate``) as a function of the drawn nulls: each prompt's threshold
-    is factor x the nulls' quantile of collapse over anchor, times its anchor, never under the floor."""
+    """memscan's criterion (``calibration.anchored_thresholds``, as ``cluster.calibrate`` applies it) as a
+    function of the drawn nulls' row indices: each prompt flagged when its collapse distance is within its threshold."""
     collapse, anchor = column(rows, f"collapse_{k}"), column(rows, "anchor")
-    anchored = collapse / anchor
 
     def flags_of(chosen: np.ndarray) -> np.ndarray:
-        floor = null_threshold(collapse[chosen], floor_factor, floor_quantile) if floor_factor else 0.0
-        return collapse <= np.maximum(null_threshold(anchored[chosen], factor, quantile) * anchor, floor)
+        return collapse <= anchored_thresholds(collapse[chosen], anchor[chosen], anchor, factor, quantile, floor_factor,
+                                               floor_quantile).thresholds
     return flags_of
+
+
+def default_flags(rows: list[dict], floor: bool = True):
+    """``anchored_flags`` at memscan's default settings (``floor`` False: without the floor)."""
+    d = ClusterConfig()
+    return anchored_flags(rows, d.min_clique, d.null_factor, d.null_quantile, d.floor_factor if floor else 0.0, d.floor_quantile)
 
 
 def low_quantile(alpha: float):
@@ -194,9 +200,7 @@ def low_quantile(alpha: float):
 
 
 def at_default(rows: list[dict], nulls: int = 32, draws: int = 300) -> np.ndarray:
-    d = ClusterConfig()
-    return calibrated_draws(rows, nulls, anchored_flags(rows, d.min_clique, d.null_factor, d.null_quantile, d.floor_factor,
-                                                        d.floor_quantile), draws)
+    return calibrated_draws(rows, nulls, default_flags(rows), draws)
 
 
 def compare(paths: list[Path], tuned_on: str, k: int = 5) -> None:
@@ -230,8 +234,7 @@ def compare(paths: list[Path], tuned_on: str, k: int = 5) -> None:
                  f"floor {default.floor_factor} x {quantile_name(default.floor_quantile)}, k {default.min_clique} (the default)"] = \
             at_default(rows)
         criteria["the same of 16 nulls"] = at_default(rows, nulls=16)
-        criteria["the same without the floor"] = calibrated_draws(rows, 32, anchored_flags(
-            rows, default.min_clique, default.null_factor, default.null_quantile, 0.0, default.floor_quantile))
+        criteria["the same without the floor"] = calibrated_draws(rows, 32, default_flags(rows, floor=False))
         for label, flagged in criteria.items():
             recall, false_flags, null_flags = outcome(rows, np.asarray(flagged, dtype=float))
             results.setdefault(f"{name} ({memorized} memorized)", {})[label] = (recall, false_flags)
@@ -405,9 +408,7 @@ def mix(name: str, guidances: list[float], samples: int) -> None:
         rows = [{**prompt_truth(p, truth), "anchor": anchor, f"collapse_{default.min_clique}":
                  cluster.collapse_distance(p.images, default.min_clique, default.tiles)} for p, anchor in zip(prompts, anchors)]
         null = np.flatnonzero([p.source == NULL_SOURCE for p in prompts])
-        flags_of = anchored_flags(rows, default.min_clique, default.null_factor, default.null_quantile, default.floor_factor,
-                                  default.floor_quantile)
-        recall, false_flags, _ = outcome(rows, flags_of(null).astype(float))
+        recall, false_flags, _ = outcome(rows, default_flags(rows)(null).astype(float))
         memorized = sum(r["memorized"] and r["bucket"] in DUPLICATED_BUCKETS for r in rows)
         print(f"{name}, {label} ({len(prompts[0].images)} generations per prompt): "
               f"recall {recall:.2f} of {memorized}, false flags {false_flags:.3f}")
