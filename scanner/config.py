@@ -207,7 +207,7 @@ class ClusterConfig:
 class MatchConfig:
     """How candidates are matched to training items and judged (see scanner/match.py)."""
 
-    k: int = 10                 # CLIP neighbours proposed per generation, beyond the anchor set
+    k: int = 10                 # distinct CLIP neighbours proposed per generation beyond the anchor set; as many pixel neighbours
     max_hamming: int = 10       # pHash neighbours proposed per generation
     # extracted: the generation is closer to the training item than the item's 50 nearest other distinct
     # training images are on average (its tiled l2 to the item over the item's spacing at most
@@ -225,7 +225,7 @@ class MatchConfig:
     anchored_tiled_ratio: float = 0.8
     similar_ratio: float = 1.2  # images that are clearly not copies lie at 1.0 to 1.8 (median 1.14 to 1.47)
     spacing_n: int = 50         # the item's spacing: mean tiled l2 to this many nearest other distinct images
-    spacing_search: int = 1000  # CLIP neighbours of the item among which those nearest are found
+    spacing_search: int = 1000  # distinct CLIP neighbours of the item among which those nearest are found (and spacing_n pixel ones)
     anchor_n: int = 50
     anchor_alpha: float = 0.5
     tiles: int = 4

@@ -10,6 +10,12 @@ Layout (one folder per index):
   vectors (exact below ``exact_below`` items, IVF-PQ above); ``phash.index``: binary pHashes;
 - ``image_emb.npy``, ``text_emb.npy``: the embeddings themselves, so ``--append`` never re-embeds;
 - ``thumbnails.npy``: uint8 [N, S, S, 3] thumbnails for pixel verification (memory-mapped).
+
+Searches that propose training images for a generation return one row per *distinct* image
+(sha256), deepened past copies: an image repeated 200 times fills 200 rows of a plain search. Pixel
+neighbours (thumbnails averaged down to ``PIXEL_GRID`` x ``PIXEL_GRID``, exact l2) propose what
+CLIP misses: a small or domain-specific CLIP can rank a near-copy past its 100th neighbour
+(docs/CALIBRATION.md, session 18).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from scanner.models.base import ImageTextEmbedder
 from scanner.sources import SourceFormat, SourceItem, iter_source
 
 DEFAULT_ROOT = Path("indexes")
+PIXEL_GRID = 8  # pixel neighbours compare thumbnails averaged down to 8 x 8 (192 values)
 
 
 @dataclass(frozen=True)
@@ -285,6 +292,15 @@ def build_index(source: Path, name: str, embedder: ImageTextEmbedder, config: In
     return manifest
 
 
+def pixel_vectors(thumbnails: np.ndarray) -> np.ndarray:
+    """[N, S, S, 3] uint8 -> [N, PIXEL_GRID^2 * 3] float32 block means on [0, 1] (the last S mod PIXEL_GRID
+    rows and columns left out)."""
+    n, block = len(thumbnails), thumbnails.shape[1] // PIXEL_GRID
+    side = block * PIXEL_GRID
+    grid = np.asarray(thumbnails[:, :side, :side], np.float32).reshape(n, PIXEL_GRID, block, PIXEL_GRID, block, 3).mean(axis=(2, 4))
+    return np.ascontiguousarray(grid.reshape(n, -1) / 255.0)
+
+
 def hash_codes(hashes: np.ndarray) -> np.ndarray:
     """64-bit hashes as FAISS binary codes (8 bytes each, most significant first)."""
     return np.ascontiguousarray(np.asarray(hashes, dtype=np.uint64).astype(">u8").view(np.uint8).reshape(-1, 8))
@@ -318,6 +334,7 @@ class TrainingIndex:
         self.image_index = faiss.read_index(str(folder / "image.index"))
         self.text_index = faiss.read_index(str(folder / "text.index"))
         self.hash_index = faiss.read_index_binary(str(folder / "phash.index"))
+        self._pixel_index = None  # built on first use from the thumbnails: N x 768 bytes in memory
         for index, info in ((self.image_index, self.manifest["image_index"]), (self.text_index, self.manifest["text_index"])):
             if "nprobe" in info:
                 faiss.extract_index_ivf(index).nprobe = info["nprobe"]
@@ -347,6 +364,35 @@ class TrainingIndex:
     def search_texts(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return search_reranked(self.text_index, self._text_embeddings,
                                np.ascontiguousarray(embeddings, dtype=np.float32), min(k, len(self.item_ids)))
+
+    def search_distinct_images(self, embedding: np.ndarray, n: int) -> np.ndarray:
+        """Rows of the ``n`` distinct images (one row per sha256) nearest in CLIP space, nearest first."""
+        return self._distinct(lambda depth: self.search_images(embedding[None], depth)[1][0], n)
+
+    def search_distinct_pixels(self, thumbnail: np.ndarray, n: int) -> np.ndarray:
+        """Rows of the ``n`` distinct images nearest in pixels (``PIXEL_GRID`` block means), nearest first."""
+        if self._pixel_index is None:
+            import faiss
+
+            vectors = np.concatenate([pixel_vectors(self.thumbnails[start:start + 65536])
+                                      for start in range(0, len(self.item_ids), 65536)] or [np.zeros((0, 3 * PIXEL_GRID ** 2), np.float32)])
+            self._pixel_index = faiss.IndexFlatL2(3 * PIXEL_GRID ** 2)
+            self._pixel_index.add(vectors)
+        query = pixel_vectors(np.asarray(thumbnail)[None])
+        return self._distinct(lambda depth: self._pixel_index.search(query, depth)[1][0], n)
+
+    def _distinct(self, search: Callable[[int], np.ndarray], n: int) -> np.ndarray:
+        """The first row of each distinct image in ``search(depth)``'s order, searching deeper until
+        ``n`` distinct images are found or every row has been seen."""
+        depth = min(2 * n, len(self.item_ids))
+        while True:
+            first: dict[str, int] = {}
+            for row in search(depth).tolist():
+                if row >= 0:
+                    first.setdefault(self.sha256[row], row)
+            if len(first) >= n or depth >= len(self.item_ids):
+                return np.array(list(first.values())[:n], dtype=np.int64)
+            depth = min(4 * depth, len(self.item_ids))
 
     def search_hashes(self, phash: int, max_hamming: int) -> tuple[np.ndarray, np.ndarray]:
         """Items whose pHash is within ``max_hamming`` bits: (ids, distances)."""

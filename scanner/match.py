@@ -1,13 +1,14 @@
 """Matching candidates to training items: candidates -> matches.
 
 For each candidate cluster, its medoid generation is looked up in a training-set index: CLIP
-nearest neighbours and pHash neighbours propose items, pixel distances on thumbnails decide.
+nearest neighbours, pixel neighbours (8 x 8 block means) and pHash neighbours propose distinct
+training images, pixel distances on thumbnails decide.
 Every distance is judged relative to the training set's own neighbourhood, never as an absolute
 pixel distance, which would be a constant of one resolution and one model (docs/CALIBRATION.md):
 
 - *item spacing*: the mean tiled l2 from the training item to its ``spacing_n`` (50) nearest
   other distinct training images (Carlini et al.'s calibration, n = 50, from the item's side; found
-  among the item's ``spacing_search`` CLIP neighbours): how far apart this part of the training set
+  among the item's ``spacing_search`` distinct CLIP neighbours and its pixel neighbours): how far apart this part of the training set
   is. The *relative distance* is the generation's tiled l2 to the item divided by it;
 - *anchored l2* (Carlini et al., CIFAR-10): l2 to the item divided by ``alpha`` times the mean l2
   from the *generation* to its ``n`` nearest *distinct* training images (duplicates collapsed by
@@ -59,35 +60,35 @@ def verdict(relative: float, anchored: float, anchored_tiled: float, to_nearest:
 
 
 def item_spacing(index: TrainingIndex, item: int, config: MatchConfig) -> float:
-    """Mean tiled l2 from training item ``item`` to its ``spacing_n`` nearest other distinct
-    training images (among its ``spacing_search`` CLIP neighbours); nan when the index holds no other image."""
-    _, neighbours = index.search_images(index.image_embedding(index.item_ids[item])[None], config.spacing_search + index.max_copies)
-    own = index.sha256[item]
-    others: dict[str, int] = {}
-    for i in neighbours[0][neighbours[0] >= 0].tolist():
-        if index.sha256[i] != own:
-            others.setdefault(index.sha256[i], i)
+    """Mean tiled l2 from training item ``item`` to its ``spacing_n`` nearest other distinct training
+    images (among its ``spacing_search`` distinct CLIP neighbours and its ``spacing_n`` distinct pixel
+    neighbours); nan when the index holds no other image."""
+    own = np.asarray(index.thumbnails[item])
+    proposed = np.concatenate([index.search_distinct_images(index.image_embedding(index.item_ids[item]), config.spacing_search + 1),
+                               index.search_distinct_pixels(own, config.spacing_n + 1)])
+    first: dict[str, int] = {}
+    for i in proposed.tolist():
+        if index.sha256[i] != index.sha256[item]:
+            first.setdefault(index.sha256[i], i)
+    others = sorted(first.values())
     if not others:
         return float("nan")
-    thumbnails = np.asarray(index.thumbnails[np.array(sorted(others.values()))])
-    spacing = np.sort(distances.tiled_l2(np.asarray(index.thumbnails[item])[None], thumbnails, config.tiles))
+    spacing = np.sort(distances.tiled_l2(own[None], np.asarray(index.thumbnails[np.array(others)]), config.tiles))
     return float(np.mean(spacing[:config.spacing_n]))
 
 
 def match_image(image: np.ndarray, embedding: np.ndarray, phash: int, index: TrainingIndex,
                 config: MatchConfig, spacing: dict[int, float] | None = None) -> list[dict]:
     """The closest distinct training items to one generation (by tiled l2), with every distance and a verdict."""
-    copies = index.max_copies
-    _, neighbours = index.search_images(embedding[None], config.k + config.anchor_n + copies)
+    query = features.resize(image, index.manifest["thumbnail_size"])
     hash_ids, _ = index.search_hashes(phash, config.max_hamming)
-    ids = np.unique(np.concatenate([neighbours[0][neighbours[0] >= 0], hash_ids]))
+    ids = np.unique(np.concatenate([index.search_distinct_images(embedding, config.k + config.anchor_n),
+                                    index.search_distinct_pixels(query, config.k), hash_ids]))
     # one representative per distinct image (sha256): the first item that carries it
     seen: dict[str, int] = {}
     for i in ids.tolist():
         seen.setdefault(index.sha256[i], i)
     distinct = np.array(sorted(seen.values()), dtype=np.int64)
-    size = index.manifest["thumbnail_size"]
-    query = features.resize(image, size)
     thumbnails = np.asarray(index.thumbnails[distinct])
     l2 = distances.normalized_l2(query[None], thumbnails)
     tiled = distances.tiled_l2(query[None], thumbnails, config.tiles)

@@ -146,3 +146,21 @@ def test_match_verdicts_see_past_duplicates(tmp_path, demo_clip):
     assert len({m["item_id"].split("--")[0] for m in judge(noisy)}) == len(judge(noisy))
     noise = np.random.default_rng(1).integers(0, 256, copy.shape, dtype=np.uint8)
     assert all(m["verdict"] == "none" for m in judge(noise))  # as far from every item as the items are from each other
+    # a near-copy that CLIP places elsewhere (here it is given the noise's embedding and pHash) is proposed by its pixels
+    found = match_image(noisy, demo_clip.embed_images(noise[None])[0], perceptual_hashes(noise)[0], index, MatchConfig())
+    assert found[0]["item_id"].startswith(world_rows[0]["item_id"]) and found[0]["verdict"] == "extracted"
+
+
+def test_searches_propose_distinct_images_past_copies(tmp_path, demo_clip):
+    world_rows = [r for r in load_world(["item_id", "caption", "image_png", "kind"]) if r["kind"] == "object"][:12]
+    root = tmp_path / "ix"
+    copies = {world_rows[0]["item_id"]: 30, world_rows[1]["item_id"]: 30}
+    build_index(write_folder(tmp_path / "train", world_rows, copies=copies), "d", demo_clip, IndexConfig(thumbnail_size=32), root=root)
+    index = TrainingIndex.open("d", root)
+    # a plain search for 5 neighbours of the first item returns 5 of its 30 copies; these go past them
+    rows = index.search_distinct_images(index.image_embedding(index.item_ids[0]), 5)
+    assert len({index.sha256[r] for r in rows}) == 5 and index.sha256[rows[0]] == index.sha256[0]
+    assert len(index.search_distinct_images(index.image_embedding(index.item_ids[0]), 100)) == 12  # all there are
+    for row in (0, 30, 65):  # pixel neighbours find each image by its own pixels first
+        found = index.search_distinct_pixels(index.thumbnails[row], 4)
+        assert index.sha256[found[0]] == index.sha256[row] and len({index.sha256[r] for r in found}) == 4
