@@ -307,7 +307,7 @@ def evaluate(name: str, guidance: float, samples: int, steps: int, config: Clust
             "threshold": statement.threshold, "nulls_flagged": statement.nulls_flagged, "nulls": statement.nulls,
             "extracted_precision": extraction.precision, "extracted_recall": extraction.recall,
             "judged_extracted": extraction.judged, "ambiguous": extraction.ambiguous, "reproducing": extraction.reproducing,
-            "matches": verdicts}
+            "echoing": extraction.echoing, "matches": verdicts}
 
 
 def small_audits(name: str, size: int, draws: int, samples: int, prompts_only: bool) -> None:
@@ -486,7 +486,7 @@ def main() -> None:
         compare(sorted(path for path in RUNS.glob("criterion-*.parquet") if "-first" not in path.stem), args.tuned_on)
     else:
         print("| model | threshold (nulls under it) | recall | false flags (flagged; of them leaking) | extracted precision "
-              "(judged; ambiguous) | extracted recall |")
+              "(judged; ambiguous) | extracted recall (of near-copies; echoes) |")
         print("| --- | --- | --- | --- | --- | --- |")
         for name in args.model:
             if (RUNS / f"{scan_stem(name, args.guidance, args.samples, args.steps)}.duckdb").exists():
@@ -494,7 +494,7 @@ def main() -> None:
                 print(f"| {name} | {r['threshold']:.4f} ({r['nulls_flagged']} of {r['nulls']}) | {r['recall']:.2f} of "
                       f"{r['memorized']} | {r['false_flags']:.3f} of {r['unmemorized']} ({r['flagged']}; {r['leaking']}) | "
                       f"{r['extracted_precision']:.2f} ({r['judged_extracted']}; "
-                      f"{r['ambiguous']}) | {r['extracted_recall']:.2f} of {r['reproducing']} |", flush=True)
+                      f"{r['ambiguous']}) | {r['extracted_recall']:.2f} of {r['reproducing']}; {r['echoing']} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@ non-member generations pass). An absolute threshold (tiled l2 0.10, until sessio
 constant of the demo's own autoencoder: on a blurrier or differently drawn model no generation could
 meet it, copies or not.
 
+An image is a *near-copy* of an item when it reproduces it and no other training member is nearer
+to it (tiled l2): the ``extracted`` verdict claims a near-copy, and its recall is counted over those
+(session 18). An image that carries a drawing's layout while hundreds of other training images lie
+nearer (a textured world's drawing redrawn smooth) *echoes* the item and is counted apart.
+
 A prompt is *flagged* when it has a candidate cluster; its item is *reproduced* when a candidate's
 medoid reproduces it, *extracted* when the matching stage judged a candidate ``extracted`` against
 that very item. Reported per duplication bucket.
@@ -103,6 +108,10 @@ class CaptionDrawings:
         own = float(tiled_l2(image[None], self.image(item_id)[None])[0])
         others = tiled_l2(image[None], self.drawings(item_id))
         return bool(own < others.min() and own <= SELECTED_MARGIN * float(np.median(others)))
+
+    def nearest_member(self, image: np.ndarray) -> str:
+        """The training member nearest to the image (tiled l2)."""
+        return self.members[int(np.argmin(tiled_l2(image[None], self.member_images())))]
 
     def reproduced_members(self, image: np.ndarray) -> set[str]:
         """The members an image reproduces among the ``NEAREST_TESTED`` nearest to it (selected items)."""
@@ -212,8 +221,9 @@ class ExtractionScore:
     judged: int        # (candidate, item) pairs the matching stage judged extracted
     correct: int       # ... whose candidate medoid reproduces that item
     wrong: int         # ... whose medoid is no closer to it than half its caption's other drawings; the rest are ambiguous
-    reproducing: int   # candidates whose medoid reproduces a member (its prompt's item or another)
-    found: int         # ... judged extracted against an item it reproduces
+    reproducing: int   # candidates whose medoid is a near-copy of a member (its prompt's item or another)
+    found: int         # ... judged extracted against that member
+    echoing: int       # candidates whose medoid reproduces a member with another member nearer: outside recall
 
     @property
     def precision(self) -> float:
@@ -232,8 +242,9 @@ def score_extraction(store: Store, run_id: str, world: Path = WORLD) -> Extracti
     """Precision and recall of the ``extracted`` verdict. A verdict is right when the candidate's medoid
     reproduces the judged item (its prompt's own item by the plain test, another by the selected one),
     wrong when at least NOT_A_COPY_RANK of the item's caption's other drawings are as close to it,
-    ambiguous otherwise (counted, in neither). Recall counts the candidates whose medoid reproduces
-    its prompt's item or, by the selected test, a member near it."""
+    ambiguous otherwise (counted, in neither). Recall counts the candidates whose medoid is a near-copy:
+    it reproduces its prompt's item or, by the selected test, a member near it, and that member is the
+    training member nearest to it."""
     drawings = CaptionDrawings(world)
     medoids = store.query(
         "SELECT c.candidate_id, p.source_item_id, g.thumbnail_path FROM candidates c "
@@ -256,9 +267,11 @@ def score_extraction(store: Store, run_id: str, world: Path = WORLD) -> Extracti
     wrong = sum(int(drawings.ranks(medoid_of[c][None], item)[0]) >= NOT_A_COPY_RANK for c, item in extracted)
     reproduced = {c: {item for item in drawings.reproduced_members(image) | {own_item[c]} if reproduces(c, item)}
                   for c, image in medoid_of.items()}
-    reproducing = [c for c, items in reproduced.items() if items]
-    return ExtractionScore(len(extracted), right, wrong, len(reproducing),
-                           sum(any((c, item) in extracted for item in reproduced[c]) for c in reproducing))
+    copied = {c: items & {drawings.nearest_member(medoid_of[c])} for c, items in reproduced.items() if items}
+    near_copies = [c for c, items in copied.items() if items]
+    return ExtractionScore(len(extracted), right, wrong, len(near_copies),
+                           sum(any((c, item) in extracted for item in copied[c]) for c in near_copies),
+                           len(copied) - len(near_copies))
 
 
 @dataclass(frozen=True)
