@@ -269,10 +269,10 @@ class CriterionStatement:
 # extraction from the demo world's unconditional model by matching every generation (scripts/measure_families.py
 # --family ddpm; docs/MEASUREMENTS.md): the statement says it when a scan of a model without prompts finds nothing
 MEASURED_UNCONDITIONAL = ("of the 20 duplicated training images its 256 generations reproduce, 20 judged extracted (x200 11 of 11, "
-                          "x50 9 of 9), and none of 94 extracted verdicts wrong (74 the truth cannot confirm either way)")
+                          "x50 9 of 9), and none of 75 extracted verdicts wrong (55 the truth cannot confirm either way)")
 # the same for the demo world's class-conditional DiT, its 8 classes (scripts/measure_families.py --family dit)
 MEASURED_CLASS_CONDITIONAL = ("of the 17 duplicated training images its 512 generations (64 per class, guidance 4) reproduce, 17 "
-                              "judged extracted (x200 14 of 14, x50 3 of 3), and none of 74 extracted verdicts wrong (58 the "
+                              "judged extracted (x200 14 of 14, x50 3 of 3), and none of 85 extracted verdicts wrong (67 the "
                               "truth cannot confirm either way)")
 NEAREST_ITEM = "nearest_item"  # the stored criterion of such a scan (scanner.match.match_every_generation)
 
