@@ -197,7 +197,7 @@ def render_report(db: Path, out: Path) -> dict:
             statement = criterion_statement(store, run["run_id"])
             methods = {"seeds": f"{sampling.get('seed_base', 0)} to {sampling.get('seed_base', 0) + sampling.get('samples_per_prompt', 0) - 1}",
                        "index": matching.get("index", ""), **{k: matching.get(k) for k in
-                       ("extraction_ratio", "nearest_margin", "similar_ratio", "anchor_n", "anchor_alpha")}}
+                       ("extraction_ratio", "anchored_tiled_ratio", "nearest_margin", "similar_ratio", "anchor_n", "anchor_alpha")}}
             if isinstance(statement, MatchingStatement):  # a model without text prompts: every generation matched
                 methods["unconditional"] = True
                 methods["classes"] = statement.classes
