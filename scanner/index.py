@@ -326,7 +326,6 @@ class TrainingIndex:
         self.captions = self.items.column("caption").to_pylist()
         self.phashes = self.items.column("phash").to_numpy()
         self.sha256 = self.items.column("sha256").to_pylist()
-        self.max_copies = max(Counter(self.sha256).values(), default=1)  # how deep a search must go to see past copies
         self._row_of = {item_id: row for row, item_id in enumerate(self.item_ids)}
         self._image_embeddings = np.load(folder / "image_emb.npy", mmap_mode="r")
         self._text_embeddings = np.load(folder / "text_emb.npy", mmap_mode="r")
