@@ -380,15 +380,20 @@ class TrainingIndex:
         query = pixel_vectors(np.asarray(thumbnail)[None])
         return self._distinct(lambda depth: self._pixel_index.search(query, depth)[1][0], n)
 
+    def first_row_of_each_image(self, rows: Iterable[int]) -> dict[str, int]:
+        """sha256 -> the first of ``rows`` that carries that image (FAISS's padding, -1, skipped)."""
+        first: dict[str, int] = {}
+        for row in rows:
+            if row >= 0:
+                first.setdefault(self.sha256[row], row)
+        return first
+
     def _distinct(self, search: Callable[[int], np.ndarray], n: int) -> np.ndarray:
         """The first row of each distinct image in ``search(depth)``'s order, searching deeper until
         ``n`` distinct images are found or every row has been seen."""
         depth = min(2 * n, len(self.item_ids))
         while True:
-            first: dict[str, int] = {}
-            for row in search(depth).tolist():
-                if row >= 0:
-                    first.setdefault(self.sha256[row], row)
+            first = self.first_row_of_each_image(search(depth).tolist())
             if len(first) >= n or depth >= len(self.item_ids):
                 return np.array(list(first.values())[:n], dtype=np.int64)
             depth = min(4 * depth, len(self.item_ids))

@@ -66,10 +66,8 @@ def item_spacing(index: TrainingIndex, item: int, config: MatchConfig) -> float:
     own = np.asarray(index.thumbnails[item])
     proposed = np.concatenate([index.search_distinct_images(index.image_embedding(index.item_ids[item]), config.spacing_search + 1),
                                index.search_distinct_pixels(own, config.spacing_n + 1)])
-    first: dict[str, int] = {}
-    for i in proposed.tolist():
-        if index.sha256[i] != index.sha256[item]:
-            first.setdefault(index.sha256[i], i)
+    first = index.first_row_of_each_image(proposed.tolist())
+    first.pop(index.sha256[item], None)
     others = sorted(first.values())
     if not others:
         return float("nan")
@@ -85,10 +83,7 @@ def match_image(image: np.ndarray, embedding: np.ndarray, phash: int, index: Tra
     ids = np.unique(np.concatenate([index.search_distinct_images(embedding, config.k + config.anchor_n),
                                     index.search_distinct_pixels(query, config.k), hash_ids]))
     # one representative per distinct image (sha256): the first item that carries it
-    seen: dict[str, int] = {}
-    for i in ids.tolist():
-        seen.setdefault(index.sha256[i], i)
-    distinct = np.array(sorted(seen.values()), dtype=np.int64)
+    distinct = np.array(sorted(index.first_row_of_each_image(ids.tolist()).values()), dtype=np.int64)
     thumbnails = np.asarray(index.thumbnails[distinct])
     l2 = distances.normalized_l2(query[None], thumbnails)
     tiled = distances.tiled_l2(query[None], thumbnails, config.tiles)
