@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from scanner.config import MatchConfig
 from scanner.generate import Prompt
 from scanner.store import Store
 
@@ -274,6 +275,33 @@ MEASURED_UNCONDITIONAL = ("of the 20 duplicated training images its 256 generati
 MEASURED_CLASS_CONDITIONAL = ("of the 17 duplicated training images its 512 generations (64 per class, guidance 4) reproduce, 17 "
                               "judged extracted (x200 14 of 14, x50 3 of 3), and none of 85 extracted verdicts wrong (67 the "
                               "truth cannot confirm either way)")
+# The ``extracted`` verdict at the default match settings against the calibration worlds' truth (an image reproduces
+# an item when it is nearer it than every one of 256 other drawings of the item's caption; a verdict is wrong when half
+# of them are nearer): scripts/calibrate_criterion.py evaluate --samples 32, docs/CALIBRATION.md, session 18
+MEASURED_VERDICT = ("of 692 extracted verdicts on the nine calibration models' scans (32 seeds per prompt), the truth decides "
+                    "297: on seven models all 259 right; on the two weakest one wrong each (sd-64 32 of 33 right, sd-short 4 of "
+                    "5), both a blurred blob judged a copy of the star it stands in for. The other 395 lie near their item but "
+                    "the truth cannot tell whether the model drew that drawing or only its caption. The verdict found 93% to "
+                    "100% of the candidates whose image is a near-copy of a training image")
+VERDICT_SETTINGS = ("extraction_ratio", "anchored_tiled_ratio", "nearest_margin", "spacing_n", "spacing_search", "anchor_n", "tiles")
+
+
+def verdict_statement(store: Store, run_id: str) -> str | None:
+    """What this run's ``extracted`` verdicts have been measured to mean, or None when it matched nothing
+    (a model without prompts: ``MatchingStatement`` says it)."""
+    stored = json.loads(store.execute("SELECT config FROM runs WHERE run_id = ?", [run_id])[0][0])
+    stored = stored if isinstance(stored, dict) else {}  # a database may be older, or crafted
+    matching = stored.get("match", {})
+    if stored.get("cluster", {}).get("criterion") == NEAREST_ITEM or not store.count("matches", run_id):
+        return None
+    defaults = MatchConfig()
+    changed = [f"{key} {matching.get(key, 'not recorded')}" for key in VERDICT_SETTINGS if matching.get(key) != getattr(defaults, key)]
+    if changed:
+        return (f"The extracted verdict was measured at the default match settings only, and this scan's differ "
+                f"({', '.join(changed)}): at the defaults, {MEASURED_VERDICT}.")
+    return f"Extracted verdicts, measured at these settings: {MEASURED_VERDICT}. Compare each with its training item before relying on it."
+
+
 NEAREST_ITEM = "nearest_item"  # the stored criterion of such a scan (scanner.match.match_every_generation)
 
 

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from scanner.calibration import criterion_statement
+from scanner.calibration import criterion_statement, verdict_statement
 from scanner.config import SettingError, require_int, require_number
 from scanner.errors import MemscanError, input_error
 from scanner.models.loading import ModelSpec, load_embedder, portable, worker_pool
@@ -46,6 +46,8 @@ def _print_findings(store, run_id: str, limit: int = 20) -> None:
         console.print(statement.nothing_found)
     for line in statement.lines(found_nothing=not rows):
         console.print(line)
+    if (verdicts := verdict_statement(store, run_id)) is not None:
+        console.print(verdicts)
 
 
 def _print_where(db: Path, run_id: str) -> None:

@@ -134,3 +134,33 @@ def test_a_fine_tune_finding_shows_the_reference_models_nearest_generation(tmp_p
     nearest = float(tiled_l2(images["near"], training))
     assert "Fine-tune audit" in html and "from run base" in html
     assert f"reference model, nearest (tiled l2 {nearest:.4f})" in html
+
+
+def test_an_extracted_finding_says_what_the_verdict_was_measured_to_mean(tmp_path, finding_db):
+    """A court reads an extracted verdict with its measured error: the report and the CLI state it,
+    and say when the scan judged at settings that were not measured."""
+    import dataclasses
+    import json
+
+    from scanner.calibration import verdict_statement
+    from scanner.config import MatchConfig
+
+    out = tmp_path / "report.html"
+    render_report(finding_db, out)
+    assert "measured at the default match settings only" not in out.read_text()  # no match, no verdict to qualify
+    with Store(finding_db) as store:
+        assert verdict_statement(store, "r1") is None
+        store.insert("matches", [{"run_id": "r1", "candidate_id": "c1", "index_name": "demo", "item_id": "i1",
+                                  "item_caption": "a red circle", "l2": 0.05, "tiled_l2": 0.04, "anchored_l2": 0.3,
+                                  "anchor": "generation", "phash_hamming": 2, "clip_cosine": 0.99, "verdict": "extracted"}])
+        unrecorded = verdict_statement(store, "r1")
+        settings = {"cluster": {"threshold": 0.02}, "match": {**dataclasses.asdict(MatchConfig()), "index": "demo"}}
+        store.execute("UPDATE runs SET config = ? WHERE run_id = 'r1'", [json.dumps(settings)])
+        measured = verdict_statement(store, "r1")
+        settings["match"]["extraction_ratio"] = 1.0
+        store.execute("UPDATE runs SET config = ? WHERE run_id = 'r1'", [json.dumps(settings)])
+        changed = verdict_statement(store, "r1")
+    assert "extraction_ratio not recorded" in unrecorded and "extraction_ratio 1.0)" in changed
+    assert measured.startswith("Extracted verdicts, measured at these settings") and "one wrong each" in measured
+    render_report(finding_db, out)
+    assert "measured at the default match settings only" in out.read_text()

@@ -67,6 +67,7 @@ def test_demo_reproduces_duplicated_items_and_not_non_members(demo_run):
 
     db, stdout = demo_run
     assert "Database:" in stdout and "duckdb" in stdout
+    assert "Extracted verdicts, measured at these settings" in stdout  # with the verdict's measured error
     with Store(db, read_only=True) as store:
         run_id = store.execute("SELECT run_id FROM runs WHERE kind = 'demo'")[0][0]
         scores = {s.bucket: s for s in score_demo_run(store, run_id)}

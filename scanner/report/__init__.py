@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from scanner import __version__
-from scanner.calibration import MatchingStatement, criterion_statement, quantile_name
+from scanner.calibration import MatchingStatement, criterion_statement, quantile_name, verdict_statement
 from scanner.errors import MemscanError, input_error, make_folder
 from scanner.features import png_bytes
 from scanner.store import Store
@@ -198,6 +198,7 @@ def render_report(db: Path, out: Path) -> dict:
             methods = {"seeds": f"{sampling.get('seed_base', 0)} to {sampling.get('seed_base', 0) + sampling.get('samples_per_prompt', 0) - 1}",
                        "index": matching.get("index", ""), **{k: matching.get(k) for k in
                        ("extraction_ratio", "anchored_tiled_ratio", "nearest_margin", "similar_ratio", "anchor_n", "anchor_alpha")}}
+            methods["verdicts_measured"] = verdict_statement(store, run["run_id"])
             if isinstance(statement, MatchingStatement):  # a model without text prompts: every generation matched
                 methods["unconditional"] = True
                 methods["classes"] = statement.classes
