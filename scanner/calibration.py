@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import numpy as np
 
-from scanner.config import MatchConfig
+from scanner.config import ClusterConfig, MatchConfig
 from scanner.generate import Prompt
 from scanner.store import Store
 
@@ -189,6 +189,7 @@ MEASURED = {
 }
 MEASURED_SETTINGS = {"min_clique": 5, "null_factor": 0.575, "null_quantile": 0.5, "floor_factor": 0.15, "floor_quantile": 0.75,
                      "anchor_seeds": 8, "anchor_prompts": 10}
+CLUSTER_SETTINGS = tuple(field.name for field in fields(ClusterConfig))
 MEASURED_RESOLUTIONS = (32, 64)  # the calibration models' sizes, in pixels: no evidence for other sizes
 
 
@@ -374,5 +375,8 @@ def criterion_statement(store: Store, run_id: str) -> CriterionStatement | Match
     if "floor" not in details:  # stored by a memscan before the anchored criterion: a plain tiled-l2 threshold
         return CriterionStatement(threshold=float(value), calibrated=True, nulls=nulls, nulls_flagged=flagged, **shared)
     smallest, median, largest = details.get("prompt_thresholds", [float("nan")] * 3)
+    # the settings the clusters were computed with, as the clustering stored them: a run clustered again
+    # (``cluster.cluster_run``) keeps the configuration it was scanned with, perhaps from an older memscan
+    shared["settings"] = {**config, **{key: details[key] for key in CLUSTER_SETTINGS if key in details}}
     return CriterionStatement(threshold=median, calibrated=True, nulls=nulls, nulls_flagged=flagged, ratio=float(value),
                               floor=details.get("floor", float("nan")), threshold_range=(smallest, largest), **shared)

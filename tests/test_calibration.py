@@ -250,3 +250,28 @@ def test_a_flagged_prompt_that_makes_the_model_emit_another_members_image_is_lea
         score = score_criterion(store, "r")
     assert (score.unmemorized, score.unmemorized_flagged, score.unmemorized_leaking) == (2, 2, 1)
     assert score.false_flag_rate == 0.5
+
+
+def test_the_criterion_is_stated_with_the_settings_its_clusters_were_computed_with(tmp_path):
+    """A run clustered again (``cluster.cluster_run``, as a notebook or an older database's re-clustering
+    does) keeps the configuration it was scanned with: the statement reads the settings the clustering
+    stored with its threshold, and does not fail on a configuration that lacks them."""
+    import json
+
+    from scanner.calibration import criterion_statement
+    from scanner.store import Store
+
+    settings = ClusterConfig()
+    with Store(tmp_path / "scan.duckdb") as store:
+        store.start_run("r1", "scan", "model", "abc", {"cluster": {"threshold": None}}, {})  # an older memscan's
+        store.insert("metrics", [{"run_id": "r1", "metric": "criterion_threshold", "subject": "null_prompts", "value": 0.7,
+                                  "n_positive": 1, "n_negative": 32, "details": json.dumps({
+                                      "null_factor": settings.null_factor, "null_quantile": settings.null_quantile,
+                                      "floor": 0.018, "floor_factor": settings.floor_factor,
+                                      "floor_quantile": settings.floor_quantile, "anchor_seeds": settings.anchor_seeds,
+                                      "anchor_prompts": settings.anchor_prompts, "min_clique": settings.min_clique,
+                                      "prompt_thresholds": [0.018, 0.039, 0.095]})}])
+        statement = criterion_statement(store, "r1")
+    text = " ".join(statement.lines(found_nothing=True))
+    assert statement.min_clique == settings.min_clique and f"{settings.null_factor:g} x the median" in text
+    assert "at least 5 of a prompt's generations" in text and "0.0180" in text
