@@ -203,6 +203,7 @@ def render_report(db: Path, out: Path) -> dict:
                 methods["unconditional"] = True
                 methods["classes"] = statement.classes
             else:
+                clustering = statement.settings  # those the clusters were computed with (criterion_statement)
                 methods.update(criterion=f"{clustering.get('criterion', 'clique')} of at least {clustering.get('min_clique')}",
                                threshold=f"{statement.threshold:.4f}", calibrated=statement.calibrated,
                                anchored=bool(np.isfinite(statement.ratio)), ratio=f"{statement.ratio:.3f}",
