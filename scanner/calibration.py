@@ -279,7 +279,7 @@ MEASURED_CLASS_CONDITIONAL = ("of the 17 duplicated training images its 512 gene
 # The ``extracted`` verdict at the default match settings against the calibration worlds' truth (an image reproduces
 # an item when it is nearer it than every one of 256 other drawings of the item's caption; a verdict is wrong when half
 # of them are nearer): scripts/calibrate_criterion.py evaluate --samples 32, docs/CALIBRATION.md, session 18
-MEASURED_VERDICT = ("of 692 extracted verdicts on the nine calibration models' scans (32 seeds per prompt), the truth decides "
+MEASURED_VERDICT = ("of 692 extracted verdicts on the nine calibration models' scans (32- and 64-pixel models, 32 seeds per prompt), the truth decides "
                     "297: on seven models all 259 right; on the two weakest one wrong each (sd-64 32 of 33 right, sd-short 4 of "
                     "5), both a blurred blob judged a copy of the star it stands in for. The other 395 lie near their item but "
                     "the truth cannot tell whether the model drew that drawing or only its caption. The verdict found 93% to "
