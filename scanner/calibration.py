@@ -287,11 +287,17 @@ MEASURED_VERDICT = ("of 692 extracted verdicts on the nine calibration models' s
 VERDICT_SETTINGS = ("extraction_ratio", "anchored_tiled_ratio", "nearest_margin", "spacing_n", "spacing_search", "anchor_n", "tiles")
 
 
+def stored_config(store: Store, run_id: str) -> dict:
+    """The configuration a run was scanned with, as stored ({} when it is not a mapping: a database may be
+    older, or crafted)."""
+    stored = json.loads(store.execute("SELECT config FROM runs WHERE run_id = ?", [run_id])[0][0])
+    return stored if isinstance(stored, dict) else {}
+
+
 def verdict_statement(store: Store, run_id: str) -> str | None:
     """What this run's ``extracted`` verdicts have been measured to mean, or None when it matched nothing
     (a model without prompts: ``MatchingStatement`` says it)."""
-    stored = json.loads(store.execute("SELECT config FROM runs WHERE run_id = ?", [run_id])[0][0])
-    stored = stored if isinstance(stored, dict) else {}  # a database may be older, or crafted
+    stored = stored_config(store, run_id)
     matching = stored.get("match", {})
     if stored.get("cluster", {}).get("criterion") == NEAREST_ITEM or not store.count("matches", run_id):
         return None
@@ -347,8 +353,8 @@ def quantile_name(quantile: float) -> str:
 
 def criterion_statement(store: Store, run_id: str) -> CriterionStatement | MatchingStatement:
     """The criterion a stored run's candidates were computed with, from its settings and calibration."""
-    stored = json.loads(store.execute("SELECT config FROM runs WHERE run_id = ?", [run_id])[0][0])
-    config = stored.get("cluster", {}) if isinstance(stored, dict) else {}  # a database may be older, or crafted
+    stored = stored_config(store, run_id)
+    config = stored.get("cluster", {})
     if config.get("criterion") == NEAREST_ITEM:
         matching = stored.get("match", {})
         generations, resolution, classes = store.execute(
