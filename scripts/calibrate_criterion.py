@@ -65,7 +65,7 @@ def scan_model(name: str, per_bucket: int, nulls: int, samples: int, guidance: f
     from scanner.scan import run_scan
 
     model_dir, world = CALIBRATION_MODELS[name]
-    items = demo_items(per_bucket=per_bucket)
+    items = demo_items(per_bucket=per_bucket, world=world)
     prompts = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"]) for r in items]
     prompts += null_prompts(prompts, nulls)
     db = RUNS / f"{scan_stem(name, guidance, samples, steps)}.duckdb"
@@ -322,7 +322,7 @@ def small_audits(name: str, size: int, draws: int, samples: int, prompts_only: b
     model_dir, world = CALIBRATION_MODELS[name]
     model, embedder = load_model(model_dir), load_embedder(ScanConfig().features)
     index = world_index(name, embedder)
-    items = demo_items(per_bucket=40)
+    items = demo_items(per_bucket=40, world=world)
     duplicated = [r for r in items if bucket_of(r["dup_count"]) in DUPLICATED_BUCKETS]
     ordinary = [r for r in items if bucket_of(r["dup_count"]) not in DUPLICATED_BUCKETS]
     # steps and guidance left to the family, as a user's scan leaves them (20 and 5 on the demo and Flux-shaped models)

@@ -49,7 +49,8 @@ TEXTURED_WORLD = CALIBRATION_DIR / "world-textured.parquet"
 
 # Models of the demo world that memscan's defaults were not tuned on (docs/CALIBRATION.md): each
 # with the world it was trained on (the same items; sd-64's drawn at 64 pixels, sd-textured's drawn otherwise:
-# blotchy textures, outlined hard-edged shapes, grain).
+# blotchy textures, outlined hard-edged shapes, grain; sd-reseeded's is another world, drawn from another seed:
+# other captions duplicated, other layouts).
 CALIBRATION_MODELS = {
     "demo": (SD_MODEL, WORLD),
     "sd-64": (CALIBRATION_DIR / "sd-64", CALIBRATION_DIR / "world-64.parquet"),
@@ -60,6 +61,7 @@ CALIBRATION_MODELS = {
     "sd3": (FAMILY_MODELS["sd3"], WORLD),
     "flux": (FAMILY_MODELS["flux"], WORLD),
     "pixart": (FAMILY_MODELS["pixart"], WORLD),
+    "sd-reseeded": (CALIBRATION_DIR / "sd-reseeded", CALIBRATION_DIR / "world-reseeded.parquet"),
 }
 
 # duplication buckets the demo reports on, named as in the duplication plan
@@ -109,10 +111,11 @@ def decode_png(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def demo_items(per_bucket: int = 15, seed: int = 0) -> list[dict]:
+def demo_items(per_bucket: int = 15, seed: int = 0, world: Path = WORLD) -> list[dict]:
     """Object items to scan in the demo: every heavily duplicated one (x200, x50), and
-    ``per_bucket`` each of x10, x1 and non-members, chosen with a fixed seed."""
-    rows = [r for r in load_world(["item_id", "kind", "caption", "dup_count"]) if r["kind"] == "object"]
+    ``per_bucket`` each of x10, x1 and non-members, chosen with a fixed seed (from ``world``: a
+    calibration world drawn from another seed has other captions)."""
+    rows = [r for r in load_world(["item_id", "kind", "caption", "dup_count"], world) if r["kind"] == "object"]
     rng = np.random.default_rng(seed)
     chosen = []
     for bucket in BUCKETS:
