@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 import numpy as np
@@ -171,26 +171,26 @@ def prompt_anchors(images: Sequence[np.ndarray], neighbours: int, block: int = 1
     return anchors
 
 
-# Recall and false flags of the calibrated criterion on the calibration models it was not tuned on
-# (scripts/calibrate_criterion.py evaluate; the tables in docs/CALIBRATION.md), by the generations per
+# Recall and false flags of the calibrated criterion: on the tenth calibration model, trained after its setting was
+# chosen on the other nine, and on those nine (scripts/calibrate_criterion.py evaluate at 32 seeds, memscan's own stages;
+# at 16, averaged over draws of 32 null prompts; the tables in docs/CALIBRATION.md, session 20), by the generations per
 # prompt they were measured at, and the settings they hold for: the statement says so when a scan uses others.
 MEASURED = {
-    32: ("89% to 100% of memorized duplicated items flagged and at most 5.0% of ordinary prompts on the nine calibration "
-         "models held out from tuning, an item counted memorized when a quarter of its generations reproduce its particular "
-         "drawing (sd-64 100%, sd-short 5 of 5, one trained on differently drawn images 100%, the SD 2-shaped v-prediction "
-         "model 100%, the SDXL-shaped model 89% at its 50 steps, the SD3-shaped flow-matching model 100%, the Flux-shaped "
-         "model 100%, the PixArt-shaped model 93%, and one trained on another world after these settings were chosen 95% "
-         "with 3.8% of ordinary prompts; the demo model it was tuned on 100% and 5.0%; docs/CALIBRATION.md, sessions 17 "
-         "and 20)"),
-    16: ("73% to 100% of memorized duplicated items flagged and at most 5.7% of ordinary prompts on the first 16 seeds of "
-         "the nine held-out calibration models' 32-seed scans (sd-64 84%, sd-short 88%, one trained on differently drawn "
-         "images 99%, the SD 2-shaped model 100%, the SDXL-shaped model 73%, the SD3-shaped model 100%, the Flux-shaped "
-         "model 99%, the PixArt-shaped model 87%, the one trained on another world 87%; the demo model it was tuned on "
-         "100% and 6.2%): below issue 18's goal of 90%, which is set at 32 seeds (docs/CALIBRATION.md, sessions 17 and 20)"),
+    32: ("on a model trained on another world after these settings were chosen, 100% of memorized duplicated items flagged "
+         "and 2.5% of ordinary prompts, an item counted memorized when a quarter of its generations reproduce its particular "
+         "drawing; on the nine calibration models they were chosen on, 89% to 100% and at most 5.0% (the demo model 100% "
+         "and 2.5%, sd-64 100%, sd-short 5 of 5, one trained on differently drawn images 100%, the SD 2-shaped "
+         "v-prediction model 100%, the SDXL-shaped model 89% at its 50 steps, the SD3-shaped flow-matching model 100% "
+         "with 5.0%, the Flux-shaped model 100%, the PixArt-shaped model 93%; docs/CALIBRATION.md, session 20)"),
+    16: ("on the first 16 seeds of the 32-seed scans, 90% of memorized duplicated items flagged and 2.1% of ordinary "
+         "prompts on the model trained after these settings were chosen; 84% to 100% and at most 5.5% on the nine they "
+         "were chosen on (sd-64 84%, sd-short 92%, the SDXL-shaped model 84%, the PixArt-shaped model 86%, the others "
+         "99% to 100%; the demo model 5.3% and the SD 2-shaped model 5.5% of ordinary prompts): issue 18's goal of "
+         "90% is set at 32 seeds (docs/CALIBRATION.md, session 20)"),
 }
-MEASURED_SETTINGS = {"min_clique": 5, "null_factor": 0.575, "null_quantile": 0.5, "floor_factor": 0.15, "floor_quantile": 0.75,
-                     "anchor_seeds": 8, "anchor_prompts": 10}
-CLUSTER_SETTINGS = tuple(field.name for field in fields(ClusterConfig))
+MEASURED_SETTINGS = {"min_clique": 5, "null_factor": 0.55, "null_quantile": 0.5, "floor_factor": 0.15, "floor_quantile": 0.75,
+                     "anchor_seeds": 8, "anchor_prompts": 10, "colour_centred": True}
+CLUSTER_SETTINGS = tuple(setting.name for setting in fields(ClusterConfig))
 MEASURED_RESOLUTIONS = (32, 64)  # the calibration models' sizes, in pixels: no evidence for other sizes
 
 
@@ -210,6 +210,7 @@ class CriterionStatement:
     threshold_range: tuple[float, float] = (float("nan"), float("nan"))  # the audit prompts' thresholds, smallest and largest
     resolution: int = 0  # pixels of the generations (0: unknown)
     training_captions: int = 0  # the index's training captions the null prompts were also recombined from (null_donors)
+    colour_centred: dict = field(default_factory=dict)  # calibrated: that view's ratio, floor and nulls under it ({}: not used)
 
     nothing_found = "No prompt collapsed onto one image: no memorization candidates."
 
@@ -235,16 +236,23 @@ class CriterionStatement:
                    f"{self.nulls} null prompts, {words} recombined slot by slot; never under {self.floor:.4f} "
                    f"({settings.get('floor_factor'):g} x the {quantile_name(settings.get('floor_quantile', 0.75))} of the nulls' "
                    f"collapse distances). The prompts' thresholds run from {self.threshold_range[0]:.4f} to "
-                   f"{self.threshold_range[1]:.4f} (median {self.threshold:.4f}); {self.nulls_flagged} of the null prompts fall "
-                   "under theirs")
+                   f"{self.threshold_range[1]:.4f} (median {self.threshold:.4f})")
+            if self.colour_centred:
+                centred = self.colour_centred
+                how += (f"; a prompt not flagged so is judged again on its generations each centred on its own mean colour "
+                        f"(a memorized layout redrawn under a background colour that changes from seed to seed), at "
+                        f"{centred['ratio']:.3f} x its anchor in that view, never under {centred['floor']:.4f}, calibrated the "
+                        f"same way on the null prompts centred ({centred['nulls_flagged']} of them under theirs)")
+            how += f"; {self.nulls_flagged} of the null prompts fall under theirs" + (" in either view" if self.colour_centred else "")
         else:
             how = f"tiled l2 {self.threshold:.4f}, a fixed threshold given by the user, not calibrated on this model"
-        defaults = ", ".join(f"{key} {value:g}" for key, value in MEASURED_SETTINGS.items())
+        defaults = ", ".join(f"{key} {str(value).lower() if isinstance(value, bool) else format(value, 'g')}"
+                             for key, value in MEASURED_SETTINGS.items())
         out = [f"Criterion: at least {self.min_clique} of a prompt's generations pairwise within a tiled l2 threshold "
                f"({how}); {self.prompts} prompts, up to {self.generations_per_prompt} generations each.",
-               (f"Measured on models it was not tuned on, at {self.generations_per_prompt} generations per prompt: "
+               (f"Measured at {self.generations_per_prompt} generations per prompt: "
                 f"{MEASURED[self.generations_per_prompt]}." if self.measured_settings() else
-                f"Measured on models it was not tuned on, at {' or '.join(map(str, MEASURED))} generations per prompt and "
+                f"Measured at {' or '.join(map(str, MEASURED))} generations per prompt and "
                 f"the default settings ({defaults}): {MEASURED[max(MEASURED)]}; this scan's settings were not measured.")]
         if self.calibrated and self.nulls and self.nulls_flagged > self.nulls / 2:
             out.append(f"{self.nulls_flagged} of the {self.nulls} null prompts collapse under their thresholds too: this model "
@@ -387,4 +395,5 @@ def criterion_statement(store: Store, run_id: str) -> CriterionStatement | Match
     # (``cluster.cluster_run``) keeps the configuration it was scanned with, perhaps from an older memscan
     shared["settings"] = {**config, **{key: details[key] for key in CLUSTER_SETTINGS if key in details}}
     return CriterionStatement(threshold=median, calibrated=True, nulls=nulls, nulls_flagged=flagged, ratio=float(value),
-                              floor=details.get("floor", float("nan")), threshold_range=(smallest, largest), **shared)
+                              floor=details.get("floor", float("nan")), threshold_range=(smallest, largest),
+                              colour_centred=details.get("views", {}).get("colour_centred", {}), **shared)

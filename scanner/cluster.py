@@ -114,6 +114,26 @@ def maximum_clique(adjacency: Sequence[set[int]], nodes: set[int]) -> list[int]:
     return sorted(best)
 
 
+# The images a prompt's clique is sought among, in order: as generated, then each centred on its own mean colour
+# (per channel). A model that redraws a memorized layout under a background colour that changes from seed to seed
+# (the SDXL-shaped calibration model's misses, docs/CALIBRATION.md sessions 19 and 20) collapses in the second
+# view and not the first; each view is calibrated on the null prompts in that view.
+PLAIN, COLOUR_CENTRED = "plain", "colour_centred"
+
+
+def views(settings: ClusterConfig) -> tuple[str, ...]:
+    """The views a calibrated criterion seeks cliques in (a fixed threshold is a plain tiled l2: one view)."""
+    return (PLAIN, COLOUR_CENTRED) if settings.colour_centred and settings.threshold is None else (PLAIN,)
+
+
+def in_view(images: np.ndarray, view: str) -> np.ndarray:
+    """The images as the criterion compares them in ``view``."""
+    if view == PLAIN:
+        return images
+    unit = distances.as_unit(images)
+    return unit - unit.mean(axis=(-3, -2), keepdims=True) + 0.5
+
+
 def largest_clique(images: np.ndarray, settings: ClusterConfig) -> int:
     """Size of the largest clique of near-duplicates among one prompt's images (all pairs compared)."""
     adjacency, _ = near_duplicate_graph(images, all_pairs(len(images)), settings.threshold, settings.tiles)
@@ -179,9 +199,14 @@ def open_prompts(store: Store, run_id: str, prompt_ids: Sequence[str], first_see
     for row in rows:
         if row["prompt_id"] in wanted:
             images.setdefault(row["prompt_id"], []).append(features.load_image(store.image_file(row["thumbnail_path"])))
-    return {prompt_id for prompt_id in prompt_ids
-            if not verdict_settled(largest_clique(np.stack(images[prompt_id]), criterion.settings_for(prompt_id, settings))
-                                   if prompt_id in images else 0, sampled, planned, settings.min_clique)}
+    def largest(prompt_id: str) -> int:  # over the views: a clique in any flags the prompt
+        if prompt_id not in images:
+            return 0
+        stacked = np.stack(images[prompt_id])
+        return max(largest_clique(in_view(stacked, view), prompt_settings)
+                   for view, prompt_settings in criterion.settings_by_view(prompt_id, settings))
+
+    return {prompt_id for prompt_id in prompt_ids if not verdict_settled(largest(prompt_id), sampled, planned, settings.min_clique)}
 
 
 def dense_components(adjacency: Sequence[set[int]], nodes: set[int], min_size: int, min_density: float) -> list[list[int]]:
@@ -264,13 +289,14 @@ def _features_of(store: Store, rows: list[dict]) -> tuple[np.ndarray, np.ndarray
 
 
 def _cluster_rows(run_id: str, scope: str, prompt_id: str | None, group: Clique, rows: list[dict],
-                  n_generations: int, settings: ClusterConfig) -> tuple[dict, list[dict]]:
+                  n_generations: int, settings: ClusterConfig, view: str = PLAIN) -> tuple[dict, list[dict]]:
     ids = [rows[i]["generation_id"] for i in group.members]
     cluster_id = stable_id("cluster", run_id, scope, *ids)
     cluster = {
         "run_id": run_id, "cluster_id": cluster_id, "scope": scope, "prompt_id": prompt_id, "size": len(ids),
         "n_generations": n_generations, "medoid_generation_id": rows[group.medoid]["generation_id"],
-        "mean_distance": group.mean_distance, "max_distance": group.max_distance, "distance": "tiled_l2",
+        "mean_distance": group.mean_distance, "max_distance": group.max_distance,
+        "distance": "tiled_l2" if view == PLAIN else f"tiled_l2:{view}",
         "threshold": settings.threshold,
         "criterion": f"{settings.criterion}>={settings.min_clique}" if scope == "prompt" else "clique>=2",
     }
@@ -287,23 +313,39 @@ def prompt_collapse(images: np.ndarray, embeddings: np.ndarray | None, phashes: 
 
 @dataclass(frozen=True)
 class Criterion:
-    """The tiled-l2 threshold each prompt's generations are judged at: one per prompt when the
-    criterion is calibrated (the anchored threshold, never under the floor), else the fixed one."""
+    """The tiled-l2 threshold each prompt's generations are judged at in each view: one per prompt
+    when the criterion is calibrated (the anchored threshold, never under the floor), else the fixed one."""
 
-    thresholds: dict[str, float]
-    default: float  # the fixed threshold, or the floor (a prompt without usable anchor generations)
+    thresholds: dict[str, dict[str, float]]  # view -> prompt -> threshold
+    defaults: dict[str, float]  # view -> the fixed threshold, or the floor (a prompt without usable anchor generations)
 
-    def threshold(self, prompt_id: str) -> float:
-        return self.thresholds.get(prompt_id, self.default)
+    def threshold(self, prompt_id: str, view: str = PLAIN) -> float:
+        return self.thresholds.get(view, {}).get(prompt_id, self.defaults[view])
 
-    def settings_for(self, prompt_id: str, settings: ClusterConfig) -> ClusterConfig:
-        return dataclasses.replace(settings, threshold=self.threshold(prompt_id))
+    def settings_by_view(self, prompt_id: str, settings: ClusterConfig) -> list[tuple[str, ClusterConfig]]:
+        """Each view with the settings a prompt is judged at in it, in the order the views are tried."""
+        return [(view, dataclasses.replace(settings, threshold=self.threshold(prompt_id, view))) for view in self.defaults]
 
 
-def anchor_images(store: Store, rows: list[dict], seeds: int) -> np.ndarray:
-    """The thumbnails of a prompt's usable generations among its first ``seeds`` seeds."""
+def anchor_images(store: Store, rows: list[dict], seeds: int, view: str = PLAIN) -> np.ndarray:
+    """The thumbnails of a prompt's usable generations among its first ``seeds`` seeds, in ``view``."""
     chosen = [features.load_image(store.image_file(r["thumbnail_path"])) for r in rows if r["seed_rank"] <= seeds]
-    return np.stack(chosen) if chosen else np.zeros((0, 1, 1, 3), np.uint8)
+    return in_view(np.stack(chosen), view) if chosen else np.zeros((0, 1, 1, 3), np.uint8)
+
+
+def calibrate_view(store: Store, view: str, every: dict[str, list[dict]], null_ids: Sequence[str],
+                   settings: ClusterConfig) -> tuple[calibration.AnchoredThresholds, dict[str, float], list[float]]:
+    """One view's anchored thresholds (``calibrate``): with each prompt's anchor and the nulls' collapse distances."""
+    ids = list(every)
+    anchors = dict(zip(ids, calibration.prompt_anchors([anchor_images(store, every[p], settings.anchor_seeds, view) for p in ids],
+                                                       settings.anchor_prompts).tolist()))
+    collapse = []
+    for prompt_id in null_ids:
+        images, embeddings, phashes = _features_of(store, every[prompt_id])
+        collapse.append(prompt_collapse(in_view(images, view), embeddings, phashes, settings))
+    return calibration.anchored_thresholds(collapse, [anchors[p] for p in null_ids], [anchors[p] for p in ids],
+                                           settings.null_factor, settings.null_quantile, settings.floor_factor,
+                                           settings.floor_quantile), anchors, collapse
 
 
 def calibrate(store: Store, run_id: str, by_prompt: dict[str, list[dict]],
@@ -320,36 +362,44 @@ def calibrate(store: Store, run_id: str, by_prompt: dict[str, list[dict]],
                                                 [run_id, calibration.NULL_SOURCE])}
     null_rows = {prompt_id: by_prompt.pop(prompt_id) for prompt_id in sorted(null_ids & set(by_prompt))}
     if settings.threshold is not None:
-        return Criterion({}, settings.threshold), []
-    ids = [*by_prompt, *null_rows]
+        return Criterion({}, {PLAIN: settings.threshold}), []
     every = {**by_prompt, **null_rows}
-    anchors = dict(zip(ids, calibration.prompt_anchors([anchor_images(store, every[p], settings.anchor_seeds) for p in ids],
-                                                       settings.anchor_prompts).tolist()))
-    collapse = [prompt_collapse(*_features_of(store, rows), settings) for rows in null_rows.values()]
-    ratio, floor, values, anchored = calibration.anchored_thresholds(
-        collapse, [anchors[p] for p in null_rows], [anchors[p] for p in ids], settings.null_factor, settings.null_quantile,
-        settings.floor_factor, settings.floor_quantile)
-    if not (np.isfinite(ratio) and np.isfinite(floor)):
-        quantile = max(settings.null_quantile, settings.floor_quantile)
-        raise MemscanError(f"run {run_id}: the criterion cannot be calibrated: of {len(null_rows)} null prompts, fewer than "
-                           f"{quantile:.0%} have {settings.min_clique} usable generations; sample more or give "
-                           "a fixed --threshold")
-    # tiled l2 is computed in float32: thresholds are compared like with like
-    thresholds = {p: float(np.float32(value)) for p, value in zip(ids, values)}
-    flagged = sum(value <= thresholds[p] for p, value in zip(null_rows, collapse))
-    record = {"run_id": run_id, "metric": "criterion_threshold", "subject": "null_prompts", "value": ratio,
-              "n_positive": flagged, "n_negative": len(null_rows), "details": json.dumps({
-                  "null_factor": settings.null_factor, "null_quantile": settings.null_quantile,
-                  "null_reference": ratio / settings.null_factor, "floor": float(np.float32(floor)),
-                  "floor_factor": settings.floor_factor, "floor_quantile": settings.floor_quantile,
+    thresholds, defaults, anchors, calibrated, nulls_flagged = {}, {}, {}, {}, set()
+    for view in views(settings):
+        (ratio, floor, values, anchored), anchors[view], collapse = calibrate_view(store, view, every, list(null_rows), settings)
+        if not (np.isfinite(ratio) and np.isfinite(floor)):
+            quantile = max(settings.null_quantile, settings.floor_quantile)
+            raise MemscanError(f"run {run_id}: the criterion cannot be calibrated: of {len(null_rows)} null prompts, fewer than "
+                               f"{quantile:.0%} have {settings.min_clique} usable generations; sample more or give "
+                               "a fixed --threshold")
+        # tiled l2 is computed in float32: thresholds are compared like with like
+        thresholds[view] = {p: float(np.float32(value)) for p, value in zip(every, values)}
+        defaults[view] = float(np.float32(floor))
+        flagged = {p for p, value in zip(null_rows, collapse) if value <= thresholds[view][p]}
+        nulls_flagged |= flagged
+        calibrated[view] = {
+            "null_factor": settings.null_factor, "null_quantile": settings.null_quantile, "ratio": ratio,
+            "null_reference": ratio / settings.null_factor, "floor": defaults[view], "nulls_flagged": len(flagged),
+            "prompt_thresholds": [float(x) for x in np.quantile([thresholds[view][p] for p in by_prompt] or [floor], [0, 0.5, 1])],
+            "null_statistics": [float(v) if np.isfinite(v) else None for v in sorted(anchored)]}
+    plain = calibrated.pop(PLAIN)
+    # one record: the plain view's calibration, the other views' beside it; its nulls flagged in any view
+    record = {"run_id": run_id, "metric": "criterion_threshold", "subject": "null_prompts", "value": plain.pop("ratio"),
+              "n_positive": len(nulls_flagged), "n_negative": len(null_rows), "details": json.dumps({
+                  **plain, "floor_factor": settings.floor_factor, "floor_quantile": settings.floor_quantile,
                   "anchor_seeds": settings.anchor_seeds, "anchor_prompts": settings.anchor_prompts,
-                  "min_clique": settings.min_clique, "statistic": "collapse tiled l2 / anchor l2",
-                  "prompt_thresholds": [float(x) for x in np.quantile([thresholds[p] for p in by_prompt] or [floor], [0, 0.5, 1])],
-                  "null_statistics": [float(v) if np.isfinite(v) else None for v in sorted(anchored)]})}
-    per_prompt = [{"run_id": run_id, "metric": "prompt_threshold", "subject": p, "value": thresholds[p], "n_positive": None,
-                   "n_negative": None, "details": json.dumps({"anchor": anchors[p] if np.isfinite(anchors[p]) else None,
-                                                              "null_prompt": p in null_rows})} for p in ids]
-    return Criterion({p: thresholds[p] for p in by_prompt}, float(np.float32(floor))), [record, *per_prompt]
+                  "min_clique": settings.min_clique, "colour_centred": settings.colour_centred, "views": calibrated,
+                  "statistic": "collapse tiled l2 / anchor l2"})}
+    per_prompt = [{"run_id": run_id, "metric": "prompt_threshold", "subject": p, "value": thresholds[PLAIN][p], "n_positive": None,
+                   "n_negative": None, "details": json.dumps({
+                       "anchor": finite_or_none(anchors[PLAIN][p]), "null_prompt": p in null_rows,
+                       **{view: {"threshold": thresholds[view][p], "anchor": finite_or_none(anchors[view][p])} for view in calibrated}})}
+                  for p in every]
+    return Criterion({view: {p: thresholds[view][p] for p in by_prompt} for view in thresholds}, defaults), [record, *per_prompt]
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if np.isfinite(value) else None
 
 
 def run_criterion(store: Store, run_id: str, settings: ClusterConfig) -> Criterion:
@@ -365,17 +415,23 @@ def cluster_run(store: Store, run_id: str, settings: ClusterConfig) -> dict[str,
     flagged_thresholds = []
     for prompt_id, rows in by_prompt.items():
         images, embeddings, phashes = _features_of(store, rows)
-        prompt_settings = criterion.settings_for(prompt_id, settings)
-        for group in find_groups(images, prompt_settings, embeddings, phashes):
-            flagged_thresholds.append(prompt_settings.threshold)
-            cluster, cluster_members = _cluster_rows(run_id, "prompt", prompt_id, group, rows, len(rows), prompt_settings)
+        for view, prompt_settings in criterion.settings_by_view(prompt_id, settings):
+            groups = find_groups(in_view(images, view), prompt_settings, embeddings, phashes)
+            if groups:  # the first view with a clique flags the prompt
+                break
+        if groups:
+            flagged_thresholds.append(criterion.threshold(prompt_id))
+        where = "" if view == PLAIN else " on colour-centred images"
+        for group in groups:
+            cluster, cluster_members = _cluster_rows(run_id, "prompt", prompt_id, group, rows, len(rows), prompt_settings, view)
             clusters.append(cluster)
             members += cluster_members
             medoids.append(rows[group.medoid])
             candidates.append({"run_id": run_id, "candidate_id": cluster["cluster_id"], "cluster_id": cluster["cluster_id"],
                                "prompt_id": prompt_id, "score": len(group.members) / len(rows),
                                "mean_distance": group.mean_distance,
-                               "reason": f"{len(group.members)} of {len(rows)} generations within tiled l2 {prompt_settings.threshold:.4f}"})
+                               "reason": f"{len(group.members)} of {len(rows)} generations within tiled l2 "
+                                         f"{prompt_settings.threshold:.4f}{where}"})
     if settings.cross_prompt and len(medoids) >= 2:
         # one memorized image reached from several prompts: near-duplicate medoids of different prompts, within
         # the median of the flagged prompts' thresholds

@@ -138,14 +138,17 @@ class ClusterConfig:
     is ``null_factor`` times the ``null_quantile`` of the nulls' anchored collapse distances (collapse
     distance over anchor, ``calibration.prompt_anchors``) times its own anchor, and never under the
     floor, ``floor_factor`` times the ``floor_quantile`` of the nulls' plain collapse distances
-    (scanner/cluster.py: ``calibrate``). A fixed ``threshold`` is a constant of the model it was
+    (scanner/cluster.py: ``calibrate``). With ``colour_centred``, a prompt not flagged so is judged
+    again on its generations each centred on its own mean colour, the same rule calibrated on the
+    nulls centred (``cluster.views``). A fixed ``threshold`` is a constant of the model it was
     tuned on (0.02 on the demo model, and a wrong all-clear on others: docs/CALIBRATION.md)."""
 
     threshold: float | None = None
-    # the anchored criterion (session 17), tuned on the demo model alone at 32 seeds: the largest factor of the
-    # nulls' median with at most 5% of its x1 and non-member prompts flagged (0.98 of its memorized items, 4.5%),
-    # then measured on the calibration models it was not tuned on (docs/CALIBRATION.md, session 17)
-    null_factor: float = 0.575
+    # the anchored criterion (session 17; 0.575 tuned on the demo model alone), with the colour-centred view (session
+    # 20): 0.55 in both views is the setting with the largest smallest recall over the nine calibration models of
+    # sessions 12 to 19, none over 5% false flags (averaged over draws of 32 nulls), then measured on the tenth,
+    # sd-reseeded, trained after it was chosen (docs/CALIBRATION.md, session 20)
+    null_factor: float = 0.55
     null_quantile: float = 0.5
     # the floor: prompts collapsing tighter than 0.15 x the nulls' upper quartile of plain collapse distances
     # are flagged whatever their anchor (the session-12 criterion at a stricter factor). It finds what the
@@ -153,6 +156,9 @@ class ClusterConfig:
     # that keeps the demo model under 5% with the anchored one (docs/CALIBRATION.md); 0 turns it off
     floor_factor: float = 0.15
     floor_quantile: float = 0.75
+    # a prompt not flagged on its generations as drawn is also judged on them centred on their own mean colour, that
+    # view calibrated on the nulls in it (scanner/cluster.py: ``views``)
+    colour_centred: bool = True
     # a prompt's anchor is taken on the generations of its first anchor_seeds seeds (those a scan stopping early
     # draws for every prompt before it judges any), against the nearest of anchor_prompts other prompts
     anchor_seeds: int = 8

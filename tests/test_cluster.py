@@ -109,3 +109,57 @@ def test_verdict_checkpoints_look_where_a_verdict_can_first_settle_then_ever_mor
     # settled: a clique of min_clique is found, or cannot form even if every remaining seed joined
     assert cluster.verdict_settled(8, 8, 16, 8) and cluster.verdict_settled(1, 10, 16, 8)
     assert not cluster.verdict_settled(7, 9, 16, 8) and not cluster.verdict_settled(2, 10, 16, 8)
+
+
+def _store_generations(store, prompt_id: str, images: np.ndarray, null: bool) -> None:
+    from PIL import Image
+
+    from scanner.calibration import NULL_SOURCE
+    from scanner.store import now
+
+    store.insert("prompts", [{"run_id": "r", "prompt_id": prompt_id, "text": prompt_id, "source": NULL_SOURCE if null else "test"}])
+    rows = []
+    for seed, image in enumerate(images):
+        path = f"{prompt_id}-{seed}.png"
+        Image.fromarray(image).save(store.files_dir / path)
+        rows.append({"run_id": "r", "generation_id": f"{prompt_id}-{seed}", "prompt_id": prompt_id, "seed": seed,
+                     "num_inference_steps": 4, "guidance_scale": 5.0, "scheduler": "DDIM", "height": 32, "width": 32,
+                     "batch_size": 8, "status": "ok", "image_path": path, "thumbnail_path": path, "phash": seed,
+                     "degenerate": False, "created_at": now()})
+    store.insert("generations", rows)
+
+
+def test_a_layout_redrawn_under_a_colour_that_changes_per_seed_is_flagged_in_the_colour_centred_view(tmp_path):
+    """The SDXL-shaped calibration model's misses (docs/CALIBRATION.md, sessions 19 and 20): every seed draws
+    the same layout, shifted to another colour. As drawn, no two seeds are within the threshold the null
+    prompts calibrate; centred on their own mean colour they are one image, and the null prompts calibrate
+    that view too. Off (``colour_centred=False``), the prompt is not flagged."""
+    from scanner.calibration import criterion_statement
+    from scanner.store import Store
+
+    rng = np.random.default_rng(0)
+    pattern = rng.uniform(0.25, 0.75, (32, 32, 3))
+    shifts = np.array([[x, y, z] for x in (-0.2, 0.2) for y in (-0.2, 0.2) for z in (-0.2, 0.2)])  # 8 colours apart
+    redrawn = np.stack([np.clip(pattern + shift + rng.normal(0, 0.01, pattern.shape), 0, 1) for shift in shifts])
+    as_bytes = lambda images: (np.asarray(images) * 255).round().astype(np.uint8)  # noqa: E731
+    with Store(tmp_path / "scan.duckdb") as store:
+        store.start_run("r", "scan", "model", "abc", {}, {})
+        store.files_dir.mkdir()
+        _store_generations(store, "redrawn", as_bytes(redrawn), null=False)
+        for prompt in range(3):
+            _store_generations(store, f"ordinary-{prompt}", as_bytes(rng.uniform(0.2, 0.8, (8, 32, 32, 3))), null=False)
+        for prompt in range(12):
+            _store_generations(store, f"null-{prompt}", as_bytes(rng.uniform(0.2, 0.8, (8, 32, 32, 3))), null=True)
+
+        def flagged(settings: ClusterConfig) -> list[tuple]:
+            cluster.cluster_run(store, "r", settings)
+            return store.execute("SELECT c.prompt_id, cl.size, cl.distance, c.reason FROM candidates c "
+                                 "JOIN clusters cl USING (run_id, cluster_id) WHERE c.run_id = 'r'")
+
+        plain_only = flagged(ClusterConfig(colour_centred=False))
+        both = flagged(ClusterConfig())
+        statement = " ".join(criterion_statement(store, "r").lines(found_nothing=False))
+    assert plain_only == []
+    assert [(prompt, size, distance) for prompt, size, distance, _ in both] == [("redrawn", 8, "tiled_l2:colour_centred")]
+    assert both[0][3].endswith("on colour-centred images")
+    assert "centred on its own mean colour" in statement and "in either view" in statement

@@ -212,7 +212,9 @@ def render_report(db: Path, out: Path) -> dict:
                                null_reference=quantile_name(clustering.get("null_quantile", 0.5)),
                                floor_factor=clustering.get("floor_factor"),
                                floor_reference=quantile_name(clustering.get("floor_quantile", 0.75)),
-                               nulls=statement.nulls, tiles=clustering.get("tiles"))
+                               nulls=statement.nulls, tiles=clustering.get("tiles"),
+                               centred_ratio=f"{statement.colour_centred['ratio']:.3f}" if statement.colour_centred else "",
+                               centred_floor=f"{statement.colour_centred.get('floor', float('nan')):.4f}")
         mia_rows = store.query("SELECT * FROM metrics WHERE metric LIKE 'mia_%' ORDER BY subject, metric").to_pylist()
         idia_rows = store.query("SELECT * FROM idia_results ORDER BY predicted_member DESC, person").to_pylist()
         html = environment.get_template("report.html.j2").render(
