@@ -184,8 +184,10 @@ def anchored_flags(rows: list[dict], k: int, factor: float, quantile: float, flo
     return flags_of
 
 
-def default_flags(rows: list[dict], floor: bool = True):
-    """``anchored_flags`` at memscan's default settings (``floor`` False: without the floor)."""
+def plain_default_flags(rows: list[dict], floor: bool = True):
+    """``anchored_flags`` at memscan's default settings (``floor`` False: without the floor), in the plain view only:
+    the rows hold no colour-centred statistics, so memscan's second view (``cluster.views``, session 20) is not in
+    these draws; ``evaluate`` runs memscan's own stages."""
     d = ClusterConfig()
     return anchored_flags(rows, d.min_clique, d.null_factor, d.null_quantile, d.floor_factor if floor else 0.0, d.floor_quantile)
 
@@ -200,7 +202,7 @@ def low_quantile(alpha: float):
 
 
 def at_default(rows: list[dict], nulls: int = 32, draws: int = 300) -> np.ndarray:
-    return calibrated_draws(rows, nulls, default_flags(rows), draws)
+    return calibrated_draws(rows, nulls, plain_default_flags(rows), draws)
 
 
 def compare(paths: list[Path], tuned_on: str, k: int = 5) -> None:
@@ -234,7 +236,7 @@ def compare(paths: list[Path], tuned_on: str, k: int = 5) -> None:
                  f"floor {default.floor_factor} x {quantile_name(default.floor_quantile)}, k {default.min_clique} (the default)"] = \
             at_default(rows)
         criteria["the same of 16 nulls"] = at_default(rows, nulls=16)
-        criteria["the same without the floor"] = calibrated_draws(rows, 32, default_flags(rows, floor=False))
+        criteria["the same without the floor"] = calibrated_draws(rows, 32, plain_default_flags(rows, floor=False))
         for label, flagged in criteria.items():
             recall, false_flags, null_flags = outcome(rows, np.asarray(flagged, dtype=float))
             results.setdefault(f"{name} ({memorized} memorized)", {})[label] = (recall, false_flags)
@@ -408,7 +410,7 @@ def mix(name: str, guidances: list[float], samples: int) -> None:
         rows = [{**prompt_truth(p, truth), "anchor": anchor, f"collapse_{default.min_clique}":
                  cluster.collapse_distance(p.images, default.min_clique, default.tiles)} for p, anchor in zip(prompts, anchors)]
         null = np.flatnonzero([p.source == NULL_SOURCE for p in prompts])
-        recall, false_flags, _ = outcome(rows, default_flags(rows)(null).astype(float))
+        recall, false_flags, _ = outcome(rows, plain_default_flags(rows)(null).astype(float))
         memorized = sum(r["memorized"] and r["bucket"] in DUPLICATED_BUCKETS for r in rows)
         print(f"{name}, {label} ({len(prompts[0].images)} generations per prompt): "
               f"recall {recall:.2f} of {memorized}, false flags {false_flags:.3f}")
