@@ -176,9 +176,10 @@ def prompt_anchors(images: Sequence[np.ndarray], neighbours: int, block: int = 1
 # at 16, averaged over draws of 32 null prompts; the tables in docs/CALIBRATION.md, session 20), by the generations per
 # prompt they were measured at, and the settings they hold for: the statement says so when a scan uses others.
 MEASURED = {
-    32: ("on a model trained on another world after these settings were chosen, 100% of memorized duplicated items flagged "
-         "and 2.5% of ordinary prompts, an item counted memorized when a quarter of its generations reproduce its particular "
-         "drawing; on the nine calibration models they were chosen on, 89% to 100% and at most 5.0% (the demo model 100% "
+    32: ("on two models trained on other worlds after these settings were chosen, 100% of memorized duplicated items flagged "
+         "on both and 2.5% and 6.2% of ordinary prompts (5 of 80 on the second, where the criterion without its colour-centred "
+         "view flags 4), an item counted memorized when a quarter of its generations reproduce its particular drawing; on "
+         "the nine calibration models they were chosen on, 89% to 100% and at most 5.0% (the demo model 100% "
          "and 2.5%, sd-64 100%, sd-short 5 of 5, one trained on differently drawn images 100%, the SD 2-shaped "
          "v-prediction model 100%, the SDXL-shaped model 89% at its 50 steps, the SD3-shaped flow-matching model 100% "
          "with 5.0%, the Flux-shaped model 100%, the PixArt-shaped model 93%; docs/CALIBRATION.md, session 20)"),

@@ -124,6 +124,14 @@ VARIANTS = {
                         vae={**VAE_CONFIG, "block_out_channels": (32, 48)},
                         unet={**UNET_CONFIG, "block_out_channels": (32, 64, 96)}, vae_steps=600, unet_steps=3000,
                         lr=6e-4),
+    # held out from every default chosen up to session 20: a third world (build_demo.py --seed 3131), sd-short's wider
+    # autoencoder and narrower deepest UNet block, 2,500 steps at 8e-4
+    "sd-reseeded-b": dict(world=ROOT / "scanner" / "demo" / "calibration" / "world-reseeded-b.parquet",
+                          out=ROOT / "scanner" / "demo" / "calibration" / "sd-reseeded-b",
+                          log=ROOT / "scanner" / "demo" / "calibration" / "logs" / "train_sd-reseeded-b.log", seed=3131,
+                          vae={**VAE_CONFIG, "block_out_channels": (48, 64)},
+                          unet={**UNET_CONFIG, "block_out_channels": (32, 64, 64)}, vae_steps=400, unet_steps=2500,
+                          lr=8e-4),
 }
 FAMILIES = ROOT / "scanner" / "demo" / "families"
 DEMO_VAE = ROOT / "scanner" / "demo" / "sd-tiny" / "vae"

@@ -62,6 +62,7 @@ CALIBRATION_MODELS = {
     "flux": (FAMILY_MODELS["flux"], WORLD),
     "pixart": (FAMILY_MODELS["pixart"], WORLD),
     "sd-reseeded": (CALIBRATION_DIR / "sd-reseeded", CALIBRATION_DIR / "world-reseeded.parquet"),
+    "sd-reseeded-b": (CALIBRATION_DIR / "sd-reseeded-b", CALIBRATION_DIR / "world-reseeded-b.parquet"),
 }
 
 # duplication buckets the demo reports on, named as in the duplication plan
