@@ -289,11 +289,12 @@ MEASURED_CLASS_CONDITIONAL = ("of the 17 duplicated training images its 512 gene
 # The ``extracted`` verdict at the default match settings against the calibration worlds' truth (an image reproduces
 # an item when it is nearer it than every one of 256 other drawings of the item's caption; a verdict is wrong when half
 # of them are nearer): scripts/calibrate_criterion.py evaluate --samples 32, docs/CALIBRATION.md, sessions 18 and 20
-MEASURED_VERDICT = ("of 759 extracted verdicts on the ten calibration models' scans (32- and 64-pixel models, 32 seeds per prompt), the truth decides "
-                    "316: on seven models all 263 right; on the three weakest one wrong each (sd-64 31 of 32 right, sd-short 5 of "
-                    "6, and 14 of 15 on the model trained on another world after these settings were chosen), each a blob "
+MEASURED_VERDICT = ("of 870 extracted verdicts on the eleven calibration models' scans (32- and 64-pixel models, 32 seeds per prompt), the truth "
+                    "decides 346: on eight models all 293 right (30 of them on a model trained on a third world after these "
+                    "settings were chosen); on the three weakest one wrong each (sd-64 31 of 32 right, sd-short 5 of 6, and 14 "
+                    "of 15 on the model trained on another world after these settings were chosen), each a blob "
                     "judged a copy of an item whose small object it does not draw (a white blob for one star caption on two "
-                    "models, a yellow-green dot for a small blue diamond on navy). The other 443 lie near their item but the "
+                    "models, a yellow-green dot for a small blue diamond on navy). The other 524 lie near their item but the "
                     "truth cannot tell whether the model drew that drawing or only its caption. The verdict found 82% to 100% "
                     "of the candidates whose image is a near-copy of a training image")
 VERDICT_SETTINGS = ("extraction_ratio", "anchored_tiled_ratio", "nearest_margin", "spacing_n", "spacing_search", "anchor_n", "tiles")
