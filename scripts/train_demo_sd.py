@@ -95,6 +95,16 @@ TEXT_CONFIG = dict(
     vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
     num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
 )
+CALIBRATION = ROOT / "scanner" / "demo" / "calibration"
+
+
+def reseeded_world(name: str) -> dict:
+    """A calibration model trained on a world of its own (``world-<suffix>.parquet``, built by build_demo.py --seed):
+    where that world, the pipeline and the training log are."""
+    return dict(world=CALIBRATION / f"world-{name.removeprefix('sd-')}.parquet", out=CALIBRATION / name,
+                log=CALIBRATION / "logs" / f"train_{name}.log")
+
+
 # the calibration models: what differs from the demo model (everything else is as above)
 VARIANTS = {
     "demo": dict(world=WORLD, out=OUT, log=ROOT / "scanner" / "demo" / "logs" / "train_sd.log", seed=SEED,
@@ -118,20 +128,12 @@ VARIANTS = {
     # held out from every default chosen up to session 19: a world drawn from another seed (build_demo.py --seed 2026:
     # other captions duplicated, other layouts), its own narrower autoencoder, a wider deepest UNet block, 3,000 steps
     # at 6e-4
-    "sd-reseeded": dict(world=ROOT / "scanner" / "demo" / "calibration" / "world-reseeded.parquet",
-                        out=ROOT / "scanner" / "demo" / "calibration" / "sd-reseeded",
-                        log=ROOT / "scanner" / "demo" / "calibration" / "logs" / "train_sd-reseeded.log", seed=2026,
-                        vae={**VAE_CONFIG, "block_out_channels": (32, 48)},
-                        unet={**UNET_CONFIG, "block_out_channels": (32, 64, 96)}, vae_steps=600, unet_steps=3000,
-                        lr=6e-4),
+    "sd-reseeded": dict(reseeded_world("sd-reseeded"), seed=2026, vae={**VAE_CONFIG, "block_out_channels": (32, 48)},
+                        unet={**UNET_CONFIG, "block_out_channels": (32, 64, 96)}, vae_steps=600, unet_steps=3000, lr=6e-4),
     # held out from every default chosen up to session 20: a third world (build_demo.py --seed 3131), sd-short's wider
     # autoencoder and narrower deepest UNet block, 2,500 steps at 8e-4
-    "sd-reseeded-b": dict(world=ROOT / "scanner" / "demo" / "calibration" / "world-reseeded-b.parquet",
-                          out=ROOT / "scanner" / "demo" / "calibration" / "sd-reseeded-b",
-                          log=ROOT / "scanner" / "demo" / "calibration" / "logs" / "train_sd-reseeded-b.log", seed=3131,
-                          vae={**VAE_CONFIG, "block_out_channels": (48, 64)},
-                          unet={**UNET_CONFIG, "block_out_channels": (32, 64, 64)}, vae_steps=400, unet_steps=2500,
-                          lr=8e-4),
+    "sd-reseeded-b": dict(reseeded_world("sd-reseeded-b"), seed=3131, vae={**VAE_CONFIG, "block_out_channels": (48, 64)},
+                          unet={**UNET_CONFIG, "block_out_channels": (32, 64, 64)}, vae_steps=400, unet_steps=2500, lr=8e-4),
 }
 FAMILIES = ROOT / "scanner" / "demo" / "families"
 DEMO_VAE = ROOT / "scanner" / "demo" / "sd-tiny" / "vae"
