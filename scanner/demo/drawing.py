@@ -8,6 +8,7 @@ Every draw comes from the caller's random generator: the same generator state dr
 from __future__ import annotations
 
 import io
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -65,12 +66,23 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: f
         draw.polygon(shape_polygon(shape, cx, cy, r, angle), fill=fill)
 
 
+@lru_cache(maxsize=4)
+def centred_grid(size: int) -> np.ndarray:
+    """(y, x) pixel coordinates in [-0.5, 0.5], kept: the truth draws thousands of backgrounds per size."""
+    grid = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
+    grid.flags.writeable = False
+    return grid
+
+
 def gradient_background(size: int, base: tuple[int, int, int], angle: float, strength: float) -> Image.Image:
     """A two-tone linear gradient around the base colour: per-item, low-frequency variation."""
-    yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
+    yy, xx = centred_grid(size)
     ramp = np.cos(angle) * xx + np.sin(angle) * yy  # in [-0.71, 0.71]
-    rgb = np.asarray(base, dtype=np.float32)[None, None, :] * (1.0 + strength * ramp[..., None])
-    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+    factor = 1.0 + strength * ramp
+    rgb = np.empty((size, size, 3), dtype=np.uint8)
+    for channel, value in enumerate(base):  # channel by channel: a third of the memory traffic of one broadcast
+        rgb[..., channel] = np.clip(factor * value, 0, 255)
+    return Image.fromarray(rgb)
 
 
 def downsample(image: Image.Image, size: int) -> Image.Image:

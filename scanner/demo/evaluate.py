@@ -35,6 +35,7 @@ flag here, though an auditor would want it found).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,13 @@ class CaptionDrawings:
         return {self.members[i] for i in nearest if self.reproduces_selected(image, self.members[i])}
 
 
+@lru_cache(maxsize=1)
+def caption_drawings(world: Path = WORLD) -> CaptionDrawings:
+    """The last world's drawings, kept: scoring one scan several ways (criterion, extraction, another
+    threshold) draws each caption's siblings once."""
+    return CaptionDrawings(world)
+
+
 @dataclass(frozen=True)
 class BucketScore:
     bucket: str
@@ -129,7 +137,7 @@ class BucketScore:
 
 
 def score_demo_run(store: Store, run_id: str, world: Path = WORLD) -> list[BucketScore]:
-    drawings = CaptionDrawings(world)
+    drawings = caption_drawings(world)
     prompts = store.query("SELECT prompt_id, source_item_id FROM prompts WHERE run_id = ?", [run_id]).to_pylist()
     medoids = store.query(
         "SELECT c.prompt_id, g.image_path FROM candidates c JOIN clusters cl USING (run_id, cluster_id) "
@@ -188,7 +196,7 @@ class CriterionScore:
 def score_criterion(store: Store, run_id: str, world: Path = WORLD) -> CriterionScore:
     """Recall and false flags of a scan's candidates against the per-item memorization truth
     (null prompts, which have no item, are not counted here)."""
-    drawings = CaptionDrawings(world)
+    drawings = caption_drawings(world)
     rows = store.query("SELECT p.source_item_id, g.thumbnail_path, c.medoids FROM generations g "
                        "JOIN prompts p USING (run_id, prompt_id) LEFT JOIN (SELECT c.run_id, c.prompt_id, "
                        "list(m.thumbnail_path) AS medoids FROM candidates c JOIN clusters cl USING (run_id, cluster_id) "
@@ -245,7 +253,7 @@ def score_extraction(store: Store, run_id: str, world: Path = WORLD) -> Extracti
     ambiguous otherwise (counted, in neither). Recall counts the candidates whose medoid is a near-copy:
     it reproduces its prompt's item or, by the selected test, a member near it, and that member is the
     training member nearest to it."""
-    drawings = CaptionDrawings(world)
+    drawings = caption_drawings(world)
     medoids = store.query(
         "SELECT c.candidate_id, p.source_item_id, g.thumbnail_path FROM candidates c "
         "JOIN clusters cl USING (run_id, cluster_id) JOIN prompts p ON p.run_id = c.run_id AND p.prompt_id = c.prompt_id "
@@ -306,7 +314,7 @@ def score_unconditional(store: Store, run_id: str, world: Path = WORLD) -> Uncon
     """Every generation of a scan of a model without prompts against the members nearest to it;
     the items its candidates were judged extracted against (``score_extraction`` gives the
     verdict's precision)."""
-    drawings = CaptionDrawings(world)
+    drawings = caption_drawings(world)
     paths = [p for (p,) in store.execute("SELECT thumbnail_path FROM generations WHERE run_id = ? AND status = 'ok'", [run_id])]
     reproduced: dict[str, int] = {}
     for path in paths:
