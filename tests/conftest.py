@@ -38,15 +38,33 @@ def demo_clip():
     return OpenClip.load(CLIP_MODEL, device="cpu")
 
 
+@pytest.fixture(scope="session")
+def demo_world_index(demo_clip, tmp_path_factory):
+    """The demo model's training index, built once for the session (whichever worker comes first) and
+    only read by the tests that take it."""
+    from filelock import FileLock
+
+    from scanner.demo.pipeline import demo_index
+
+    folder = _shared_folder(tmp_path_factory) / "demo-world-index"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        return demo_index(demo_clip, folder / "indexes", folder)
+
+
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected: a test deselected does not start the demo
 def pytest_collection_modifyitems(config, items):
     config.demo_run_needed = any("demo_run" in getattr(item, "fixturenames", ()) for item in items)
 
 
-def _demo_run_folder(tmp_path_factory) -> Path:
-    """One folder for the whole session: under xdist, the folder above each worker's own."""
+def _shared_folder(tmp_path_factory) -> Path:
+    """The whole session's folder: under xdist, the folder above each worker's own."""
     base = tmp_path_factory.getbasetemp()
-    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "demo-run"
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _demo_run_folder(tmp_path_factory) -> Path:
+    return _shared_folder(tmp_path_factory) / "demo-run"
 
 
 @pytest.fixture(scope="session", autouse=True)

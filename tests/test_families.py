@@ -378,7 +378,7 @@ def test_a_flux_folder_without_its_t5_encoder_is_one_line(family_models, tmp_pat
 
 
 @pytest.mark.slow
-def test_an_unconditional_model_is_audited_by_matching_every_generation(family_models, demo_clip, tmp_path):
+def test_an_unconditional_model_is_audited_by_matching_every_generation(family_models, demo_clip, demo_world_index, tmp_path):
     """Carlini et al.'s CIFAR-10 extraction on the demo world's unconditional model: seeds of the
     empty prompt, every generation matched against the training index, one finding per training
     image reproduced, judged right against the world's ground truth; what needs a prompt is
@@ -386,13 +386,12 @@ def test_an_unconditional_model_is_audited_by_matching_every_generation(family_m
     from scanner.calibration import MatchingStatement, criterion_statement
     from scanner.config import SamplingConfig, ScanConfig
     from scanner.demo.evaluate import score_extraction, score_unconditional
-    from scanner.demo.pipeline import demo_index
     from scanner.generate import Prompt
     from scanner.scan import run_scan, unconditional_prompts
     from scanner.store import Store
 
     model = family_models["ddpm"]
-    index = demo_index(demo_clip, tmp_path / "indexes", tmp_path)
+    index = demo_world_index
     config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=48, batch_size=48))
     with Store(tmp_path / "scan.duckdb") as store:
         for prompts, given, problem in (([Prompt.from_text("a red circle")], index, "takes no prompts"),
@@ -421,7 +420,7 @@ def test_an_unconditional_model_is_audited_by_matching_every_generation(family_m
     assert scored == [("loss",)]  # the matched items' loss: CLiD and Wen need a prompt
 
 
-def test_a_class_conditional_model_is_audited_class_by_class(family_models, demo_clip, tmp_path):
+def test_a_class_conditional_model_is_audited_class_by_class(family_models, demo_clip, demo_world_index, tmp_path):
     """Carlini et al.'s class-conditional setting on the demo world's DiT (an item's class is its
     shape): its class names stand for prompts (all of them when none are given), every generation
     is matched against the training index, and a label that names no class is one line before the
@@ -429,7 +428,6 @@ def test_a_class_conditional_model_is_audited_class_by_class(family_models, demo
     from scanner.calibration import criterion_statement
     from scanner.config import SamplingConfig, ScanConfig
     from scanner.demo.evaluate import score_extraction, score_unconditional
-    from scanner.demo.pipeline import demo_index
     from scanner.generate import Prompt
     from scanner.report import render_report
     from scanner.scan import run_scan, unconditional_prompts
@@ -438,7 +436,7 @@ def test_a_class_conditional_model_is_audited_class_by_class(family_models, demo
     model = family_models["dit"]
     assert [p.text for p in unconditional_prompts(model)] == ["bar", "circle", "cross", "diamond", "ring", "square", "star",
                                                             "triangle"]
-    index = demo_index(demo_clip, tmp_path / "indexes", tmp_path)
+    index = demo_world_index
     config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=24, batch_size=48))
     classes = [Prompt.from_text(name, source="class label") for name in ("square", "circle")]
     with Store(tmp_path / "scan.duckdb") as store:
