@@ -109,21 +109,21 @@ def reseeded_world(name: str) -> dict:
 VARIANTS = {
     "demo": dict(world=WORLD, out=OUT, log=ROOT / "scanner" / "demo" / "logs" / "train_sd.log", seed=SEED,
                  vae=VAE_CONFIG, unet=UNET_CONFIG, vae_steps=600, unet_steps=4500, lr=5e-4),
-    "sd-64": dict(world=ROOT / "scanner" / "demo" / "calibration" / "world-64.parquet",
-                  out=ROOT / "scanner" / "demo" / "calibration" / "sd-64",
-                  log=ROOT / "scanner" / "demo" / "calibration" / "logs" / "train_sd-64.log", seed=6464,
+    "sd-64": dict(world=CALIBRATION / "world-64.parquet",
+                  out=CALIBRATION / "sd-64",
+                  log=CALIBRATION / "logs" / "train_sd-64.log", seed=6464,
                   vae={**VAE_CONFIG, "sample_size": 64, "block_out_channels": (16, 32, 64),
                        "down_block_types": ("DownEncoderBlock2D",) * 3, "up_block_types": ("UpDecoderBlock2D",) * 3},
                   unet=UNET_CONFIG, vae_steps=2000, vae_batch_size=16, unet_steps=3000, lr=5e-4),
-    "sd-short": dict(world=WORLD, out=ROOT / "scanner" / "demo" / "calibration" / "sd-short",
-                     log=ROOT / "scanner" / "demo" / "calibration" / "logs" / "train_sd-short.log", seed=777,
+    "sd-short": dict(world=WORLD, out=CALIBRATION / "sd-short",
+                     log=CALIBRATION / "logs" / "train_sd-short.log", seed=777,
                      vae={**VAE_CONFIG, "block_out_channels": (48, 64)},
                      unet={**UNET_CONFIG, "block_out_channels": (32, 64, 64)}, vae_steps=300, unet_steps=2000, lr=1e-3),
     # the demo world's captions and duplication plan, drawn otherwise (build_demo.py --style textured): its own
     # autoencoder, two thirds of the demo's steps at a higher learning rate
-    "sd-textured": dict(world=ROOT / "scanner" / "demo" / "calibration" / "world-textured.parquet",
-                        out=ROOT / "scanner" / "demo" / "calibration" / "sd-textured",
-                        log=ROOT / "scanner" / "demo" / "calibration" / "logs" / "train_sd-textured.log", seed=4242,
+    "sd-textured": dict(world=CALIBRATION / "world-textured.parquet",
+                        out=CALIBRATION / "sd-textured",
+                        log=CALIBRATION / "logs" / "train_sd-textured.log", seed=4242,
                         vae=VAE_CONFIG, unet=UNET_CONFIG, vae_steps=600, unet_steps=3000, lr=7e-4),
     # held out from every default chosen up to session 19: a world drawn from another seed (build_demo.py --seed 2026:
     # other captions duplicated, other layouts), its own narrower autoencoder, a wider deepest UNet block, 3,000 steps
