@@ -1,6 +1,6 @@
-"""Issue 18 end to end, on a model memscan's defaults were not tuned on: the calibration model
-sd-64 (64 pixels, its own autoencoder, shorter training; scanner/demo/calibration/), scanned at
-every default setting but the seeds per prompt (16, half the default, to fit CI), scored against
+"""Issue 18 end to end, on a model trained after every default of memscan was chosen: the calibration
+model sd-reseeded-64 (a world of its own drawn at 64 pixels, its own autoencoder; scanner/demo/calibration/),
+scanned at every default setting but the seeds per prompt (16, half the default, to fit CI), scored against
 its world's ground truth."""
 
 import dataclasses
@@ -18,21 +18,21 @@ from scanner.models.registry import load_model
 from scanner.scan import run_scan
 from scanner.store import Store
 
-MODEL = "sd-64"
+MODEL = "sd-reseeded-64"
 
 
 @pytest.mark.slow
 def test_the_calibrated_defaults_find_what_the_demo_tuned_threshold_misses(tmp_path, demo_clip):
-    """Measured at full scale (docs/CALIBRATION.md, session 17, by the truth that counts an item memorized
+    """Measured at full scale (docs/CALIBRATION.md, session 22, by the truth that counts an item memorized
     when a quarter of its generations reproduce its particular drawing): at the default 32 seeds the
-    anchored criterion flags 21 of 21 memorized items and 2 of 80 ordinary prompts; at 16 seeds (the first
-    16 of that scan) 0.84 and 2.2%. At this scale (measured): 14 of 16 flagged against 5 by the
-    demo-tuned threshold (9 by session 16's calibrated one), none of 12 ordinary prompts, `extracted`
-    14 of 14 near-copies (session 18's count; one more medoid echoes an item's layout), none of 58 wrong (session 21: 50 neighbours proposed; 55 judged with 10). Issue 18's recall goal (0.9) is set at 32 seeds; CI affords 16."""
+    criterion flags 25 of 27 memorized items and 4 of 80 ordinary prompts, `extracted` 48 right and 1
+    wrong of 119 verdicts, 41 of 41 near-copies. At this scale (measured): 18 of 23 flagged against 1 by
+    the demo-tuned threshold, none of 12 ordinary prompts, `extracted` 20 right and none wrong of 43,
+    16 of 16 near-copies. Issue 18's recall goal (0.9) is set at 32 seeds; CI affords 16."""
     model_dir, world = CALIBRATION_MODELS[MODEL]
     prompts = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"])
-               for r in demo_items(per_bucket=6)]  # every x200 and x50 item, 6 each of x10, x1 and non-members
-    index = demo_index(demo_clip, tmp_path / "indexes", tmp_path, world, name="demo-world-64")
+               for r in demo_items(per_bucket=6, world=world)]  # every x200 and x50 item, 6 each of x10, x1 and non-members
+    index = demo_index(demo_clip, tmp_path / "indexes", tmp_path, world, name="demo-world-reseeded-64")
     # 16 seeds per prompt, half the default, to fit CI: the measurements behind these bounds were taken at 16
     config = ScanConfig(sampling=SamplingConfig(samples_per_prompt=16, batch_size=64), cluster=ClusterConfig(null_prompts=16))
     with Store(tmp_path / "scan.duckdb") as store:
@@ -45,7 +45,7 @@ def test_the_calibrated_defaults_find_what_the_demo_tuned_threshold_misses(tmp_p
         demo_tuned = score_criterion(store, result.run_id, world)
     print(calibrated, extraction, demo_tuned, statement)
     assert statement.calibrated and statement.nulls == 16
-    assert calibrated.memorized >= 12 and calibrated.recall >= 0.8 and calibrated.recall > demo_tuned.recall + 0.3
-    # no false flag among the 12 ordinary prompts here (measured; 2 of 80 at full scale)
-    assert calibrated.unmemorized >= 8 and calibrated.unmemorized_flagged <= 1
+    assert calibrated.memorized >= 16 and calibrated.recall >= 0.75 and calibrated.recall > demo_tuned.recall + 0.5
+    # no false flag among the 12 ordinary prompts here (measured; 4 of 80 at full scale): issue 18's 5% of 12 is none
+    assert calibrated.unmemorized >= 8 and calibrated.unmemorized_flagged == 0
     assert extraction.judged >= 5 and extraction.precision == 1.0 and extraction.recall >= 0.9

@@ -50,7 +50,7 @@ TEXTURED_WORLD = CALIBRATION_DIR / "world-textured.parquet"
 # Models of the demo world that memscan's defaults were not tuned on (docs/CALIBRATION.md): each
 # with the world it was trained on (the same items; sd-64's drawn at 64 pixels, sd-textured's drawn otherwise:
 # blotchy textures, outlined hard-edged shapes, grain; each sd-reseeded model's is a world of its own, drawn from
-# another seed: other captions duplicated, other layouts).
+# another seed: other captions duplicated, other layouts; sd-reseeded-64's at 64 pixels).
 CALIBRATION_MODELS = {
     "demo": (SD_MODEL, WORLD),
     "sd-64": (CALIBRATION_DIR / "sd-64", CALIBRATION_DIR / "world-64.parquet"),
@@ -64,6 +64,7 @@ CALIBRATION_MODELS = {
     "sd-reseeded": (CALIBRATION_DIR / "sd-reseeded", CALIBRATION_DIR / "world-reseeded.parquet"),
     "sd-reseeded-b": (CALIBRATION_DIR / "sd-reseeded-b", CALIBRATION_DIR / "world-reseeded-b.parquet"),
     "sd-reseeded-c": (CALIBRATION_DIR / "sd-reseeded-c", CALIBRATION_DIR / "world-reseeded-c.parquet"),
+    "sd-reseeded-64": (CALIBRATION_DIR / "sd-reseeded-64", CALIBRATION_DIR / "world-reseeded-64.parquet"),
 }
 
 # duplication buckets the demo reports on, named as in the duplication plan
