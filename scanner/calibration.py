@@ -290,13 +290,14 @@ MEASURED_CLASS_CONDITIONAL = ("of the 17 duplicated training images its 512 gene
 # The ``extracted`` verdict at the default match settings against the calibration worlds' truth (an image reproduces
 # an item when it is nearer it than every one of 256 other drawings of the item's caption; a verdict is wrong when half
 # of them are nearer): scripts/calibrate_criterion.py evaluate --samples 32, docs/CALIBRATION.md, sessions 18, 20 to 22
-MEASURED_VERDICT = ("of 1,167 extracted verdicts on the thirteen calibration models' scans (32- and 64-pixel models, 32 seeds per "
-                    "prompt), the truth decides 416: on ten models all 329 right; one wrong on each of the three others: sd-64 "
-                    "(31 of 32 right) and sd-short (5 of 6), each a blob judged a copy of an item whose small object it does not "
-                    "draw (a white blob for one star caption), and the model trained after the match settings were chosen on the "
-                    "other twelve (48 of 49: a dark cross on navy judged a copy of a dark circle on navy). The other 751 lie near "
-                    "their item but the truth cannot tell whether the model drew that drawing or only its caption. The verdict "
-                    "found 82% to 100% of the candidates whose image is a near-copy of a training image")
+MEASURED_VERDICT = ("of 1,167 extracted verdicts on the thirteen calibration models' scans (32- and 64-pixel models, 32 "
+                    "seeds per prompt), the truth decides 416, of which 3 are wrong: on ten models all 329 right; one "
+                    "wrong on each of the three others: sd-64 (31 of 32 right) and sd-short (5 of 6), each a blob judged "
+                    "a copy of an item whose small object it does not draw (a white blob for one star caption), and the "
+                    "model trained after the match settings were chosen on the other twelve (48 of 49: a dark cross on "
+                    "navy judged a copy of a dark circle on navy). The other 751 lie near their item but the truth "
+                    "cannot tell whether the model drew that drawing or only its caption. The verdict found 82% to 100% of the "
+                    "candidates whose image is a near-copy of a training image")
 VERDICT_SETTINGS = ("k", "extraction_ratio", "anchored_tiled_ratio", "nearest_margin", "spacing_n", "spacing_search", "anchor_n", "tiles")
 
 
