@@ -178,8 +178,9 @@ def prompt_anchors(images: Sequence[np.ndarray], neighbours: int, block: int = 1
 MEASURED = {
     32: ("on four models trained on other worlds after these settings were chosen, 100%, 100%, 92% and 93% of memorized "
          "duplicated items flagged and 2.5%, 6.2%, 0% and 5.0% of ordinary prompts (5 of 80 on the second, where the "
-         "criterion without its colour-centred view flags 4; on the third it finds 83% without that view; the fourth at twice "
-         "the demo's resolution), an item counted memorized when a quarter of its generations reproduce its particular drawing; on "
+         "criterion without its colour-centred view flags 4; on the third it finds 83% without that view; the fourth "
+         "at twice the demo's resolution), an item counted memorized when a quarter of its generations reproduce its "
+         "particular drawing; on "
          "the nine calibration models they were chosen on, 89% to 100% and at most 5.0% (the demo model 100% "
          "and 2.5%, sd-64 100%, sd-short 5 of 5, one trained on differently drawn images 100%, the SD 2-shaped "
          "v-prediction model 100%, the SDXL-shaped model 89% at its 50 steps, the SD3-shaped flow-matching model 100% "

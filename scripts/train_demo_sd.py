@@ -91,6 +91,9 @@ UNET_CONFIG = dict(
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
     cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16,
 )
+# a 64-pixel autoencoder: three blocks, a 4x downsampling to the UNet's 16x16 latents (the calibration models at 64 pixels)
+VAE_64 = {**VAE_CONFIG, "sample_size": 64, "down_block_types": ("DownEncoderBlock2D",) * 3,
+          "up_block_types": ("UpDecoderBlock2D",) * 3}
 TEXT_CONFIG = dict(
     vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
     num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
@@ -112,9 +115,8 @@ VARIANTS = {
     "sd-64": dict(world=CALIBRATION / "world-64.parquet",
                   out=CALIBRATION / "sd-64",
                   log=CALIBRATION / "logs" / "train_sd-64.log", seed=6464,
-                  vae={**VAE_CONFIG, "sample_size": 64, "block_out_channels": (16, 32, 64),
-                       "down_block_types": ("DownEncoderBlock2D",) * 3, "up_block_types": ("UpDecoderBlock2D",) * 3},
-                  unet=UNET_CONFIG, vae_steps=2000, vae_batch_size=16, unet_steps=3000, lr=5e-4),
+                  vae={**VAE_64, "block_out_channels": (16, 32, 64)}, unet=UNET_CONFIG, vae_steps=2000, vae_batch_size=16,
+                  unet_steps=3000, lr=5e-4),
     "sd-short": dict(world=WORLD, out=CALIBRATION / "sd-short",
                      log=CALIBRATION / "logs" / "train_sd-short.log", seed=777,
                      vae={**VAE_CONFIG, "block_out_channels": (48, 64)},
@@ -142,9 +144,7 @@ VARIANTS = {
     # at 64 pixels (build_demo.py --seed 6161 --size 64), an autoencoder of three blocks wider than sd-64's in the middle
     # (16, 48, 64 channels), a shorter autoencoder run, a wider deepest UNet block, 2,500 steps at 7e-4
     "sd-reseeded-64": dict(reseeded_world("sd-reseeded-64"), seed=6161,
-                           vae={**VAE_CONFIG, "sample_size": 64, "block_out_channels": (16, 48, 64),
-                                "down_block_types": ("DownEncoderBlock2D",) * 3, "up_block_types": ("UpDecoderBlock2D",) * 3},
-                           unet={**UNET_CONFIG, "block_out_channels": (32, 64, 96)}, vae_steps=1500, vae_batch_size=16,
+                           vae={**VAE_64, "block_out_channels": (16, 48, 64)}, unet={**UNET_CONFIG, "block_out_channels": (32, 64, 96)}, vae_steps=1500, vae_batch_size=16,
                            unet_steps=2500, lr=7e-4),
 }
 FAMILIES = ROOT / "scanner" / "demo" / "families"
