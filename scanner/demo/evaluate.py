@@ -110,14 +110,14 @@ class CaptionDrawings:
         others = tiled_l2(image[None], self.drawings(item_id))
         return bool(own < others.min() and own <= SELECTED_MARGIN * float(np.median(others)))
 
-    def nearest_member(self, image: np.ndarray) -> str:
-        """The training member nearest to the image (tiled l2)."""
-        return self.members[int(np.argmin(tiled_l2(image[None], self.member_images())))]
+    def nearest_members(self, image: np.ndarray) -> list[str]:
+        """The ``NEAREST_TESTED`` training members nearest to the image (tiled l2), nearest first."""
+        nearest = np.argsort(tiled_l2(image[None], self.member_images()), kind="stable")[:NEAREST_TESTED]
+        return [self.members[i] for i in nearest]
 
     def reproduced_members(self, image: np.ndarray) -> set[str]:
         """The members an image reproduces among the ``NEAREST_TESTED`` nearest to it (selected items)."""
-        nearest = np.argsort(tiled_l2(image[None], self.member_images()), kind="stable")[:NEAREST_TESTED]
-        return {self.members[i] for i in nearest if self.reproduces_selected(image, self.members[i])}
+        return {item for item in self.nearest_members(image) if self.reproduces_selected(image, item)}
 
 
 @lru_cache(maxsize=1)
@@ -273,13 +273,15 @@ def score_extraction(store: Store, run_id: str, world: Path = WORLD) -> Extracti
     extracted = {(j["candidate_id"], world_item_of(j["item_id"])) for j in judged}
     right = sum(reproduces(c, item) for c, item in extracted)
     wrong = sum(int(drawings.ranks(medoid_of[c][None], item)[0]) >= NOT_A_COPY_RANK for c, item in extracted)
-    reproduced = {c: {item for item in drawings.reproduced_members(image) | {own_item[c]} if reproduces(c, item)}
-                  for c, image in medoid_of.items()}
-    copied = {c: items & {drawings.nearest_member(medoid_of[c])} for c, items in reproduced.items() if items}
-    near_copies = [c for c, items in copied.items() if items]
+    near_copies, echoing = [], 0  # (candidate, the member it copies); candidates that echo one
+    for c, image in medoid_of.items():
+        nearest = drawings.nearest_members(image)
+        if reproduces(c, nearest[0]):  # tested first: the others' drawings are only needed to tell an echo
+            near_copies.append((c, nearest[0]))
+        else:
+            echoing += any(reproduces(c, item) for item in {*nearest[1:], own_item[c]})
     return ExtractionScore(len(extracted), right, wrong, len(near_copies),
-                           sum(any((c, item) in extracted for item in copied[c]) for c in near_copies),
-                           len(copied) - len(near_copies))
+                           sum(pair in extracted for pair in near_copies), echoing)
 
 
 @dataclass(frozen=True)
