@@ -144,7 +144,8 @@ VARIANTS = {
     # at 64 pixels (build_demo.py --seed 6161 --size 64), an autoencoder of three blocks wider than sd-64's in the middle
     # (16, 48, 64 channels), a shorter autoencoder run, a wider deepest UNet block, 2,500 steps at 7e-4
     "sd-reseeded-64": dict(reseeded_world("sd-reseeded-64"), seed=6161,
-                           vae={**VAE_64, "block_out_channels": (16, 48, 64)}, unet={**UNET_CONFIG, "block_out_channels": (32, 64, 96)}, vae_steps=1500, vae_batch_size=16,
+                           vae={**VAE_64, "block_out_channels": (16, 48, 64)},
+                           unet={**UNET_CONFIG, "block_out_channels": (32, 64, 96)}, vae_steps=1500, vae_batch_size=16,
                            unet_steps=2500, lr=7e-4),
 }
 FAMILIES = ROOT / "scanner" / "demo" / "families"
