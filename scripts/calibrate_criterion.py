@@ -24,7 +24,8 @@ anchored criterion at every clique size, reference quantile, factor and floor on
 then tunes it on each model alone and carries it to the others.
 
 ``evaluate`` runs memscan's own clustering and matching at their defaults on each stored scan
-and scores them: the numbers of docs/CALIBRATION.md. ``mix`` pools one model's scans at several
+and scores them: the numbers of docs/CALIBRATION.md; ``--set min_clique=8`` (repeatable) scores the
+criterion at other settings, ``scan --no-statistics`` samples a scan for ``evaluate`` alone. ``mix`` pools one model's scans at several
 guidance scales prompt by prompt (each prompt's generations at every scale, as a scan sampling at
 all of them would draw) and scores the default criterion on the pool against each scan alone.
 ``small`` runs memscan's scan at its defaults on small audits (a few prompts, half of them
@@ -37,6 +38,8 @@ through the model's own autoencoder beside its nearest generation: how close the
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -60,7 +63,11 @@ DEFAULT_SAMPLES = 16  # the seeds per prompt the calibration tables were first m
 DEFAULT_STEPS = 20  # the demo-sized families' sampling steps (scanner/models: DEMO_SIZED)
 
 
-def scan_model(name: str, per_bucket: int, nulls: int, samples: int, guidance: float, steps: int) -> Path:
+def scan_model(name: str, per_bucket: int, nulls: int, samples: int, guidance: float, steps: int,
+               statistics: bool = True) -> Path:
+    """Sample one calibration model into ``runs/``; with ``statistics``, also its per-prompt rows (about 10 minutes
+    more on a scan of 461 prompts: every clique size's collapse distance), which ``compare`` and ``grid`` read and
+    ``evaluate`` does not."""
     from scanner.models.registry import load_model
     from scanner.scan import run_scan
 
@@ -75,6 +82,9 @@ def scan_model(name: str, per_bucket: int, nulls: int, samples: int, guidance: f
     with Store(db) as store:
         result = run_scan(store, load_model(model_dir), prompts, config, kind="calibration",
                           embedder=load_embedder(config.features))
+        if not statistics:
+            print(f"{name}: {len(prompts)} prompts, {result.timings['total_s']:.0f}s -> {db}")
+            return db
         rows = prompt_statistics(store, result.run_id, world)
     out = db.with_suffix(".parquet")
     pq.write_table(pa.Table.from_pylist(rows), out)
@@ -416,6 +426,16 @@ def mix(name: str, guidances: list[float], samples: int) -> None:
               f"recall {recall:.2f} of {memorized}, false flags {false_flags:.3f}")
 
 
+def cluster_settings(assignments: list[str]) -> ClusterConfig:
+    """The default criterion with ``key=value`` overrides, each value read as JSON (``min_clique=8``,
+    ``null_factor=0.45``, ``colour_centred=false``)."""
+    overrides = {}
+    for assignment in assignments:
+        key, _, value = assignment.partition("=")
+        overrides[key] = json.loads(value)
+    return dataclasses.replace(ClusterConfig(), **overrides)
+
+
 def latest_calibration_run(store: Store) -> str:
     return store.execute("SELECT run_id FROM runs WHERE kind = 'calibration' ORDER BY started_at DESC LIMIT 1")[0][0]
 
@@ -440,6 +460,7 @@ def main() -> None:
     scan.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
     scan.add_argument("--guidance", type=float, default=5.0)
     scan.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    scan.add_argument("--no-statistics", action="store_true", help="skip the per-prompt rows (evaluate does not need them)")
     restating = sub.add_parser("statistics", help="recompute a stored 32-seed scan's rows (on its first --seeds seeds)")
     restating.add_argument("--model", choices=sorted(CALIBRATION_MODELS), nargs="+", required=True)
     restating.add_argument("--steps", type=int, default=DEFAULT_STEPS)
@@ -455,6 +476,9 @@ def main() -> None:
     evaluation.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="... and this many sampling steps")
     evaluation.add_argument("--model", choices=sorted(CALIBRATION_MODELS), nargs="+", default=list(CALIBRATION_MODELS),
                             help="the models to evaluate (default: every model with a stored scan at these settings)")
+    evaluation.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="a criterion setting other than the default (ClusterConfig; repeatable). The stored "
+                                 "scans are left clustered at these settings")
     small = sub.add_parser("small", help="memscan's scan at its defaults on small audits of one model")
     small.add_argument("--model", choices=sorted(CALIBRATION_MODELS), required=True)
     small.add_argument("--prompts", type=int, default=3, help="audit prompts, half of them (rounded up) duplicated items")
@@ -470,7 +494,7 @@ def main() -> None:
     mixing.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
     args = parser.parse_args()
     if args.command == "scan":
-        scan_model(args.model, args.per_bucket, args.nulls, args.samples, args.guidance, args.steps)
+        scan_model(args.model, args.per_bucket, args.nulls, args.samples, args.guidance, args.steps, not args.no_statistics)
     elif args.command == "small":
         small_audits(args.model, args.prompts, args.draws, args.samples, args.prompts_only)
     elif args.command == "fidelity":
@@ -487,12 +511,16 @@ def main() -> None:
     elif args.command == "compare":
         compare(sorted(path for path in RUNS.glob("criterion-*.parquet") if "-first" not in path.stem), args.tuned_on)
     else:
+        try:
+            settings = cluster_settings(args.set)
+        except (TypeError, ValueError) as error:
+            parser.error(f"--set: {error}")
         print("| model | threshold (nulls under it) | recall | false flags (flagged; of them leaking) | extracted precision "
               "(judged; ambiguous) | extracted recall (of near-copies; echoes) |")
         print("| --- | --- | --- | --- | --- | --- |")
         for name in args.model:
             if (RUNS / f"{scan_stem(name, args.guidance, args.samples, args.steps)}.duckdb").exists():
-                r = evaluate(name, args.guidance, args.samples, args.steps, ClusterConfig(), MatchConfig())
+                r = evaluate(name, args.guidance, args.samples, args.steps, settings, MatchConfig())
                 print(f"| {name} | {r['threshold']:.4f} ({r['nulls_flagged']} of {r['nulls']}) | {r['recall']:.2f} of "
                       f"{r['memorized']} | {r['false_flags']:.3f} of {r['unmemorized']} ({r['flagged']}; {r['leaking']}) | "
                       f"{r['extracted_precision']:.2f} ({r['judged_extracted']}; "
