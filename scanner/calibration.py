@@ -302,9 +302,8 @@ MEASURED_VERDICT = ("of 1,499 extracted verdicts on the fourteen calibration mod
                     "as a blob judged a copy of two black diamonds on navy). Of the two models trained after the match "
                     "settings were chosen, sd-reseeded-64 had one such verdict on an earlier sample of its prompts (48 of 49 "
                     "right) and none on this one (40 of 40), sd-reseeded-d one (19 of 20). The other 1,052 lie near their "
-                    "item but the truth cannot tell whether the model drew that "
-                    "drawing or only its caption. The verdict found 81% to 100% of the candidates whose image is a "
-                    "near-copy of a training image")
+                    "item but the truth cannot tell whether the model drew that drawing or only its caption. The verdict "
+                    "found 81% to 100% of the candidates whose image is a near-copy of a training image")
 VERDICT_SETTINGS = ("k", "extraction_ratio", "anchored_tiled_ratio", "nearest_margin", "spacing_n", "spacing_search", "anchor_n", "tiles")
 
 
