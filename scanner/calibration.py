@@ -19,7 +19,10 @@ than half of them do. The floor (a fraction of the nulls' upper quartile of plai
 distances) flags what collapses tightly whatever its anchor: several audit prompts reproducing one
 image are each other's nearest prompts, and when half of a prompt's nearest are such copies its
 anchor shrinks to their spread. The share of nulls under their thresholds is recorded with every
-scan, and said when it is high: it is itself a sign of memorization.
+scan, and said when it is high: it is itself a sign of memorization. The core: a prompt's clique
+flags it only when half its planned generations also agree within a looser threshold calibrated the
+same way at that clique size; a memorized image shows in most seeds, while an ordinary prompt whose
+model draws its background alike has a tight clique of five and no core (docs/CALIBRATION.md, session 25).
 """
 
 from __future__ import annotations
@@ -171,30 +174,31 @@ def prompt_anchors(images: Sequence[np.ndarray], neighbours: int, block: int = 1
     return anchors
 
 
-# Recall and false flags of the calibrated criterion: on the five calibration models trained after its setting was
-# chosen on the other nine, and on those nine (scripts/calibrate_criterion.py evaluate at 32 seeds, memscan's own stages;
-# at 16, averaged over draws of 32 null prompts; the tables in docs/CALIBRATION.md, sessions 20 to 24), by the generations per
-# prompt they were measured at, and the settings they hold for: the statement says so when a scan uses others.
+# Recall and false flags of the calibrated criterion: on the five calibration models trained after its clique's settings
+# were chosen on the other nine, and on those nine (scripts/calibrate_criterion.py evaluate at 32 seeds, memscan's own
+# stages; at 16, averaged over draws of 32 null prompts; the tables in docs/CALIBRATION.md, sessions 20 to 25), by the
+# generations per prompt they were measured at, and the settings they hold for: the statement says so when a scan uses
+# others. The core (session 25) only removes flags: what was measured before it bounds recall and false flags from above.
 MEASURED = {
-    32: ("on five models trained on other worlds after these settings were chosen, each scanned on its 45 duplicated items and "
-         "320 ordinary prompts (x1 members and non-members): 100%, 100%, 100%, 93% and 96% of memorized duplicated items "
-         "flagged and 5.6%, 8.5%, 5.6%, 2.5% and 6.6% of the ordinary prompts, more than issue 18's goal of 5% on four of them "
-         "(on 80 ordinary prompts, a mix richer in duplicated items that sets lower thresholds: 100%, 100%, 92% and 93%, "
-         "2.5%, 6.2%, 0% and 5.0% on the first four; without its colour-centred view the criterion flags 6.0% on the second and, "
-         "on 80, finds 83% on the third; the fourth at twice the demo's resolution). An item counts as memorized when a quarter of "
-         "its generations reproduce its particular drawing. On the nine calibration models they were chosen on, 89% to "
-         "100% and at most 5.0% of 80 (the demo model 100% and 2.5%, sd-64 100%, sd-short 5 of 5, one trained on "
-         "differently drawn images 100%, the SD 2-shaped v-prediction model 100%, the SDXL-shaped model 89% at its 50 "
-         "steps, the SD3-shaped flow-matching model 100% with 5.0%, the Flux-shaped model 100%, the PixArt-shaped model "
-         "93%; docs/CALIBRATION.md, sessions 20, 23 and 24)"),
-    16: ("on the first 16 seeds of the 32-seed scans, 90% of memorized duplicated items flagged and 2.1% of ordinary "
-         "prompts on the model trained after these settings were chosen; 84% to 100% and at most 5.5% on the nine they "
-         "were chosen on (sd-64 84%, sd-short 92%, the SDXL-shaped model 84%, the PixArt-shaped model 86%, the others "
-         "99% to 100%; the demo model 5.3% and the SD 2-shaped model 5.5% of ordinary prompts): issue 18's goal of "
-         "90% is set at 32 seeds (docs/CALIBRATION.md, session 20)"),
+    32: ("on five models trained on other worlds after the clique's settings were chosen, each scanned on its 45 duplicated "
+         "items and 320 ordinary prompts (x1 members and non-members): with the core, on three of them, 95%, 100% and 96% of "
+         "memorized duplicated items flagged and 3.1%, 2.8% and 4.4% of the ordinary prompts (the core was chosen on the "
+         "second and third; before it 100%, 100% and 96%, 5.6%, 8.5% and 6.6%); the other two, measured before the core only, "
+         "100% and 93%, 5.6% and 2.5% (at most that with it; the second at twice the demo's resolution). An item counts as "
+         "memorized when a quarter of its generations reproduce its particular drawing. On the nine calibration models the "
+         "clique's settings were chosen on, before the core 89% to 100% and at most 5.0% of 80 ordinary prompts (the demo "
+         "model 100% and 2.5%, sd-64 100%, sd-short 5 of 5, one trained on differently drawn images 100%, the SD 2-shaped "
+         "v-prediction model 100%, the SDXL-shaped model 89% at its 50 steps, the SD3-shaped flow-matching model 100% with "
+         "5.0%, the Flux-shaped model 100%, the PixArt-shaped model 93%); with the core, on the two weakest of the earlier mix, sd-short 5 of 5 and none of 80, the PixArt-shaped model 93% and 2.5% (the same as before it; the other seven not measured with it) "
+         "(docs/CALIBRATION.md, sessions 20, 23, 24 and 25)"),
+    16: ("before the core (session 25; at most that with it), on the first 16 seeds of the 32-seed scans, 90% of memorized "
+         "duplicated items flagged and 2.1% of ordinary prompts on the model trained after these settings were chosen; 84% to "
+         "100% and at most 5.5% on the nine they were chosen on (sd-64 84%, sd-short 92%, the SDXL-shaped model 84%, the "
+         "PixArt-shaped model 86%, the others 99% to 100%; the demo model 5.3% and the SD 2-shaped model 5.5% of ordinary "
+         "prompts): issue 18's goal of 90% is set at 32 seeds (docs/CALIBRATION.md, session 20)"),
 }
 MEASURED_SETTINGS = {"min_clique": 5, "null_factor": 0.55, "null_quantile": 0.5, "floor_factor": 0.15, "floor_quantile": 0.75,
-                     "anchor_seeds": 8, "anchor_prompts": 10, "colour_centred": True}
+                     "core_share": 0.5, "core_factor": 0.7, "anchor_seeds": 8, "anchor_prompts": 10, "colour_centred": True}
 CLUSTER_SETTINGS = tuple(setting.name for setting in fields(ClusterConfig))
 MEASURED_RESOLUTIONS = (32, 64)  # the calibration models' sizes, in pixels: no evidence for other sizes
 
@@ -216,6 +220,8 @@ class CriterionStatement:
     resolution: int = 0  # pixels of the generations (0: unknown)
     training_captions: int = 0  # the index's training captions the null prompts were also recombined from (null_donors)
     colour_centred: dict = field(default_factory=dict)  # calibrated: that view's ratio, floor and nulls under it ({}: not used)
+    core_size: int = 0  # calibrated: the generations a flagged prompt's core holds (0: no core)
+    core_ratio: float = float("nan")  # ... and its core threshold over its anchor (plain view)
 
     nothing_found = "No prompt collapsed onto one image: no memorization candidates."
 
@@ -242,6 +248,11 @@ class CriterionStatement:
                    f"({settings.get('floor_factor'):g} x the {quantile_name(settings.get('floor_quantile', 0.75))} of the nulls' "
                    f"collapse distances). The prompts' thresholds run from {self.threshold_range[0]:.4f} to "
                    f"{self.threshold_range[1]:.4f} (median {self.threshold:.4f})")
+            if self.core_size:
+                how += (f"; and flagged only when {self.core_size} of its generations ({settings.get('core_share'):.0%} of the "
+                        f"plan) also agree within its core threshold, {self.core_ratio:.3f} x its anchor "
+                        f"({settings.get('core_factor'):g} x the same quantile of the nulls' collapse distance at that size "
+                        "over anchor), never under its threshold: a memorized image shows in most seeds")
             if self.colour_centred:
                 centred = self.colour_centred
                 how += (f"; a prompt not flagged so is judged again on its generations each centred on its own mean colour "
@@ -274,9 +285,10 @@ class CriterionStatement:
             out.append(f"This model draws {self.resolution}-pixel images; that recall was measured at "
                        f"{' and '.join(map(str, MEASURED_RESOLUTIONS))} pixels only, and is no evidence at {self.resolution}.")
         if found_nothing:
+            shown = (f"{self.min_clique} of {self.generations_per_prompt} generations" if not self.core_size else
+                     f"{self.core_size} of {self.generations_per_prompt} generations (when its other generations are unlike it)")
             out.append("No prompt met it. That does not show that nothing is memorized: only these prompts and seeds were "
-                       "tried, and a memorized image that shows in fewer than "
-                       f"{self.min_clique} of {self.generations_per_prompt} generations is not flagged, nor is a memorized "
+                       f"tried, and a memorized image that shows in fewer than {shown} is not flagged, nor is a memorized "
                        "composition that the model redraws a little otherwise each time, so that no clique forms "
                        "(docs/CALIBRATION.md says how often on the calibration models).")
         return out
@@ -406,4 +418,5 @@ def criterion_statement(store: Store, run_id: str) -> CriterionStatement | Match
     shared["settings"] = {**config, **{key: details[key] for key in CLUSTER_SETTINGS if key in details}}
     return CriterionStatement(threshold=median, calibrated=True, nulls=nulls, nulls_flagged=flagged, ratio=float(value),
                               floor=details.get("floor", float("nan")), threshold_range=(smallest, largest),
-                              colour_centred=details.get("views", {}).get("colour_centred", {}), **shared)
+                              colour_centred=details.get("views", {}).get("colour_centred", {}),
+                              core_size=details.get("core_size", 0), core_ratio=details.get("core_ratio", float("nan")), **shared)

@@ -21,6 +21,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -134,9 +135,12 @@ def in_view(images: np.ndarray, view: str) -> np.ndarray:
     return unit - unit.mean(axis=(-3, -2), keepdims=True) + 0.5
 
 
-def largest_clique(images: np.ndarray, settings: ClusterConfig) -> int:
-    """Size of the largest clique of near-duplicates among one prompt's images (all pairs compared)."""
-    adjacency, _ = near_duplicate_graph(images, all_pairs(len(images)), settings.threshold, settings.tiles)
+def largest_clique(images: np.ndarray, settings: ClusterConfig, threshold: float | None = None,
+                   pairs: np.ndarray | None = None) -> int:
+    """Size of the largest clique of near-duplicates among one prompt's images within ``threshold``
+    (the settings' by default), over ``pairs`` (all by default)."""
+    pairs = all_pairs(len(images)) if pairs is None else pairs
+    adjacency, _ = near_duplicate_graph(images, pairs, settings.threshold if threshold is None else threshold, settings.tiles)
     return len(maximum_clique(adjacency, set(range(len(images)))))
 
 
@@ -169,12 +173,22 @@ def collapse_distance(images: np.ndarray, min_clique: int, tiles: int, pairs: np
     return float(levels[high])
 
 
-def verdict_settled(largest: int, sampled: int, planned: int, min_clique: int) -> bool:
-    """Whether a prompt's remaining planned samples can still change its verdict. They cannot
-    once a clique of ``min_clique`` is found (samples only add to a clique), nor once none can
-    be reached even if every remaining sample joined the largest clique so far. A scan that
-    stops there flags exactly the prompts the full plan would."""
-    return largest >= min_clique or largest + (planned - sampled) < min_clique
+def view_verdict(largest: int, core: int, remaining: int, min_clique: int, core_size: int = 0) -> bool | None:
+    """A prompt's verdict in one view, from its largest clique within its threshold and its largest
+    within its core threshold so far: True once both reach their sizes (samples only add to a clique),
+    False once either cannot even if every one of the ``remaining`` planned samples joined it, None while open."""
+    if largest >= min_clique and core >= core_size:
+        return True
+    if largest + remaining < min_clique or core + remaining < core_size:
+        return False
+    return None
+
+
+def verdict_settled(verdicts: Sequence[bool | None]) -> bool:
+    """Whether a prompt's remaining planned samples can still change its verdict (``view_verdict`` in
+    each view): not once one view flags it, nor once none can. A scan that stops there flags exactly
+    the prompts the full plan would."""
+    return any(v is True for v in verdicts) or all(v is False for v in verdicts)
 
 
 def verdict_checkpoints(planned: int, min_clique: int, first: int = 0) -> list[int]:
@@ -199,14 +213,19 @@ def open_prompts(store: Store, run_id: str, prompt_ids: Sequence[str], first_see
     for row in rows:
         if row["prompt_id"] in wanted:
             images.setdefault(row["prompt_id"], []).append(features.load_image(store.image_file(row["thumbnail_path"])))
-    def largest(prompt_id: str) -> int:  # over the views: a clique in any flags the prompt
+    def verdicts(prompt_id: str) -> list[bool | None]:  # one per view: a clique and its core in any flags the prompt
         if prompt_id not in images:
-            return 0
+            return [view_verdict(0, 0, planned - sampled, settings.min_clique, criterion.core_size)]
         stacked = np.stack(images[prompt_id])
-        return max(largest_clique(in_view(stacked, view), prompt_settings)
-                   for view, prompt_settings in criterion.settings_by_view(prompt_id, settings))
+        out = []
+        for view, prompt_settings in criterion.settings_by_view(prompt_id, settings):
+            seen = in_view(stacked, view)
+            core = largest_clique(seen, prompt_settings, criterion.core_threshold(prompt_id, view)) if criterion.core_size else 0
+            out.append(view_verdict(largest_clique(seen, prompt_settings), core, planned - sampled, settings.min_clique,
+                                    criterion.core_size))
+        return out
 
-    return {prompt_id for prompt_id in prompt_ids if not verdict_settled(largest(prompt_id), sampled, planned, settings.min_clique)}
+    return {prompt_id for prompt_id in prompt_ids if not verdict_settled(verdicts(prompt_id))}
 
 
 def dense_components(adjacency: Sequence[set[int]], nodes: set[int], min_size: int, min_density: float) -> list[list[int]]:
@@ -305,12 +324,6 @@ def _cluster_rows(run_id: str, scope: str, prompt_id: str | None, group: Clique,
     return cluster, members
 
 
-def prompt_collapse(images: np.ndarray, embeddings: np.ndarray | None, phashes: np.ndarray, settings: ClusterConfig) -> float:
-    """``collapse_distance`` over the pairs ``find_groups`` would confirm: the largest threshold
-    under which the prompt is not flagged is just below it."""
-    return collapse_distance(images, settings.min_clique, settings.tiles, propose_pairs(len(images), settings, embeddings, phashes))
-
-
 @dataclass(frozen=True)
 class Criterion:
     """The tiled-l2 threshold each prompt's generations are judged at in each view: one per prompt
@@ -318,9 +331,18 @@ class Criterion:
 
     thresholds: dict[str, dict[str, float]]  # view -> prompt -> threshold
     defaults: dict[str, float]  # view -> the fixed threshold, or the floor (a prompt without usable anchor generations)
+    cores: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # view -> prompt -> core threshold
+    core_size: int = 0  # generations the core must hold (0: no core)
 
     def threshold(self, prompt_id: str, view: str = PLAIN) -> float:
         return self.thresholds.get(view, {}).get(prompt_id, self.defaults[view])
+
+    def core_threshold(self, prompt_id: str, view: str = PLAIN) -> float:
+        return self.cores.get(view, {}).get(prompt_id, self.threshold(prompt_id, view))
+
+    def has_core(self, prompt_id: str, view: str, images: np.ndarray, settings: ClusterConfig, pairs: np.ndarray) -> bool:
+        """Whether ``core_size`` of the prompt's images (in ``view``) agree within its core threshold."""
+        return not self.core_size or largest_clique(images, settings, self.core_threshold(prompt_id, view), pairs) >= self.core_size
 
     def settings_by_view(self, prompt_id: str, settings: ClusterConfig) -> list[tuple[str, ClusterConfig]]:
         """Each view with the settings a prompt is judged at in it, in the order the views are tried."""
@@ -333,19 +355,45 @@ def anchor_images(store: Store, rows: list[dict], seeds: int, view: str = PLAIN)
     return in_view(np.stack(chosen), view) if chosen else np.zeros((0, 1, 1, 3), np.uint8)
 
 
+def core_size(planned: int, settings: ClusterConfig) -> int:
+    """Generations a flagged prompt's core must hold: ``core_share`` of its planned samples, at least its
+    clique (0: no core, also for a fixed threshold, which has no nulls to calibrate a core on)."""
+    if not settings.core_share or settings.threshold is not None:
+        return 0
+    return max(settings.min_clique, int(np.ceil(settings.core_share * planned)))
+
+
+class ViewCalibration(NamedTuple):
+    clique: calibration.AnchoredThresholds
+    core: calibration.AnchoredThresholds | None  # the core's thresholds (None: no core)
+    anchors: dict[str, float]
+    collapse: list[float]  # the nulls' collapse distances at the clique's size
+
+
 def calibrate_view(store: Store, view: str, every: dict[str, list[dict]], null_ids: Sequence[str],
-                   settings: ClusterConfig) -> tuple[calibration.AnchoredThresholds, dict[str, float], list[float]]:
-    """One view's anchored thresholds (``calibrate``): with each prompt's anchor and the nulls' collapse distances."""
+                   settings: ClusterConfig, core: int = 0) -> ViewCalibration:
+    """One view's anchored thresholds (``calibrate``): with each prompt's anchor and the nulls' collapse distances;
+    with a ``core`` size, also the core's: ``core_factor`` x the nulls' quantile of their collapse distance at that
+    size over anchor, x each prompt's anchor, never under its clique threshold."""
     ids = list(every)
     anchors = dict(zip(ids, calibration.prompt_anchors([anchor_images(store, every[p], settings.anchor_seeds, view) for p in ids],
                                                        settings.anchor_prompts).tolist()))
-    collapse = []
+    collapse, core_collapse = [], []
     for prompt_id in null_ids:
         images, embeddings, phashes = _features_of(store, every[prompt_id])
-        collapse.append(prompt_collapse(in_view(images, view), embeddings, phashes, settings))
-    return calibration.anchored_thresholds(collapse, [anchors[p] for p in null_ids], [anchors[p] for p in ids],
-                                           settings.null_factor, settings.null_quantile, settings.floor_factor,
-                                           settings.floor_quantile), anchors, collapse
+        seen, pairs = in_view(images, view), propose_pairs(len(images), settings, embeddings, phashes)
+        collapse.append(collapse_distance(seen, settings.min_clique, settings.tiles, pairs))
+        if core:
+            core_collapse.append(collapse_distance(seen, core, settings.tiles, pairs))
+    null_anchors, prompt_anchors = [anchors[p] for p in null_ids], [anchors[p] for p in ids]
+    clique = calibration.anchored_thresholds(collapse, null_anchors, prompt_anchors, settings.null_factor,
+                                             settings.null_quantile, settings.floor_factor, settings.floor_quantile)
+    cores = None
+    if core:
+        cores = calibration.anchored_thresholds(core_collapse, null_anchors, prompt_anchors, settings.core_factor,
+                                                settings.null_quantile, 0.0, settings.floor_quantile)
+        cores = cores._replace(thresholds=np.maximum(cores.thresholds, clique.thresholds))
+    return ViewCalibration(clique, cores, anchors, collapse)
 
 
 def calibrate(store: Store, run_id: str, by_prompt: dict[str, list[dict]],
@@ -357,45 +405,57 @@ def calibrate(store: Store, run_id: str, by_prompt: dict[str, list[dict]],
 
     A prompt's threshold is ``null_factor`` x the ``null_quantile`` of the nulls' anchored collapse
     distances (collapse distance over anchor) x its own anchor, or the floor if that is larger:
-    ``floor_factor`` x the ``floor_quantile`` of the nulls' plain collapse distances."""
+    ``floor_factor`` x the ``floor_quantile`` of the nulls' plain collapse distances. Its core
+    threshold is the same rule at the core's size (``core_size``) and ``core_factor``, without a floor
+    and never under its threshold."""
     null_ids = {row[0] for row in store.execute("SELECT prompt_id FROM prompts WHERE run_id = ? AND source = ?",
                                                 [run_id, calibration.NULL_SOURCE])}
     null_rows = {prompt_id: by_prompt.pop(prompt_id) for prompt_id in sorted(null_ids & set(by_prompt))}
     if settings.threshold is not None:
         return Criterion({}, {PLAIN: settings.threshold}), []
     every = {**by_prompt, **null_rows}
-    thresholds, defaults, anchors, calibrated, nulls_flagged = {}, {}, {}, {}, set()
+    # the nulls are sampled in full before any prompt is judged: their seeds are the plan's
+    core = core_size(max((row["seed_rank"] for rows in null_rows.values() for row in rows), default=0), settings)
+    thresholds, defaults, cores, anchors, calibrated, nulls_flagged = {}, {}, {}, {}, {}, set()
     for view in views(settings):
-        (ratio, floor, values, anchored), anchors[view], collapse = calibrate_view(store, view, every, list(null_rows), settings)
-        if not (np.isfinite(ratio) and np.isfinite(floor)):
+        (ratio, floor, values, anchored), core_thresholds, anchors[view], collapse = calibrate_view(
+            store, view, every, list(null_rows), settings, core)
+        if not (np.isfinite(ratio) and np.isfinite(floor)) or (core_thresholds is not None and not np.isfinite(core_thresholds.ratio)):
             quantile = max(settings.null_quantile, settings.floor_quantile)
             raise MemscanError(f"run {run_id}: the criterion cannot be calibrated: of {len(null_rows)} null prompts, fewer than "
-                               f"{quantile:.0%} have {settings.min_clique} usable generations; sample more or give "
+                               f"{quantile:.0%} have {max(settings.min_clique, core)} usable generations; sample more or give "
                                "a fixed --threshold")
         # tiled l2 is computed in float32: thresholds are compared like with like
         thresholds[view] = {p: float(np.float32(value)) for p, value in zip(every, values)}
         defaults[view] = float(np.float32(floor))
+        if core_thresholds is not None:
+            cores[view] = {p: float(np.float32(value)) for p, value in zip(every, core_thresholds.thresholds)}
         flagged = {p for p, value in zip(null_rows, collapse) if value <= thresholds[view][p]}
         nulls_flagged |= flagged
         calibrated[view] = {
             "null_factor": settings.null_factor, "null_quantile": settings.null_quantile, "ratio": ratio,
             "null_reference": ratio / settings.null_factor, "floor": defaults[view], "nulls_flagged": len(flagged),
             "prompt_thresholds": [float(x) for x in np.quantile([thresholds[view][p] for p in by_prompt] or [floor], [0, 0.5, 1])],
-            "null_statistics": [float(v) if np.isfinite(v) else None for v in sorted(anchored)]}
+            "null_statistics": [float(v) if np.isfinite(v) else None for v in sorted(anchored)],
+            **({"core_ratio": core_thresholds.ratio} if core_thresholds is not None else {})}
     plain = calibrated.pop(PLAIN)
     # one record: the plain view's calibration, the other views' beside it; its nulls flagged in any view
     record = {"run_id": run_id, "metric": "criterion_threshold", "subject": "null_prompts", "value": plain.pop("ratio"),
               "n_positive": len(nulls_flagged), "n_negative": len(null_rows), "details": json.dumps({
                   **plain, "floor_factor": settings.floor_factor, "floor_quantile": settings.floor_quantile,
                   "anchor_seeds": settings.anchor_seeds, "anchor_prompts": settings.anchor_prompts,
-                  "min_clique": settings.min_clique, "colour_centred": settings.colour_centred, "views": calibrated,
+                  "min_clique": settings.min_clique, "core_size": core, "core_share": settings.core_share,
+                  "core_factor": settings.core_factor, "colour_centred": settings.colour_centred, "views": calibrated,
                   "statistic": "collapse tiled l2 / anchor l2"})}
     per_prompt = [{"run_id": run_id, "metric": "prompt_threshold", "subject": p, "value": thresholds[PLAIN][p], "n_positive": None,
                    "n_negative": None, "details": json.dumps({
                        "anchor": finite_or_none(anchors[PLAIN][p]), "null_prompt": p in null_rows,
-                       **{view: {"threshold": thresholds[view][p], "anchor": finite_or_none(anchors[view][p])} for view in calibrated}})}
+                       **({"core_threshold": cores[PLAIN][p]} if PLAIN in cores else {}),
+                       **{view: {"threshold": thresholds[view][p], "anchor": finite_or_none(anchors[view][p]),
+                                 **({"core_threshold": cores[view][p]} if view in cores else {})} for view in calibrated}})}
                   for p in every]
-    return Criterion({view: {p: thresholds[view][p] for p in by_prompt} for view in thresholds}, defaults), [record, *per_prompt]
+    return Criterion({view: {p: thresholds[view][p] for p in by_prompt} for view in thresholds}, defaults,
+                     {view: {p: cores[view][p] for p in by_prompt} for view in cores}, core), [record, *per_prompt]
 
 
 def finite_or_none(value: float) -> float | None:
@@ -416,8 +476,12 @@ def cluster_run(store: Store, run_id: str, settings: ClusterConfig) -> dict[str,
     for prompt_id, rows in by_prompt.items():
         images, embeddings, phashes = _features_of(store, rows)
         for view, prompt_settings in criterion.settings_by_view(prompt_id, settings):
-            groups = find_groups(in_view(images, view), prompt_settings, embeddings, phashes)
-            if groups:  # the first view with a clique flags the prompt
+            seen = in_view(images, view)
+            groups = find_groups(seen, prompt_settings, embeddings, phashes)
+            if groups and not criterion.has_core(prompt_id, view, seen, prompt_settings,
+                                                 propose_pairs(len(seen), prompt_settings, embeddings, phashes)):
+                groups = []
+            if groups:  # the first view with a clique and its core flags the prompt
                 break
         if groups:
             flagged_thresholds.append(criterion.threshold(prompt_id))

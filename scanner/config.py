@@ -159,6 +159,12 @@ class ClusterConfig:
     # a prompt not flagged on its generations as drawn is also judged on them centred on their own mean colour, that
     # view calibrated on the nulls in it (scanner/cluster.py: ``views``)
     colour_centred: bool = True
+    # the core: a prompt's clique flags it only when core_share of its planned generations (16 of 32) also agree, within
+    # core_factor x the nulls' median of their collapse distance at that size over anchor, x its anchor (never under
+    # its clique threshold). A memorized prompt reproduces its image in most seeds; an ordinary prompt whose model
+    # draws a background alike has a tight clique of 5 to 7 and no such core (docs/CALIBRATION.md, session 25); 0 turns it off
+    core_share: float = 0.5
+    core_factor: float = 0.7
     # a prompt's anchor is taken on the generations of its first anchor_seeds seeds (those a scan stopping early
     # draws for every prompt before it judges any), against the nearest of anchor_prompts other prompts
     anchor_seeds: int = 8
@@ -193,6 +199,8 @@ class ClusterConfig:
         require_number("null_quantile", self.null_quantile, 0, 1, low_open=True)
         require_number("floor_factor", self.floor_factor, 0, 1)
         require_number("floor_quantile", self.floor_quantile, 0, 1, low_open=True)
+        require_number("core_share", self.core_share, 0, 1)
+        require_number("core_factor", self.core_factor, 0, 2, low_open=True)
         require_int("anchor_seeds", self.anchor_seeds, 1)
         require_int("anchor_prompts", self.anchor_prompts, 1)
         require_int("null_prompts", self.null_prompts, 0)

@@ -147,6 +147,13 @@ def test_the_statement_says_when_most_null_prompts_collapse_when_settings_were_n
 
     quiet, leaking = statement(10), statement(20)
     assert "0.310 x its anchor distance" in quiet[0] and "never under 0.0120" in quiet[0]
+    # the core (session 25): what a flag needs besides the clique, and what an all-clear then cannot see
+    cored = CriterionStatement(prompts=75, generations_per_prompt=32, threshold=0.03, calibrated=True, settings=MEASURED_SETTINGS,
+                               nulls=32, nulls_flagged=10, ratio=0.31, floor=0.012, threshold_range=(0.012, 0.05),
+                               resolution=32, core_size=16, core_ratio=0.9).lines(found_nothing=True)
+    assert "flagged only when 16 of its generations (50% of the plan) also agree within its core threshold, 0.900 x" in cored[0]
+    assert "fewer than 16 of 32 generations (when its other generations are unlike it)" in cored[-1]
+    assert "fewer than 5 of 32 generations is not flagged" in quiet[-1] and "core" not in quiet[0]
     assert "run from 0.0120 to 0.0500 (median 0.0300); 10 of the null prompts fall under theirs" in quiet[0]
     assert not any("leaks memorized images" in line for line in quiet)
     assert any(line.startswith("20 of the 32 null prompts collapse") and "leaks memorized images" in line for line in leaking)

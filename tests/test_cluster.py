@@ -1,4 +1,5 @@
 import itertools
+import json
 
 import numpy as np
 
@@ -107,8 +108,14 @@ def test_verdict_checkpoints_look_where_a_verdict_can_first_settle_then_ever_mor
     assert long[0] == 10 and long[-1] == 500 and np.all(gaps >= 1) and len(long) < 50
     assert all(gap <= max(1, drawn // 8) for gap, drawn in zip(gaps, long))  # never skip more than an eighth
     # settled: a clique of min_clique is found, or cannot form even if every remaining seed joined
-    assert cluster.verdict_settled(8, 8, 16, 8) and cluster.verdict_settled(1, 10, 16, 8)
-    assert not cluster.verdict_settled(7, 9, 16, 8) and not cluster.verdict_settled(2, 10, 16, 8)
+    assert cluster.view_verdict(8, 0, 8, 8) is True and cluster.view_verdict(1, 0, 6, 8) is False
+    assert cluster.view_verdict(7, 0, 7, 8) is None and cluster.view_verdict(2, 0, 6, 8) is None
+    # with a core of 8: the clique alone does not flag; a core out of reach settles it unflagged
+    assert cluster.view_verdict(5, 7, 4, 5, core_size=8) is None and cluster.view_verdict(5, 8, 4, 5, core_size=8) is True
+    assert cluster.view_verdict(5, 3, 4, 5, core_size=8) is False
+    # over the views: flagged in one settles it, as does none able to flag
+    assert cluster.verdict_settled([None, True]) and cluster.verdict_settled([False, False])
+    assert not cluster.verdict_settled([False, None])
 
 
 def _store_generations(store, prompt_id: str, images: np.ndarray, null: bool) -> None:
@@ -163,3 +170,35 @@ def test_a_layout_redrawn_under_a_colour_that_changes_per_seed_is_flagged_in_the
     assert [(prompt, size, distance) for prompt, size, distance, _ in both] == [("redrawn", 8, "tiled_l2:colour_centred")]
     assert both[0][3].endswith("on colour-centred images")
     assert "centred on its own mean colour" in statement and "in either view" in statement
+
+
+def test_a_tight_clique_without_a_core_is_not_flagged_and_a_memorized_prompt_is(tmp_path):
+    """The core (docs/CALIBRATION.md, session 25): an ordinary prompt can draw 5 near-identical images by chance or
+    because its model draws its background alike; a memorized one reproduces its image in most seeds. Both have a
+    clique of 5 within the threshold the null prompts calibrate; only the memorized one has half its 16 seeds
+    agreeing within the core's. With ``core_share=0`` both are flagged."""
+    from scanner.store import Store
+
+    rng = np.random.default_rng(1)
+    noise = lambda count: rng.uniform(0.2, 0.8, (count, 32, 32, 3))  # noqa: E731
+    copies = lambda count: np.clip(rng.uniform(0.2, 0.8, (32, 32, 3)) + rng.normal(0, 0.01, (count, 32, 32, 3)), 0, 1)  # noqa: E731
+    as_bytes = lambda images: (np.asarray(images) * 255).round().astype(np.uint8)  # noqa: E731
+    with Store(tmp_path / "scan.duckdb") as store:
+        store.start_run("r", "scan", "model", "abc", {}, {})
+        store.files_dir.mkdir()
+        _store_generations(store, "memorized", as_bytes(np.concatenate([copies(12), noise(4)])), null=False)
+        _store_generations(store, "five-alike", as_bytes(np.concatenate([copies(5), noise(11)])), null=False)
+        for prompt in range(3):
+            _store_generations(store, f"ordinary-{prompt}", as_bytes(noise(16)), null=False)
+        for prompt in range(12):
+            _store_generations(store, f"null-{prompt}", as_bytes(noise(16)), null=True)
+
+        def flagged(settings: ClusterConfig) -> list[str]:
+            cluster.cluster_run(store, "r", settings)
+            return sorted(row[0] for row in store.execute("SELECT prompt_id FROM candidates WHERE run_id = 'r'"))
+
+        assert flagged(ClusterConfig(colour_centred=False, core_share=0)) == ["five-alike", "memorized"]
+        assert flagged(ClusterConfig(colour_centred=False)) == ["memorized"]
+        assert flagged(ClusterConfig()) == ["memorized"]
+        recorded = json.loads(store.execute("SELECT details FROM metrics WHERE run_id = 'r' AND metric = 'criterion_threshold'")[0][0])
+    assert recorded["core_size"] == 8 and recorded["core_share"] == 0.5 and recorded["core_factor"] == 0.7
