@@ -189,7 +189,9 @@ MEASURED = {
          "clique's settings were chosen on, before the core 89% to 100% and at most 5.0% of 80 ordinary prompts (the demo "
          "model 100% and 2.5%, sd-64 100%, sd-short 5 of 5, one trained on differently drawn images 100%, the SD 2-shaped "
          "v-prediction model 100%, the SDXL-shaped model 89% at its 50 steps, the SD3-shaped flow-matching model 100% with "
-         "5.0%, the Flux-shaped model 100%, the PixArt-shaped model 93%); with the core, on the two weakest of the earlier mix, sd-short 5 of 5 and none of 80, the PixArt-shaped model 93% and 2.5% (the same as before it; the other seven not measured with it) "
+         "5.0%, the Flux-shaped model 100%, the PixArt-shaped model 93%); with the core, on the two weakest of the "
+         "earlier mix, sd-short 5 of 5 and none of 80, the PixArt-shaped model 93% and 2.5% (the same as before it; the "
+         "other seven were measured before it only) "
          "(docs/CALIBRATION.md, sessions 20, 23, 24 and 25)"),
     16: ("before the core (session 25; at most that with it), on the first 16 seeds of the 32-seed scans, 90% of memorized "
          "duplicated items flagged and 2.1% of ordinary prompts on the model trained after these settings were chosen; 84% to "
