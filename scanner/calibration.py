@@ -308,7 +308,8 @@ MEASURED_CLASS_CONDITIONAL = ("of the 17 duplicated training images its 512 gene
 # an item when it is nearer it than every one of 256 other drawings of the item's caption; a verdict is wrong when half
 # of them are nearer): scripts/calibrate_criterion.py evaluate --samples 32, docs/CALIBRATION.md, sessions 18, 20 to 24
 MEASURED_VERDICT = ("of 1,499 extracted verdicts on the fourteen calibration models' scans (32- and 64-pixel models, 32 "
-                    "seeds per prompt; 365 prompts each on the five trained after the criterion was chosen), the truth "
+                    "seeds per prompt; 365 prompts each on the five trained after the criterion was chosen; the candidates "
+                    "of the criterion before its core, session 25, which only removes candidates), the truth "
                     "decides 447, of which 4 are wrong: on ten models all 347 right; one wrong on each of the four "
                     "others: sd-64 (31 of 32 right) and sd-short (5 of 6), each a blob judged a copy of an item whose small "
                     "object it does not draw (a white blob for one star caption), sd-reseeded-b (41 of 42: a dark blob on "
