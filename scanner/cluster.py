@@ -265,9 +265,10 @@ def describe_group(members: list[int], edge_distance: dict[tuple[int, int], floa
 
 
 def find_groups(images: np.ndarray, settings: ClusterConfig, embeddings: np.ndarray | None = None,
-                phashes: np.ndarray | None = None) -> list[Clique]:
-    """Disjoint near-duplicate groups of at least ``min_clique`` images, largest first."""
-    pairs = propose_pairs(len(images), settings, embeddings, phashes)
+                phashes: np.ndarray | None = None, pairs: np.ndarray | None = None) -> list[Clique]:
+    """Disjoint near-duplicate groups of at least ``min_clique`` images, largest first, over ``pairs``
+    (``propose_pairs`` from the embeddings and hashes by default)."""
+    pairs = propose_pairs(len(images), settings, embeddings, phashes) if pairs is None else pairs
     adjacency, edge_distance = near_duplicate_graph(images, pairs, settings.threshold, settings.tiles)
     remaining = {i for i, neighbours in enumerate(adjacency) if len(neighbours) >= settings.min_clique - 1}
     if settings.criterion == "component":
@@ -475,11 +476,11 @@ def cluster_run(store: Store, run_id: str, settings: ClusterConfig) -> dict[str,
     flagged_thresholds = []
     for prompt_id, rows in by_prompt.items():
         images, embeddings, phashes = _features_of(store, rows)
+        pairs = propose_pairs(len(images), settings, embeddings, phashes)  # the same in every view and at every threshold
         for view, prompt_settings in criterion.settings_by_view(prompt_id, settings):
             seen = in_view(images, view)
-            groups = find_groups(seen, prompt_settings, embeddings, phashes)
-            if groups and not criterion.has_core(prompt_id, view, seen, prompt_settings,
-                                                 propose_pairs(len(seen), prompt_settings, embeddings, phashes)):
+            groups = find_groups(seen, prompt_settings, pairs=pairs)
+            if groups and not criterion.has_core(prompt_id, view, seen, prompt_settings, pairs):
                 groups = []
             if groups:  # the first view with a clique and its core flags the prompt
                 break
