@@ -22,9 +22,10 @@ Verdicts:
   every tile, than the item's own neighbours in the training set are), anchored tiled l2 <=
   ``anchored_tiled_ratio`` (clearly nearer the item than the rest of the training set: an image far
   from everything is about equally far from all of it) *and* the item is the
-  generation's nearest distinct training image (within ``nearest_margin`` of the nearest's tiled
-  l2: a generation close to one item is also fairly close to that item's look-alikes, and is not a
-  copy of each of them). The item may be another prompt's: a model that emits a memorized image for
+  generation's nearest distinct training image (``nearest_margin``: a generation close to one item
+  is also fairly close to that item's look-alikes, and is not a copy of each of them; twins within
+  10% of the nearest were named too until session 26, and the only wrong verdicts of two models
+  were such twins). The item may be another prompt's: a model that emits a memorized image for
   a neighbouring caption has reproduced that training image;
 - ``similar``: relative distance <= ``similar_ratio``, or anchored l2 < 1;
 - ``none``: neither. An item with no other training image to measure against is never judged extracted.
