@@ -23,12 +23,12 @@ MODEL = "sd-reseeded-64"
 
 @pytest.mark.slow
 def test_the_calibrated_defaults_find_what_the_demo_tuned_threshold_misses(tmp_path, demo_clip):
-    """Measured at full scale (docs/CALIBRATION.md, session 22, by the truth that counts an item memorized
+    """Measured at full scale (docs/CALIBRATION.md, session 26, by the truth that counts an item memorized
     when a quarter of its generations reproduce its particular drawing): at the default 32 seeds the
-    criterion flags 25 of 27 memorized items and 4 of 80 ordinary prompts, `extracted` 48 right and 1
-    wrong of 119 verdicts, 41 of 41 near-copies. At this scale (measured): 18 of 23 flagged against 1 by
-    the demo-tuned threshold, none of 12 ordinary prompts, `extracted` 20 right and none wrong of 43,
-    16 of 16 near-copies. Issue 18's recall goal (0.9) is set at 32 seeds; CI affords 16."""
+    criterion flags 25 of 27 memorized items and 7 of 320 ordinary prompts, `extracted` 35 right and none
+    wrong of 74 verdicts, 35 of 35 near-copies. At this scale (measured, session 26): 18 of 23 flagged
+    against 1 by the demo-tuned threshold, none of 12 ordinary prompts, `extracted` 16 right and none
+    wrong of 28, 16 of 16 near-copies. Issue 18's recall goal (0.9) is set at 32 seeds; CI affords 16."""
     model_dir, world = CALIBRATION_MODELS[MODEL]
     prompts = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"])
                for r in demo_items(per_bucket=6, world=world)]  # every x200 and x50 item, 6 each of x10, x1 and non-members
