@@ -76,20 +76,22 @@ def propose_pairs(n: int, settings: ClusterConfig, embeddings: np.ndarray | None
     return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
 
 
+def adjacency_within(count: int, pairs: np.ndarray, distance: np.ndarray, level: float) -> list[set[int]]:
+    """Adjacency sets of ``count`` images joined by the ``pairs`` whose ``distance`` is at most ``level``."""
+    adjacency: list[set[int]] = [set() for _ in range(count)]
+    for a, b in pairs[distance <= level]:
+        adjacency[a].add(int(b))
+        adjacency[b].add(int(a))
+    return adjacency
+
+
 def near_duplicate_graph(images: np.ndarray, pairs: np.ndarray, threshold: float,
                          tiles: int) -> tuple[list[set[int]], dict[tuple[int, int], float]]:
     """Adjacency sets of the proposed pairs confirmed by tiled l2 <= threshold, and their distances."""
-    adjacency: list[set[int]] = [set() for _ in range(len(images))]
-    edge_distance: dict[tuple[int, int], float] = {}
-    if len(pairs) == 0:
-        return adjacency, edge_distance
     distance = distances.pairwise_tiled_l2(images, pairs, tiles)
     keep = distance <= threshold
-    for (a, b), d in zip(pairs[keep], distance[keep]):
-        adjacency[a].add(int(b))
-        adjacency[b].add(int(a))
-        edge_distance[(int(min(a, b)), int(max(a, b)))] = float(d)
-    return adjacency, edge_distance
+    edge_distance = {(int(min(a, b)), int(max(a, b))): float(d) for (a, b), d in zip(pairs[keep], distance[keep])}
+    return adjacency_within(len(images), pairs, distance, threshold), edge_distance
 
 
 def maximum_clique(adjacency: Sequence[set[int]], nodes: set[int]) -> list[int]:
@@ -136,33 +138,32 @@ def in_view(images: np.ndarray, view: str) -> np.ndarray:
 
 
 def largest_clique(images: np.ndarray, settings: ClusterConfig, threshold: float | None = None,
-                   pairs: np.ndarray | None = None) -> int:
+                   pairs: np.ndarray | None = None, distance: np.ndarray | None = None) -> int:
     """Size of the largest clique of near-duplicates among one prompt's images within ``threshold``
-    (the settings' by default), over ``pairs`` (all by default)."""
+    (the settings' by default), over ``pairs`` (all by default) whose tiled l2 is ``distance`` (computed
+    when not given: a caller judging one set of images at several thresholds computes it once)."""
     pairs = all_pairs(len(images)) if pairs is None else pairs
-    adjacency, _ = near_duplicate_graph(images, pairs, settings.threshold if threshold is None else threshold, settings.tiles)
+    distance = distances.pairwise_tiled_l2(images, pairs, settings.tiles) if distance is None else distance
+    adjacency = adjacency_within(len(images), pairs, distance, settings.threshold if threshold is None else threshold)
     return len(maximum_clique(adjacency, set(range(len(images)))))
 
 
-def collapse_distance(images: np.ndarray, min_clique: int, tiles: int, pairs: np.ndarray | None = None) -> float:
+def collapse_distance(images: np.ndarray, min_clique: int, tiles: int, pairs: np.ndarray | None = None,
+                      distance: np.ndarray | None = None) -> float:
     """The smallest tiled-l2 threshold at which ``min_clique`` of one prompt's images form a
     clique (inf when they never do): how tightly the prompt's generations collapse, the
     statistic the calibrated criterion compares with the null prompts'. Only ``pairs`` (all by
-    default) can be edges; a clique only grows as the threshold does, so a binary search over
-    the pair distances finds it."""
+    default) can be edges, at their tiled l2 ``distance`` (computed when not given); a clique only
+    grows as the threshold does, so a binary search over the pair distances finds it."""
     pairs = all_pairs(len(images)) if pairs is None else pairs
     if len(images) < min_clique or len(pairs) == 0:
         return float("inf")
-    distance = distances.pairwise_tiled_l2(images, pairs, tiles)
+    distance = distances.pairwise_tiled_l2(images, pairs, tiles) if distance is None else distance
     levels = np.unique(distance)
     nodes = set(range(len(images)))
 
     def reaches(level: float) -> bool:
-        adjacency: list[set[int]] = [set() for _ in range(len(images))]
-        for a, b in pairs[distance <= level]:
-            adjacency[a].add(int(b))
-            adjacency[b].add(int(a))
-        return len(maximum_clique(adjacency, nodes)) >= min_clique
+        return len(maximum_clique(adjacency_within(len(images), pairs, distance, level), nodes)) >= min_clique
 
     if not reaches(levels[-1]):
         return float("inf")
@@ -220,9 +221,12 @@ def open_prompts(store: Store, run_id: str, prompt_ids: Sequence[str], first_see
         out = []
         for view, prompt_settings in criterion.settings_by_view(prompt_id, settings):
             seen = in_view(stacked, view)
-            core = largest_clique(seen, prompt_settings, criterion.core_threshold(prompt_id, view)) if criterion.core_size else 0
-            out.append(view_verdict(largest_clique(seen, prompt_settings), core, planned - sampled, settings.min_clique,
-                                    criterion.core_size))
+            pairs = all_pairs(len(seen))
+            distance = distances.pairwise_tiled_l2(seen, pairs, settings.tiles)  # once, for the clique and its core
+            core = largest_clique(seen, prompt_settings, criterion.core_threshold(prompt_id, view), pairs, distance) \
+                if criterion.core_size else 0
+            out.append(view_verdict(largest_clique(seen, prompt_settings, pairs=pairs, distance=distance), core,
+                                    planned - sampled, settings.min_clique, criterion.core_size))
         return out
 
     return {prompt_id for prompt_id in prompt_ids if not verdict_settled(verdicts(prompt_id))}
@@ -383,9 +387,10 @@ def calibrate_view(store: Store, view: str, every: dict[str, list[dict]], null_i
     for prompt_id in null_ids:
         images, embeddings, phashes = _features_of(store, every[prompt_id])
         seen, pairs = in_view(images, view), propose_pairs(len(images), settings, embeddings, phashes)
-        collapse.append(collapse_distance(seen, settings.min_clique, settings.tiles, pairs))
+        distance = distances.pairwise_tiled_l2(seen, pairs, settings.tiles)  # once, for the clique's size and the core's
+        collapse.append(collapse_distance(seen, settings.min_clique, settings.tiles, pairs, distance))
         if core:
-            core_collapse.append(collapse_distance(seen, core, settings.tiles, pairs))
+            core_collapse.append(collapse_distance(seen, core, settings.tiles, pairs, distance))
     null_anchors, prompt_anchors = [anchors[p] for p in null_ids], [anchors[p] for p in ids]
     clique = calibration.anchored_thresholds(collapse, null_anchors, prompt_anchors, settings.null_factor,
                                              settings.null_quantile, settings.floor_factor, settings.floor_quantile)

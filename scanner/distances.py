@@ -51,6 +51,8 @@ def tiled_l2(a: np.ndarray, b: np.ndarray, tiles: int = DEFAULT_TILES) -> np.nda
 def pairwise_tiled_l2(images: np.ndarray, pairs: np.ndarray, tiles: int = DEFAULT_TILES,
                       block: int = 4096) -> np.ndarray:
     """Tiled l2 for the given index pairs [P, 2] of one image set, streamed in blocks."""
+    if len(pairs) == 0:
+        return np.zeros(0, dtype=np.float32)
     grid = tile_grid(images, tiles)
     out = np.empty(len(pairs), dtype=np.float32)
     for start in range(0, len(pairs), block):
