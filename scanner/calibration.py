@@ -307,13 +307,14 @@ MEASURED_CLASS_CONDITIONAL = ("of the 17 duplicated training images its 512 gene
 # The ``extracted`` verdict at the default match settings against the calibration worlds' truth (an image reproduces
 # an item when it is nearer it than every one of 256 other drawings of the item's caption; a verdict is wrong when half
 # of them are nearer): scripts/calibrate_criterion.py evaluate --samples 32, docs/CALIBRATION.md, sessions 18, 20 to 26
-MEASURED_VERDICT = ("on the seven calibration models whose scans are stored (32- and 64-pixel models, 32 seeds per prompt, "
+MEASURED_VERDICT = ("on the eight calibration models whose scans are stored (32- and 64-pixel models, 32 seeds per prompt, "
                     "the criterion's candidates at its defaults: sd-reseeded, -b, -c, -d and -64 at 365 prompts each, "
-                    "sd-short, PixArt), of 498 extracted verdicts the truth decides 151, of which 1 is wrong: on sd-short (4 "
-                    "of 5 right), a white blob judged a copy of a yellow circle on teal whose object it does not draw. "
+                    "sd-short, sd-64, PixArt at 125), of 575 extracted verdicts the truth decides 181, of which 2 are wrong: "
+                    "a white blob judged a copy of a yellow circle on teal (sd-short, 4 of 5 right) and a white dot of a "
+                    "white star on navy (sd-64, 29 of 30), each drawing its caption's colour and place but not its object. "
                     "Before the verdict named only the generation's nearest training image (session 26), its 1,499 "
-                    "verdicts on all fourteen models had 4 wrong of 447 decided: that one, one like it on sd-64, and two "
-                    "look-alikes named beside the nearest item, which it no longer names. The others lie near their item "
+                    "verdicts on all fourteen models had 4 wrong of 447 decided: those two and two look-alikes named "
+                    "beside the nearest item, which it no longer names. The others lie near their item "
                     "but the truth cannot tell whether the model drew that drawing or only its caption. The verdict "
                     "found 78% to 100% of the candidates whose image is a near-copy of a training image")
 VERDICT_SETTINGS = ("k", "extraction_ratio", "anchored_tiled_ratio", "nearest_margin", "spacing_n", "spacing_search", "anchor_n", "tiles")

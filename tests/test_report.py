@@ -161,6 +161,6 @@ def test_an_extracted_finding_says_what_the_verdict_was_measured_to_mean(tmp_pat
         store.execute("UPDATE runs SET config = ? WHERE run_id = 'r1'", [json.dumps(settings)])
         changed = verdict_statement(store, "r1")
     assert "extraction_ratio not recorded" in unrecorded and "extraction_ratio 1.0)" in changed
-    assert measured.startswith("Extracted verdicts, measured at these settings") and "of which 1 is wrong" in measured  # the error, stated
+    assert measured.startswith("Extracted verdicts, measured at these settings") and "of which 2 are wrong" in measured  # the error, stated
     render_report(finding_db, out)
     assert "measured at the default match settings only" in out.read_text()
