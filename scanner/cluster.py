@@ -85,10 +85,11 @@ def adjacency_within(count: int, pairs: np.ndarray, distance: np.ndarray, level:
     return adjacency
 
 
-def near_duplicate_graph(images: np.ndarray, pairs: np.ndarray, threshold: float,
-                         tiles: int) -> tuple[list[set[int]], dict[tuple[int, int], float]]:
-    """Adjacency sets of the proposed pairs confirmed by tiled l2 <= threshold, and their distances."""
-    distance = distances.pairwise_tiled_l2(images, pairs, tiles)
+def near_duplicate_graph(images: np.ndarray, pairs: np.ndarray, threshold: float, tiles: int,
+                         distance: np.ndarray | None = None) -> tuple[list[set[int]], dict[tuple[int, int], float]]:
+    """Adjacency sets of the proposed pairs confirmed by tiled l2 <= threshold, and their distances
+    (``distance``, the pairs' tiled l2, computed when not given)."""
+    distance = distances.pairwise_tiled_l2(images, pairs, tiles) if distance is None else distance
     keep = distance <= threshold
     edge_distance = {(int(min(a, b)), int(max(a, b))): float(d) for (a, b), d in zip(pairs[keep], distance[keep])}
     return adjacency_within(len(images), pairs, distance, threshold), edge_distance
@@ -269,11 +270,12 @@ def describe_group(members: list[int], edge_distance: dict[tuple[int, int], floa
 
 
 def find_groups(images: np.ndarray, settings: ClusterConfig, embeddings: np.ndarray | None = None,
-                phashes: np.ndarray | None = None, pairs: np.ndarray | None = None) -> list[Clique]:
+                phashes: np.ndarray | None = None, pairs: np.ndarray | None = None,
+                distance: np.ndarray | None = None) -> list[Clique]:
     """Disjoint near-duplicate groups of at least ``min_clique`` images, largest first, over ``pairs``
-    (``propose_pairs`` from the embeddings and hashes by default)."""
+    (``propose_pairs`` from the embeddings and hashes by default) at their tiled l2 ``distance``."""
     pairs = propose_pairs(len(images), settings, embeddings, phashes) if pairs is None else pairs
-    adjacency, edge_distance = near_duplicate_graph(images, pairs, settings.threshold, settings.tiles)
+    adjacency, edge_distance = near_duplicate_graph(images, pairs, settings.threshold, settings.tiles, distance)
     remaining = {i for i, neighbours in enumerate(adjacency) if len(neighbours) >= settings.min_clique - 1}
     if settings.criterion == "component":
         groups = dense_components(adjacency, remaining, settings.min_clique, settings.min_density)
@@ -345,9 +347,11 @@ class Criterion:
     def core_threshold(self, prompt_id: str, view: str = PLAIN) -> float:
         return self.cores.get(view, {}).get(prompt_id, self.threshold(prompt_id, view))
 
-    def has_core(self, prompt_id: str, view: str, images: np.ndarray, settings: ClusterConfig, pairs: np.ndarray) -> bool:
+    def has_core(self, prompt_id: str, view: str, images: np.ndarray, settings: ClusterConfig, pairs: np.ndarray,
+                 distance: np.ndarray | None = None) -> bool:
         """Whether ``core_size`` of the prompt's images (in ``view``) agree within its core threshold."""
-        return not self.core_size or largest_clique(images, settings, self.core_threshold(prompt_id, view), pairs) >= self.core_size
+        return not self.core_size or largest_clique(images, settings, self.core_threshold(prompt_id, view), pairs,
+                                                    distance) >= self.core_size
 
     def settings_by_view(self, prompt_id: str, settings: ClusterConfig) -> list[tuple[str, ClusterConfig]]:
         """Each view with the settings a prompt is judged at in it, in the order the views are tried."""
@@ -484,8 +488,9 @@ def cluster_run(store: Store, run_id: str, settings: ClusterConfig) -> dict[str,
         pairs = propose_pairs(len(images), settings, embeddings, phashes)  # the same in every view and at every threshold
         for view, prompt_settings in criterion.settings_by_view(prompt_id, settings):
             seen = in_view(images, view)
-            groups = find_groups(seen, prompt_settings, pairs=pairs)
-            if groups and not criterion.has_core(prompt_id, view, seen, prompt_settings, pairs):
+            distance = distances.pairwise_tiled_l2(seen, pairs, settings.tiles)  # for the clique and its core
+            groups = find_groups(seen, prompt_settings, pairs=pairs, distance=distance)
+            if groups and not criterion.has_core(prompt_id, view, seen, prompt_settings, pairs, distance):
                 groups = []
             if groups:  # the first view with a clique and its core flags the prompt
                 break
