@@ -176,7 +176,7 @@ def prompt_anchors(images: Sequence[np.ndarray], neighbours: int, block: int = 1
 
 # Recall and false flags of the calibrated criterion: on the five calibration models trained after its clique's settings
 # were chosen on the other nine, and on those nine (scripts/calibrate_criterion.py evaluate at 32 seeds, memscan's own
-# stages; at 16, averaged over draws of 32 null prompts; the tables in docs/CALIBRATION.md, sessions 20 to 25), by the
+# stages; at 16, averaged over draws of 32 null prompts; the tables in docs/CALIBRATION.md, sessions 20 to 27), by the
 # generations per prompt they were measured at, and the settings they hold for: the statement says so when a scan uses
 # others. The core (session 25) only removes flags: what was measured before it bounds recall and false flags from above.
 MEASURED = {
