@@ -99,8 +99,8 @@ def test_demo_reproduces_duplicated_items_and_not_non_members(demo_run):
 
 
 @pytest.mark.slow
-def test_a_small_audit_with_an_index_calibrates_where_its_own_words_gave_a_wrong_all_clear(demo_run, demo_sd, demo_clip,
-                                                                                           tmp_path):
+def test_a_small_audit_with_an_index_calibrates_where_its_own_words_gave_a_wrong_all_clear(demo_world_index, demo_sd,
+                                                                                           demo_clip, tmp_path):
     """The fresh-clone scan of session 13: these three captions (a non-member, an x10 and an x200
     item, the last two memorized) scanned alone drew null prompts that kept the memorized items'
     words and collapsed onto their images; the threshold fell to 0.0028 at 16 seeds (0.0025 at 32),
@@ -109,16 +109,14 @@ def test_a_small_audit_with_an_index_calibrates_where_its_own_words_gave_a_wrong
     from scanner.calibration import criterion_statement
     from scanner.config import SamplingConfig, ScanConfig
     from scanner.generate import Prompt
-    from scanner.index import TrainingIndex
     from scanner.scan import run_scan
 
     captions = ["three green stars at the top on a navy background", "one orange square at the left on a beige background",
                 "two purple diamonds at the left on a navy background"]
-    index = TrainingIndex.open("demo", demo_run[0].parent / "indexes")
-    with Store(tmp_path / "small.duckdb") as store:
+    with Store(tmp_path / "small.duckdb") as store:  # the demo's index, not its run: this test need not wait for it
         result = run_scan(store, demo_sd, [Prompt.from_text(text) for text in captions],
                           ScanConfig(sampling=SamplingConfig(samples_per_prompt=16, batch_size=48)),
-                          show_progress=False, embedder=demo_clip, index=index)
+                          show_progress=False, embedder=demo_clip, index=demo_world_index)
         flagged = {text for (text,) in store.execute("SELECT DISTINCT p.text FROM candidates c JOIN prompts p "
                                                      "USING (run_id, prompt_id) WHERE c.run_id = ?", [result.run_id])}
         statement = criterion_statement(store, result.run_id)
