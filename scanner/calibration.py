@@ -176,7 +176,7 @@ def prompt_anchors(images: Sequence[np.ndarray], neighbours: int, block: int = 1
 
 # Recall and false flags of the calibrated criterion: on the five calibration models trained after its clique's settings
 # were chosen on the other nine, and on those nine (scripts/calibrate_criterion.py evaluate at 32 seeds, memscan's own
-# stages; at 16, averaged over draws of 32 null prompts; the tables in docs/CALIBRATION.md, sessions 20 to 27), by the
+# stages; at 16, averaged over draws of 32 null prompts; the tables in docs/CALIBRATION.md, sessions 20 to 28), by the
 # generations per prompt they were measured at, and the settings they hold for: the statement says so when a scan uses
 # others. The core (session 25) only removes flags: what was measured before it bounds recall and false flags from above.
 MEASURED = {
@@ -189,11 +189,11 @@ MEASURED = {
          "to 100% and at most 5.0% of 80 ordinary prompts (the demo model 100% and 2.5%, sd-64 100%, sd-short 5 of 5, one "
          "trained on differently drawn images 100%, the SD 2-shaped v-prediction model 100%, the SDXL-shaped model 89% at "
          "its 50 steps, the SD3-shaped flow-matching model 100% with 5.0%, the Flux-shaped model 100%, the PixArt-shaped "
-         "model 93%); with the core, on six of them: the demo model 100% and 2.5%, sd-short 5 of 5 and none of 80, sd-64 "
-         "100% and 2.5%, the PixArt-shaped model 93% and 2.5%, the SD3-shaped model 100% and 3.8%, and the SDXL-shaped "
-         "model 82% and 1.3% (the core drops two of its items, whose generations reproduce them but vary more than the "
-         "nulls agree); the other three were measured before it only "
-         "(docs/CALIBRATION.md, sessions 20, 23 to 27)"),
+         "model 93%); with the core, on all nine: the demo model 100% and 2.5%, sd-short 5 of 5 and none of 80, sd-64 "
+         "100% and 2.5%, the one trained on differently drawn images 100% and 1.3%, the SD 2-shaped model 100% and "
+         "3.7%, the SD3-shaped model 100% and 3.8%, the Flux-shaped model 100% and 2.5%, the PixArt-shaped model 93% "
+         "and 2.5%, and the SDXL-shaped model 82% and 1.3% (the core drops two of its items, whose generations "
+         "reproduce them but vary more than the nulls agree; docs/CALIBRATION.md, sessions 20, 23 to 28)"),
     16: ("before the core (session 25; at most that with it), on the first 16 seeds of the 32-seed scans, 90% of memorized "
          "duplicated items flagged and 2.1% of ordinary prompts on the model trained after these settings were chosen; 84% to "
          "100% and at most 5.5% on the nine they were chosen on (sd-64 84%, sd-short 92%, the SDXL-shaped model 84%, the "
@@ -307,12 +307,12 @@ MEASURED_CLASS_CONDITIONAL = ("of the 17 duplicated training images its 512 gene
                               "truth cannot confirm either way)")
 # The ``extracted`` verdict at the default match settings against the calibration worlds' truth (an image reproduces
 # an item when it is nearer it than every one of 256 other drawings of the item's caption; a verdict is wrong when half
-# of them are nearer): scripts/calibrate_criterion.py evaluate --samples 32, docs/CALIBRATION.md, sessions 18, 20 to 27
-MEASURED_VERDICT = ("on the eleven calibration models whose scans are stored (32- and 64-pixel models, 32 seeds per prompt, "
+# of them are nearer): scripts/calibrate_criterion.py evaluate --samples 32, docs/CALIBRATION.md, sessions 18, 20 to 28
+MEASURED_VERDICT = ("on the fourteen calibration models whose scans are stored (32- and 64-pixel models, 32 seeds per prompt, "
                     "the criterion's candidates at its defaults: sd-reseeded, -b, -c, -d and -64 at 365 prompts each, "
-                    "sd-short, sd-64, the demo model, PixArt, SD3 and SDXL (at its 50 steps) at 125), of 729 extracted "
-                    "verdicts the truth decides 273, of which 2 are wrong: a white blob judged a copy of a yellow circle "
-                    "on teal (sd-short, 4 of 5 right) and a white dot of a "
+                    "sd-short, sd-64, sd-textured, the demo model, SD 2 (v-prediction), PixArt, SD3, Flux and SDXL (at "
+                    "its 50 steps) at 125), of 898 extracted verdicts the truth decides 405, of which 2 are wrong: a "
+                    "white blob judged a copy of a yellow circle on teal (sd-short, 4 of 5 right) and a white dot of a "
                     "white star on navy (sd-64, 29 of 30), each drawing its caption's colour and place but not its object. "
                     "Before the verdict named only the generation's nearest training image (session 26), its 1,499 "
                     "verdicts on all fourteen models had 4 wrong of 447 decided: those two and two look-alikes named "
