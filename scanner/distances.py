@@ -42,10 +42,16 @@ def tile_grid(images: np.ndarray, tiles: int = DEFAULT_TILES) -> np.ndarray:
     return grid.reshape(*lead, tiles * tiles, th * tw * channels)
 
 
+def tiles_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Tiled l2 of images already cut into tiles (``tile_grid``): tile an image set once and
+    compare it with many."""
+    difference = a - b
+    return np.sqrt(np.mean(difference * difference, axis=-1)).max(axis=-1)
+
+
 def tiled_l2(a: np.ndarray, b: np.ndarray, tiles: int = DEFAULT_TILES) -> np.ndarray:
     """Maximum over a tiles x tiles grid of each tile's normalized l2."""
-    difference = tile_grid(a, tiles) - tile_grid(b, tiles)
-    return np.sqrt(np.mean(difference * difference, axis=-1)).max(axis=-1)
+    return tiles_l2(tile_grid(a, tiles), tile_grid(b, tiles))
 
 
 def pairwise_tiled_l2(images: np.ndarray, pairs: np.ndarray, tiles: int = DEFAULT_TILES,
@@ -57,8 +63,7 @@ def pairwise_tiled_l2(images: np.ndarray, pairs: np.ndarray, tiles: int = DEFAUL
     out = np.empty(len(pairs), dtype=np.float32)
     for start in range(0, len(pairs), block):
         chunk = pairs[start:start + block]
-        difference = grid[chunk[:, 0]] - grid[chunk[:, 1]]
-        out[start:start + block] = np.sqrt(np.mean(difference * difference, axis=-1)).max(axis=-1)
+        out[start:start + block] = tiles_l2(grid[chunk[:, 0]], grid[chunk[:, 1]])
     return out
 
 

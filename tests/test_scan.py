@@ -105,9 +105,12 @@ def test_a_small_audit_with_an_index_calibrates_where_its_own_words_gave_a_wrong
     item, the last two memorized) scanned alone drew null prompts that kept the memorized items'
     words and collapsed onto their images; the threshold fell to 0.0028 at 16 seeds (0.0025 at 32),
     under both, and the scan printed an all-clear. Given the index, the nulls draw most of their
-    words from 45 of its training captions (docs/CALIBRATION.md, "Few prompts")."""
+    words from 45 of its training captions (docs/CALIBRATION.md, "Few prompts"). 16 null prompts,
+    half the default, to fit CI (measured, session 29: a threshold of 0.024 flags both; nulls
+    recombined from the three captions alone give 0.0047, which misses the x10 item; 8 nulls give
+    0.040, which flags the non-member too)."""
     from scanner.calibration import criterion_statement
-    from scanner.config import SamplingConfig, ScanConfig
+    from scanner.config import ClusterConfig, SamplingConfig, ScanConfig
     from scanner.generate import Prompt
     from scanner.scan import run_scan
 
@@ -115,14 +118,15 @@ def test_a_small_audit_with_an_index_calibrates_where_its_own_words_gave_a_wrong
                 "two purple diamonds at the left on a navy background"]
     with Store(tmp_path / "small.duckdb") as store:  # the demo's index, not its run: this test need not wait for it
         result = run_scan(store, demo_sd, [Prompt.from_text(text) for text in captions],
-                          ScanConfig(sampling=SamplingConfig(samples_per_prompt=16, batch_size=48)),
+                          ScanConfig(sampling=SamplingConfig(samples_per_prompt=16, batch_size=48),
+                                     cluster=ClusterConfig(null_prompts=16)),
                           show_progress=False, embedder=demo_clip, index=demo_world_index)
         flagged = {text for (text,) in store.execute("SELECT DISTINCT p.text FROM candidates c JOIN prompts p "
                                                      "USING (run_id, prompt_id) WHERE c.run_id = ?", [result.run_id])}
         statement = criterion_statement(store, result.run_id)
     print(statement)
-    assert set(captions[1:]) <= flagged
-    assert statement.training_captions == 45 and statement.nulls == 32 and statement.threshold > 0.01
+    assert set(captions[1:]) <= flagged and captions[0] not in flagged
+    assert statement.training_captions == 45 and statement.nulls == 16 and statement.threshold > 0.01
     assert not any("recombined from the words of only" in line for line in statement.lines(found_nothing=False))
 
 
