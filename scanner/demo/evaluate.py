@@ -97,9 +97,10 @@ class CaptionDrawings:
         drawing, such as an identity image)."""
         if item_id not in self.items:
             return np.full(len(images), SIBLINGS)
-        own = tiled_l2(images, np.broadcast_to(self.image(item_id), images.shape))
-        others = tile_grid(self.drawings(item_id))  # tiled once for all the images (4x faster than per image)
-        return np.array([int((tiles_l2(tile_grid(image), others) <= distance).sum()) for image, distance in zip(images, own)])
+        grids = tile_grid(images)  # the images and the caption's drawings tiled once (4x faster than per image)
+        own = tiles_l2(grids, tile_grid(self.image(item_id)))
+        others = tile_grid(self.drawings(item_id))
+        return np.array([int((tiles_l2(grid, others) <= distance).sum()) for grid, distance in zip(grids, own)])
 
     def reproduces_selected(self, image: np.ndarray, item_id: str) -> bool:
         """The test for an item chosen because it is near the image: closer than every other drawing of
