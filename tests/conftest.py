@@ -41,7 +41,7 @@ def demo_clip():
 @pytest.fixture(scope="session")
 def demo_world_index(demo_clip, tmp_path_factory):
     """The demo model's training index, built once for the session (whichever worker comes first) and
-    only read by the tests that take it."""
+    only read by the tests that take it and by the demo run."""
     from filelock import FileLock
 
     from scanner.demo.pipeline import demo_index
@@ -70,9 +70,11 @@ def _demo_run_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def demo_run_started(request, tmp_path_factory):
     """``memscan demo`` is the longest test by far: when a collected test reads it, it starts in the
-    background with the session (once, whichever worker comes first), so it is not the session's tail."""
+    background with the session (once, whichever worker comes first), so it is not the session's tail.
+    It reads the session's demo index, built first here, instead of building its own."""
     if not getattr(request.config, "demo_run_needed", False):
         return
+    index = request.getfixturevalue("demo_world_index")
     import subprocess
 
     from filelock import FileLock
@@ -86,7 +88,7 @@ def demo_run_started(request, tmp_path_factory):
         # one thread, as every worker: beside two busy workers a second thread would only spin
         environment = {**os.environ, "OMP_NUM_THREADS": "1"}
         command = [sys.executable, "-m", "scanner", "demo", "--db", str(folder / "demo.duckdb"), "--no-progress",
-                   "--index-root", str(folder / "indexes")]
+                   "--index-root", str(index.folder.parent)]
         subprocess.Popen(["bash", "-c", '"$@" > stdout.txt 2> stderr.txt; echo $? > returncode.txt', "demo", *command],
                          cwd=folder, env=environment, start_new_session=True)
 

@@ -39,21 +39,33 @@ def test_split_is_disjoint_and_balanced():
 
 
 @pytest.mark.slow
-def test_attacks_on_the_demo_world(demo_sd, tmp_path):
-    rows = demo_world.membership_items(per_bucket=15, x1=40, nonmembers=60)
-    items = [LabelledItem(r["item_id"], r["caption"], demo_world.decode_png(r["image_png"]), r["dup_count"] > 0,
-                          demo_world.bucket_of(r["dup_count"])) for r in rows]
-    with Store(tmp_path / "mia.duckdb") as store:
-        run_id, results, per_bucket = run_mia_eval(store, demo_sd, items)
-        assert store.count("mia_scores", run_id) == 3 * len(items)
-        stored = dict(store.execute("SELECT subject, n_positive FROM metrics WHERE metric = 'mia_auc' AND run_id = ?", [run_id]))
-    bucket = {(b["attack"], b["bucket"]): b for b in per_bucket}
-    print({k: round(v["auc"], 3) for k, v in bucket.items()}, {a: round(r.auc, 3) for a, r in results.items()})
-    assert stored == {a: r.n_members for a, r in results.items()}
-    assert bucket[("clid_th", "x200")]["auc"] >= 0.9  # heavily duplicated members are found
-    assert bucket[("wen", "x200")]["auc"] >= 0.8      # and Wen's detector ranks most of their prompts first
-    # (0.85 on this tiny model; Wen et al. report 0.96 on Stable Diffusion 1.5)
-    assert results["clid_th"].auc > 0.5 and results["loss"].auc > 0.5
+def test_attacks_on_the_demo_world(demo_run):
+    """The demo's own membership table (``memscan demo`` runs loss, CLiD and Wen et al. on every
+    x200, x50 and x10 member up to 15 each, 100 x1 members and 150 non-members), read from its
+    database: what it stores is what it measured, and the attacks find the duplicated members."""
+    import json
+
+    db, stdout = demo_run
+    items = demo_world.membership_items()
+    with Store(db, read_only=True) as store:
+        [(run_id,)] = store.execute("SELECT run_id FROM runs WHERE kind = 'mia' AND status = 'done'")
+        scored = store.execute("SELECT attack, count(*), count(DISTINCT item_id) FROM mia_scores WHERE run_id = ? "
+                               "GROUP BY attack ORDER BY attack", [run_id])
+        settings = store.execute("SELECT attack, label, settings FROM mia_scores WHERE run_id = ?", [run_id])
+        stored = {(metric, subject): (value, n_positive, n_negative) for metric, subject, value, n_positive, n_negative in
+                  store.execute("SELECT metric, subject, value, n_positive, n_negative FROM metrics WHERE run_id = ?", [run_id])}
+    assert scored == [(attack, len(items), len(items)) for attack in ("clid_th", "loss", "wen")]
+    # each attack's metrics count the members and non-members of the evaluation half its scores say
+    for attack in ("clid_th", "loss", "wen"):
+        evaluation = [label for a, label, s in settings if a == attack and json.loads(s)["split"] == "evaluation"]
+        assert stored["mia_auc", attack][1:] == (sum(evaluation), len(evaluation) - sum(evaluation))
+        assert f"{stored['mia_auc', attack][0]:.4f}" in stdout  # and the demo printed what it stored
+    auc = {subject: value for (metric, subject), (value, _, _) in stored.items() if metric in ("mia_auc", "mia_bucket_auc")}
+    print({k: round(v, 3) for k, v in sorted(auc.items())})
+    assert auc["clid_th:x200"] >= 0.9  # heavily duplicated members are found (0.98 measured)
+    assert auc["wen:x200"] >= 0.8      # and Wen's detector ranks most of their prompts first
+    # (0.89 on this tiny model; Wen et al. report 0.96 on Stable Diffusion 1.5)
+    assert auc["clid_th"] > 0.5 and auc["loss"] > 0.5
 
 
 def test_a_new_attack_is_its_entry_alone(demo_sd, tmp_path, monkeypatch):
