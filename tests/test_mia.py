@@ -43,22 +43,21 @@ def test_attacks_on_the_demo_world(demo_run):
     """The demo's own membership table (``memscan demo`` runs loss, CLiD and Wen et al. on every
     x200, x50 and x10 member up to 15 each, 100 x1 members and 150 non-members), read from its
     database: what it stores is what it measured, and the attacks find the duplicated members."""
-    import json
-
     db, stdout = demo_run
     items = demo_world.membership_items()
     with Store(db, read_only=True) as store:
         [(run_id,)] = store.execute("SELECT run_id FROM runs WHERE kind = 'mia' AND status = 'done'")
         scored = store.execute("SELECT attack, count(*), count(DISTINCT item_id) FROM mia_scores WHERE run_id = ? "
                                "GROUP BY attack ORDER BY attack", [run_id])
-        settings = store.execute("SELECT attack, label, settings FROM mia_scores WHERE run_id = ?", [run_id])
+        evaluation_half = {attack: (members, others) for attack, members, others in store.execute(
+            "SELECT attack, count(*) FILTER (WHERE label), count(*) FILTER (WHERE NOT label) FROM mia_scores "
+            "WHERE run_id = ? AND json_extract_string(settings, '$.split') = 'evaluation' GROUP BY attack", [run_id])}
         stored = {(metric, subject): (value, n_positive, n_negative) for metric, subject, value, n_positive, n_negative in
                   store.execute("SELECT metric, subject, value, n_positive, n_negative FROM metrics WHERE run_id = ?", [run_id])}
     assert scored == [(attack, len(items), len(items)) for attack in ("clid_th", "loss", "wen")]
     # each attack's metrics count the members and non-members of the evaluation half its scores say
     for attack in ("clid_th", "loss", "wen"):
-        evaluation = [label for a, label, s in settings if a == attack and json.loads(s)["split"] == "evaluation"]
-        assert stored["mia_auc", attack][1:] == (sum(evaluation), len(evaluation) - sum(evaluation))
+        assert stored["mia_auc", attack][1:] == evaluation_half[attack]
         assert f"{stored['mia_auc', attack][0]:.4f}" in stdout  # and the demo printed what it stored
     auc = {subject: value for (metric, subject), (value, _, _) in stored.items() if metric in ("mia_auc", "mia_bucket_auc")}
     print({k: round(v, 3) for k, v in sorted(auc.items())})
