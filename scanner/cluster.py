@@ -118,16 +118,23 @@ def maximum_clique(adjacency: Sequence[set[int]], nodes: set[int]) -> list[int]:
     return sorted(best)
 
 
-# The images a prompt's clique is sought among, in order: as generated, then each centred on its own mean colour
-# (per channel). A model that redraws a memorized layout under a background colour that changes from seed to seed
-# (the SDXL-shaped calibration model's misses, docs/CALIBRATION.md sessions 19 and 20) collapses in the second
-# view and not the first; each view is calibrated on the null prompts in that view.
-PLAIN, COLOUR_CENTRED = "plain", "colour_centred"
+# The images a prompt's clique is sought among, in order: as generated; then each centred on its own mean colour
+# (per channel); then in grey, each standardized to zero mean and unit spread. A model that redraws a memorized
+# layout under a background colour that changes from seed to seed (the SDXL-shaped calibration model's misses,
+# docs/CALIBRATION.md sessions 19, 20 and 30) collapses in the later views and not the first; each view is
+# calibrated on the null prompts in that view.
+PLAIN, COLOUR_CENTRED, GREY_STANDARDIZED = "plain", "colour_centred", "grey_standardized"
+VIEW_WORDS = {COLOUR_CENTRED: "colour-centred images", GREY_STANDARDIZED: "grey images, each standardized"}
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
+GREY_SPREAD = 0.15  # a standardized grey image's spread on [0, 1] pixels, about a natural image's: tiled l2 stays comparable
 
 
 def views(settings: ClusterConfig) -> tuple[str, ...]:
     """The views a calibrated criterion seeks cliques in (a fixed threshold is a plain tiled l2: one view)."""
-    return (PLAIN, COLOUR_CENTRED) if settings.colour_centred and settings.threshold is None else (PLAIN,)
+    if settings.threshold is not None:
+        return (PLAIN,)
+    return (PLAIN, *((COLOUR_CENTRED,) if settings.colour_centred else ()),
+            *((GREY_STANDARDIZED,) if settings.grey_standardized else ()))
 
 
 def in_view(images: np.ndarray, view: str) -> np.ndarray:
@@ -135,7 +142,17 @@ def in_view(images: np.ndarray, view: str) -> np.ndarray:
     if view == PLAIN:
         return images
     unit = distances.as_unit(images)
-    return unit - unit.mean(axis=(-3, -2), keepdims=True) + 0.5
+    if view == COLOUR_CENTRED:
+        return unit - unit.mean(axis=(-3, -2), keepdims=True) + 0.5
+    grey = unit @ np.array(LUMA, dtype=unit.dtype)
+    grey = (grey - grey.mean(axis=(-2, -1), keepdims=True)) / (grey.std(axis=(-2, -1), keepdims=True) + 1e-3)
+    return np.repeat((0.5 + GREY_SPREAD * grey)[..., None], 3, axis=-1).astype(unit.dtype)
+
+
+def view_null_factor(view: str, settings: ClusterConfig) -> float:
+    """A view's threshold over anchor as a share of its nulls' reference: the grey view's is ``grey_factor`` x the
+    others' (it discards hue and contrast, so ordinary prompts' generations come nearer there)."""
+    return settings.null_factor * (settings.grey_factor if view == GREY_STANDARDIZED else 1.0)
 
 
 def largest_clique(images: np.ndarray, settings: ClusterConfig, threshold: float | None = None,
@@ -396,7 +413,7 @@ def calibrate_view(store: Store, view: str, every: dict[str, list[dict]], null_i
         if core:
             core_collapse.append(collapse_distance(seen, core, settings.tiles, pairs, distance))
     null_anchors, prompt_anchors = [anchors[p] for p in null_ids], [anchors[p] for p in ids]
-    clique = calibration.anchored_thresholds(collapse, null_anchors, prompt_anchors, settings.null_factor,
+    clique = calibration.anchored_thresholds(collapse, null_anchors, prompt_anchors, view_null_factor(view, settings),
                                              settings.null_quantile, settings.floor_factor, settings.floor_quantile)
     cores = None
     if core:
@@ -443,8 +460,8 @@ def calibrate(store: Store, run_id: str, by_prompt: dict[str, list[dict]],
         flagged = {p for p, value in zip(null_rows, collapse) if value <= thresholds[view][p]}
         nulls_flagged |= flagged
         calibrated[view] = {
-            "null_factor": settings.null_factor, "null_quantile": settings.null_quantile, "ratio": ratio,
-            "null_reference": ratio / settings.null_factor, "floor": defaults[view], "nulls_flagged": len(flagged),
+            "null_factor": view_null_factor(view, settings), "null_quantile": settings.null_quantile, "ratio": ratio,
+            "null_reference": ratio / view_null_factor(view, settings), "floor": defaults[view], "nulls_flagged": len(flagged),
             "prompt_thresholds": [float(x) for x in np.quantile([thresholds[view][p] for p in by_prompt] or [floor], [0, 0.5, 1])],
             "null_statistics": [float(v) if np.isfinite(v) else None for v in sorted(anchored)],
             **({"core_ratio": core_thresholds.ratio} if core_thresholds is not None else {})}
@@ -455,7 +472,8 @@ def calibrate(store: Store, run_id: str, by_prompt: dict[str, list[dict]],
                   **plain, "floor_factor": settings.floor_factor, "floor_quantile": settings.floor_quantile,
                   "anchor_seeds": settings.anchor_seeds, "anchor_prompts": settings.anchor_prompts,
                   "min_clique": settings.min_clique, "core_size": core, "core_share": settings.core_share,
-                  "core_factor": settings.core_factor, "colour_centred": settings.colour_centred, "views": calibrated,
+                  "core_factor": settings.core_factor, "colour_centred": settings.colour_centred,
+                  "grey_standardized": settings.grey_standardized, "grey_factor": settings.grey_factor, "views": calibrated,
                   "statistic": "collapse tiled l2 / anchor l2"})}
     per_prompt = [{"run_id": run_id, "metric": "prompt_threshold", "subject": p, "value": thresholds[PLAIN][p], "n_positive": None,
                    "n_negative": None, "details": json.dumps({
@@ -496,7 +514,7 @@ def cluster_run(store: Store, run_id: str, settings: ClusterConfig) -> dict[str,
                 break
         if groups:
             flagged_thresholds.append(criterion.threshold(prompt_id))
-        where = "" if view == PLAIN else " on colour-centred images"
+        where = f" on {VIEW_WORDS[view]}" if view in VIEW_WORDS else ""
         for group in groups:
             cluster, cluster_members = _cluster_rows(run_id, "prompt", prompt_id, group, rows, len(rows), prompt_settings, view)
             clusters.append(cluster)

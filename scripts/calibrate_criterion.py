@@ -31,7 +31,8 @@ all of them would draw) and scores the default criterion on the pool against eac
 ``small`` runs memscan's scan at its defaults on small audits (a few prompts, half of them
 duplicated items), with the world's index or, ``--prompts-only``, without: what the null prompts
 of a small audit are recombined from (``scanner.calibration.null_donors``). ``--steps`` names
-scans at other sampling steps beside those at 20. ``fidelity`` sets each duplicated item's round trip
+scans at other sampling steps beside those at 20; ``evaluate --seeds 16`` scores a copy of each scan holding its
+first 16 seeds. ``fidelity`` sets each duplicated item's round trip
 through the model's own autoencoder beside its nearest generation: how close the model can come at all.
 """
 
@@ -40,6 +41,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -296,14 +299,36 @@ def grid(paths: list[Path]) -> None:
             f"{r:.2f} / {f:.3f}" for r, f in results[best].values()) + " |")
 
 
-def evaluate(name: str, guidance: float, samples: int, steps: int, config: ClusterConfig, match_config: MatchConfig) -> dict:
-    """memscan's own stages at these settings on a stored calibration scan: clusters, candidates and
-    matches recomputed as a scan would, then scored against the model's world."""
+def first_seeds(db: Path, seeds: int) -> Path:
+    """A copy of a stored scan holding each prompt's first ``seeds`` seeds only: the generations a scan at that
+    many seeds draws (its images hard-linked; made once, under a temporary name until it is whole)."""
+    out = db.with_name(f"{db.stem}-first{seeds}.duckdb")
+    if out.exists():
+        return out
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(f"{partial}.files", ignore_errors=True)
+    partial.unlink(missing_ok=True)
+    shutil.copytree(f"{db}.files", f"{partial}.files", copy_function=os.link)
+    shutil.copyfile(db, partial)
+    with Store(partial) as store:
+        store.execute("DELETE FROM generations WHERE generation_id IN (SELECT generation_id FROM (SELECT generation_id, "
+                      "row_number() OVER (PARTITION BY run_id, prompt_id ORDER BY seed) AS seed_rank FROM generations) "
+                      "WHERE seed_rank > ?)", [seeds])
+    os.rename(f"{partial}.files", f"{out}.files")
+    os.rename(partial, out)
+    return out
+
+
+def evaluate(name: str, guidance: float, samples: int, steps: int, config: ClusterConfig, match_config: MatchConfig,
+             seeds: int | None = None) -> dict:
+    """memscan's own stages at these settings on a stored calibration scan (on its first ``seeds`` seeds if given):
+    clusters, candidates and matches recomputed as a scan would, then scored against the model's world."""
     from scanner import match
     from scanner.demo.evaluate import score_criterion, score_extraction
 
     _, world = CALIBRATION_MODELS[name]
     db = RUNS / f"{scan_stem(name, guidance, samples, steps)}.duckdb"
+    db = first_seeds(db, seeds) if seeds else db
     index = world_index(name, load_embedder(ScanConfig().features))
     with Store(db) as store:
         run_id = latest_calibration_run(store)
@@ -475,6 +500,8 @@ def main() -> None:
     evaluation.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                             help="evaluate the scans stored at this many seeds per prompt")
     evaluation.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="... and this many sampling steps")
+    evaluation.add_argument("--seeds", type=int, default=None,
+                            help="on each scan's first this many seeds (a copy of it: what a scan at that many draws)")
     evaluation.add_argument("--model", choices=sorted(CALIBRATION_MODELS), nargs="+", default=list(CALIBRATION_MODELS),
                             help="the models to evaluate (default: every model with a stored scan at these settings)")
     evaluation.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -521,7 +548,7 @@ def main() -> None:
         print("| --- | --- | --- | --- | --- | --- |")
         for name in args.model:
             if (RUNS / f"{scan_stem(name, args.guidance, args.samples, args.steps)}.duckdb").exists():
-                r = evaluate(name, args.guidance, args.samples, args.steps, settings, MatchConfig())
+                r = evaluate(name, args.guidance, args.samples, args.steps, settings, MatchConfig(), args.seeds)
                 print(f"| {name} | {r['threshold']:.4f} ({r['nulls_flagged']} of {r['nulls']}) | {r['recall']:.2f} of "
                       f"{r['memorized']} | {r['false_flags']:.3f} of {r['unmemorized']} ({r['flagged']}; {r['leaking']}) | "
                       f"{r['extracted_precision']:.2f} ({r['judged_extracted']}; "

@@ -136,11 +136,12 @@ def _store_generations(store, prompt_id: str, images: np.ndarray, null: bool) ->
     store.insert("generations", rows)
 
 
-def test_a_layout_redrawn_under_a_colour_that_changes_per_seed_is_flagged_in_the_colour_centred_view(tmp_path):
-    """The SDXL-shaped calibration model's misses (docs/CALIBRATION.md, sessions 19 and 20): every seed draws
-    the same layout, shifted to another colour. As drawn, no two seeds are within the threshold the null
-    prompts calibrate; centred on their own mean colour they are one image, and the null prompts calibrate
-    that view too. Off (``colour_centred=False``), the prompt is not flagged."""
+def test_a_layout_redrawn_under_a_colour_or_a_contrast_that_changes_per_seed_is_flagged_in_a_later_view(tmp_path):
+    """The SDXL-shaped calibration model's misses (docs/CALIBRATION.md, sessions 19, 20 and 30): every seed draws
+    the same layout, shifted to another colour, or at another contrast. As drawn, no five seeds are within the
+    threshold the null prompts calibrate. Centred on their own mean colour the first are one image; in grey,
+    each standardized, so are the second (a contrast is not a colour shift: centring leaves them apart). The null
+    prompts calibrate each view. With both views off, neither prompt is flagged."""
     from scanner.calibration import criterion_statement
     from scanner.store import Store
 
@@ -148,11 +149,15 @@ def test_a_layout_redrawn_under_a_colour_that_changes_per_seed_is_flagged_in_the
     pattern = rng.uniform(0.25, 0.75, (32, 32, 3))
     shifts = np.array([[x, y, z] for x in (-0.2, 0.2) for y in (-0.2, 0.2) for z in (-0.2, 0.2)])  # 8 colours apart
     redrawn = np.stack([np.clip(pattern + shift + rng.normal(0, 0.01, pattern.shape), 0, 1) for shift in shifts])
-    as_bytes = lambda images: (np.asarray(images) * 255).round().astype(np.uint8)  # noqa: E731
+    blocks = np.kron(rng.integers(0, 2, (8, 8)), np.ones((4, 4)))[..., None].repeat(3, axis=-1)  # a layout of 0 and 1
+    contrasts = np.linspace(0.2, 0.9, 8)
+    recontrasted = np.stack([0.5 + contrast * (blocks - 0.5) + rng.normal(0, 0.01, blocks.shape) for contrast in contrasts])
+    as_bytes = lambda images: (np.clip(images, 0, 1) * 255).round().astype(np.uint8)  # noqa: E731
     with Store(tmp_path / "scan.duckdb") as store:
         store.start_run("r", "scan", "model", "abc", {}, {})
         store.files_dir.mkdir()
         _store_generations(store, "redrawn", as_bytes(redrawn), null=False)
+        _store_generations(store, "recontrasted", as_bytes(recontrasted), null=False)
         for prompt in range(3):
             _store_generations(store, f"ordinary-{prompt}", as_bytes(rng.uniform(0.2, 0.8, (8, 32, 32, 3))), null=False)
         for prompt in range(12):
@@ -160,16 +165,20 @@ def test_a_layout_redrawn_under_a_colour_that_changes_per_seed_is_flagged_in_the
 
         def flagged(settings: ClusterConfig) -> list[tuple]:
             cluster.cluster_run(store, "r", settings)
-            return store.execute("SELECT c.prompt_id, cl.size, cl.distance, c.reason FROM candidates c "
-                                 "JOIN clusters cl USING (run_id, cluster_id) WHERE c.run_id = 'r'")
+            return sorted(store.execute("SELECT c.prompt_id, cl.size, cl.distance, c.reason FROM candidates c "
+                                        "JOIN clusters cl USING (run_id, cluster_id) WHERE c.run_id = 'r'"))
 
-        plain_only = flagged(ClusterConfig(colour_centred=False))
-        both = flagged(ClusterConfig())
+        plain_only = flagged(ClusterConfig(colour_centred=False, grey_standardized=False))
+        centred_only = flagged(ClusterConfig(grey_standardized=False))
+        every_view = flagged(ClusterConfig())
         statement = " ".join(criterion_statement(store, "r").lines(found_nothing=False))
     assert plain_only == []
-    assert [(prompt, size, distance) for prompt, size, distance, _ in both] == [("redrawn", 8, "tiled_l2:colour_centred")]
-    assert both[0][3].endswith("on colour-centred images")
-    assert "centred on its own mean colour" in statement and "in either view" in statement
+    assert [(prompt, size, distance) for prompt, size, distance, _ in centred_only] == [("redrawn", 8, "tiled_l2:colour_centred")]
+    assert [(prompt, size, distance) for prompt, size, distance, _ in every_view] == [
+        ("recontrasted", 8, "tiled_l2:grey_standardized"), ("redrawn", 8, "tiled_l2:colour_centred")]
+    assert every_view[0][3].endswith("on grey images, each standardized") and every_view[1][3].endswith("on colour-centred images")
+    assert "centred on its own mean colour" in statement and "then on them in grey, each standardized" in statement
+    assert "(0.495 x the nulls' reference there)" in statement and "in any view" in statement
 
 
 def test_a_tight_clique_without_a_core_is_not_flagged_and_a_memorized_prompt_is(tmp_path):
@@ -197,8 +206,8 @@ def test_a_tight_clique_without_a_core_is_not_flagged_and_a_memorized_prompt_is(
             cluster.cluster_run(store, "r", settings)
             return sorted(row[0] for row in store.execute("SELECT prompt_id FROM candidates WHERE run_id = 'r'"))
 
-        assert flagged(ClusterConfig(colour_centred=False, core_share=0)) == ["five-alike", "memorized"]
-        assert flagged(ClusterConfig(colour_centred=False)) == ["memorized"]
+        assert flagged(ClusterConfig(colour_centred=False, grey_standardized=False, core_share=0)) == ["five-alike", "memorized"]
+        assert flagged(ClusterConfig(colour_centred=False, grey_standardized=False)) == ["memorized"]
         assert flagged(ClusterConfig()) == ["memorized"]
         recorded = json.loads(store.execute("SELECT details FROM metrics WHERE run_id = 'r' AND metric = 'criterion_threshold'")[0][0])
     assert recorded["core_size"] == 8 and recorded["core_share"] == 0.5 and recorded["core_factor"] == 0.7

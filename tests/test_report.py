@@ -72,6 +72,9 @@ def test_demo_report_in_a_real_browser(tmp_path, demo_run):
     person = next(r["identity"] for r in demo_world.load_world(["kind", "identity"]) if r["kind"] == "identity")
     assert "<td>clid_th</td>" in html and person in html  # membership table, identity table
     assert "http://" not in html and "https://" not in html  # self-contained: nothing to fetch
+    # the methods name every view the criterion judged a prompt in, in order
+    assert html.index("judged again on its generations each centred on its own mean colour") < html.index(
+        "Then on them in grey, each standardized to zero mean and unit spread")
     image = screenshot(out, tmp_path / "shot.png")
     assert image.size[0] >= 1000
     # the gallery's pixelated images and the plot make the page far from blank
