@@ -392,6 +392,13 @@ def quantile_name(quantile: float) -> str:
     return {0.5: "median", 0.75: "upper quartile"}.get(quantile, f"{quantile:g} quantile")
 
 
+def calibrated_views(details: dict) -> dict:
+    """The later views' calibrations a criterion record holds, in order (none from a database that holds something
+    else there: an older memscan's, or a crafted one)."""
+    views = details.get("views")
+    return {view: calibrated for view, calibrated in views.items() if isinstance(calibrated, dict)} if isinstance(views, dict) else {}
+
+
 def criterion_statement(store: Store, run_id: str) -> CriterionStatement | MatchingStatement:
     """The criterion a stored run's candidates were computed with, from its settings and calibration."""
     stored = stored_config(store, run_id)
@@ -427,5 +434,5 @@ def criterion_statement(store: Store, run_id: str) -> CriterionStatement | Match
     shared["settings"] = {**config, **{key: details[key] for key in CLUSTER_SETTINGS if key in details}}
     return CriterionStatement(threshold=median, calibrated=True, nulls=nulls, nulls_flagged=flagged, ratio=float(value),
                               floor=details.get("floor", float("nan")), threshold_range=(smallest, largest),
-                              views=details.get("views", {}),
+                              views=calibrated_views(details),
                               core_size=details.get("core_size", 0), core_ratio=details.get("core_ratio", float("nan")), **shared)

@@ -168,6 +168,17 @@ def test_the_statement_says_when_most_null_prompts_collapse_when_settings_were_n
     assert any("recombined from the words of only 3 captions" in line and "--index" in line and "--threshold" in line
                for line in statement(0, prompts=3))
     # ... unless the index's training captions made up the null prompts' words (scanner.calibration.null_donors)
+    # the later views, in order; what a crafted or older record holds there instead is left out, not a stack trace
+    from scanner.calibration import calibrated_views
+    centred, grey = {"ratio": 0.3, "null_factor": 0.55, "floor": 0.01, "nulls_flagged": 2}, {"ratio": 0.2, "null_factor": 0.495}
+    assert list(calibrated_views({"views": {"colour_centred": centred, "grey_standardized": grey, "odd": 3}})) == [
+        "colour_centred", "grey_standardized"]
+    assert calibrated_views({"views": ["colour_centred"]}) == calibrated_views({}) == {}
+    viewed = CriterionStatement(prompts=75, generations_per_prompt=32, threshold=0.03, calibrated=True, settings=MEASURED_SETTINGS,
+                                nulls=32, nulls_flagged=3, ratio=0.31, floor=0.012, threshold_range=(0.012, 0.05),
+                                views={"colour_centred": centred, "grey_standardized": grey}).lines(found_nothing=False)[0]
+    assert viewed.index("each centred on its own mean colour") < viewed.index("then on them in grey, each standardized")
+    assert "at 0.200 x its anchor in that view (0.495 x the nulls' reference there)" in viewed and "in any view" in viewed
     widened = statement(0, prompts=3, training_captions=45)
     assert "words of its prompts and of 45 training captions of the index" in widened[0]
     assert not any("recombined from the words of only" in line for line in widened)

@@ -1,5 +1,5 @@
-"""Issue 18 end to end, on a model trained after every default of memscan was chosen: the calibration
-model sd-reseeded-64 (a world of its own drawn at 64 pixels, its own autoencoder; scanner/demo/calibration/),
+"""Issue 18 end to end, on a model trained after every default of memscan but the grey view (session 31, chosen
+looking at all fourteen calibration models) was chosen: the calibration model sd-reseeded-64 (a world of its own drawn at 64 pixels, its own autoencoder; scanner/demo/calibration/),
 scanned at every default setting but the seeds per prompt (16, half the default, to fit CI), scored against
 its world's ground truth."""
 
@@ -23,12 +23,13 @@ MODEL = "sd-reseeded-64"
 
 @pytest.mark.slow
 def test_the_calibrated_defaults_find_what_the_demo_tuned_threshold_misses(tmp_path, demo_clip):
-    """Measured at full scale (docs/CALIBRATION.md, session 26, by the truth that counts an item memorized
+    """Measured at full scale (docs/CALIBRATION.md, sessions 26 and 31, by the truth that counts an item memorized
     when a quarter of its generations reproduce its particular drawing): at the default 32 seeds the
     criterion flags 25 of 27 memorized items and 7 of 320 ordinary prompts, `extracted` 35 right and none
-    wrong of 74 verdicts, 35 of 35 near-copies. At this scale (measured, session 26): 18 of 23 flagged
-    against 1 by the demo-tuned threshold, none of 12 ordinary prompts, `extracted` 16 right and none
-    wrong of 28, 16 of 16 near-copies. Issue 18's recall goal (0.9) is set at 32 seeds; CI affords 16."""
+    wrong of 74 verdicts, 35 of 35 near-copies. At this scale (measured, session 26; with the grey view,
+    session 30): 19 of 23 flagged (18 without it) against 1 by the demo-tuned threshold, none of 12 ordinary
+    prompts, `extracted` 17 right and none wrong of 29, 17 of 17 near-copies. Issue 18's recall goal (0.9)
+    is set at 32 seeds; CI affords 16."""
     model_dir, world = CALIBRATION_MODELS[MODEL]
     prompts = [Prompt.from_text(r["caption"], source="demo", source_item_id=r["item_id"])
                for r in demo_items(per_bucket=6, world=world)]  # every x200 and x50 item, 6 each of x10, x1 and non-members
