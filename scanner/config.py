@@ -161,9 +161,9 @@ class ClusterConfig:
     # view calibrated on the nulls in it (scanner/cluster.py: ``views``)
     colour_centred: bool = True
     # ... and then on them in grey, each standardized to zero mean and unit spread (layout only: no hue, no contrast),
-    # at grey_factor x null_factor: 0.9 keeps every calibration model's false flags within the defaults' largest
-    # (4.4%) while sdxl's recall goes 0.82 -> 0.89 (chosen on all fourteen models, sdxl's misses in view:
-    # docs/CALIBRATION.md, sessions 30 and 31)
+    # at grey_factor x null_factor: 0.9 keeps the fourteen calibration models' false flags within the defaults' largest
+    # (4.4%) while sdxl's recall goes 0.82 -> 0.89 (chosen on those fourteen, sdxl's misses in view; on a fifteenth
+    # trained after, sd-reseeded-e, 8.4% -> 8.8%: docs/CALIBRATION.md, sessions 30 and 31)
     grey_standardized: bool = True
     grey_factor: float = 0.9
     # the core: a prompt's clique flags it only when core_share of its planned generations (16 of 32) also agree, within

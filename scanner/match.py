@@ -32,7 +32,7 @@ Verdicts:
 
 The settings are measured against a truth that does not depend on any model's fidelity (an image
 reproduces an item when it is closer to it than to every one of 256 other drawings of its caption,
-``scanner.demo.evaluate``) on fourteen calibration models: docs/CALIBRATION.md.
+``scanner.demo.evaluate``) on fifteen calibration models: docs/CALIBRATION.md.
 """
 
 from __future__ import annotations

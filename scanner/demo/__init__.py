@@ -66,6 +66,7 @@ CALIBRATION_MODELS = {
     "sd-reseeded-c": (CALIBRATION_DIR / "sd-reseeded-c", CALIBRATION_DIR / "world-reseeded-c.parquet"),
     "sd-reseeded-64": (CALIBRATION_DIR / "sd-reseeded-64", CALIBRATION_DIR / "world-reseeded-64.parquet"),
     "sd-reseeded-d": (CALIBRATION_DIR / "sd-reseeded-d", CALIBRATION_DIR / "world-reseeded-d.parquet"),
+    "sd-reseeded-e": (CALIBRATION_DIR / "sd-reseeded-e", CALIBRATION_DIR / "world-reseeded-e.parquet"),
 }
 
 # duplication buckets the demo reports on, named as in the duplication plan
