@@ -210,6 +210,11 @@ VIEW_STATEMENTS = {
                       "changes from seed to seed)",
     "grey_standardized": "in grey, each standardized to zero mean and unit spread (the layout alone, whatever its hue "
                          "and contrast)"}
+def view_words(view: str) -> str:
+    """How the statement and the report name a later view (an unknown one, from a newer or crafted database, by name)."""
+    return VIEW_STATEMENTS.get(view, f"in its {view} view")
+
+
 MEASURED_RESOLUTIONS = (32, 64)  # the calibration models' sizes, in pixels: no evidence for other sizes
 
 
@@ -265,7 +270,7 @@ class CriterionStatement:
                         "over anchor), never under its threshold: a memorized image shows in most seeds")
             for order, (view, calibrated) in enumerate(self.views.items()):
                 how += ("; a prompt not flagged so is judged again on its generations " if not order else "; then on them ") + (
-                    f"{VIEW_STATEMENTS.get(view, f'in its {view} view')}, at {calibrated.get('ratio', float('nan')):.3f} x its "
+                    f"{view_words(view)}, at {calibrated.get('ratio', float('nan')):.3f} x its "
                     f"anchor in that view ({calibrated.get('null_factor', float('nan')):g} x the nulls' reference there), never "
                     f"under {calibrated.get('floor', float('nan')):.4f}, calibrated the same way on the null prompts in that view "
                     f"({calibrated.get('nulls_flagged', 0)} of them under theirs)")

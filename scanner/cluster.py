@@ -459,9 +459,10 @@ def calibrate(store: Store, run_id: str, by_prompt: dict[str, list[dict]],
             cores[view] = {p: float(np.float32(value)) for p, value in zip(every, core_thresholds.thresholds)}
         flagged = {p for p, value in zip(null_rows, collapse) if value <= thresholds[view][p]}
         nulls_flagged |= flagged
+        factor = view_null_factor(view, settings)
         calibrated[view] = {
-            "null_factor": view_null_factor(view, settings), "null_quantile": settings.null_quantile, "ratio": ratio,
-            "null_reference": ratio / view_null_factor(view, settings), "floor": defaults[view], "nulls_flagged": len(flagged),
+            "null_factor": factor, "null_quantile": settings.null_quantile, "ratio": ratio, "null_reference": ratio / factor,
+            "floor": defaults[view], "nulls_flagged": len(flagged),
             "prompt_thresholds": [float(x) for x in np.quantile([thresholds[view][p] for p in by_prompt] or [floor], [0, 0.5, 1])],
             "null_statistics": [float(v) if np.isfinite(v) else None for v in sorted(anchored)],
             **({"core_ratio": core_thresholds.ratio} if core_thresholds is not None else {})}

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from scanner import __version__
-from scanner.calibration import VIEW_STATEMENTS, MatchingStatement, criterion_statement, quantile_name, verdict_statement
+from scanner.calibration import MatchingStatement, criterion_statement, quantile_name, verdict_statement, view_words
 from scanner.errors import MemscanError, input_error, make_folder
 from scanner.features import png_bytes
 from scanner.store import Store
@@ -213,7 +213,7 @@ def render_report(db: Path, out: Path) -> dict:
                                floor_factor=clustering.get("floor_factor"),
                                floor_reference=quantile_name(clustering.get("floor_quantile", 0.75)),
                                nulls=statement.nulls, tiles=clustering.get("tiles"),
-                               views=[{"how": VIEW_STATEMENTS.get(view, f"in its {view} view"),
+                               views=[{"how": view_words(view),
                                        "ratio": f"{calibrated.get('ratio', float('nan')):.3f}",
                                        "floor": f"{calibrated.get('floor', float('nan')):.4f}"}
                                       for view, calibrated in statement.views.items()])
