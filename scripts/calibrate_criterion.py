@@ -21,7 +21,8 @@ x1 and non-member prompts whose item is not memorized. A fixed threshold is tune
 and carried to the others; the calibrated criteria set their threshold on each scan's own null
 prompts (averaged over draws of 32 of them), so only their factor is carried. ``grid`` scores the
 anchored criterion at every clique size, reference quantile, factor and floor on each scanned model,
-then tunes it on each model alone and carries it to the others.
+then tunes it on each model alone and carries it to the others. ``spread`` scores rules that would read a
+model's spread from the scan itself (the mirror of the audit's upper tail about the nulls' median) beside the default.
 
 ``evaluate`` runs memscan's own clustering and matching at their defaults on each stored scan
 and scores them: the numbers of docs/CALIBRATION.md; ``--set min_clique=8`` (repeatable) scores the
@@ -51,6 +52,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scanner import cluster, features
+from scanner.cluster import core_size
 from scanner.config import ClusterConfig, MatchConfig, SamplingConfig, ScanConfig
 from scanner.demo import CALIBRATION_MODELS, bucket_of, decode_png, demo_items, load_world
 from scanner.demo.evaluate import DUPLICATED_BUCKETS, REPRODUCED_SHARE, CaptionDrawings, reproduced_share
@@ -452,6 +454,31 @@ def mix(name: str, guidances: list[float], samples: int) -> None:
               f"recall {recall:.2f} of {memorized}, false flags {false_flags:.3f}")
 
 
+def spread_rules(paths: list[Path]) -> None:
+    """Rules that would read how widely a model's ordinary prompts spread from the scan itself, beside the default
+    (session 32), in the plain view on the 32-seed rows: the clique of 5 within the rule's factor x M, M the nulls'
+    median of collapse distance over anchor, and the core (16 of 32) within ``core_factor`` x the nulls' median
+    there; no floor. The mirror of the audit prompts' 95th percentile q about M (memorization only lowers a
+    prompt's ratio, so their upper tail is free of it), min(0.55 M, 2 M - q), the same in log space,
+    min(0.55 M, M^2 / q), and the reference min(M, the audit prompts' median): recall / false flags."""
+    default = ClusterConfig()
+    core = core_size(32, default)
+    print("| model | the default (0.55 M) | mirror, min(0.55 M, 2M - q95) | log mirror, min(0.55 M, M^2 / q95) | "
+          "0.55 x min(M, the audit's median) |\n| --- | --- | --- | --- | --- |")
+    for path in paths:
+        rows = pq.read_table(path).to_pylist()
+        null = np.array([r["bucket"] == "null" for r in rows])
+        ratio, core_ratio = (column(rows, f"collapse_{k}") / column(rows, "anchor") for k in (default.min_clique, core))
+        within_core = core_ratio <= default.core_factor * np.median(core_ratio[null])
+        reference, upper = np.median(ratio[null]), np.quantile(ratio[~null], 0.95)
+        thresholds = [default.null_factor * reference, min(default.null_factor * reference, 2 * reference - upper),
+                      min(default.null_factor * reference, reference ** 2 / upper),
+                      default.null_factor * min(reference, np.median(ratio[~null]))]
+        cells = [outcome(rows, (ratio <= threshold) & within_core)[:2] + (threshold / reference,) for threshold in thresholds]
+        print(f"| {path.stem.removeprefix('criterion-')} | " + " | ".join(
+            f"{recall:.2f} / {false_flags:.3f} ({factor:.2f} M)" for recall, false_flags, factor in cells) + " |")
+
+
 def cluster_settings(assignments: list[str]) -> ClusterConfig:
     """The default criterion with ``key=value`` overrides, each value read as JSON (``min_clique=8``,
     ``null_factor=0.45``, ``colour_centred=false``)."""
@@ -493,6 +520,7 @@ def main() -> None:
     restating.add_argument("--seeds", type=int, default=None)
     gridding = sub.add_parser("grid", help="the anchored criterion's settings on every scanned model, and tuned on each")
     gridding.add_argument("--seeds", type=int, default=None, help="the rows of the first this many seeds (statistics --seeds)")
+    sub.add_parser("spread", help="rules reading a model's spread from the scan itself, on every 32-seed scan's rows")
     comparison = sub.add_parser("compare")
     comparison.add_argument("--tuned-on", default="demo", help="the model the fixed and run-relative criteria are tuned on")
     evaluation = sub.add_parser("evaluate", help="memscan's stages at their defaults on every scanned model")
@@ -536,6 +564,8 @@ def main() -> None:
         first = f"-first{args.seeds}" if args.seeds else ""
         grid(sorted(path for path in RUNS.glob("criterion-*-s32*.parquet") if ("-first" in path.stem) == bool(first)
                     and path.stem.endswith(first)))
+    elif args.command == "spread":
+        spread_rules(sorted(path for path in RUNS.glob("criterion-*-s32*.parquet") if "-first" not in path.stem))
     elif args.command == "compare":
         compare(sorted(path for path in RUNS.glob("criterion-*.parquet") if "-first" not in path.stem), args.tuned_on)
     else:
