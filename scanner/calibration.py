@@ -299,6 +299,11 @@ class CriterionStatement:
         if self.resolution and self.resolution not in MEASURED_RESOLUTIONS:
             out.append(f"This model draws {self.resolution}-pixel images; that recall was measured at "
                        f"{' and '.join(map(str, MEASURED_RESOLUTIONS))} pixels only, and is no evidence at {self.resolution}.")
+        if self.calibrated and not found_nothing:
+            out.append("A flagged prompt is a candidate, not a finding: a model can also draw an ordinary caption alike from "
+                       "seed to seed without copying any training image, and on one calibration model such prompts agree as "
+                       "tightly as its memorized items (docs/CALIBRATION.md, session 32); whether a candidate lies on a "
+                       "training image is what its match verdict says.")
         if found_nothing:
             shown = (f"{self.min_clique} of {self.generations_per_prompt} generations" if not self.core_size else
                      f"{self.core_size} of {self.generations_per_prompt} generations (when its other generations are unlike it)")
