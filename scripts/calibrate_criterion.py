@@ -52,7 +52,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scanner import cluster, features
-from scanner.cluster import core_size
 from scanner.config import ClusterConfig, MatchConfig, SamplingConfig, ScanConfig
 from scanner.demo import CALIBRATION_MODELS, bucket_of, decode_png, demo_items, load_world
 from scanner.demo.evaluate import DUPLICATED_BUCKETS, REPRODUCED_SHARE, CaptionDrawings, reproduced_share
@@ -462,7 +461,7 @@ def spread_rules(paths: list[Path]) -> None:
     prompt's ratio, so their upper tail is free of it), min(0.55 M, 2 M - q), the same in log space,
     min(0.55 M, M^2 / q), and the reference min(M, the audit prompts' median): recall / false flags."""
     default = ClusterConfig()
-    core = core_size(32, default)
+    core = cluster.core_size(32, default)
     print("| model | the default (0.55 M) | mirror, min(0.55 M, 2M - q95) | log mirror, min(0.55 M, M^2 / q95) | "
           "0.55 x min(M, the audit's median) |\n| --- | --- | --- | --- | --- |")
     for path in paths:
