@@ -324,7 +324,7 @@ MEASURED_CLASS_CONDITIONAL = ("of the 17 duplicated training images its 512 gene
                               "truth cannot confirm either way)")
 # The ``extracted`` verdict at the default match settings against the calibration worlds' truth (an image reproduces
 # an item when it is nearer it than every one of 256 other drawings of the item's caption; a verdict is wrong when half
-# of them are nearer): scripts/calibrate_criterion.py evaluate --samples 32, docs/CALIBRATION.md, sessions 18, 20 to 31
+# of them are nearer): scripts/calibrate_criterion.py evaluate --samples 32, docs/CALIBRATION.md, sessions 18, 20 to 32
 MEASURED_VERDICT = ("on the fifteen calibration models whose scans are stored (32- and 64-pixel models, 32 seeds per prompt, "
                     "the criterion's candidates at its defaults: sd-reseeded, -b, -c, -d, -e and -64 at 365 prompts each, "
                     "sd-short, sd-64, sd-textured, the demo model, SD 2 (v-prediction), PixArt, SD3, Flux and SDXL (at "
@@ -334,7 +334,9 @@ MEASURED_VERDICT = ("on the fifteen calibration models whose scans are stored (3
                     "Before the verdict named only the generation's nearest training image (session 26), its 1,499 "
                     "verdicts on all fourteen models had 4 wrong of 447 decided: those two and two look-alikes named "
                     "beside the nearest item, which it no longer names. The others lie near their item "
-                    "but the truth cannot tell whether the model drew that drawing or only its caption. The verdict "
+                    "but the truth cannot tell whether the model drew that drawing or only its caption; it decides 402 "
+                    "of the 638 verdicts naming the prompt's own training item but only 45 of the 379 naming another "
+                    "prompt's, so a verdict on another caption's item is the weaker claim. The verdict "
                     "found 82% to 100% of the candidates whose image is a near-copy of a training image")
 VERDICT_SETTINGS = ("k", "extraction_ratio", "anchored_tiled_ratio", "nearest_margin", "spacing_n", "spacing_search", "anchor_n", "tiles")
 

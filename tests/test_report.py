@@ -165,5 +165,6 @@ def test_an_extracted_finding_says_what_the_verdict_was_measured_to_mean(tmp_pat
         changed = verdict_statement(store, "r1")
     assert "extraction_ratio not recorded" in unrecorded and "extraction_ratio 1.0)" in changed
     assert measured.startswith("Extracted verdicts, measured at these settings") and "of which 2 are wrong" in measured  # the error, stated
+    assert "only 45 of the 379 naming another prompt's" in measured  # and which verdicts the truth can rarely decide
     render_report(finding_db, out)
     assert "measured at the default match settings only" in out.read_text()
