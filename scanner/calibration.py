@@ -210,6 +210,8 @@ VIEW_STATEMENTS = {
                       "changes from seed to seed)",
     "grey_standardized": "in grey, each standardized to zero mean and unit spread (the layout alone, whatever its hue "
                          "and contrast)"}
+
+
 def view_words(view: str) -> str:
     """How the statement and the report name a later view (an unknown one, from a newer or crafted database, by name)."""
     return VIEW_STATEMENTS.get(view, f"in its {view} view")

@@ -470,8 +470,9 @@ def spread_rules(paths: list[Path]) -> None:
         ratio, core_ratio = (column(rows, f"collapse_{k}") / column(rows, "anchor") for k in (default.min_clique, core))
         within_core = core_ratio <= default.core_factor * np.median(core_ratio[null])
         reference, upper = np.median(ratio[null]), np.quantile(ratio[~null], 0.95)
-        thresholds = [default.null_factor * reference, min(default.null_factor * reference, 2 * reference - upper),
-                      min(default.null_factor * reference, reference ** 2 / upper),
+        default_threshold = default.null_factor * reference
+        thresholds = [default_threshold, min(default_threshold, 2 * reference - upper),
+                      min(default_threshold, reference ** 2 / upper),
                       default.null_factor * min(reference, np.median(ratio[~null]))]
         cells = [outcome(rows, (ratio <= threshold) & within_core)[:2] + (threshold / reference,) for threshold in thresholds]
         print(f"| {path.stem.removeprefix('criterion-')} | " + " | ".join(

@@ -174,15 +174,14 @@ def test_the_statement_says_when_most_null_prompts_collapse_when_settings_were_n
     assert list(calibrated_views({"views": {"colour_centred": centred, "grey_standardized": grey, "odd": 3}})) == [
         "colour_centred", "grey_standardized"]
     assert calibrated_views({"views": ["colour_centred"]}) == calibrated_views({}) == {}
-    viewed = CriterionStatement(prompts=75, generations_per_prompt=32, threshold=0.03, calibrated=True, settings=MEASURED_SETTINGS,
-                                nulls=32, nulls_flagged=3, ratio=0.31, floor=0.012, threshold_range=(0.012, 0.05),
-                                views={"colour_centred": centred, "grey_standardized": grey}).lines(found_nothing=False)[0]
+    flagged_lines = CriterionStatement(prompts=75, generations_per_prompt=32, threshold=0.03, calibrated=True,
+                                       settings=MEASURED_SETTINGS, nulls=32, nulls_flagged=3, ratio=0.31, floor=0.012,
+                                       threshold_range=(0.012, 0.05),
+                                       views={"colour_centred": centred, "grey_standardized": grey}).lines(found_nothing=False)
+    viewed = flagged_lines[0]
     assert viewed.index("each centred on its own mean colour") < viewed.index("then on them in grey, each standardized")
     assert "at 0.200 x its anchor in that view (0.495 x the nulls' reference there)" in viewed and "in any view" in viewed
     # a scan that flagged prompts says what a flag is not; an all-clear has nothing to qualify
-    flagged_lines = CriterionStatement(prompts=75, generations_per_prompt=32, threshold=0.03, calibrated=True,
-                                       settings=MEASURED_SETTINGS, nulls=32, nulls_flagged=3, ratio=0.31, floor=0.012,
-                                       threshold_range=(0.012, 0.05)).lines(found_nothing=False)
     assert any(line.startswith("A flagged prompt is a candidate, not a finding") for line in flagged_lines)
     assert not any("candidate, not a finding" in line for line in quiet)
     widened = statement(0, prompts=3, training_captions=45)

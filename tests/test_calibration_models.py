@@ -1,7 +1,8 @@
-"""Issue 18 end to end, on a model trained after every default of memscan but the grey view (session 31, chosen
-looking at all fourteen calibration models) was chosen: the calibration model sd-reseeded-64 (a world of its own drawn at 64 pixels, its own autoencoder; scanner/demo/calibration/),
-scanned at every default setting but the seeds per prompt (16, half the default, to fit CI), scored against
-its world's ground truth."""
+"""Issue 18 end to end, on a model trained after every default of memscan but the grey view (session 31,
+chosen looking at all fourteen calibration models) was chosen: the calibration model sd-reseeded-64 (a
+world of its own drawn at 64 pixels, its own autoencoder; scanner/demo/calibration/), scanned at every
+default setting but the seeds per prompt (16, half the default, to fit CI), scored against its world's
+ground truth."""
 
 import dataclasses
 
