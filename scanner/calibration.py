@@ -359,10 +359,15 @@ def verdict_statement(store: Store, run_id: str) -> str | None:
         return None
     defaults = MatchConfig()
     changed = [f"{key} {matching.get(key, 'not recorded')}" for key in VERDICT_SETTINGS if matching.get(key) != getattr(defaults, key)]
+    here = ""
+    if (counts := store.extracted_by_caption(run_id)) is not None and counts[1]:
+        here = (f" Here {counts[1]} of the {sum(counts)} extracted verdicts name an image the training set holds only "
+                "under other captions than the prompt (image_of_prompt false in the findings).")
     if changed:
         return (f"The extracted verdict was measured at the default match settings only, and this scan's differ "
-                f"({', '.join(changed)}): at the defaults, {MEASURED_VERDICT}.")
-    return f"Extracted verdicts, measured at these settings: {MEASURED_VERDICT}. Compare each with its training item before relying on it."
+                f"({', '.join(changed)}): at the defaults, {MEASURED_VERDICT}.{here}")
+    return (f"Extracted verdicts, measured at these settings: {MEASURED_VERDICT}.{here} "
+            "Compare each with its training item before relying on it.")
 
 
 NEAREST_ITEM = "nearest_item"  # the stored criterion of such a scan (scanner.match.match_every_generation)

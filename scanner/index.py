@@ -306,6 +306,11 @@ def hash_codes(hashes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(hashes, dtype=np.uint64).astype(">u8").view(np.uint8).reshape(-1, 8))
 
 
+def caption_key(text: str) -> str:
+    """A caption as a prompt is compared with it: case and runs of whitespace aside."""
+    return " ".join(text.split()).casefold()
+
+
 class TrainingIndex:
     """A built index, opened read-only (thumbnails memory-mapped)."""
 
@@ -334,6 +339,7 @@ class TrainingIndex:
         self.text_index = faiss.read_index(str(folder / "text.index"))
         self.hash_index = faiss.read_index_binary(str(folder / "phash.index"))
         self._pixel_index = None  # built on first use from the thumbnails: N x 768 bytes in memory
+        self._images_by_caption: dict[str, set[str]] | None = None  # built on first use: caption -> sha256s
         for index, info in ((self.image_index, self.manifest["image_index"]), (self.text_index, self.manifest["text_index"])):
             if "nprobe" in info:
                 faiss.extract_index_ivf(index).nprobe = info["nprobe"]
@@ -355,6 +361,16 @@ class TrainingIndex:
 
     def image_embedding(self, item_id: str) -> np.ndarray:
         return np.asarray(self._image_embeddings[self._row_of[item_id]], dtype=np.float32)
+
+    def holds_under_caption(self, item_id: str, text: str) -> bool:
+        """Whether the training set holds this item's image (any of its copies) under the caption ``text``,
+        case and spacing aside: a generation matching it reproduces the image trained with the prompt
+        itself, not another caption's (the weaker claim: docs/CALIBRATION.md, session 32)."""
+        if self._images_by_caption is None:
+            self._images_by_caption = {}
+            for caption, sha in zip(self.captions, self.sha256):
+                self._images_by_caption.setdefault(caption_key(caption or ""), set()).add(sha)
+        return self.sha256[self._row_of[item_id]] in self._images_by_caption.get(caption_key(text), set())
 
     def search_images(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return search_reranked(self.image_index, self._image_embeddings,

@@ -113,17 +113,22 @@ def match_image(image: np.ndarray, embedding: np.ndarray, phash: int, index: Tra
     return matches
 
 
-def _stored_matches(run_id: str, candidate_id: str, embedding: np.ndarray, found: list[dict], index: TrainingIndex) -> list[dict]:
-    """``match_image``'s matches of a candidate's medoid as ``matches`` rows."""
+def _stored_matches(run_id: str, candidate_id: str, embedding: np.ndarray, prompt: str | None, found: list[dict],
+                    index: TrainingIndex) -> list[dict]:
+    """``match_image``'s matches of a candidate's medoid as ``matches`` rows; ``prompt`` the caption it was
+    drawn for (None for a model without text prompts: no caption to pair the image with)."""
     return [{"run_id": run_id, "candidate_id": candidate_id, "index_name": index.name,
-             "clip_cosine": float(embedding @ index.image_embedding(match["item_id"])), **match} for match in found]
+             "clip_cosine": float(embedding @ index.image_embedding(match["item_id"])),
+             "image_of_prompt": None if prompt is None else index.holds_under_caption(match["item_id"], prompt),
+             **match} for match in found]
 
 
 def match_run(store: Store, run_id: str, index: TrainingIndex, config: MatchConfig = MatchConfig()) -> dict[str, int]:
     """Match every candidate's medoid; replaces the run's matches against this index."""
     rows = store.query(
-        "SELECT c.candidate_id, g.image_path, g.embedding, g.phash FROM candidates c "
+        "SELECT c.candidate_id, p.text, g.image_path, g.embedding, g.phash FROM candidates c "
         "JOIN clusters cl USING (run_id, cluster_id) "
+        "LEFT JOIN prompts p ON p.run_id = c.run_id AND p.prompt_id = c.prompt_id "
         "JOIN generations g ON g.run_id = cl.run_id AND g.generation_id = cl.medoid_generation_id "
         "WHERE c.run_id = ?", [run_id]).to_pylist()
     if any(r["embedding"] is None for r in rows):
@@ -132,7 +137,7 @@ def match_run(store: Store, run_id: str, index: TrainingIndex, config: MatchConf
     for row in rows:
         image = features.load_image(store.image_file(row["image_path"]))
         embedding = np.asarray(row["embedding"], dtype=np.float32)
-        matches += _stored_matches(run_id, row["candidate_id"], embedding,
+        matches += _stored_matches(run_id, row["candidate_id"], embedding, row["text"],
                                    match_image(image, embedding, int(row["phash"]), index, config, spacing), index)
     with store.transaction():
         store.execute("DELETE FROM matches WHERE run_id = ? AND index_name = ?", [run_id, index.name])
@@ -193,7 +198,7 @@ def match_every_generation(store: Store, run_id: str, index: TrainingIndex, conf
                            "relative": nearest["relative_tiled_l2"],
                            "reason": f"{len(group)} of {len(rows)} generations nearest to training item {item_id} "
                                      f"(closest: {nearest['verdict']}, relative tiled l2 {nearest['relative_tiled_l2']:.3f})"})
-        matches += _stored_matches(run_id, cluster_id, medoid.embedding, medoid.matches, index)
+        matches += _stored_matches(run_id, cluster_id, medoid.embedding, None, medoid.matches, index)
     candidates.sort(key=lambda c: (c["relative"], -c["score"]))  # the nearest copies first
     for rank, candidate in enumerate(candidates, start=1):
         candidate["rank"] = rank

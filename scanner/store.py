@@ -22,7 +22,7 @@ import pyarrow as pa
 from scanner.errors import MemscanError, input_error, make_folder
 from scanner.inputs import inside
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STORAGE_COMPATIBILITY = "v1.1.0"
 
 # Every connection memscan opens reaches only its own database: no file, URL or other database
@@ -119,6 +119,7 @@ _TABLES = {
         anchored_tiled_l2 DOUBLE,
         phash_hamming INTEGER,
         clip_cosine DOUBLE,
+        image_of_prompt BOOLEAN,
         verdict VARCHAR NOT NULL CHECK (verdict IN ('extracted', 'similar', 'none')),
         PRIMARY KEY (run_id, candidate_id, index_name, item_id)""",
     "mia_scores": """
@@ -165,6 +166,7 @@ _DERIVED = {"clusters": "", "cluster_members": "", "candidates": "", "matches": 
 _MIGRATIONS = {
     1: ["ALTER TABLE matches ADD COLUMN item_spacing DOUBLE", "ALTER TABLE matches ADD COLUMN relative_tiled_l2 DOUBLE"],
     2: ["ALTER TABLE matches ADD COLUMN anchored_tiled_l2 DOUBLE"],
+    3: ["ALTER TABLE matches ADD COLUMN image_of_prompt BOOLEAN"],
 }
 
 # The view a user queries first: one row per candidate, with its best training-item match if any.
@@ -193,6 +195,7 @@ SELECT
     m.tiled_l2 AS match_tiled_l2,
     m.anchored_l2 AS match_anchored_l2,
     m.relative_tiled_l2 AS match_relative_tiled_l2,
+    m.image_of_prompt,
     COALESCE(m.verdict, 'unmatched') AS verdict
 FROM candidates c
 JOIN clusters cl USING (run_id, cluster_id)
@@ -415,6 +418,15 @@ class Store:
             "SELECT g.thumbnail_path FROM generations g JOIN prompts p USING (run_id, prompt_id) "
             "WHERE g.run_id IN (SELECT unnest(?)) AND p.text = ? AND g.status = 'ok' AND g.thumbnail_path IS NOT NULL "
             "ORDER BY g.run_id, g.generation_id", [list(run_ids), text])]
+
+    def extracted_by_caption(self, run_id: str) -> tuple[int, int] | None:
+        """How many of a run's ``extracted`` findings name an image the training set holds under the
+        prompt's own caption, and how many another caption's image; None for a database written
+        before schema 4, which does not record it."""
+        if self.schema_version() < 4:
+            return None
+        return self.execute("SELECT count(*) FILTER (WHERE image_of_prompt), count(*) FILTER (WHERE NOT image_of_prompt) "
+                            "FROM findings WHERE run_id = ? AND verdict = 'extracted'", [run_id])[0]
 
     def schema_version(self) -> int:
         """The stored schema version; 0 when none is stored (a database older than versioning)."""

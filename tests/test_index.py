@@ -162,6 +162,23 @@ def test_extracted_names_only_the_generations_nearest_training_image():
     assert verdict(0.6, 0.4, 0.6, 1.045, MatchConfig(nearest_margin=1.1)) == "extracted"
 
 
+def test_an_image_is_held_under_the_captions_of_every_copy(tmp_path, demo_clip):
+    """A verdict on the prompt's own training image is the stronger claim (docs/CALIBRATION.md, session
+    32): the index says whether any copy of an image carries the prompt as its caption."""
+    world_rows = [r for r in load_world(["item_id", "caption", "image_png", "kind"]) if r["kind"] == "object"][:6]
+    folder = write_folder(tmp_path / "train", world_rows, copies={world_rows[0]["item_id"]: 3})
+    (folder / f"{world_rows[0]['item_id']}--2.txt").write_text("a caption of its own for the third copy")
+    build_index(folder, "c", demo_clip, IndexConfig(thumbnail_size=32), root=tmp_path / "ix")
+    index = TrainingIndex.open("c", tmp_path / "ix")
+    first_copy = next(i for i in index.item_ids if i.startswith(world_rows[0]["item_id"]))
+    assert index.holds_under_caption(first_copy, world_rows[0]["caption"])
+    assert index.holds_under_caption(first_copy, "  A caption of its own FOR the third copy ")  # any copy's; case and spacing aside
+    assert not index.holds_under_caption(first_copy, world_rows[1]["caption"])  # another item's caption
+    other = next(i for i in index.item_ids if i.startswith(world_rows[1]["item_id"]))
+    assert index.holds_under_caption(other, world_rows[1]["caption"])
+    assert not index.holds_under_caption(other, "a caption of its own for the third copy")
+
+
 def test_searches_propose_distinct_images_past_copies(tmp_path, demo_clip):
     world_rows = [r for r in load_world(["item_id", "caption", "image_png", "kind"]) if r["kind"] == "object"][:12]
     root = tmp_path / "ix"

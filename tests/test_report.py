@@ -72,6 +72,15 @@ def test_demo_report_in_a_real_browser(tmp_path, demo_run):
     person = next(r["identity"] for r in demo_world.load_world(["kind", "identity"]) if r["kind"] == "identity")
     assert "<td>clid_th</td>" in html and person in html  # membership table, identity table
     assert "http://" not in html and "https://" not in html  # self-contained: nothing to fetch
+    # whether a verdict names the prompt's own training image, by the index's captions, is what the world's item ids say
+    from scanner.demo.evaluate import world_item_of
+
+    with Store(db, read_only=True) as store:
+        extracted = store.query("SELECT image_of_prompt, matched_item, prompt_source_item FROM findings "
+                                "WHERE verdict = 'extracted'").to_pylist()
+    assert all(r["image_of_prompt"] == (world_item_of(r["matched_item"]) == r["prompt_source_item"]) for r in extracted)
+    assert sum(r["image_of_prompt"] for r in extracted) >= len(extracted) / 2  # 44 of 50 measured (session 33)
+    assert "The training set holds this image under the prompt itself." in html
     # the methods name every view the criterion judged a prompt in, in order
     assert html.index("judged again on its generations each centred on its own mean colour") < html.index(
         "Then on them in grey, each standardized to zero mean and unit spread")
@@ -168,3 +177,11 @@ def test_an_extracted_finding_says_what_the_verdict_was_measured_to_mean(tmp_pat
     assert "only 45 of the 379 naming another prompt's" in measured  # and which verdicts the truth can rarely decide
     render_report(finding_db, out)
     assert "measured at the default match settings only" in out.read_text()
+    assert "Here 1 of" not in changed and "only under other captions" not in out.read_text()  # nothing recorded to say it
+    with Store(finding_db) as store:  # the image the verdict names is another caption's
+        store.execute("UPDATE matches SET image_of_prompt = false, item_caption = 'a blue square'")
+        other_caption = verdict_statement(store, "r1")
+        assert store.query("SELECT image_of_prompt FROM findings").to_pylist() == [{"image_of_prompt": False}]
+    assert "Here 1 of the 1 extracted verdicts name an image the training set holds only under other captions" in other_caption
+    render_report(finding_db, out)
+    assert "holds this image only under other captions than the prompt: a copy of another caption's image" in out.read_text()
