@@ -346,7 +346,9 @@ def evaluate(name: str, guidance: float, samples: int, steps: int, config: Clust
             "threshold": statement.threshold, "nulls_flagged": statement.nulls_flagged, "nulls": statement.nulls,
             "extracted_precision": extraction.precision, "extracted_recall": extraction.recall,
             "judged_extracted": extraction.judged, "ambiguous": extraction.ambiguous, "reproducing": extraction.reproducing,
-            "echoing": extraction.echoing, "matches": verdicts}
+            "echoing": extraction.echoing, "own_judged": extraction.own_judged, "own_decided": extraction.own_decided,
+            "other_judged": extraction.judged - extraction.own_judged, "other_decided": extraction.other_decided,
+            "matches": verdicts}
 
 
 def small_audits(name: str, size: int, draws: int, samples: int, prompts_only: bool) -> None:
@@ -574,15 +576,17 @@ def main() -> None:
         except (TypeError, ValueError) as error:
             parser.error(f"--set: {error}")
         print("| model | threshold (nulls under it) | recall | false flags (flagged; of them leaking) | extracted precision "
-              "(judged; ambiguous) | extracted recall (of near-copies; echoes) |")
-        print("| --- | --- | --- | --- | --- | --- |")
+              "(judged; ambiguous) | extracted recall (of near-copies; echoes) | the truth decides, of the verdicts naming "
+              "the prompt's own item / another caption's |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         for name in args.model:
             if (RUNS / f"{scan_stem(name, args.guidance, args.samples, args.steps)}.duckdb").exists():
                 r = evaluate(name, args.guidance, args.samples, args.steps, settings, MatchConfig(), args.seeds)
                 print(f"| {name} | {r['threshold']:.4f} ({r['nulls_flagged']} of {r['nulls']}) | {r['recall']:.2f} of "
                       f"{r['memorized']} | {r['false_flags']:.3f} of {r['unmemorized']} ({r['flagged']}; {r['leaking']}) | "
                       f"{r['extracted_precision']:.2f} ({r['judged_extracted']}; "
-                      f"{r['ambiguous']}) | {r['extracted_recall']:.2f} of {r['reproducing']}; {r['echoing']} |", flush=True)
+                      f"{r['ambiguous']}) | {r['extracted_recall']:.2f} of {r['reproducing']}; {r['echoing']} | "
+                      f"{r['own_decided']} of {r['own_judged']} / {r['other_decided']} of {r['other_judged']} |", flush=True)
 
 
 if __name__ == "__main__":

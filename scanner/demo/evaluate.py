@@ -233,6 +233,9 @@ class ExtractionScore:
     reproducing: int   # candidates whose medoid is a near-copy of a member (its prompt's item or another)
     found: int         # ... judged extracted against that member
     echoing: int       # candidates whose medoid reproduces a member with another member nearer: outside recall
+    own_judged: int    # judged pairs naming the prompt's own item (the findings' image_of_prompt true)
+    own_decided: int   # ... right or wrong by the truth, not ambiguous
+    other_decided: int  # pairs naming another caption's item (judged - own_judged) right or wrong by the truth
 
     @property
     def precision(self) -> float:
@@ -272,8 +275,9 @@ def score_extraction(store: Store, run_id: str, world: Path = WORLD) -> Extracti
         return drawings.reproduces_selected(image, item_id)
 
     extracted = {(j["candidate_id"], world_item_of(j["item_id"])) for j in judged}
-    right = sum(reproduces(c, item) for c, item in extracted)
-    wrong = sum(int(drawings.ranks(medoid_of[c][None], item)[0]) >= NOT_A_COPY_RANK for c, item in extracted)
+    right = {pair for pair in extracted if reproduces(*pair)}
+    wrong = {(c, item) for c, item in extracted if int(drawings.ranks(medoid_of[c][None], item)[0]) >= NOT_A_COPY_RANK}
+    own = {(c, item) for c, item in extracted if item == own_item[c]}
     near_copies, echoing = [], 0  # (candidate, the member it copies); candidates that echo one
     for c, image in medoid_of.items():
         nearest = drawings.nearest_members(image)
@@ -281,8 +285,10 @@ def score_extraction(store: Store, run_id: str, world: Path = WORLD) -> Extracti
             near_copies.append((c, nearest[0]))
         else:
             echoing += any(reproduces(c, item) for item in {*nearest[1:], own_item[c]})
-    return ExtractionScore(len(extracted), right, wrong, len(near_copies),
-                           sum(pair in extracted for pair in near_copies), echoing)
+    decided = right | wrong
+    return ExtractionScore(len(extracted), len(right), len(wrong), len(near_copies),
+                           sum(pair in extracted for pair in near_copies), echoing,
+                           len(own), len(own & decided), len(decided - own))
 
 
 @dataclass(frozen=True)
