@@ -2,6 +2,7 @@ import duckdb
 import pytest
 
 from scanner.errors import MemscanError
+from scanner.report import render_report
 from scanner.store import _FINDINGS_VIEW, SCHEMA_VERSION, Store, now
 
 
@@ -57,22 +58,24 @@ def test_findings_view_joins_candidate_cluster_prompt_and_best_match(tmp_path):
         assert rows == [{"matched_item": "obj-1", "verdict": "extracted"}]
 
 
-def test_a_database_from_schema_3_is_read_as_it_is_and_upgraded_when_written(tmp_path):
-    """Schema 4 added ``matches.image_of_prompt``: an older database still reports, and gains the
-    column (empty for its old rows) when opened to write."""
-    path = tmp_path / "old.duckdb"
-    with Store(path) as store:
-        store.start_run("r1", "scan", "model", "abc", {}, {})
+def test_a_database_from_schema_3_is_read_as_it_is_and_upgraded_when_written(tmp_path, finding_db):
+    """Schema 4 added ``matches.image_of_prompt``: an older database with an extracted finding still
+    reports, and gains the column (empty for its old rows) when opened to write."""
+    with Store(finding_db) as store:
+        store.insert("matches", [{"run_id": "r1", "candidate_id": "c1", "index_name": "demo", "item_id": "i1",
+                                  "item_caption": "a red circle", "l2": 0.05, "tiled_l2": 0.04, "verdict": "extracted"}])
         store.execute("DROP VIEW findings")
         store.execute("ALTER TABLE matches DROP COLUMN image_of_prompt")
         store.execute("UPDATE schema_info SET value = '3' WHERE key = 'schema_version'")
         store.execute(_FINDINGS_VIEW.replace("m.image_of_prompt,", ""))
-    with Store(path, read_only=True) as store:
+    with Store(finding_db, read_only=True) as store:
         assert store.schema_version() == 3 and store.extracted_by_caption("r1") is None
         assert "image_of_prompt" not in store.query("SELECT * FROM findings").column_names
-    with Store(path) as store:
+    assert render_report(finding_db, tmp_path / "old.html")["extracted"] == 1  # a report reads it as it is
+    with Store(finding_db) as store:
         assert store.schema_version() == SCHEMA_VERSION and store.extracted_by_caption("r1") == (0, 0)
-        assert "image_of_prompt" in store.query("SELECT * FROM findings").column_names
+        assert store.query("SELECT verdict, image_of_prompt FROM findings").to_pylist() == [
+            {"verdict": "extracted", "image_of_prompt": None}]
 
 
 def test_rejects_foreign_and_newer_databases(tmp_path, foreign_db):
