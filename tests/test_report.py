@@ -62,7 +62,7 @@ def test_not_a_memscan_database(tmp_path, foreign_db):
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
 def test_demo_report_in_a_real_browser(tmp_path, demo_run):
-    db, _ = demo_run
+    db, stdout = demo_run
     out = tmp_path / "demo.html"
     counts = render_report(db, out)
     html = out.read_text()
@@ -81,6 +81,7 @@ def test_demo_report_in_a_real_browser(tmp_path, demo_run):
     assert all(r["image_of_prompt"] == (world_item_of(r["matched_item"]) == r["prompt_source_item"]) for r in extracted)
     assert sum(r["image_of_prompt"] for r in extracted) >= len(extracted) / 2  # 44 of 50 measured (session 33)
     assert "The training set holds this image under the prompt itself." in html
+    assert "┃ image_of_prompt ┃" in stdout  # and the CLI's findings table says it
     # the methods name every view the criterion judged a prompt in, in order
     assert html.index("judged again on its generations each centred on its own mean colour") < html.index(
         "Then on them in grey, each standardized to zero mean and unit spread")
