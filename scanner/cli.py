@@ -38,8 +38,7 @@ def _print_table(title: str, header: list[str], rows: list[list[object]]) -> Non
 def _print_findings(store, run_id: str, limit: int = 20) -> None:
     rows = store.query(
         "SELECT rank, cluster_size AS size, n_generations AS of_n, round(mean_distance, 4) AS mean_tiled_l2, "
-        f"verdict, matched_item, {'image_of_prompt, ' if store.schema_version() >= 4 else ''}"
-        "round(match_l2, 4) AS match_l2, prompt FROM findings WHERE run_id = ? ORDER BY rank LIMIT ?", [run_id, limit]).to_pylist()
+        "verdict, matched_item, image_of_prompt, round(match_l2, 4) AS match_l2, prompt FROM findings WHERE run_id = ? ORDER BY rank LIMIT ?", [run_id, limit]).to_pylist()
     statement = criterion_statement(store, run_id)
     if rows:
         _print_table(f"Memorization candidates (top {len(rows)})", list(rows[0].keys()), [list(r.values()) for r in rows])

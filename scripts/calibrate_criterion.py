@@ -347,7 +347,7 @@ def evaluate(name: str, guidance: float, samples: int, steps: int, config: Clust
             "extracted_precision": extraction.precision, "extracted_recall": extraction.recall,
             "judged_extracted": extraction.judged, "ambiguous": extraction.ambiguous, "reproducing": extraction.reproducing,
             "echoing": extraction.echoing, "own_judged": extraction.own_judged, "own_decided": extraction.own_decided,
-            "other_judged": extraction.judged - extraction.own_judged, "other_decided": extraction.other_decided,
+            "other_judged": extraction.other_judged, "other_decided": extraction.other_decided,
             "matches": verdicts}
 
 

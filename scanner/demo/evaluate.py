@@ -235,11 +235,16 @@ class ExtractionScore:
     echoing: int       # candidates whose medoid reproduces a member with another member nearer: outside recall
     own_judged: int    # judged pairs naming the prompt's own item (the findings' image_of_prompt true)
     own_decided: int   # ... right or wrong by the truth, not ambiguous
-    other_decided: int  # pairs naming another caption's item (judged - own_judged) right or wrong by the truth
+    other_decided: int  # pairs naming another caption's item right or wrong by the truth
 
     @property
     def precision(self) -> float:
         return self.correct / (self.correct + self.wrong) if self.correct + self.wrong else 1.0
+
+    @property
+    def other_judged(self) -> int:
+        """Judged pairs naming another caption's item (the findings' image_of_prompt false)."""
+        return self.judged - self.own_judged
 
     @property
     def ambiguous(self) -> int:
